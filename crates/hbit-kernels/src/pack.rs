@@ -1,0 +1,296 @@
+//! Packed ternary weight layouts. Both store each weight as a 2-bit code `w + 1` in {0, 1, 2}
+//! (3 is never written), so both cost exactly **2 bits per weight**, plus one f32 scale
+//! (`alpha`) per tensor and zero-weight padding of the input dimension to a multiple of
+//! [`K_ALIGN`] (and, for [`LutPacked`], of the output dimension to a multiple of 16).
+//! Per-tensor overhead in bits per weight: `(32 + padding bits) / (rows * cols)`.
+//!
+//! Two layouts, because the two activation widths are multiplied by different instructions:
+//!
+//! * [`RowPacked`] (for INT8 activations, multiply-add kernels): rows are contiguous; each row is
+//!   a sequence of 64-byte blocks of 256 weights, and byte `j` of block `b` holds at bits
+//!   `2s..2s+2` the code of column `k = 256 b + 64 s + j` (s = 0..4). Shifting a 32- or 64-byte
+//!   vector right by `2s` and masking with 3 yields codes aligned with a contiguous slice of the
+//!   activations, so `vpmaddubsw` / `vpdpbusd` consume them directly.
+//!
+//! * [`LutPacked`] (for INT4 activations, lookup-table kernels in the manner of T-MAC /
+//!   bitnet.cpp TL): rows are grouped in blocks of 16; columns in pairs ("k-groups"
+//!   `g = (2g, 2g+1)`). The 4-bit index of one row and k-group is `code(2g) | code(2g+1) << 2`.
+//!   A row block is a sequence of 32-byte chunks, chunk `c` covering k-groups `4c..4c+4`:
+//!   byte `i < 16` holds row `i`'s index for k-group `4c` (low nibble) and `4c+2` (high nibble);
+//!   byte `16 + i` holds k-groups `4c+1` and `4c+3`. A `vpshufb` of a 16-entry table of
+//!   k-group partial sums by the low (or high) nibbles then yields 16 rows × 2 k-groups at once.
+
+use crate::error::KernelError;
+use crate::quant::TernaryWeights;
+
+/// Column padding of every packed layout and of [`crate::quant::QuantizedActivations`] rows.
+pub const K_ALIGN: usize = 256;
+/// Row-block height of [`LutPacked`].
+pub const LUT_ROW_BLOCK: usize = 16;
+/// Bytes of one [`LutPacked`] chunk (16 rows × 8 columns).
+pub const LUT_CHUNK_BYTES: usize = 32;
+/// Columns covered by one [`LutPacked`] chunk.
+pub const LUT_CHUNK_COLS: usize = 8;
+
+/// 2-bit code of a ternary weight: `w + 1`.
+#[inline]
+fn code_of(w: i8) -> u8 {
+    (w + 1) as u8
+}
+
+/// Ternary weight of a 2-bit code; `None` for the never-written code 3.
+#[inline]
+fn weight_of(code: u8) -> Option<i8> {
+    (code < 3).then_some(code as i8 - 1)
+}
+
+fn padded_cols(cols: usize) -> usize {
+    cols.div_ceil(K_ALIGN) * K_ALIGN
+}
+
+/// Row-contiguous 2-bit layout for the INT8 multiply-add kernels (see module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowPacked {
+    pub rows: usize,
+    pub cols: usize,
+    /// Columns rounded up to a multiple of [`K_ALIGN`].
+    pub padded_cols: usize,
+    pub alpha: f32,
+    /// `[rows, padded_cols / 4]` bytes.
+    pub data: Vec<u8>,
+}
+
+impl RowPacked {
+    pub fn pack(w: &TernaryWeights) -> Self {
+        let padded_cols = padded_cols(w.cols);
+        let row_bytes = padded_cols / 4;
+        // Padding columns get code 1 (weight 0); activations are zero there too.
+        let mut data = vec![0b0101_0101u8; w.rows * row_bytes];
+        for (row, out) in w.codes.chunks_exact(w.cols).zip(data.chunks_exact_mut(row_bytes)) {
+            for (k, &wk) in row.iter().enumerate() {
+                let (byte, shift) = Self::position(k);
+                out[byte] = (out[byte] & !(3 << shift)) | (code_of(wk) << shift);
+            }
+        }
+        Self {
+            rows: w.rows,
+            cols: w.cols,
+            padded_cols,
+            alpha: w.alpha,
+            data,
+        }
+    }
+
+    /// Byte index within a row and bit shift of column `k`.
+    #[inline]
+    pub fn position(k: usize) -> (usize, u32) {
+        let (block, within) = (k / 256, k % 256);
+        (block * 64 + within % 64, 2 * (within / 64) as u32)
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.padded_cols / 4
+    }
+
+    /// The packed bytes of one row.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes()..(r + 1) * self.row_bytes()]
+    }
+
+    pub fn unpack(&self) -> Result<TernaryWeights, KernelError> {
+        let mut codes = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            let row = self.row(r);
+            for k in 0..self.cols {
+                let (byte, shift) = Self::position(k);
+                let code = (row[byte] >> shift) & 3;
+                codes.push(weight_of(code).ok_or(KernelError::InvalidCode {
+                    what: "packed ternary weight (row layout)",
+                    code: code as i32,
+                    index: r * self.cols + k,
+                })?);
+            }
+        }
+        TernaryWeights::from_codes(self.rows, self.cols, self.alpha, codes)
+    }
+
+    /// Bytes of packed weights (the memory traffic of one pass over the matrix).
+    pub fn weight_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Row-block lookup-table layout for the INT4 kernels (see module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LutPacked {
+    pub rows: usize,
+    pub cols: usize,
+    pub padded_cols: usize,
+    pub alpha: f32,
+    /// `[row_blocks, padded_cols / 8, 32]` bytes.
+    pub data: Vec<u8>,
+}
+
+impl LutPacked {
+    pub fn pack(w: &TernaryWeights) -> Self {
+        let padded_cols = padded_cols(w.cols);
+        let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
+        let block_bytes = padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
+        // Padding rows and columns: both codes 1 (weight 0) -> index 0b0101 in each nibble.
+        let mut data = vec![0x55u8; row_blocks * block_bytes];
+        for r in 0..w.rows {
+            for k in 0..w.cols {
+                let (byte, shift) = Self::position(padded_cols, r, k);
+                let code = code_of(w.codes[r * w.cols + k]);
+                data[byte] = (data[byte] & !(3 << shift)) | (code << shift);
+            }
+        }
+        Self {
+            rows: w.rows,
+            cols: w.cols,
+            padded_cols,
+            alpha: w.alpha,
+            data,
+        }
+    }
+
+    /// Byte index in `data` and bit shift of weight (row `r`, column `k`).
+    #[inline]
+    pub fn position(padded_cols: usize, r: usize, k: usize) -> (usize, u32) {
+        let block_bytes = padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
+        let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+        let g = k / 2; // k-group
+        let (chunk, g_in_chunk) = (g / 4, g % 4);
+        // k-groups 4c, 4c+1 in the low nibbles of bytes i, 16+i; 4c+2, 4c+3 in the high nibbles.
+        let byte = rb * block_bytes + chunk * LUT_CHUNK_BYTES + (g_in_chunk % 2) * 16 + i;
+        let shift = 4 * (g_in_chunk / 2) as u32 + 2 * (k % 2) as u32;
+        (byte, shift)
+    }
+
+    pub fn row_blocks(&self) -> usize {
+        self.rows.div_ceil(LUT_ROW_BLOCK)
+    }
+
+    /// Chunks per row block.
+    pub fn chunks(&self) -> usize {
+        self.padded_cols / LUT_CHUNK_COLS
+    }
+
+    /// The packed bytes of one row block.
+    pub fn block(&self, rb: usize) -> &[u8] {
+        let n = self.chunks() * LUT_CHUNK_BYTES;
+        &self.data[rb * n..(rb + 1) * n]
+    }
+
+    pub fn unpack(&self) -> Result<TernaryWeights, KernelError> {
+        let mut codes = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            for k in 0..self.cols {
+                let (byte, shift) = Self::position(self.padded_cols, r, k);
+                let code = (self.data[byte] >> shift) & 3;
+                codes.push(weight_of(code).ok_or(KernelError::InvalidCode {
+                    what: "packed ternary weight (LUT layout)",
+                    code: code as i32,
+                    index: r * self.cols + k,
+                })?);
+            }
+        }
+        TernaryWeights::from_codes(self.rows, self.cols, self.alpha, codes)
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn random_ternary(rows: usize, cols: usize, seed: u64) -> TernaryWeights {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let codes = (0..rows * cols)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) % 3) as i8 - 1
+            })
+            .collect();
+        TernaryWeights::from_codes(rows, cols, 0.75, codes).unwrap()
+    }
+
+    #[test]
+    fn row_layout_known_bits() {
+        // Row of 300 weights: column 0 -> byte 0 bits 0..2; column 64 -> byte 0 bits 2..4;
+        // column 65 -> byte 1 bits 2..4; column 256 -> byte 64 (second block) bits 0..2.
+        let mut codes = vec![0i8; 300];
+        codes[0] = 1; // code 2
+        codes[64] = -1; // code 0
+        codes[65] = 1;
+        codes[256] = -1;
+        let w = TernaryWeights::from_codes(1, 300, 1.0, codes).unwrap();
+        let p = RowPacked::pack(&w);
+        assert_eq!(p.padded_cols, 512);
+        assert_eq!(p.data.len(), 128);
+        // byte 0: col 0 code 2, col 64 code 0, col 128 code 1, col 192 code 1.
+        assert_eq!(p.data[0], 0b01_01_00_10);
+        assert_eq!(p.data[1], 0b01_01_10_01);
+        assert_eq!(p.data[64], 0b01_01_01_00);
+        // bytes covering padding columns hold only zero weights (code 1).
+        assert_eq!(p.data[127], 0x55);
+    }
+
+    #[test]
+    fn lut_layout_known_bits() {
+        // Row 3, columns 0..8 (k-groups 0..3, chunk 0).
+        let mut codes = vec![0i8; 20 * 8];
+        let row3 = &mut codes[3 * 8..4 * 8];
+        row3.copy_from_slice(&[1, -1, 0, 1, -1, -1, 1, 1]);
+        let w = TernaryWeights::from_codes(20, 8, 1.0, codes).unwrap();
+        let p = LutPacked::pack(&w);
+        assert_eq!(p.row_blocks(), 2);
+        assert_eq!(p.data.len(), 2 * 32 * 32);
+        // k-group 0 = (1, -1) -> idx 2 | 0<<2 = 2; k-group 2 = (-1, -1) -> 0.
+        assert_eq!(p.data[3], 0x02);
+        // k-group 1 = (0, 1) -> 1 | 2<<2 = 9; k-group 3 = (1, 1) -> 2 | 2<<2 = 10.
+        assert_eq!(p.data[16 + 3], 0xA9);
+        // Rows 0..3 are zero: idx 0b0101 = 5 in both nibbles.
+        assert_eq!(p.data[0], 0x55);
+        // Padding rows 20..32 of block 1 are zero weights.
+        assert_eq!(p.block(1)[15], 0x55);
+    }
+
+    #[test]
+    fn corrupt_code_is_reported() {
+        let w = random_ternary(3, 10, 1);
+        let mut p = RowPacked::pack(&w);
+        p.data[0] |= 3; // column 0 of row 0 -> code 3
+        assert!(matches!(
+            p.unpack(),
+            Err(KernelError::InvalidCode { code: 3, index: 0, .. })
+        ));
+        let mut p = LutPacked::pack(&w);
+        let (byte, shift) = LutPacked::position(p.padded_cols, 2, 9);
+        p.data[byte] |= 3 << shift;
+        assert!(matches!(
+            p.unpack(),
+            Err(KernelError::InvalidCode { code: 3, index: 29, .. })
+        ));
+    }
+
+    #[test]
+    fn exactly_two_bits_per_weight_when_aligned() {
+        let w = random_ternary(32, 512, 7);
+        assert_eq!(RowPacked::pack(&w).weight_bytes() * 8, 2 * 32 * 512);
+        assert_eq!(LutPacked::pack(&w).weight_bytes() * 8, 2 * 32 * 512);
+    }
+
+    proptest! {
+        #[test]
+        fn both_layouts_round_trip(rows in 1usize..40, cols in 1usize..700, seed in any::<u64>()) {
+            let w = random_ternary(rows, cols, seed);
+            prop_assert_eq!(&RowPacked::pack(&w).unpack().unwrap(), &w);
+            prop_assert_eq!(&LutPacked::pack(&w).unpack().unwrap(), &w);
+        }
+    }
+}

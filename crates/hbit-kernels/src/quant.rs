@@ -1,0 +1,464 @@
+//! The paper's quantizers (BitNet v2, eqs. 1, 2, 5, 6), computed in f32 with eps = 1e-5 and
+//! round-half-away-from-zero (`f32::round`), returning integer codes plus the dequantization scale.
+//!
+//! Legend: `rows`/`cols` of a weight matrix `[out, in]`; `tokens` × `cols` activations, one
+//! quantization scale per token (per-token quantization over the hidden dimension).
+
+use crate::error::KernelError;
+use crate::pack::K_ALIGN;
+
+/// The epsilon of eqs. (1), (5), (6).
+pub const QUANT_EPS: f32 = 1e-5;
+
+/// sqrt(7): the INT4 absmean scale of eq. (6) maps mean(|x|) to sqrt(7).
+pub const SQRT_7: f32 = 2.645_751_3;
+
+/// RoundClip(x, a, b) = min(max(round(x), a), b) of eq. (2), with round half away from zero.
+#[inline]
+pub fn round_clip(x: f32, lo: f32, hi: f32) -> f32 {
+    x.round().max(lo).min(hi)
+}
+
+/// A ternary weight matrix: codes in {-1, 0, 1} and the per-tensor absmean scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TernaryWeights {
+    pub rows: usize,
+    pub cols: usize,
+    /// alpha = mean(|W|) of eq. (1): the dequantized weight is `alpha * code`.
+    pub alpha: f32,
+    /// `[rows, cols]`, row-major, each in {-1, 0, 1}.
+    pub codes: Vec<i8>,
+}
+
+impl TernaryWeights {
+    /// Builds from codes already in {-1, 0, 1}; rejects anything else.
+    pub fn from_codes(
+        rows: usize,
+        cols: usize,
+        alpha: f32,
+        codes: Vec<i8>,
+    ) -> Result<Self, KernelError> {
+        check_matrix("ternary weights", rows, cols, codes.len())?;
+        if let Some(index) = codes.iter().position(|&c| !(-1..=1).contains(&c)) {
+            return Err(KernelError::InvalidCode {
+                what: "ternary weight",
+                code: codes[index] as i32,
+                index,
+            });
+        }
+        if !alpha.is_finite() {
+            return Err(KernelError::NonFinite {
+                what: "ternary weight scale alpha",
+                index: 0,
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            alpha,
+            codes,
+        })
+    }
+
+    /// `alpha * Wq`, the dequantized weights `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.codes.iter().map(|&c| self.alpha * c as f32).collect()
+    }
+}
+
+fn check_matrix(what: &'static str, rows: usize, cols: usize, len: usize) -> Result<(), KernelError> {
+    if rows == 0 || cols == 0 {
+        return Err(KernelError::InvalidSize {
+            what,
+            found: rows.min(cols),
+            reason: "rows and columns must be non-zero",
+        });
+    }
+    let expected = rows.checked_mul(cols).ok_or(KernelError::InvalidSize {
+        what,
+        found: rows,
+        reason: "rows * cols overflows",
+    })?;
+    if len != expected {
+        return Err(KernelError::LengthMismatch {
+            what,
+            expected,
+            found: len,
+        });
+    }
+    Ok(())
+}
+
+fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KernelError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(KernelError::NonFinite { what, index }),
+        None => Ok(()),
+    }
+}
+
+/// Ternary absmean quantization per tensor, eqs. (1)–(2):
+/// `alpha = mean(|W|)`, `Wq = RoundClip(W / (alpha + eps), -1, 1)`.
+///
+/// The mean is accumulated in f64 (a per-tensor sum over millions of weights would lose digits in
+/// f32) and rounded once to f32; everything after is f32.
+pub fn quantize_ternary(w: &[f32], rows: usize, cols: usize) -> Result<TernaryWeights, KernelError> {
+    check_matrix("ternary weights", rows, cols, w.len())?;
+    check_finite("weights", w)?;
+    let alpha = (w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64) as f32;
+    let denom = alpha + QUANT_EPS;
+    let codes = w
+        .iter()
+        .map(|&v| round_clip(v / denom, -1.0, 1.0) as i8) // eq. (1)
+        .collect();
+    Ok(TernaryWeights {
+        rows,
+        cols,
+        alpha,
+        codes,
+    })
+}
+
+/// Activation bit width of a per-token quantizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActBits {
+    /// INT8 absmax, eq. (5): codes in [-128, 127].
+    Int8,
+    /// INT4 absmean, eq. (6): codes in [-8, 7].
+    Int4,
+}
+
+impl ActBits {
+    pub fn bits(self) -> u8 {
+        match self {
+            ActBits::Int8 => 8,
+            ActBits::Int4 => 4,
+        }
+    }
+
+    pub fn from_bits(bits: u8) -> Option<ActBits> {
+        match bits {
+            8 => Some(ActBits::Int8),
+            4 => Some(ActBits::Int4),
+            _ => None,
+        }
+    }
+
+    /// The integer range `[min, max]` of the codes.
+    pub fn code_range(self) -> (i8, i8) {
+        match self {
+            ActBits::Int8 => (-128, 127),
+            ActBits::Int4 => (-8, 7),
+        }
+    }
+}
+
+/// Sum of |x| in a fixed order: eight interleaved f32 lanes (lane i takes x[j] for j ≡ i mod 8),
+/// then a fixed pairwise tree. A SIMD version reproduces this order exactly, and eight lanes keep
+/// the rounding error of a per-token sum small.
+pub fn abs_sum_f32(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += v.abs();
+        }
+    }
+    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += v.abs();
+    }
+    let l4 = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
+    let l2 = [l4[0] + l4[2], l4[1] + l4[3]];
+    l2[0] + l2[1]
+}
+
+/// INT8 absmax quantization of one token, eq. (5):
+/// `gamma = max|x|`, `xq = RoundClip(127 / (gamma + eps) * x, -128, 127)`.
+/// Writes the codes and returns the dequantization scale `gamma / 127`.
+pub fn quantize_int8_token(x: &[f32], out: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), out.len());
+    let gamma = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = 127.0 / (gamma + QUANT_EPS);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = round_clip(scale * v, -128.0, 127.0) as i8; // eq. (5)
+    }
+    gamma / 127.0
+}
+
+/// INT4 absmean quantization of one token, eq. (6):
+/// `beta = mean|x|`, `xq = RoundClip(sqrt(7) / (beta + eps) * x, -8, 7)`.
+/// Writes the codes and returns the dequantization scale `beta / sqrt(7)`.
+pub fn quantize_int4_token(x: &[f32], out: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), out.len());
+    let beta = abs_sum_f32(x) / x.len() as f32;
+    let scale = SQRT_7 / (beta + QUANT_EPS);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = round_clip(scale * v, -8.0, 7.0) as i8; // eq. (6)
+    }
+    beta / SQRT_7
+}
+
+/// Per-token quantized activations, laid out for the matrix kernels: each token's codes are
+/// zero-padded to `stride` (a multiple of [`K_ALIGN`]) so kernels never handle a ragged tail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedActivations {
+    pub bits: ActBits,
+    pub tokens: usize,
+    pub cols: usize,
+    /// Padded row length of `codes`.
+    pub stride: usize,
+    /// `[tokens, stride]`; columns `cols..stride` are zero.
+    pub codes: Vec<i8>,
+    /// `[tokens]`: dequantization scale of each token (`gamma/127` or `beta/sqrt 7`).
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedActivations {
+    /// The codes of token `t`, without padding.
+    pub fn token(&self, t: usize) -> &[i8] {
+        &self.codes[t * self.stride..t * self.stride + self.cols]
+    }
+
+    /// Dequantized activations `[tokens, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        (0..self.tokens)
+            .flat_map(|t| {
+                let s = self.scales[t];
+                self.token(t).iter().map(move |&q| s * q as f32)
+            })
+            .collect()
+    }
+
+    /// Builds from codes already quantized (e.g. read back from disk); validates their range.
+    pub fn from_codes(
+        bits: ActBits,
+        tokens: usize,
+        cols: usize,
+        codes: &[i8],
+        scales: Vec<f32>,
+    ) -> Result<Self, KernelError> {
+        check_matrix("activation codes", tokens, cols, codes.len())?;
+        if scales.len() != tokens {
+            return Err(KernelError::LengthMismatch {
+                what: "activation scales",
+                expected: tokens,
+                found: scales.len(),
+            });
+        }
+        let (lo, hi) = bits.code_range();
+        if let Some(index) = codes.iter().position(|c| !(lo..=hi).contains(c)) {
+            return Err(KernelError::InvalidCode {
+                what: "activation code",
+                code: codes[index] as i32,
+                index,
+            });
+        }
+        let mut q = Self::zeroed(bits, tokens, cols);
+        for t in 0..tokens {
+            q.codes[t * q.stride..t * q.stride + cols].copy_from_slice(&codes[t * cols..][..cols]);
+        }
+        q.scales = scales;
+        Ok(q)
+    }
+
+    fn zeroed(bits: ActBits, tokens: usize, cols: usize) -> Self {
+        let stride = cols.div_ceil(K_ALIGN) * K_ALIGN;
+        Self {
+            bits,
+            tokens,
+            cols,
+            stride,
+            codes: vec![0; tokens * stride],
+            scales: vec![0.0; tokens],
+        }
+    }
+}
+
+/// Quantizes `x` (`[tokens, cols]`) per token with the given bit width (eq. 5 or 6).
+pub fn quantize_activations(
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    bits: ActBits,
+) -> Result<QuantizedActivations, KernelError> {
+    check_matrix("activations", tokens, cols, x.len())?;
+    check_finite("activations", x)?;
+    let mut q = QuantizedActivations::zeroed(bits, tokens, cols);
+    let stride = q.stride;
+    for (t, (row, out)) in x.chunks_exact(cols).zip(q.codes.chunks_exact_mut(stride)).enumerate() {
+        let out = &mut out[..cols];
+        q.scales[t] = match bits {
+            ActBits::Int8 => quantize_int8_token(row, out),
+            ActBits::Int4 => quantize_int4_token(row, out),
+        };
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ternary_known_answer() {
+        // |W| = [0.1, 0.5, 0.3, 0.9, 0.0, 0.2] -> alpha = 2.0/6 = 0.3333..
+        // W/(alpha+eps) = [0.3, -1.5, 0.9, 2.7, 0, -0.6] -> round: [0, -2, 1, 3, 0, -1] -> clip.
+        let w = [0.1, -0.5, 0.3, 0.9, 0.0, -0.2];
+        let q = quantize_ternary(&w, 2, 3).unwrap();
+        assert!((q.alpha - 1.0 / 3.0).abs() < 1e-7);
+        assert_eq!(q.codes, vec![0, -1, 1, 1, 0, -1]);
+        assert_eq!(q.dequantize()[1], -q.alpha);
+    }
+
+    #[test]
+    fn ternary_rounds_half_away_from_zero() {
+        // alpha = mean(|[0.5, -0.5, 1.5, -1.5]|) = 1.0; W/(1+1e-5) is just under ±0.5 and ±1.5,
+        // so it rounds toward zero for ±0.5. Use exact halves via a bigger alpha instead:
+        // W = [1, -1, 3, -3, 0, 0, 0, 0] -> alpha = 1.0 -> x/(1+eps) ≈ ±0.99999, ±2.99997.
+        let w = [1.0, -1.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0];
+        let q = quantize_ternary(&w, 1, 8).unwrap();
+        assert_eq!(q.alpha, 1.0);
+        assert_eq!(q.codes, vec![1, -1, 1, -1, 0, 0, 0, 0]);
+        assert_eq!(round_clip(0.5, -8.0, 7.0), 1.0);
+        assert_eq!(round_clip(-0.5, -8.0, 7.0), -1.0);
+        assert_eq!(round_clip(2.5, -8.0, 7.0), 3.0);
+        assert_eq!(round_clip(-2.5, -8.0, 7.0), -3.0);
+    }
+
+    #[test]
+    fn int8_known_answer() {
+        // gamma = 2.0, scale = 127 / 2.00001 = 63.49968..
+        // x * scale = [63.4997, -126.9994, 31.7498, 0.0, 15.8749] -> [63, -127, 32, 0, 16]
+        let x = [1.0, -2.0, 0.5, 0.0, 0.25];
+        let mut q = [0i8; 5];
+        let s = quantize_int8_token(&x, &mut q);
+        assert_eq!(q, [63, -127, 32, 0, 16]);
+        assert_eq!(s, 2.0 / 127.0);
+    }
+
+    #[test]
+    fn int4_known_answer() {
+        // beta = mean(|x|) = (1 + 3 + 0.5 + 0.5)/4 = 1.25; scale = sqrt7/1.25001 = 2.116580..
+        // x * scale = [2.1166, -6.3497, 1.0583, -1.0583] -> [2, -6, 1, -1]
+        let x = [1.0, -3.0, 0.5, -0.5];
+        let mut q = [0i8; 4];
+        let s = quantize_int4_token(&x, &mut q);
+        assert_eq!(q, [2, -6, 1, -1]);
+        assert_eq!(s, 1.25 / SQRT_7);
+        // An outlier clips: beta = (100 + 3*1)/4 = 25.75 -> 100 * sqrt7/25.75 = 10.27 -> 7;
+        // -100 -> -10.27 -> clip to -8.
+        let x = [100.0, 1.0, -1.0, 1.0];
+        let mut q = [0i8; 4];
+        quantize_int4_token(&x, &mut q);
+        assert_eq!(q, [7, 0, 0, 0]);
+        let x = [-100.0, 1.0, -1.0, 1.0];
+        quantize_int4_token(&x, &mut q);
+        assert_eq!(q, [-8, 0, 0, 0]);
+    }
+
+    #[test]
+    fn zero_token_gives_zero_codes() {
+        let x = [0.0f32; 16];
+        let q = quantize_activations(&x, 2, 8, ActBits::Int4).unwrap();
+        assert!(q.codes.iter().all(|&c| c == 0));
+        let q = quantize_activations(&x, 2, 8, ActBits::Int8).unwrap();
+        assert!(q.codes.iter().all(|&c| c == 0));
+        assert_eq!(q.scales, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn sqrt7_constant_is_exact_f32() {
+        assert_eq!(SQRT_7, 7f32.sqrt());
+    }
+
+    #[test]
+    fn bad_shapes_and_values_are_typed_errors() {
+        assert!(matches!(
+            quantize_ternary(&[1.0; 5], 2, 3),
+            Err(KernelError::LengthMismatch { expected: 6, found: 5, .. })
+        ));
+        assert!(matches!(
+            quantize_ternary(&[], 0, 3),
+            Err(KernelError::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            quantize_activations(&[1.0, f32::NAN], 1, 2, ActBits::Int8),
+            Err(KernelError::NonFinite { index: 1, .. })
+        ));
+        assert!(matches!(
+            TernaryWeights::from_codes(1, 2, 1.0, vec![0, 2]),
+            Err(KernelError::InvalidCode { code: 2, index: 1, .. })
+        ));
+        assert!(matches!(
+            QuantizedActivations::from_codes(ActBits::Int4, 1, 2, &[0, 8], vec![1.0]),
+            Err(KernelError::InvalidCode { code: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn padding_is_zero_and_token_view_is_unpadded() {
+        let x: Vec<f32> = (0..2 * 300).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q = quantize_activations(&x, 2, 300, ActBits::Int8).unwrap();
+        assert_eq!(q.stride, 512);
+        assert_eq!(q.token(1).len(), 300);
+        assert!(q.codes[300..512].iter().all(|&c| c == 0));
+        assert!(q.codes[812..].iter().all(|&c| c == 0));
+    }
+
+    proptest! {
+        #[test]
+        fn int8_hits_its_range_and_bounds_error(xs in proptest::collection::vec(-50.0f32..50.0, 1..200)) {
+            let mut q = vec![0i8; xs.len()];
+            let s = quantize_int8_token(&xs, &mut q);
+            let gamma = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            // The largest-magnitude element maps to ±127 (absmax never needs -128).
+            if gamma > 0.01 {
+                prop_assert!(q.iter().any(|&c| c == 127 || c == -127));
+            }
+            prop_assert!(q.iter().all(|&c| c >= -127));
+            for (&v, &c) in xs.iter().zip(&q) {
+                // Dequantization error is at most half a step (plus the eps distortion).
+                prop_assert!((s * c as f32 - v).abs() <= 0.5 * s + 2e-5 + 1e-6 * gamma);
+            }
+        }
+
+        #[test]
+        fn int4_stays_in_range_and_reaches_both_ends_on_outliers(
+            xs in proptest::collection::vec(-1.0f32..1.0, 8..100), big in 10.0f32..1000.0
+        ) {
+            let mut with_outliers = xs.clone();
+            with_outliers[0] = big;
+            with_outliers[1] = -big;
+            let mut q = vec![0i8; with_outliers.len()];
+            quantize_int4_token(&with_outliers, &mut q);
+            prop_assert!(q.iter().all(|&c| (-8..=7).contains(&c)));
+            // sqrt7 * big / mean > 7 whenever big dominates the mean: both clip limits are hit.
+            prop_assert_eq!(q[0], 7);
+            prop_assert_eq!(q[1], -8);
+        }
+
+        #[test]
+        fn ternary_codes_are_ternary_and_alpha_is_absmean(ws in proptest::collection::vec(-3.0f32..3.0, 1..300)) {
+            let q = quantize_ternary(&ws, 1, ws.len()).unwrap();
+            prop_assert!(q.codes.iter().all(|&c| (-1..=1).contains(&c)));
+            let mean = ws.iter().map(|v| v.abs() as f64).sum::<f64>() / ws.len() as f64;
+            prop_assert!((q.alpha as f64 - mean).abs() <= 1e-6 * mean.max(1.0));
+            for (&w, &c) in ws.iter().zip(&q.codes) {
+                let r = w / (q.alpha + QUANT_EPS);
+                if r.abs() >= 1.5 { prop_assert_eq!(c as f32, r.signum()); }
+                if r.abs() < 0.5 { prop_assert_eq!(c, 0); }
+            }
+        }
+
+        #[test]
+        fn abs_sum_matches_f64_sum(xs in proptest::collection::vec(-10.0f32..10.0, 0..500)) {
+            let exact: f64 = xs.iter().map(|v| v.abs() as f64).sum();
+            prop_assert!((abs_sum_f32(&xs) as f64 - exact).abs() <= 1e-5 * exact.max(1.0));
+        }
+    }
+}
