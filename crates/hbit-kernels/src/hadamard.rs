@@ -8,6 +8,7 @@
 //!   (index `i · 2^m + j`: the 2^m-transform runs within each of the p segments, then `H_p` mixes
 //!   the segments). Still exactly orthonormal;
 //! * any other `n` only on request, as a block-diagonal transform with a power-of-two block.
+//!
 //! Zero-padding then truncating is never done: it is not orthogonal.
 //!
 //! Arithmetic (bit-exact across paths): unnormalized butterflies `(a + b, a - b)` level by level
@@ -91,7 +92,7 @@ impl Hadamard {
                 reason: "the block must be a power of two no larger than 32768",
             });
         }
-        if n == 0 || n % block != 0 {
+        if n == 0 || !n.is_multiple_of(block) {
             return Err(KernelError::InvalidSize {
                 what: "Hadamard length",
                 found: n,
@@ -122,7 +123,7 @@ impl Hadamard {
     /// As [`Hadamard::apply`] on an explicit kernel path (all paths give identical bits).
     pub fn apply_with(&self, path: KernelPath, x: &mut [f32]) -> Result<(), KernelError> {
         path.check_supported()?;
-        if x.is_empty() || x.len() % self.n != 0 {
+        if x.is_empty() || !x.len().is_multiple_of(self.n) {
             return Err(KernelError::LengthMismatch {
                 what: "Hadamard input (a whole number of rows)",
                 expected: self.n * (x.len() / self.n).max(1),
@@ -243,7 +244,8 @@ mod avx2 {
             for i in (0..n).step_by(4 * h) {
                 for j in (i..i + h).step_by(8) {
                     // SAFETY: j + 3h + 8 <= i + 4h <= n.
-                    let (pa, pb, pc, pd) = (p.add(j), p.add(j + h), p.add(j + 2 * h), p.add(j + 3 * h));
+                    let (pa, pb, pc, pd) =
+                        (p.add(j), p.add(j + h), p.add(j + 2 * h), p.add(j + 3 * h));
                     let (a, b, c, d) = (
                         _mm256_loadu_ps(pa),
                         _mm256_loadu_ps(pb),
@@ -350,7 +352,11 @@ mod tests {
             assert!(err < 1e-5, "n = {n}: |H Hᵀ - I| = {err}");
             for i in 0..n {
                 for j in 0..n {
-                    assert_eq!(m[i * n + j], m[j * n + i], "n = {n}: symmetric at ({i}, {j})");
+                    assert_eq!(
+                        m[i * n + j],
+                        m[j * n + i],
+                        "n = {n}: symmetric at ({i}, {j})"
+                    );
                 }
             }
         }
@@ -377,7 +383,10 @@ mod tests {
     fn unsupported_sizes_are_typed_errors() {
         for n in [0usize, 3, 6, 10, 36, 44, 1 << 16, 100] {
             assert!(
-                matches!(Hadamard::new(n), Err(KernelError::UnsupportedHadamardSize { .. })),
+                matches!(
+                    Hadamard::new(n),
+                    Err(KernelError::UnsupportedHadamardSize { .. })
+                ),
                 "n = {n}"
             );
         }
@@ -402,7 +411,11 @@ mod tests {
             let ny: f64 = y.iter().map(|v| (*v as f64).powi(2)).sum();
             assert!((nx - ny).abs() < 1e-4 * nx, "n = {n}: norm {nx} -> {ny}");
             h.apply(&mut y).unwrap();
-            let err = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let err = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(err < 1e-4, "n = {n}: H(H x) differs from x by {err}");
         }
     }

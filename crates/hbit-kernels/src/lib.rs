@@ -24,4 +24,6 @@ pub use cpu::{active_path, KernelPath};
 pub use error::KernelError;
 pub use hadamard::Hadamard;
 pub use pack::{LutPacked, RowPacked};
-pub use quant::{quantize_activations, quantize_ternary, ActBits, QuantizedActivations, TernaryWeights};
+pub use quant::{
+    quantize_activations, quantize_ternary, ActBits, QuantizedActivations, TernaryWeights,
+};

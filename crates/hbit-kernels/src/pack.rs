@@ -66,7 +66,11 @@ impl RowPacked {
         let row_bytes = padded_cols / 4;
         // Padding columns get code 1 (weight 0); activations are zero there too.
         let mut data = vec![0b0101_0101u8; w.rows * row_bytes];
-        for (row, out) in w.codes.chunks_exact(w.cols).zip(data.chunks_exact_mut(row_bytes)) {
+        for (row, out) in w
+            .codes
+            .chunks_exact(w.cols)
+            .zip(data.chunks_exact_mut(row_bytes))
+        {
             for (k, &wk) in row.iter().enumerate() {
                 let (byte, shift) = Self::position(k);
                 out[byte] = (out[byte] & !(3 << shift)) | (code_of(wk) << shift);
@@ -209,10 +213,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn random_ternary(rows: usize, cols: usize, seed: u64) -> TernaryWeights {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let codes = (0..rows * cols)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) % 3) as i8 - 1
             })
             .collect();
@@ -267,14 +275,22 @@ mod tests {
         p.data[0] |= 3; // column 0 of row 0 -> code 3
         assert!(matches!(
             p.unpack(),
-            Err(KernelError::InvalidCode { code: 3, index: 0, .. })
+            Err(KernelError::InvalidCode {
+                code: 3,
+                index: 0,
+                ..
+            })
         ));
         let mut p = LutPacked::pack(&w);
         let (byte, shift) = LutPacked::position(p.padded_cols, 2, 9);
         p.data[byte] |= 3 << shift;
         assert!(matches!(
             p.unpack(),
-            Err(KernelError::InvalidCode { code: 3, index: 29, .. })
+            Err(KernelError::InvalidCode {
+                code: 3,
+                index: 29,
+                ..
+            })
         ));
     }
 

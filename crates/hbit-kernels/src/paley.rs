@@ -31,9 +31,9 @@ fn chi(a: i64, q: i64) -> i8 {
 fn bordered_jacobsthal(q: usize, border: i8) -> Vec<Vec<i8>> {
     let n = q + 1;
     let mut s = vec![vec![0i8; n]; n];
-    for j in 1..n {
-        s[0][j] = 1;
-        s[j][0] = border;
+    s[0][1..].fill(1);
+    for row in &mut s[1..] {
+        row[0] = border;
     }
     for a in 0..q {
         for b in 0..q {
@@ -99,10 +99,17 @@ mod tests {
     fn paley_matrices_are_hadamard() {
         for order in [12usize, 20, 28] {
             let h = paley_matrix(order).unwrap();
-            assert!(h.iter().all(|&e| e == 1 || e == -1), "order {order}: entries ±1");
+            assert!(
+                h.iter().all(|&e| e == 1 || e == -1),
+                "order {order}: entries ±1"
+            );
             for i in 0..order {
                 for j in 0..order {
-                    assert_eq!(h[i * order + j], h[j * order + i], "order {order}: symmetric");
+                    assert_eq!(
+                        h[i * order + j],
+                        h[j * order + i],
+                        "order {order}: symmetric"
+                    );
                 }
             }
             for i in 0..order {

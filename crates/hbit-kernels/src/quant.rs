@@ -66,7 +66,12 @@ impl TernaryWeights {
     }
 }
 
-fn check_matrix(what: &'static str, rows: usize, cols: usize, len: usize) -> Result<(), KernelError> {
+fn check_matrix(
+    what: &'static str,
+    rows: usize,
+    cols: usize,
+    len: usize,
+) -> Result<(), KernelError> {
     if rows == 0 || cols == 0 {
         return Err(KernelError::InvalidSize {
             what,
@@ -101,7 +106,11 @@ fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KernelError> {
 ///
 /// The mean is accumulated in f64 (a per-tensor sum over millions of weights would lose digits in
 /// f32) and rounded once to f32; everything after is f32.
-pub fn quantize_ternary(w: &[f32], rows: usize, cols: usize) -> Result<TernaryWeights, KernelError> {
+pub fn quantize_ternary(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<TernaryWeights, KernelError> {
     check_matrix("ternary weights", rows, cols, w.len())?;
     check_finite("weights", w)?;
     let alpha = (w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64) as f32;
@@ -289,7 +298,11 @@ pub fn quantize_activations(
     check_finite("activations", x)?;
     let mut q = QuantizedActivations::zeroed(bits, tokens, cols);
     let stride = q.stride;
-    for (t, (row, out)) in x.chunks_exact(cols).zip(q.codes.chunks_exact_mut(stride)).enumerate() {
+    for (t, (row, out)) in x
+        .chunks_exact(cols)
+        .zip(q.codes.chunks_exact_mut(stride))
+        .enumerate()
+    {
         let out = &mut out[..cols];
         q.scales[t] = match bits {
             ActBits::Int8 => quantize_int8_token(row, out),
@@ -380,7 +393,11 @@ mod tests {
     fn bad_shapes_and_values_are_typed_errors() {
         assert!(matches!(
             quantize_ternary(&[1.0; 5], 2, 3),
-            Err(KernelError::LengthMismatch { expected: 6, found: 5, .. })
+            Err(KernelError::LengthMismatch {
+                expected: 6,
+                found: 5,
+                ..
+            })
         ));
         assert!(matches!(
             quantize_ternary(&[], 0, 3),
@@ -392,7 +409,11 @@ mod tests {
         ));
         assert!(matches!(
             TernaryWeights::from_codes(1, 2, 1.0, vec![0, 2]),
-            Err(KernelError::InvalidCode { code: 2, index: 1, .. })
+            Err(KernelError::InvalidCode {
+                code: 2,
+                index: 1,
+                ..
+            })
         ));
         assert!(matches!(
             QuantizedActivations::from_codes(ActBits::Int4, 1, 2, &[0, 8], vec![1.0]),

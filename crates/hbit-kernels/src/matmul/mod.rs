@@ -1,1 +1,183 @@
+//! Ternary × quantized-activation matrix kernels (BitLinear's integer form, DESIGN.md §1):
+//!
+//! `y[t, o] = alpha · s_x[t] · Σ_k Wq[o, k] · xq[t, k]`, the sum in i32.
+//!
+//! * [`matmul_int8`] multiplies [`RowPacked`] weights by INT8 activations with multiply-add
+//!   instructions (`vpmaddubsw`, `vpdpbusd`) on 2-bit codes `w + 1`, then subtracts `Σ_k xq[t, k]`.
+//! * [`matmul_int4`] multiplies [`LutPacked`] weights by INT4 activations with 16-entry lookup
+//!   tables of k-group partial sums (`vpshufb`): INT4 codes keep every table entry within one byte,
+//!   which INT8 codes cannot (the reason native 4-bit activations pay off on a CPU).
+//!
+//! One token is a GEMV, 2..N tokens a GEMM; rows are split across the current rayon pool's
+//! threads. Every path computes the same i32 sums and the same f32 epilogue, so every path gives
+//! bit-identical outputs; [`matmul_reference`] is the plain definition they are tested against.
 
+mod lut;
+mod mad;
+
+use crate::cpu::{active_path, KernelPath};
+use crate::error::KernelError;
+use crate::pack::{LutPacked, RowPacked, LUT_ROW_BLOCK};
+use crate::quant::{ActBits, QuantizedActivations, TernaryWeights};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Budget for the operands a kernel re-reads from L1 within one column block (activations or
+/// lookup tables of the token tile); half of a 32 KiB L1 leaves room for the weight stream.
+const L1_BUDGET_BYTES: usize = 16 * 1024;
+
+/// The f32 epilogue, identical on every path: `(alpha · s_x) · dot`.
+#[inline]
+fn epilogue(alpha: f32, scale: f32, dot: i32) -> f32 {
+    alpha * scale * dot as f32
+}
+
+/// Definition of the product on unpacked codes: the reference every kernel path must equal.
+pub fn matmul_reference(
+    w: &TernaryWeights,
+    x: &QuantizedActivations,
+) -> Result<Vec<f32>, KernelError> {
+    check_cols(w.cols, x)?;
+    let mut y = vec![0.0f32; x.tokens * w.rows];
+    for t in 0..x.tokens {
+        let xt = x.token(t);
+        for o in 0..w.rows {
+            let wo = &w.codes[o * w.cols..(o + 1) * w.cols];
+            let dot: i32 = wo.iter().zip(xt).map(|(&a, &b)| a as i32 * b as i32).sum();
+            y[t * w.rows + o] = epilogue(w.alpha, x.scales[t], dot);
+        }
+    }
+    Ok(y)
+}
+
+/// Ternary × INT8 on the active path. `y` is `[tokens, rows]`.
+pub fn matmul_int8(
+    w: &RowPacked,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_int8_with(active_path()?, w, x, y)
+}
+
+/// Ternary × INT8 on an explicit kernel path.
+pub fn matmul_int8_with(
+    path: KernelPath,
+    w: &RowPacked,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_operands(path, w.rows, w.cols, x, ActBits::Int8, y)?;
+    let parts = split_rows(w.rows, 1, |rows| mad::dots(path, w, x, rows));
+    write_output(&parts, w.rows, w.alpha, x, y);
+    Ok(())
+}
+
+/// Ternary × INT4 on the active path. `y` is `[tokens, rows]`.
+pub fn matmul_int4(
+    w: &LutPacked,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    matmul_int4_with(active_path()?, w, x, y)
+}
+
+/// Ternary × INT4 on an explicit kernel path.
+pub fn matmul_int4_with(
+    path: KernelPath,
+    w: &LutPacked,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_operands(path, w.rows, w.cols, x, ActBits::Int4, y)?;
+    let parts = split_rows(w.rows, LUT_ROW_BLOCK, |rows| lut::dots(path, w, x, rows));
+    write_output(&parts, w.rows, w.alpha, x, y);
+    Ok(())
+}
+
+fn check_cols(cols: usize, x: &QuantizedActivations) -> Result<(), KernelError> {
+    if x.cols != cols {
+        return Err(KernelError::ShapeMismatch {
+            what: "activation columns vs weight columns",
+            expected: cols,
+            found: x.cols,
+        });
+    }
+    Ok(())
+}
+
+fn check_operands(
+    path: KernelPath,
+    rows: usize,
+    cols: usize,
+    x: &QuantizedActivations,
+    bits: ActBits,
+    y: &[f32],
+) -> Result<(), KernelError> {
+    path.check_supported()?;
+    check_cols(cols, x)?;
+    if x.bits != bits {
+        return Err(KernelError::ActivationBitsMismatch {
+            expected: bits.bits(),
+            found: x.bits.bits(),
+        });
+    }
+    if x.codes.len() != x.tokens * x.stride || x.scales.len() != x.tokens {
+        return Err(KernelError::LengthMismatch {
+            what: "activation codes (tokens × padded columns)",
+            expected: x.tokens * x.stride,
+            found: x.codes.len(),
+        });
+    }
+    if y.len() != x.tokens * rows {
+        return Err(KernelError::LengthMismatch {
+            what: "output y [tokens, rows]",
+            expected: x.tokens * rows,
+            found: y.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `dots` on contiguous row ranges (multiples of `align` rows, except the last), one per
+/// thread of the current rayon pool. `dots(range)` returns i32 sums `[tokens, range.len()]`.
+fn split_rows<F>(rows: usize, align: usize, dots: F) -> Vec<(Range<usize>, Vec<i32>)>
+where
+    F: Fn(Range<usize>) -> Vec<i32> + Sync,
+{
+    let units = rows.div_ceil(align);
+    let parts = rayon::current_num_threads().clamp(1, units);
+    let ranges: Vec<Range<usize>> = (0..parts)
+        .map(|i| {
+            let (u0, u1) = (units * i / parts, units * (i + 1) / parts);
+            (u0 * align).min(rows)..(u1 * align).min(rows)
+        })
+        .collect();
+    if parts == 1 {
+        return ranges.into_iter().map(|r| (r.clone(), dots(r))).collect();
+    }
+    ranges
+        .into_par_iter()
+        .map(|r| (r.clone(), dots(r)))
+        .collect()
+}
+
+fn write_output(
+    parts: &[(Range<usize>, Vec<i32>)],
+    rows: usize,
+    alpha: f32,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) {
+    for (range, dots) in parts {
+        let len = range.len();
+        for t in 0..x.tokens {
+            let out = &mut y[t * rows + range.start..t * rows + range.end];
+            for (o, &d) in out.iter_mut().zip(&dots[t * len..(t + 1) * len]) {
+                *o = epilogue(alpha, x.scales[t], d);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

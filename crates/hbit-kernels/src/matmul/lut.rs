@@ -1,0 +1,413 @@
+//! Lookup-table kernels: [`LutPacked`] ternary weights × INT4 activations (in the manner of T-MAC
+//! and bitnet.cpp's TL kernels).
+//!
+//! For each token and k-group `g = (2g, 2g+1)` a 16-entry table holds every partial sum
+//! `wa·x[2g] + wb·x[2g+1]` over the ternary pairs, indexed by the 4-bit weight index
+//! `code(wa) | code(wb) << 2`. With INT4 codes each entry lies in [-16, 16], so it fits in one
+//! byte (biased by +16 to [0, 32]) and one `vpshufb` looks up 32 row × k-group partial sums at
+//! once: 64 multiply-accumulates per instruction, twice a `vpmaddubsw`. INT8 codes would need
+//! 16-bit entries and two lookups.
+//!
+//! Accumulation: byte sums of 3 chunks (6 lookups ≤ 192) are widened to u16 by unpacking with
+//! zero; u16 lanes hold at most 64 per chunk, so column blocks of ≤ 2048 columns cannot overflow.
+//! The bias (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
+
+use super::L1_BUDGET_BYTES;
+use crate::cpu::KernelPath;
+use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
+use crate::quant::QuantizedActivations;
+use std::ops::Range;
+
+/// Tokens sharing each unpacked weight chunk.
+const TOKEN_TILE: usize = 4;
+/// Bias added to every table entry so the entries are unsigned bytes.
+const TABLE_BIAS: i32 = 16;
+/// Bytes of one k-group table.
+const TABLE_BYTES: usize = 16;
+/// Longest column block (u16 accumulators: 64 per chunk, ≤ 256 chunks, doubled when the two
+/// 128-bit halves are added: ≤ 32768).
+const MAX_COL_BLOCK: usize = 2048;
+
+/// Ternary weight of one half of a 4-bit index (code 3 is never written and contributes 0).
+const fn weight_of_code(code: usize) -> i32 {
+    if code < 3 {
+        code as i32 - 1
+    } else {
+        0
+    }
+}
+
+/// Table entry `idx` of the k-group with activations `(xa, xb)`, biased.
+#[inline]
+fn table_entry(idx: usize, xa: i8, xb: i8) -> u8 {
+    (weight_of_code(idx & 3) * xa as i32 + weight_of_code(idx >> 2) * xb as i32 + TABLE_BIAS) as u8
+}
+
+/// Reference table builder: `tables[g * 16 + idx]` for every k-group of `x` (padded length).
+fn build_tables_scalar(x: &[i8], tables: &mut [u8]) {
+    for (g, table) in tables.chunks_exact_mut(TABLE_BYTES).enumerate() {
+        for (idx, e) in table.iter_mut().enumerate() {
+            *e = table_entry(idx, x[2 * g], x[2 * g + 1]);
+        }
+    }
+}
+
+/// i32 sums `[tokens, rows.len()]` for `rows` (a range starting on a row-block boundary).
+pub(super) fn dots(
+    path: KernelPath,
+    w: &LutPacked,
+    x: &QuantizedActivations,
+    rows: Range<usize>,
+) -> Vec<i32> {
+    debug_assert_eq!(rows.start % LUT_ROW_BLOCK, 0);
+    let len = rows.len();
+    let blocks = rows.start / LUT_ROW_BLOCK..rows.end.div_ceil(LUT_ROW_BLOCK);
+    // Sums for whole row blocks (padding rows included), trimmed below.
+    let padded_len = blocks.len() * LUT_ROW_BLOCK;
+    let mut sums = vec![0i32; x.tokens * padded_len];
+    let tables_per_token = x.stride / 2 * TABLE_BYTES;
+    let mut tables = vec![0u8; TOKEN_TILE * tables_per_token];
+    for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
+        let nt = TOKEN_TILE.min(x.tokens - t0);
+        for j in 0..nt {
+            let xt = &x.codes[(t0 + j) * x.stride..(t0 + j + 1) * x.stride];
+            let tab = &mut tables[j * tables_per_token..(j + 1) * tables_per_token];
+            build_tables(path, xt, tab);
+        }
+        let col_block = ((L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2)) / K_ALIGN * K_ALIGN)
+            .clamp(K_ALIGN, MAX_COL_BLOCK);
+        for k0 in (0..x.stride).step_by(col_block) {
+            let chunks = col_block.min(x.stride - k0) / LUT_CHUNK_COLS;
+            let c0 = k0 / LUT_CHUNK_COLS;
+            for (bi, rb) in blocks.clone().enumerate() {
+                let wb = &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
+                let tabs: [&[u8]; TOKEN_TILE] = std::array::from_fn(|j| {
+                    let start = j.min(nt - 1) * tables_per_token + c0 * 4 * TABLE_BYTES;
+                    &tables[start..start + chunks * 4 * TABLE_BYTES]
+                });
+                block_tile(path, wb, &tabs, nt, &mut acc);
+                for (j, a) in acc.iter().enumerate().take(nt) {
+                    let dst =
+                        &mut sums[(t0 + j) * padded_len + bi * LUT_ROW_BLOCK..][..LUT_ROW_BLOCK];
+                    for (d, &v) in dst.iter_mut().zip(a) {
+                        *d += v - TABLE_BIAS * 4 * chunks as i32;
+                    }
+                }
+            }
+        }
+    }
+    if padded_len == len {
+        return sums;
+    }
+    let mut out = vec![0i32; x.tokens * len];
+    for t in 0..x.tokens {
+        out[t * len..(t + 1) * len].copy_from_slice(&sums[t * padded_len..t * padded_len + len]);
+    }
+    out
+}
+
+fn build_tables(path: KernelPath, x: &[i8], tables: &mut [u8]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 | KernelPath::Avx512 => {
+            // SAFETY: the caller checked that the CPU runs `path`, which implies AVX2; `x.len()`
+            // is a multiple of K_ALIGN and `tables` holds x.len() / 2 tables.
+            unsafe { avx2::build_tables(x, tables) }
+        }
+        _ => build_tables_scalar(x, tables),
+    }
+}
+
+/// Biased sums of one row block over `wb`'s chunks for the first `nt` tokens: `acc[t][row]`.
+fn block_tile(
+    path: KernelPath,
+    wb: &[u8],
+    tabs: &[&[u8]; TOKEN_TILE],
+    nt: usize,
+    acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => {
+            // SAFETY: the caller checked AVX2; `wb` and every table slice cover the same chunks
+            // (32 weight bytes and 64 table bytes per chunk), as `avx2::block_tile` requires.
+            unsafe { avx2::block_tile(wb, tabs, nt, acc) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => {
+            // SAFETY: the caller checked AVX-512 F+BW; slices as above, with an even chunk count
+            // (column blocks are multiples of K_ALIGN = 32 chunks).
+            unsafe { avx512::block_tile(wb, tabs, nt, acc) }
+        }
+        _ => block_tile_scalar(wb, tabs, nt, acc),
+    }
+}
+
+/// Scalar path: the same table lookups, one byte at a time.
+fn block_tile_scalar(
+    wb: &[u8],
+    tabs: &[&[u8]; TOKEN_TILE],
+    nt: usize,
+    acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+) {
+    for (c, chunk) in wb.chunks_exact(LUT_CHUNK_BYTES).enumerate() {
+        for (i, &byte) in chunk.iter().enumerate() {
+            let (row, half) = (i % LUT_ROW_BLOCK, i / LUT_ROW_BLOCK);
+            // Low nibble: k-group 4c + half; high nibble: k-group 4c + 2 + half.
+            let (g_lo, g_hi) = (4 * c + half, 4 * c + 2 + half);
+            let (lo, hi) = ((byte & 15) as usize, (byte >> 4) as usize);
+            for (t, tab) in tabs.iter().enumerate().take(nt) {
+                acc[t][row] +=
+                    tab[g_lo * TABLE_BYTES + lo] as i32 + tab[g_hi * TABLE_BYTES + hi] as i32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{
+        weight_of_code, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS, TABLE_BYTES, TOKEN_TILE,
+    };
+    use std::arch::x86_64::*;
+
+    /// Chunks whose byte sums cannot overflow: 2 lookups of ≤ 32 per byte and chunk.
+    const U8_WINDOW_CHUNKS: usize = 3;
+
+    /// Same tables as `build_tables_scalar`, two k-groups per 32-byte store:
+    /// entry = sign(wa)·xa + sign(wb)·xb + 16 via `vpsignb` on broadcast activations.
+    ///
+    /// # Safety
+    /// AVX2; `x.len()` is a multiple of 16 and `tables.len() == x.len() / 2 * 16`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn build_tables(x: &[i8], tables: &mut [u8]) {
+        debug_assert_eq!(tables.len(), x.len() / 2 * TABLE_BYTES);
+        let wa: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) & 3) as i8);
+        let wb: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) >> 2) as i8);
+        // SAFETY: 32-byte arrays.
+        let (wa, wb) = unsafe {
+            (
+                _mm256_loadu_si256(wa.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(wb.as_ptr() as *const __m256i),
+            )
+        };
+        let bias = _mm256_set1_epi8(TABLE_BIAS as i8);
+        // Shuffle controls broadcasting x[4p] / x[4p+2] (first activation of k-groups 2p and
+        // 2p+1) and x[4p+1] / x[4p+3] across the two 128-bit lanes.
+        let sel = |p: i8, second: i8| {
+            _mm256_setr_m128i(
+                _mm_set1_epi8(4 * p + second),
+                _mm_set1_epi8(4 * p + 2 + second),
+            )
+        };
+        let ctl_a = [sel(0, 0), sel(1, 0), sel(2, 0), sel(3, 0)];
+        let ctl_b = [sel(0, 1), sel(1, 1), sel(2, 1), sel(3, 1)];
+        for (xs, out) in x
+            .chunks_exact(16)
+            .zip(tables.chunks_exact_mut(8 * TABLE_BYTES))
+        {
+            // SAFETY: 16 readable bytes; 128 writable bytes in `out`.
+            let xv = unsafe {
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(xs.as_ptr() as *const __m128i))
+            };
+            for p in 0..4 {
+                let xa = _mm256_shuffle_epi8(xv, ctl_a[p]);
+                let xb = _mm256_shuffle_epi8(xv, ctl_b[p]);
+                let t = _mm256_add_epi8(
+                    _mm256_add_epi8(_mm256_sign_epi8(xa, wa), _mm256_sign_epi8(xb, wb)),
+                    bias,
+                );
+                unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * p) as *mut __m256i, t) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2; `wb.len() == 32 · chunks` and each of the first `nt` tables holds `64 · chunks` bytes.
+    pub(super) unsafe fn block_tile(
+        wb: &[u8],
+        tabs: &[&[u8]; TOKEN_TILE],
+        nt: usize,
+        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match nt {
+                1 => tile_n::<1>(wb, tabs, acc),
+                2 => tile_n::<2>(wb, tabs, acc),
+                3 => tile_n::<3>(wb, tabs, acc),
+                _ => tile_n::<4>(wb, tabs, acc),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_n<const NT: usize>(
+        wb: &[u8],
+        tabs: &[&[u8]; TOKEN_TILE],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        let chunks = wb.len() / LUT_CHUNK_BYTES;
+        debug_assert!(tabs[..NT]
+            .iter()
+            .all(|t| t.len() >= chunks * 4 * TABLE_BYTES));
+        let nibble = _mm256_set1_epi8(0x0F);
+        let zero = _mm256_setzero_si256();
+        let w = wb.as_ptr();
+        let tp: [*const u8; NT] = std::array::from_fn(|t| tabs[t].as_ptr());
+        // u16 lanes: acc_lo holds rows 0..8 (low half: k-groups 4c, 4c+2; high half: 4c+1, 4c+3),
+        // acc_hi rows 8..16.
+        let mut acc_lo = [zero; NT];
+        let mut acc_hi = [zero; NT];
+        let mut c0 = 0;
+        while c0 < chunks {
+            let c1 = (c0 + U8_WINDOW_CHUNKS).min(chunks);
+            let mut acc8 = [zero; NT];
+            for c in c0..c1 {
+                // SAFETY: c < chunks: 32 bytes at 32c in `wb`, 64 bytes at 64c in each table.
+                let v = unsafe { _mm256_loadu_si256(w.add(LUT_CHUNK_BYTES * c) as *const __m256i) };
+                let lo = _mm256_and_si256(v, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                for t in 0..NT {
+                    let (tlo, thi) = unsafe {
+                        (
+                            _mm256_loadu_si256(tp[t].add(64 * c) as *const __m256i),
+                            _mm256_loadu_si256(tp[t].add(64 * c + 32) as *const __m256i),
+                        )
+                    };
+                    let s =
+                        _mm256_add_epi8(_mm256_shuffle_epi8(tlo, lo), _mm256_shuffle_epi8(thi, hi));
+                    acc8[t] = _mm256_add_epi8(acc8[t], s);
+                }
+            }
+            for t in 0..NT {
+                acc_lo[t] = _mm256_add_epi16(acc_lo[t], _mm256_unpacklo_epi8(acc8[t], zero));
+                acc_hi[t] = _mm256_add_epi16(acc_hi[t], _mm256_unpackhi_epi8(acc8[t], zero));
+            }
+            c0 = c1;
+        }
+        for t in 0..NT {
+            for (half, v) in [acc_lo[t], acc_hi[t]].into_iter().enumerate() {
+                let rows8 =
+                    _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let wide = _mm256_cvtepu16_epi32(rows8);
+                let mut lanes = [0i32; 8];
+                // SAFETY: 32 writable bytes.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide) };
+                for (a, l) in acc[t][8 * half..8 * half + 8].iter_mut().zip(lanes) {
+                    *a += l;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BYTES, TOKEN_TILE};
+    use std::arch::x86_64::*;
+
+    /// Each byte lane receives 2 lookups of ≤ 32 per step (from its own chunk of the pair), so
+    /// 3 steps stay ≤ 192.
+    const U8_WINDOW_PAIRS: usize = 3;
+
+    /// Two chunks (64 bytes) per step. 128-bit lane l of the weights holds chunk c = 2q + l/2,
+    /// half l%2; its tables are k-groups 4c + l%2 (low nibble) and 4c + 2 + l%2 (high nibble),
+    /// gathered from the natural table order into one register each.
+    ///
+    /// # Safety
+    /// AVX-512 F+BW; `wb.len() == 32 · chunks` with `chunks` even; each of the first `nt` tables
+    /// holds `64 · chunks` bytes.
+    pub(super) unsafe fn block_tile(
+        wb: &[u8],
+        tabs: &[&[u8]; TOKEN_TILE],
+        nt: usize,
+        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match nt {
+                1 => tile_n::<1>(wb, tabs, acc),
+                2 => tile_n::<2>(wb, tabs, acc),
+                3 => tile_n::<3>(wb, tabs, acc),
+                _ => tile_n::<4>(wb, tabs, acc),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn tile_n<const NT: usize>(
+        wb: &[u8],
+        tabs: &[&[u8]; TOKEN_TILE],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        let chunks = wb.len() / LUT_CHUNK_BYTES;
+        debug_assert!(chunks.is_multiple_of(2));
+        debug_assert!(tabs[..NT]
+            .iter()
+            .all(|t| t.len() >= chunks * 4 * TABLE_BYTES));
+        let nibble = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        let w = wb.as_ptr();
+        let tp: [*const u8; NT] = std::array::from_fn(|t| tabs[t].as_ptr());
+        let mut acc_lo = [zero; NT];
+        let mut acc_hi = [zero; NT];
+        let pairs = chunks / 2;
+        let mut q0 = 0;
+        while q0 < pairs {
+            let q1 = (q0 + U8_WINDOW_PAIRS).min(pairs);
+            let mut acc8 = [zero; NT];
+            for q in q0..q1 {
+                // SAFETY: q < pairs: 64 bytes at 64q in `wb`; 128 table bytes at 128q.
+                let v = unsafe { _mm512_loadu_si512(w.add(64 * q) as *const _) };
+                let lo = _mm512_and_si512(v, nibble);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                for t in 0..NT {
+                    // Natural order per chunk: T(4c), T(4c+1) | T(4c+2), T(4c+3).
+                    let (t_lo, t_hi) = unsafe {
+                        let base = tp[t].add(128 * q);
+                        (
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_loadu_si256(base as *const __m256i)),
+                                _mm256_loadu_si256(base.add(64) as *const __m256i),
+                            ),
+                            _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_loadu_si256(
+                                    base.add(32) as *const __m256i
+                                )),
+                                _mm256_loadu_si256(base.add(96) as *const __m256i),
+                            ),
+                        )
+                    };
+                    let s = _mm512_add_epi8(
+                        _mm512_shuffle_epi8(t_lo, lo),
+                        _mm512_shuffle_epi8(t_hi, hi),
+                    );
+                    acc8[t] = _mm512_add_epi8(acc8[t], s);
+                }
+            }
+            for t in 0..NT {
+                acc_lo[t] = _mm512_add_epi16(acc_lo[t], _mm512_unpacklo_epi8(acc8[t], zero));
+                acc_hi[t] = _mm512_add_epi16(acc_hi[t], _mm512_unpackhi_epi8(acc8[t], zero));
+            }
+            q0 = q1;
+        }
+        for t in 0..NT {
+            for (half, v) in [acc_lo[t], acc_hi[t]].into_iter().enumerate() {
+                // Four 128-bit lanes hold the same 8 rows: add them, then widen.
+                let a =
+                    _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+                let rows8 =
+                    _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256::<1>(a));
+                let wide = _mm256_cvtepu16_epi32(rows8);
+                let mut lanes = [0i32; 8];
+                // SAFETY: 32 writable bytes.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide) };
+                for (a, l) in acc[t][8 * half..8 * half + 8].iter_mut().zip(lanes) {
+                    *a += l;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Multiply-add kernels: [`RowPacked`] ternary weights × INT8 activations.
+//!
+//! Codes are stored as `c = w + 1` in {0, 1, 2}, so `Σ w·x = Σ c·x − Σ x`: the unsigned × signed
+//! byte multiply-adds (`vpmaddubsw`, VNNI `vpdpbusd`) take the codes as they come out of a shift
+//! and a mask, and one i32 per token corrects the offset at the end.
+//!
+//! Tiling: up to [`TOKEN_TILE`] tokens share each unpacked weight vector; columns are blocked so
+//! the tile's activations stay in L1 (for one token the whole row usually fits, and the weights
+//! stream from memory exactly once).
+
+use super::L1_BUDGET_BYTES;
+use crate::cpu::KernelPath;
+use crate::pack::{RowPacked, K_ALIGN};
+use crate::quant::QuantizedActivations;
+use std::ops::Range;
+
+/// Tokens multiplied per pass over a weight row.
+const TOKEN_TILE: usize = 8;
+
+/// i32 sums `[tokens, rows.len()]` of `Σ_k Wq[o, k] · xq[t, k]` for `o` in `rows`.
+pub(super) fn dots(
+    path: KernelPath,
+    w: &RowPacked,
+    x: &QuantizedActivations,
+    rows: Range<usize>,
+) -> Vec<i32> {
+    let mut out = vec![0i32; x.tokens * rows.len()];
+    match path {
+        KernelPath::Scalar => dots_scalar(w, x, rows, &mut out),
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => tiled(w, x, rows, &mut out, avx2::tile),
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => {
+            if crate::cpu::cpu_has_avx512_vnni() {
+                tiled(w, x, rows, &mut out, avx512::tile_vnni)
+            } else {
+                tiled(w, x, rows, &mut out, avx512::tile_bw)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => dots_scalar(w, x, rows, &mut out),
+    }
+    out
+}
+
+/// Scalar path: the same offset-code arithmetic as the SIMD tiles, one weight at a time.
+fn dots_scalar(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32]) {
+    let len = rows.len();
+    for t in 0..x.tokens {
+        let xt = &x.codes[t * x.stride..(t + 1) * x.stride];
+        let x_sum: i32 = xt.iter().map(|&v| v as i32).sum();
+        for (i, r) in rows.clone().enumerate() {
+            let mut acc = 0i32;
+            for (block, xb) in w.row(r).chunks_exact(64).zip(xt.chunks_exact(K_ALIGN)) {
+                for (j, &byte) in block.iter().enumerate() {
+                    for s in 0..4 {
+                        let code = ((byte >> (2 * s)) & 3) as i32;
+                        acc += code * xb[64 * s + j] as i32;
+                    }
+                }
+            }
+            out[t * len + i] = acc - x_sum;
+        }
+    }
+}
+
+/// A SIMD tile: `acc[t] = Σ_k c[k] · x_t[k]` over `blocks` 256-column blocks starting at `w`
+/// and `x[t]`, for the first `tokens` entries of `x`.
+///
+/// # Safety
+/// The CPU supports the tile's instruction set; `w` points at `64 · blocks` readable bytes and
+/// each `x[t]`, `t < tokens`, at `256 · blocks` readable bytes.
+#[cfg(target_arch = "x86_64")]
+type Tile = unsafe fn(
+    w: *const u8,
+    x: &[*const i8; TOKEN_TILE],
+    tokens: usize,
+    blocks: usize,
+) -> [i32; TOKEN_TILE];
+
+/// Token tiles × column blocks × rows around a SIMD tile; applies the offset correction.
+#[cfg(target_arch = "x86_64")]
+fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32], tile: Tile) {
+    let len = rows.len();
+    let stride = x.stride;
+    debug_assert_eq!(stride, w.padded_cols);
+    for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
+        let nt = TOKEN_TILE.min(x.tokens - t0);
+        let col_block = (L1_BUDGET_BYTES / nt / K_ALIGN).max(1) * K_ALIGN;
+        for k0 in (0..stride).step_by(col_block) {
+            let blocks = (col_block.min(stride - k0)) / K_ALIGN;
+            let mut xs = [std::ptr::null::<i8>(); TOKEN_TILE];
+            for (j, p) in xs.iter_mut().enumerate().take(nt) {
+                *p = x.codes[(t0 + j) * stride + k0..].as_ptr();
+            }
+            for (i, r) in rows.clone().enumerate() {
+                let wr = w.row(r)[k0 / 4..].as_ptr();
+                // SAFETY: `tiled` is only called with a tile the CPU supports (see `dots`); the
+                // row holds `stride / 4` bytes, so `64 · blocks` from `k0 / 4` are in bounds, and
+                // each token row holds `stride` codes, `256 · blocks` of them from `k0`.
+                let acc = unsafe { tile(wr, &xs, nt, blocks) };
+                for j in 0..nt {
+                    out[(t0 + j) * len + i] += acc[j];
+                }
+            }
+        }
+        for j in 0..nt {
+            let t = t0 + j;
+            let x_sum: i32 = x.codes[t * stride..(t + 1) * stride]
+                .iter()
+                .map(|&v| v as i32)
+                .sum();
+            for o in &mut out[t * len..(t + 1) * len] {
+                *o -= x_sum;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::TOKEN_TILE;
+    use std::arch::x86_64::*;
+
+    /// Blocks of 256 columns whose i16 partial sums cannot overflow: per block and lane,
+    /// 8 `vpmaddubsw` results of at most 2·2·128 = 512 in magnitude, so 8 blocks stay within
+    /// [-32768, 32512].
+    const I16_WINDOW_BLOCKS: usize = 8;
+
+    /// # Safety
+    /// See [`super::Tile`]; requires AVX2.
+    pub(super) unsafe fn tile(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        tokens: usize,
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match tokens {
+                1 => tile_n::<1>(w, x, blocks),
+                2 => tile_n::<2>(w, x, blocks),
+                3 => tile_n::<3>(w, x, blocks),
+                4 => tile_n::<4>(w, x, blocks),
+                5 => tile_n::<5>(w, x, blocks),
+                6 => tile_n::<6>(w, x, blocks),
+                7 => tile_n::<7>(w, x, blocks),
+                _ => tile_n::<8>(w, x, blocks),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_n<const NT: usize>(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        let mask = _mm256_set1_epi8(3);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc32 = [_mm256_setzero_si256(); NT];
+        let mut b0 = 0;
+        while b0 < blocks {
+            let b1 = (b0 + I16_WINDOW_BLOCKS).min(blocks);
+            let mut acc16 = [_mm256_setzero_si256(); NT];
+            for b in b0..b1 {
+                for half in 0..2 {
+                    // SAFETY: b < blocks, so 64·b + 32·half + 32 <= 64·blocks bytes of `w`.
+                    let v =
+                        unsafe { _mm256_loadu_si256(w.add(64 * b + 32 * half) as *const __m256i) };
+                    // Code of column 256b + 64s + 32half + j sits in byte j at bits 2s.
+                    let c0 = _mm256_and_si256(v, mask);
+                    let c1 = _mm256_and_si256(_mm256_srli_epi16(v, 2), mask);
+                    let c2 = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    let c3 = _mm256_and_si256(_mm256_srli_epi16(v, 6), mask);
+                    for t in 0..NT {
+                        // SAFETY: 256·b + 32·half + 192 + 32 <= 256·blocks codes of token t.
+                        let p = unsafe { x[t].add(256 * b + 32 * half) };
+                        let (x0, x1, x2, x3) = unsafe {
+                            (
+                                _mm256_loadu_si256(p as *const __m256i),
+                                _mm256_loadu_si256(p.add(64) as *const __m256i),
+                                _mm256_loadu_si256(p.add(128) as *const __m256i),
+                                _mm256_loadu_si256(p.add(192) as *const __m256i),
+                            )
+                        };
+                        let s01 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(c0, x0),
+                            _mm256_maddubs_epi16(c1, x1),
+                        );
+                        let s23 = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(c2, x2),
+                            _mm256_maddubs_epi16(c3, x3),
+                        );
+                        acc16[t] = _mm256_add_epi16(acc16[t], _mm256_add_epi16(s01, s23));
+                    }
+                }
+            }
+            for t in 0..NT {
+                acc32[t] = _mm256_add_epi32(acc32[t], _mm256_madd_epi16(acc16[t], ones));
+            }
+            b0 = b1;
+        }
+        let mut out = [0i32; TOKEN_TILE];
+        for t in 0..NT {
+            out[t] = hsum_epi32(acc32[t]);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::TOKEN_TILE;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// See [`super::Tile`]; requires AVX-512 F, BW and VNNI.
+    pub(super) unsafe fn tile_vnni(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        tokens: usize,
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match tokens {
+                1 => vnni_n::<1>(w, x, blocks),
+                2 => vnni_n::<2>(w, x, blocks),
+                3 => vnni_n::<3>(w, x, blocks),
+                4 => vnni_n::<4>(w, x, blocks),
+                5 => vnni_n::<5>(w, x, blocks),
+                6 => vnni_n::<6>(w, x, blocks),
+                7 => vnni_n::<7>(w, x, blocks),
+                _ => vnni_n::<8>(w, x, blocks),
+            }
+        }
+    }
+
+    /// # Safety
+    /// See [`super::Tile`]; requires AVX-512 F and BW.
+    pub(super) unsafe fn tile_bw(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        tokens: usize,
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match tokens {
+                1 => bw_n::<1>(w, x, blocks),
+                2 => bw_n::<2>(w, x, blocks),
+                3 => bw_n::<3>(w, x, blocks),
+                4 => bw_n::<4>(w, x, blocks),
+                5 => bw_n::<5>(w, x, blocks),
+                6 => bw_n::<6>(w, x, blocks),
+                7 => bw_n::<7>(w, x, blocks),
+                _ => bw_n::<8>(w, x, blocks),
+            }
+        }
+    }
+
+    /// One 64-byte block holds 256 codes; shifting by 2s yields the codes of columns
+    /// 64s..64s+64, aligned with a 64-byte load of the activations.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni_n<const NT: usize>(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        let mask = _mm512_set1_epi8(3);
+        let mut acc = [_mm512_setzero_si512(); NT];
+        for b in 0..blocks {
+            // SAFETY: 64·b + 64 <= 64·blocks bytes of `w`.
+            let v = unsafe { _mm512_loadu_si512(w.add(64 * b) as *const _) };
+            let c = [
+                _mm512_and_si512(v, mask),
+                _mm512_and_si512(_mm512_srli_epi16(v, 2), mask),
+                _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                _mm512_and_si512(_mm512_srli_epi16(v, 6), mask),
+            ];
+            for t in 0..NT {
+                for (s, cs) in c.iter().enumerate() {
+                    // SAFETY: 256·b + 64·s + 64 <= 256·blocks codes of token t.
+                    let xv = unsafe { _mm512_loadu_si512(x[t].add(256 * b + 64 * s) as *const _) };
+                    acc[t] = _mm512_dpbusd_epi32(acc[t], *cs, xv);
+                }
+            }
+        }
+        let mut out = [0i32; TOKEN_TILE];
+        for t in 0..NT {
+            out[t] = _mm512_reduce_add_epi32(acc[t]);
+        }
+        out
+    }
+
+    /// AVX-512 without VNNI: `vpmaddubsw` into i16 windows, widened like the AVX2 tile.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn bw_n<const NT: usize>(
+        w: *const u8,
+        x: &[*const i8; TOKEN_TILE],
+        blocks: usize,
+    ) -> [i32; TOKEN_TILE] {
+        // Per block and i16 lane: 4 vpmaddubsw results of magnitude <= 512 -> 2048; 16 blocks
+        // reach 32768, so windows of 8 blocks keep a margin.
+        const WINDOW: usize = 8;
+        let mask = _mm512_set1_epi8(3);
+        let ones = _mm512_set1_epi16(1);
+        let mut acc32 = [_mm512_setzero_si512(); NT];
+        let mut b0 = 0;
+        while b0 < blocks {
+            let b1 = (b0 + WINDOW).min(blocks);
+            let mut acc16 = [_mm512_setzero_si512(); NT];
+            for b in b0..b1 {
+                // SAFETY: 64·b + 64 <= 64·blocks bytes of `w`.
+                let v = unsafe { _mm512_loadu_si512(w.add(64 * b) as *const _) };
+                let c = [
+                    _mm512_and_si512(v, mask),
+                    _mm512_and_si512(_mm512_srli_epi16(v, 2), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                    _mm512_and_si512(_mm512_srli_epi16(v, 6), mask),
+                ];
+                for t in 0..NT {
+                    let mut s16 = _mm512_setzero_si512();
+                    for (s, cs) in c.iter().enumerate() {
+                        // SAFETY: 256·b + 64·s + 64 <= 256·blocks codes of token t.
+                        let xv =
+                            unsafe { _mm512_loadu_si512(x[t].add(256 * b + 64 * s) as *const _) };
+                        s16 = _mm512_add_epi16(s16, _mm512_maddubs_epi16(*cs, xv));
+                    }
+                    acc16[t] = _mm512_add_epi16(acc16[t], s16);
+                }
+            }
+            for t in 0..NT {
+                acc32[t] = _mm512_add_epi32(acc32[t], _mm512_madd_epi16(acc16[t], ones));
+            }
+            b0 = b1;
+        }
+        let mut out = [0i32; TOKEN_TILE];
+        for t in 0..NT {
+            out[t] = _mm512_reduce_add_epi32(acc32[t]);
+        }
+        out
+    }
+}

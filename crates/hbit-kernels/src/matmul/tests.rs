@@ -1,0 +1,183 @@
+//! Every kernel path against the reference definition, bit for bit.
+
+use super::*;
+use crate::pack::{LutPacked, RowPacked};
+use crate::quant::{quantize_activations, ActBits, TernaryWeights};
+use proptest::prelude::*;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn ternary(&mut self, rows: usize, cols: usize) -> TernaryWeights {
+        let codes = (0..rows * cols)
+            .map(|_| (self.next() % 3) as i8 - 1)
+            .collect();
+        TernaryWeights::from_codes(rows, cols, 0.5 + (self.next() % 100) as f32 / 100.0, codes)
+            .unwrap()
+    }
+    fn activations(&mut self, tokens: usize, cols: usize, bits: ActBits) -> QuantizedActivations {
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| {
+                let v = (self.next() % 20001) as f32 / 1000.0 - 10.0;
+                // Occasional outliers push INT4 codes to both clip limits.
+                if self.next().is_multiple_of(50) {
+                    v * 40.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        quantize_activations(&x, tokens, cols, bits).unwrap()
+    }
+}
+
+fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i}: {g} vs {w}");
+    }
+}
+
+fn check_all_paths(w: &TernaryWeights, x8: &QuantizedActivations, x4: &QuantizedActivations) {
+    let row = RowPacked::pack(w);
+    let lut = LutPacked::pack(w);
+    let want8 = matmul_reference(w, x8).unwrap();
+    let want4 = matmul_reference(w, x4).unwrap();
+    for path in crate::cpu::KernelPath::supported() {
+        let mut y = vec![f32::NAN; x8.tokens * w.rows];
+        matmul_int8_with(path, &row, x8, &mut y).unwrap();
+        assert_bits_equal(
+            &y,
+            &want8,
+            &format!("int8 {path} {}x{} t{}", w.rows, w.cols, x8.tokens),
+        );
+        let mut y = vec![f32::NAN; x4.tokens * w.rows];
+        matmul_int4_with(path, &lut, x4, &mut y).unwrap();
+        assert_bits_equal(
+            &y,
+            &want4,
+            &format!("int4 {path} {}x{} t{}", w.rows, w.cols, x4.tokens),
+        );
+    }
+}
+
+#[test]
+fn reference_known_answer() {
+    // W = [[1, 0, -1], [1, 1, 1]], alpha 0.5; x codes [3, -2, 5] with scale 0.25.
+    let w = TernaryWeights::from_codes(2, 3, 0.5, vec![1, 0, -1, 1, 1, 1]).unwrap();
+    let x = QuantizedActivations::from_codes(ActBits::Int8, 1, 3, &[3, -2, 5], vec![0.25]).unwrap();
+    // dots: 3 - 5 = -2 and 3 - 2 + 5 = 6; y = 0.5 * 0.25 * dot.
+    assert_eq!(matmul_reference(&w, &x).unwrap(), vec![-0.25, 0.75]);
+    let mut y = vec![0.0; 2];
+    matmul_int8(&RowPacked::pack(&w), &x, &mut y).unwrap();
+    assert_eq!(y, vec![-0.25, 0.75]);
+}
+
+#[test]
+fn extreme_codes_at_overflow_limits() {
+    // Longest accumulations with the largest magnitudes: all weights +1 or -1, all activations
+    // at the most negative code, over 16384 columns and more than one tile of tokens.
+    let cols = 16384;
+    for &wv in &[1i8, -1] {
+        let w = TernaryWeights::from_codes(17, cols, 1.0, vec![wv; 17 * cols]).unwrap();
+        let x8 = QuantizedActivations::from_codes(
+            ActBits::Int8,
+            9,
+            cols,
+            &vec![-128; 9 * cols],
+            vec![1.0; 9],
+        )
+        .unwrap();
+        let x4 = QuantizedActivations::from_codes(
+            ActBits::Int4,
+            5,
+            cols,
+            &vec![-8; 5 * cols],
+            vec![1.0; 5],
+        )
+        .unwrap();
+        check_all_paths(&w, &x8, &x4);
+        let y = matmul_reference(&w, &x8).unwrap();
+        assert_eq!(y[0], (wv as i32 * -128 * cols as i32) as f32);
+    }
+}
+
+#[test]
+fn shape_errors_are_typed() {
+    let mut g = Lcg(5);
+    let w = g.ternary(4, 10);
+    let x = g.activations(2, 11, ActBits::Int8);
+    let mut y = vec![0.0; 8];
+    assert!(matches!(
+        matmul_int8(&RowPacked::pack(&w), &x, &mut y),
+        Err(KernelError::ShapeMismatch {
+            expected: 10,
+            found: 11,
+            ..
+        })
+    ));
+    let x = g.activations(2, 10, ActBits::Int8);
+    assert!(matches!(
+        matmul_int4(&LutPacked::pack(&w), &x, &mut y),
+        Err(KernelError::ActivationBitsMismatch {
+            expected: 4,
+            found: 8
+        })
+    ));
+    let mut short = vec![0.0; 7];
+    assert!(matches!(
+        matmul_int8(&RowPacked::pack(&w), &x, &mut short),
+        Err(KernelError::LengthMismatch {
+            expected: 8,
+            found: 7,
+            ..
+        })
+    ));
+    for path in crate::cpu::KernelPath::ALL {
+        let r = matmul_int8_with(path, &RowPacked::pack(&w), &x, &mut y);
+        assert_eq!(r.is_ok(), path.is_supported(), "{path}");
+    }
+}
+
+#[test]
+fn threads_do_not_change_results() {
+    let mut g = Lcg(11);
+    let w = g.ternary(100, 777);
+    let x8 = g.activations(13, 777, ActBits::Int8);
+    let x4 = g.activations(13, 777, ActBits::Int4);
+    let want8 = matmul_reference(&w, &x8).unwrap();
+    let want4 = matmul_reference(&w, &x4).unwrap();
+    for threads in [1, 2, 3, 7] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut y = vec![0.0; 13 * 100];
+            matmul_int8(&RowPacked::pack(&w), &x8, &mut y).unwrap();
+            assert_bits_equal(&y, &want8, &format!("int8 threads {threads}"));
+            matmul_int4(&LutPacked::pack(&w), &x4, &mut y).unwrap();
+            assert_bits_equal(&y, &want4, &format!("int4 threads {threads}"));
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn every_path_equals_reference(
+        rows in 1usize..70, cols in 1usize..1300, tokens in 1usize..20, seed in any::<u64>()
+    ) {
+        let mut g = Lcg(seed);
+        let w = g.ternary(rows, cols);
+        let x8 = g.activations(tokens, cols, ActBits::Int8);
+        let x4 = g.activations(tokens, cols, ActBits::Int4);
+        check_all_paths(&w, &x8, &x4);
+    }
+}
