@@ -13,6 +13,8 @@
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
 
 pub mod cpu;
+#[cfg(feature = "dense-baseline")]
+pub mod dense;
 pub mod error;
 pub mod hadamard;
 pub mod matmul;

@@ -38,10 +38,23 @@ fn code_of(w: i8) -> u8 {
     (w + 1) as u8
 }
 
-/// Ternary weight of a 2-bit code; `None` for the never-written code 3.
+/// Ternary weight of a valid 2-bit code (0, 1 or 2).
 #[inline]
-fn weight_of(code: u8) -> Option<i8> {
-    (code < 3).then_some(code as i8 - 1)
+fn weight_of(code: u8) -> i8 {
+    debug_assert!(code < 3);
+    code as i8 - 1
+}
+
+/// Rejects bytes holding the invalid 2-bit code 3 (both bits set in some field).
+fn check_codes(what: &'static str, data: &[u8]) -> Result<(), KernelError> {
+    match data.iter().position(|&b| b & (b >> 1) & 0x55 != 0) {
+        None => Ok(()),
+        Some(index) => Err(KernelError::InvalidCode {
+            what,
+            code: 3,
+            index,
+        }),
+    }
 }
 
 fn padded_cols(cols: usize) -> usize {
@@ -51,16 +64,84 @@ fn padded_cols(cols: usize) -> usize {
 /// Row-contiguous 2-bit layout for the INT8 multiply-add kernels (see module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowPacked {
-    pub rows: usize,
-    pub cols: usize,
+    rows: usize,
+    cols: usize,
     /// Columns rounded up to a multiple of [`K_ALIGN`].
-    pub padded_cols: usize,
-    pub alpha: f32,
-    /// `[rows, padded_cols / 4]` bytes.
-    pub data: Vec<u8>,
+    padded_cols: usize,
+    alpha: f32,
+    /// `[rows, padded_cols / 4]` bytes; never holds code 3.
+    data: Vec<u8>,
 }
 
 impl RowPacked {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Columns rounded up to a multiple of [`K_ALIGN`].
+    pub fn padded_cols(&self) -> usize {
+        self.padded_cols
+    }
+
+    /// The per-tensor scale alpha of eq. (1).
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The packed bytes (the layout of the module docs).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes of packed weights (the memory traffic of one pass over the matrix).
+    pub fn weight_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Wraps bytes already in this layout (read from a file, or generated), after checking the
+    /// length and that no 2-bit field holds the invalid code 3.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        alpha: f32,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
+        if rows == 0 || cols == 0 {
+            return Err(KernelError::InvalidSize {
+                what: "row-packed ternary weights",
+                found: rows.min(cols),
+                reason: "rows and columns must be non-zero",
+            });
+        }
+        let padded_cols = padded_cols(cols);
+        let expected = rows * padded_cols / 4;
+        if data.len() != expected {
+            return Err(KernelError::LengthMismatch {
+                what: "row-packed ternary weights bytes",
+                expected,
+                found: data.len(),
+            });
+        }
+        check_codes("row-packed ternary weights", &data)?;
+        if !alpha.is_finite() {
+            return Err(KernelError::NonFinite {
+                what: "row-packed ternary weights scale alpha",
+                index: 0,
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            padded_cols,
+            alpha,
+            data,
+        })
+    }
+
     pub fn pack(w: &TernaryWeights) -> Self {
         let padded_cols = padded_cols(w.cols);
         let row_bytes = padded_cols / 4;
@@ -101,41 +182,105 @@ impl RowPacked {
         &self.data[r * self.row_bytes()..(r + 1) * self.row_bytes()]
     }
 
-    pub fn unpack(&self) -> Result<TernaryWeights, KernelError> {
+    pub fn unpack(&self) -> TernaryWeights {
         let mut codes = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
             let row = self.row(r);
-            for k in 0..self.cols {
+            codes.extend((0..self.cols).map(|k| {
                 let (byte, shift) = Self::position(k);
-                let code = (row[byte] >> shift) & 3;
-                codes.push(weight_of(code).ok_or(KernelError::InvalidCode {
-                    what: "packed ternary weight (row layout)",
-                    code: code as i32,
-                    index: r * self.cols + k,
-                })?);
-            }
+                weight_of((row[byte] >> shift) & 3)
+            }));
         }
-        TernaryWeights::from_codes(self.rows, self.cols, self.alpha, codes)
-    }
-
-    /// Bytes of packed weights (the memory traffic of one pass over the matrix).
-    pub fn weight_bytes(&self) -> usize {
-        self.data.len()
+        TernaryWeights {
+            rows: self.rows,
+            cols: self.cols,
+            alpha: self.alpha,
+            codes,
+        }
     }
 }
 
 /// Row-block lookup-table layout for the INT4 kernels (see module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LutPacked {
-    pub rows: usize,
-    pub cols: usize,
-    pub padded_cols: usize,
-    pub alpha: f32,
-    /// `[row_blocks, padded_cols / 8, 32]` bytes.
-    pub data: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    padded_cols: usize,
+    alpha: f32,
+    /// `[row_blocks, padded_cols / 8, 32]` bytes; never holds code 3.
+    data: Vec<u8>,
 }
 
 impl LutPacked {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Columns rounded up to a multiple of [`K_ALIGN`].
+    pub fn padded_cols(&self) -> usize {
+        self.padded_cols
+    }
+
+    /// The per-tensor scale alpha of eq. (1).
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The packed bytes (the layout of the module docs).
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes of packed weights (the memory traffic of one pass over the matrix).
+    pub fn weight_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Wraps bytes already in this layout (read from a file, or generated), after checking the
+    /// length and that no 2-bit field holds the invalid code 3.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        alpha: f32,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
+        if rows == 0 || cols == 0 {
+            return Err(KernelError::InvalidSize {
+                what: "LUT-packed ternary weights",
+                found: rows.min(cols),
+                reason: "rows and columns must be non-zero",
+            });
+        }
+        let padded_cols = padded_cols(cols);
+        let expected =
+            rows.div_ceil(LUT_ROW_BLOCK) * padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
+        if data.len() != expected {
+            return Err(KernelError::LengthMismatch {
+                what: "LUT-packed ternary weights bytes",
+                expected,
+                found: data.len(),
+            });
+        }
+        check_codes("LUT-packed ternary weights", &data)?;
+        if !alpha.is_finite() {
+            return Err(KernelError::NonFinite {
+                what: "LUT-packed ternary weights scale alpha",
+                index: 0,
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            padded_cols,
+            alpha,
+            data,
+        })
+    }
+
     pub fn pack(w: &TernaryWeights) -> Self {
         let padded_cols = padded_cols(w.cols);
         let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
@@ -186,24 +331,20 @@ impl LutPacked {
         &self.data[rb * n..(rb + 1) * n]
     }
 
-    pub fn unpack(&self) -> Result<TernaryWeights, KernelError> {
+    pub fn unpack(&self) -> TernaryWeights {
         let mut codes = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
-            for k in 0..self.cols {
+            codes.extend((0..self.cols).map(|k| {
                 let (byte, shift) = Self::position(self.padded_cols, r, k);
-                let code = (self.data[byte] >> shift) & 3;
-                codes.push(weight_of(code).ok_or(KernelError::InvalidCode {
-                    what: "packed ternary weight (LUT layout)",
-                    code: code as i32,
-                    index: r * self.cols + k,
-                })?);
-            }
+                weight_of((self.data[byte] >> shift) & 3)
+            }));
         }
-        TernaryWeights::from_codes(self.rows, self.cols, self.alpha, codes)
-    }
-
-    pub fn weight_bytes(&self) -> usize {
-        self.data.len()
+        TernaryWeights {
+            rows: self.rows,
+            cols: self.cols,
+            alpha: self.alpha,
+            codes,
+        }
     }
 }
 
@@ -238,14 +379,15 @@ mod tests {
         codes[256] = -1;
         let w = TernaryWeights::from_codes(1, 300, 1.0, codes).unwrap();
         let p = RowPacked::pack(&w);
-        assert_eq!(p.padded_cols, 512);
-        assert_eq!(p.data.len(), 128);
+        assert_eq!(p.padded_cols(), 512);
+        let data = p.data();
+        assert_eq!(data.len(), 128);
         // byte 0: col 0 code 2, col 64 code 0, col 128 code 1, col 192 code 1.
-        assert_eq!(p.data[0], 0b01_01_00_10);
-        assert_eq!(p.data[1], 0b01_01_10_01);
-        assert_eq!(p.data[64], 0b01_01_01_00);
+        assert_eq!(data[0], 0b01_01_00_10);
+        assert_eq!(data[1], 0b01_01_10_01);
+        assert_eq!(data[64], 0b01_01_01_00);
         // bytes covering padding columns hold only zero weights (code 1).
-        assert_eq!(p.data[127], 0x55);
+        assert_eq!(data[127], 0x55);
     }
 
     #[test]
@@ -257,40 +399,61 @@ mod tests {
         let w = TernaryWeights::from_codes(20, 8, 1.0, codes).unwrap();
         let p = LutPacked::pack(&w);
         assert_eq!(p.row_blocks(), 2);
-        assert_eq!(p.data.len(), 2 * 32 * 32);
+        let data = p.data();
+        assert_eq!(data.len(), 2 * 32 * 32);
         // k-group 0 = (1, -1) -> idx 2 | 0<<2 = 2; k-group 2 = (-1, -1) -> 0.
-        assert_eq!(p.data[3], 0x02);
+        assert_eq!(data[3], 0x02);
         // k-group 1 = (0, 1) -> 1 | 2<<2 = 9; k-group 3 = (1, 1) -> 2 | 2<<2 = 10.
-        assert_eq!(p.data[16 + 3], 0xA9);
+        assert_eq!(data[16 + 3], 0xA9);
         // Rows 0..3 are zero: idx 0b0101 = 5 in both nibbles.
-        assert_eq!(p.data[0], 0x55);
+        assert_eq!(data[0], 0x55);
         // Padding rows 20..32 of block 1 are zero weights.
         assert_eq!(p.block(1)[15], 0x55);
     }
 
     #[test]
-    fn corrupt_code_is_reported() {
+    fn from_parts_validates_length_and_codes() {
         let w = random_ternary(3, 10, 1);
-        let mut p = RowPacked::pack(&w);
-        p.data[0] |= 3; // column 0 of row 0 -> code 3
+        let p = RowPacked::pack(&w);
+        let ok = RowPacked::from_parts(3, 10, p.alpha(), p.data().to_vec()).unwrap();
+        assert_eq!(ok, p);
+        let mut bad = p.data().to_vec();
+        bad[70] |= 3 << 4; // a field of row 1 -> code 3
         assert!(matches!(
-            p.unpack(),
+            RowPacked::from_parts(3, 10, 1.0, bad),
             Err(KernelError::InvalidCode {
                 code: 3,
-                index: 0,
+                index: 70,
                 ..
             })
         ));
-        let mut p = LutPacked::pack(&w);
-        let (byte, shift) = LutPacked::position(p.padded_cols, 2, 9);
-        p.data[byte] |= 3 << shift;
         assert!(matches!(
-            p.unpack(),
-            Err(KernelError::InvalidCode {
-                code: 3,
-                index: 29,
+            RowPacked::from_parts(3, 10, 1.0, vec![0x55; 191]),
+            Err(KernelError::LengthMismatch {
+                expected: 192,
+                found: 191,
                 ..
             })
+        ));
+        let p = LutPacked::pack(&w);
+        assert_eq!(
+            LutPacked::from_parts(3, 10, p.alpha(), p.data().to_vec()).unwrap(),
+            p
+        );
+        let (byte, shift) = LutPacked::position(p.padded_cols(), 2, 9);
+        let mut bad = p.data().to_vec();
+        bad[byte] |= 3 << shift;
+        assert!(matches!(
+            LutPacked::from_parts(3, 10, 1.0, bad),
+            Err(KernelError::InvalidCode { code: 3, .. })
+        ));
+        assert!(matches!(
+            LutPacked::from_parts(3, 10, f32::NAN, p.data().to_vec()),
+            Err(KernelError::NonFinite { .. })
+        ));
+        assert!(matches!(
+            LutPacked::from_parts(0, 10, 1.0, vec![]),
+            Err(KernelError::InvalidSize { .. })
         ));
     }
 
@@ -305,8 +468,8 @@ mod tests {
         #[test]
         fn both_layouts_round_trip(rows in 1usize..40, cols in 1usize..700, seed in any::<u64>()) {
             let w = random_ternary(rows, cols, seed);
-            prop_assert_eq!(&RowPacked::pack(&w).unpack().unwrap(), &w);
-            prop_assert_eq!(&LutPacked::pack(&w).unpack().unwrap(), &w);
+            prop_assert_eq!(&RowPacked::pack(&w).unpack(), &w);
+            prop_assert_eq!(&LutPacked::pack(&w).unpack(), &w);
         }
     }
 }

@@ -83,7 +83,7 @@ type Tile = unsafe fn(
 fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32], tile: Tile) {
     let len = rows.len();
     let stride = x.stride;
-    debug_assert_eq!(stride, w.padded_cols);
+    debug_assert_eq!(stride, w.padded_cols());
     for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(x.tokens - t0);
         let col_block = (L1_BUDGET_BYTES / nt / K_ALIGN).max(1) * K_ALIGN;

@@ -66,9 +66,9 @@ pub fn matmul_int8_with(
     x: &QuantizedActivations,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_operands(path, w.rows, w.cols, x, ActBits::Int8, y)?;
-    let parts = split_rows(w.rows, 1, |rows| mad::dots(path, w, x, rows));
-    write_output(&parts, w.rows, w.alpha, x, y);
+    check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
+    let parts = split_rows(w.rows(), 1, |rows| mad::dots(path, w, x, rows));
+    write_output(&parts, w.rows(), w.alpha(), x, y);
     Ok(())
 }
 
@@ -88,9 +88,9 @@ pub fn matmul_int4_with(
     x: &QuantizedActivations,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_operands(path, w.rows, w.cols, x, ActBits::Int4, y)?;
-    let parts = split_rows(w.rows, LUT_ROW_BLOCK, |rows| lut::dots(path, w, x, rows));
-    write_output(&parts, w.rows, w.alpha, x, y);
+    check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
+    let parts = split_rows(w.rows(), LUT_ROW_BLOCK, |rows| lut::dots(path, w, x, rows));
+    write_output(&parts, w.rows(), w.alpha(), x, y);
     Ok(())
 }
 

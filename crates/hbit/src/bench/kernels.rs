@@ -1,0 +1,517 @@
+//! `hbit bench kernels`: ternary×INT8 and ternary×INT4 against the memory roofline and a dense
+//! f32 matmul of the same shape, measured in one run on one machine.
+//!
+//! Batch 1 (GEMV) is memory-bound, so its weights cycle through copies totalling at least
+//! max(1 GiB, 2 × last-level cache): every call reads its weights from main memory, as a decode
+//! step of a real model does. Larger batches reuse one matrix (compute-bound).
+
+use super::membw::{last_level_cache_bytes, ColdBuffer};
+use anyhow::{bail, Context, Result};
+use hbit_kernels::dense::dense_matmul_f32;
+use hbit_kernels::matmul::{matmul_int4, matmul_int8};
+use hbit_kernels::{active_path, quantize_activations, ActBits, Hadamard, LutPacked, RowPacked};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Weight shapes `[out, in]`: the paper's Table 8 models, then BitNet b1.58 2B4T.
+const SHAPES: [(usize, usize); 12] = [
+    (4096, 1024),
+    (1024, 4096),
+    (8192, 2048),
+    (2048, 8192),
+    (8192, 4096),
+    (4096, 8192),
+    (16384, 4096),
+    (4096, 16384),
+    (6912, 2560),
+    (2560, 6912),
+    (2560, 2560),
+    (640, 2560),
+];
+const BATCHES: [usize; 4] = [1, 8, 32, 128];
+const HADAMARD_SIZES: [usize; 5] = [1024, 2048, 4096, 8192, 16384];
+
+const QUICK_SHAPES: [(usize, usize); 2] = [(8192, 2048), (2560, 6912)];
+const QUICK_BATCHES: [usize; 3] = [1, 8, 128];
+const QUICK_HADAMARD_SIZES: [usize; 1] = [8192];
+
+#[derive(clap::Args)]
+pub struct KernelsArgs {
+    /// Print one JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A representative subset that runs in under 30 seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Thread counts to measure, comma-separated (default: all cores).
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Minimum measured seconds per case (default 0.5, or 0.15 with --quick).
+    #[arg(long)]
+    min_time: Option<f64>,
+    /// MiB of weight copies that batch-1 cases cycle through (default max(1024, 2 × LLC)).
+    #[arg(long)]
+    cold_mib: Option<usize>,
+}
+
+/// One measurement; `--json` prints exactly these fields.
+#[derive(Serialize, Clone)]
+struct Record {
+    kernel: &'static str,
+    path: String,
+    act_bits: u32,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    threads: usize,
+    /// Seconds per call.
+    seconds: f64,
+    /// Giga-operations per second (a multiply-add counts as 2; for the Hadamard, one add or
+    /// subtract counts as 1).
+    gops: f64,
+    /// Gigabytes of weights (or, for the Hadamard and memory read, of data) per second.
+    gbps: f64,
+}
+
+/// A target of the kernel issue, checked on this run's numbers.
+#[derive(Serialize)]
+struct Summary {
+    summary: &'static str,
+    threads: usize,
+    value: f64,
+    target: f64,
+    pass: bool,
+    detail: String,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Random packed bytes in which every 2-bit field is a valid code (0, 1 or 2): for shapes with
+/// no padding (cols % 256 == 0, rows % 16 == 0) this is a uniformly random ternary matrix in
+/// either layout.
+fn random_codes(bytes: usize, rng: &mut Rng) -> Vec<u8> {
+    let valid: Vec<u8> = (0..=255u8).filter(|b| b & (b >> 1) & 0x55 == 0).collect();
+    (0..bytes)
+        .map(|_| valid[(rng.next() % valid.len() as u64) as usize])
+        .collect()
+}
+
+fn measure(min_time: f64, mut call: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    call(0)?; // warm-up
+    let start = Instant::now();
+    let mut calls = 0;
+    while calls < 3 || start.elapsed().as_secs_f64() < min_time {
+        call(calls)?;
+        calls += 1;
+    }
+    Ok(start.elapsed().as_secs_f64() / calls as f64)
+}
+
+/// Copies of `item` totalling at least `cold_bytes` (at least one), all resident.
+fn cold_copies<T: Clone>(item: T, item_bytes: usize, cold_bytes: usize) -> Vec<T> {
+    let n = cold_bytes.div_ceil(item_bytes).max(1);
+    vec![item; n]
+}
+
+struct Bench {
+    min_time: f64,
+    cold_bytes: usize,
+    threads: usize,
+    path: String,
+    records: Vec<Record>,
+}
+
+impl Bench {
+    fn push(
+        &mut self,
+        kernel: &'static str,
+        act_bits: u32,
+        batch: usize,
+        shape: (usize, usize),
+        seconds: f64,
+        ops: f64,
+        bytes: f64,
+    ) {
+        self.records.push(Record {
+            kernel,
+            path: if kernel == "dense_f32" {
+                "gemm".into()
+            } else {
+                self.path.clone()
+            },
+            act_bits,
+            batch,
+            rows: shape.0,
+            cols: shape.1,
+            threads: self.threads,
+            seconds,
+            gops: ops / seconds / 1e9,
+            gbps: bytes / seconds / 1e9,
+        });
+    }
+
+    fn ternary(
+        &mut self,
+        (rows, cols): (usize, usize),
+        batches: &[usize],
+        rng: &mut Rng,
+    ) -> Result<()> {
+        if cols % 256 != 0 || rows % 16 != 0 {
+            bail!("bench shape {rows}x{cols}: needs cols % 256 == 0 and rows % 16 == 0");
+        }
+        let row_bytes = rows * cols / 4;
+        let row = RowPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
+        let lut = LutPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
+        let flops = |b: usize| 2.0 * (rows * cols * b) as f64;
+        for &batch in batches {
+            let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            let x8 = quantize_activations(&x, batch, cols, ActBits::Int8)?;
+            let x4 = quantize_activations(&x, batch, cols, ActBits::Int4)?;
+            let mut y = vec![0.0f32; batch * rows];
+            let bytes = row_bytes as f64;
+            if batch == 1 {
+                let copies = cold_copies(row.clone(), row_bytes, self.cold_bytes);
+                cycle_warm(&copies, |w| Ok(matmul_int8(w, &x8, &mut y)?))?;
+                let s = measure(self.min_time, |i| {
+                    Ok(matmul_int8(&copies[i % copies.len()], &x8, &mut y)?)
+                })?;
+                drop(copies);
+                self.push(
+                    "ternary_int8",
+                    8,
+                    batch,
+                    (rows, cols),
+                    s,
+                    flops(batch),
+                    bytes,
+                );
+                let copies = cold_copies(lut.clone(), row_bytes, self.cold_bytes);
+                cycle_warm(&copies, |w| Ok(matmul_int4(w, &x4, &mut y)?))?;
+                let s = measure(self.min_time, |i| {
+                    Ok(matmul_int4(&copies[i % copies.len()], &x4, &mut y)?)
+                })?;
+                drop(copies);
+                self.push(
+                    "ternary_int4",
+                    4,
+                    batch,
+                    (rows, cols),
+                    s,
+                    flops(batch),
+                    bytes,
+                );
+            } else {
+                let s = measure(self.min_time, |_| Ok(matmul_int8(&row, &x8, &mut y)?))?;
+                self.push(
+                    "ternary_int8",
+                    8,
+                    batch,
+                    (rows, cols),
+                    s,
+                    flops(batch),
+                    bytes,
+                );
+                let s = measure(self.min_time, |_| Ok(matmul_int4(&lut, &x4, &mut y)?))?;
+                self.push(
+                    "ternary_int4",
+                    4,
+                    batch,
+                    (rows, cols),
+                    s,
+                    flops(batch),
+                    bytes,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn dense(
+        &mut self,
+        (rows, cols): (usize, usize),
+        batches: &[usize],
+        rng: &mut Rng,
+    ) -> Result<()> {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let bytes = (rows * cols * 4) as f64;
+        let threads = self.threads;
+        for &batch in batches {
+            let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            let mut y = vec![0.0f32; batch * rows];
+            let flops = 2.0 * (rows * cols * batch) as f64;
+            let s = if batch == 1 {
+                let copies = cold_copies(w.clone(), rows * cols * 4, self.cold_bytes);
+                cycle_warm(&copies, |w| {
+                    Ok(dense_matmul_f32(w, rows, cols, &x, 1, &mut y, threads)?)
+                })?;
+                measure(self.min_time, |i| {
+                    Ok(dense_matmul_f32(
+                        &copies[i % copies.len()],
+                        rows,
+                        cols,
+                        &x,
+                        1,
+                        &mut y,
+                        threads,
+                    )?)
+                })?
+            } else {
+                measure(self.min_time, |_| {
+                    Ok(dense_matmul_f32(
+                        &w, rows, cols, &x, batch, &mut y, threads,
+                    )?)
+                })?
+            };
+            self.push("dense_f32", 32, batch, (rows, cols), s, flops, bytes);
+        }
+        Ok(())
+    }
+
+    fn hadamard(&mut self, sizes: &[usize], rng: &mut Rng) -> Result<()> {
+        for &n in sizes {
+            let h = Hadamard::new(n)?;
+            let mut x: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let s = measure(self.min_time, |_| Ok(h.apply(&mut x)?))?;
+            let ops = (n * n.trailing_zeros() as usize) as f64;
+            self.push("hadamard", 32, 1, (1, n), s, ops, (8 * n) as f64);
+        }
+        Ok(())
+    }
+}
+
+/// Touches every copy once, so the timed calls start in the steady state of the cycle.
+fn cycle_warm<T>(copies: &[T], mut call: impl FnMut(&T) -> Result<()>) -> Result<()> {
+    copies.iter().try_for_each(&mut call)
+}
+
+pub fn run(args: &KernelsArgs) -> Result<()> {
+    let path = active_path().context("choosing the kernel path")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let thread_counts = if args.threads.is_empty() {
+        vec![cores]
+    } else {
+        args.threads.clone()
+    };
+    if thread_counts.contains(&0) {
+        bail!("--threads: thread counts must be at least 1");
+    }
+    let llc = last_level_cache_bytes();
+    let cold_bytes = match args.cold_mib {
+        Some(mib) => mib << 20,
+        None => (1usize << 30).max(2 * llc.unwrap_or(0)),
+    };
+    let min_time = args.min_time.unwrap_or(if args.quick { 0.15 } else { 0.5 });
+    let (shapes, batches, hadamard_sizes): (&[(usize, usize)], &[usize], &[usize]) = if args.quick {
+        (&QUICK_SHAPES, &QUICK_BATCHES, &QUICK_HADAMARD_SIZES)
+    } else {
+        (&SHAPES, &BATCHES, &HADAMARD_SIZES)
+    };
+    if !args.json {
+        println!(
+            "hbit bench kernels: path {path}, {cores} cores, LLC {}, batch-1 weights cycle through {} MiB",
+            llc.map(|b| format!("{} MiB", b >> 20)).unwrap_or_else(|| "unknown".into()),
+            cold_bytes >> 20
+        );
+    }
+    let membw_buffer = ColdBuffer::new(cold_bytes);
+    let mut all = Vec::new();
+    let mut summaries = Vec::new();
+    for &threads in &thread_counts {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let mut bench = Bench {
+            min_time,
+            cold_bytes,
+            threads,
+            path: path.to_string(),
+            records: Vec::new(),
+        };
+        pool.install(|| -> Result<()> {
+            let bw = membw_buffer.read_bandwidth(5);
+            bench.records.push(Record {
+                kernel: "memory_read",
+                path: "scalar".into(),
+                act_bits: 0,
+                batch: 0,
+                rows: 0,
+                cols: 0,
+                threads,
+                seconds: cold_bytes as f64 / bw,
+                gops: 0.0,
+                gbps: bw / 1e9,
+            });
+            emit(args.json, bench.records.last().unwrap());
+            let mut rng = Rng(0x5EED_1234_ABCD_0001);
+            for &shape in shapes {
+                let n = bench.records.len();
+                bench.ternary(shape, batches, &mut rng)?;
+                bench.dense(shape, batches, &mut rng)?;
+                bench.records[n..].iter().for_each(|r| emit(args.json, r));
+            }
+            let n = bench.records.len();
+            bench.hadamard(hadamard_sizes, &mut rng)?;
+            bench.records[n..].iter().for_each(|r| emit(args.json, r));
+            Ok(())
+        })?;
+        summaries.extend(summarize(&bench.records, threads));
+        all.extend(bench.records);
+    }
+    if !args.json {
+        println!("\nTargets (ratios from this run):");
+    }
+    for s in &summaries {
+        if args.json {
+            println!("{}", serde_json::to_string(s)?);
+        } else {
+            println!(
+                "  [{}] {:<34} threads {}: {:>8.3} (target {:.2}) {}",
+                if s.pass { "pass" } else { "MISS" },
+                s.summary,
+                s.threads,
+                s.value,
+                s.target,
+                s.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+fn emit(json: bool, r: &Record) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("records serialize"));
+    } else {
+        println!(
+            "{:<13} {:<7} a{:<2} batch {:>4} {:>6}x{:<6} threads {} {:>10.1} us {:>9.1} GOPS {:>7.2} GB/s",
+            r.kernel,
+            r.path,
+            r.act_bits,
+            r.batch,
+            r.rows,
+            r.cols,
+            r.threads,
+            r.seconds * 1e6,
+            r.gops,
+            r.gbps
+        );
+    }
+}
+
+/// The issue's targets, each the worst case over the shapes measured.
+fn summarize(records: &[Record], threads: usize) -> Vec<Summary> {
+    let find = |kernel: &str, batch: usize, rows: usize, cols: usize| {
+        records
+            .iter()
+            .find(|r| r.kernel == kernel && r.batch == batch && r.rows == rows && r.cols == cols)
+    };
+    let mut out = Vec::new();
+    let bw = records
+        .iter()
+        .find(|r| r.kernel == "memory_read")
+        .map(|r| r.gbps);
+    let worst = |name: &'static str, target: f64, pairs: Vec<(f64, String)>| -> Option<Summary> {
+        let (value, detail) = pairs.into_iter().min_by(|a, b| a.0.total_cmp(&b.0))?;
+        Some(Summary {
+            summary: name,
+            threads,
+            value,
+            target,
+            pass: value >= target,
+            detail,
+        })
+    };
+    let gemv = |kernel: &'static str| {
+        records
+            .iter()
+            .filter(move |r| r.kernel == kernel && r.batch == 1)
+    };
+    if let Some(bw) = bw {
+        for (kernel, name) in [
+            ("ternary_int8", "batch1_int8_fraction_of_bandwidth"),
+            ("ternary_int4", "batch1_int4_fraction_of_bandwidth"),
+        ] {
+            let pairs = gemv(kernel)
+                .map(|r| {
+                    (
+                        r.gbps / bw,
+                        format!(
+                            "worst {}x{}: {:.1} of {:.1} GB/s",
+                            r.rows, r.cols, r.gbps, bw
+                        ),
+                    )
+                })
+                .collect();
+            out.extend(worst(name, 0.75, pairs));
+        }
+    }
+    for (kernel, name) in [
+        ("ternary_int8", "batch1_int8_vs_dense_f32"),
+        ("ternary_int4", "batch1_int4_vs_dense_f32"),
+    ] {
+        let pairs = gemv(kernel)
+            .filter_map(|r| {
+                Some((
+                    find("dense_f32", 1, r.rows, r.cols)?.seconds / r.seconds,
+                    format!("worst {}x{}", r.rows, r.cols),
+                ))
+            })
+            .collect();
+        out.extend(worst(name, 10.0, pairs));
+    }
+    let pairs = records
+        .iter()
+        .filter(|r| r.kernel == "ternary_int8" && r.batch == 128)
+        .filter_map(|r| {
+            Some((
+                find("dense_f32", 128, r.rows, r.cols)?.seconds / r.seconds,
+                format!("worst {}x{}", r.rows, r.cols),
+            ))
+        })
+        .collect();
+    out.extend(worst("batch128_int8_vs_dense_f32", 3.0, pairs));
+    let pairs = records
+        .iter()
+        .filter(|r| r.kernel == "ternary_int4" && r.batch >= 8)
+        .filter_map(|r| {
+            Some((
+                find("ternary_int8", r.batch, r.rows, r.cols)?.seconds / r.seconds,
+                format!("worst {}x{} batch {}", r.rows, r.cols, r.batch),
+            ))
+        })
+        .collect();
+    out.extend(worst("batch8plus_int4_vs_int8", 1.3, pairs));
+    if let (Some(h), Some(g)) = (
+        find("hadamard", 1, 1, 8192),
+        find("ternary_int8", 1, 8192, 2048),
+    ) {
+        // Stated as "GEMV time / Hadamard time", so that higher is better like the others: the
+        // target "< 5%" is a ratio above 20.
+        out.push(Summary {
+            summary: "gemv_8192x2048_over_hadamard_8192",
+            threads,
+            value: g.seconds / h.seconds,
+            target: 20.0,
+            pass: g.seconds / h.seconds > 20.0,
+            detail: format!(
+                "Hadamard is {:.2}% of the GEMV",
+                100.0 * h.seconds / g.seconds
+            ),
+        });
+    }
+    out
+}

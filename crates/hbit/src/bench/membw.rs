@@ -1,0 +1,71 @@
+//! Memory read bandwidth: the roofline that batch-1 (GEMV) kernels are held against.
+
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// A buffer larger than the last-level cache, written once so its pages are resident.
+pub struct ColdBuffer {
+    data: Vec<u64>,
+}
+
+impl ColdBuffer {
+    pub fn new(bytes: usize) -> Self {
+        let n = bytes / 8;
+        let data: Vec<u64> = (0..n as u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        Self { data }
+    }
+
+    /// Best of `reps` full reads with the current rayon pool, in bytes per second.
+    pub fn read_bandwidth(&self, reps: usize) -> f64 {
+        let threads = rayon::current_num_threads();
+        let chunk = self.data.len().div_ceil(threads);
+        let mut best = f64::INFINITY;
+        let mut sink = 0u64;
+        for _ in 0..reps {
+            let start = Instant::now();
+            // Eight independent xor lanes per chunk let the compiler use wide loads; the result
+            // is kept so the reads cannot be optimized away.
+            sink ^= self
+                .data
+                .par_chunks(chunk)
+                .map(|c| {
+                    let mut lanes = [0u64; 8];
+                    for block in c.chunks_exact(8) {
+                        for (l, v) in lanes.iter_mut().zip(block) {
+                            *l ^= v;
+                        }
+                    }
+                    lanes.iter().fold(0, |a, b| a ^ b)
+                })
+                .reduce(|| 0, |a, b| a ^ b);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(sink);
+        (self.data.len() * 8) as f64 / best
+    }
+}
+
+/// Size of the last-level cache in bytes as the OS reports it (largest cache index), if known.
+pub fn last_level_cache_bytes() -> Option<usize> {
+    let mut best = None;
+    for index in 0..8 {
+        let path = format!("/sys/devices/system/cpu/cpu0/cache/index{index}/size");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let text = text.trim();
+        let (num, mult) = match text.strip_suffix('K') {
+            Some(n) => (n, 1024),
+            None => match text.strip_suffix('M') {
+                Some(n) => (n, 1024 * 1024),
+                None => (text, 1),
+            },
+        };
+        if let Ok(v) = num.parse::<usize>() {
+            best = best.max(Some(v * mult));
+        }
+    }
+    best
+}

@@ -1,0 +1,20 @@
+//! `hbit bench ...`: measured speed, printed as a table or as JSON lines.
+
+mod kernels;
+mod membw;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Ternary×INT8 and ternary×INT4 matrix kernels, the Hadamard transform, a dense f32 matmul
+    /// of the same shapes (the `gemm` crate) and the machine's memory read bandwidth, in one run.
+    Kernels(kernels::KernelsArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Kernels(args) => kernels::run(&args),
+    }
+}
