@@ -5,6 +5,8 @@ mod bench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use hbit_kernels::cpu::cpu_has_avx512_vnni;
+use hbit_kernels::{active_path, KernelPath};
 
 #[derive(Parser)]
 #[command(
@@ -24,11 +26,32 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
+    Cpu {
+        /// Print only the supported path names, one per line (for scripts).
+        #[arg(long)]
+        paths: bool,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Cpu { paths } => {
+            let supported = KernelPath::supported();
+            if paths {
+                supported.iter().for_each(|p| println!("{p}"));
+            } else {
+                let names: Vec<&str> = supported.iter().map(|p| p.name()).collect();
+                println!("supported kernel paths: {}", names.join(", "));
+                println!(
+                    "AVX-512 VNNI: {}",
+                    if cpu_has_avx512_vnni() { "yes" } else { "no" }
+                );
+                println!("active path: {}", active_path()?);
+            }
+            Ok(())
+        }
     }
 }

@@ -52,6 +52,28 @@ pub struct KernelsArgs {
     /// MiB of weight copies that batch-1 cases cycle through (default max(1024, 2 × LLC)).
     #[arg(long)]
     cold_mib: Option<usize>,
+    /// Weight shapes OUTxIN to measure instead of the built-in list, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<(usize, usize)>,
+    /// Batch sizes to measure instead of the built-in list, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    batches: Vec<usize>,
+    /// Skip the dense f32 baseline (for quick kernel experiments; the summary then omits the
+    /// ratios against it).
+    #[arg(long)]
+    no_dense: bool,
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("shape '{s}': expected OUTxIN, e.g. 8192x2048"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("shape '{s}': {e}"))
+    };
+    Ok((parse(a)?, parse(b)?))
 }
 
 /// One measurement; `--json` prints exactly these fields.
@@ -315,11 +337,21 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
         None => (1usize << 30).max(2 * llc.unwrap_or(0)),
     };
     let min_time = args.min_time.unwrap_or(if args.quick { 0.15 } else { 0.5 });
-    let (shapes, batches, hadamard_sizes): (&[(usize, usize)], &[usize], &[usize]) = if args.quick {
-        (&QUICK_SHAPES, &QUICK_BATCHES, &QUICK_HADAMARD_SIZES)
-    } else {
-        (&SHAPES, &BATCHES, &HADAMARD_SIZES)
-    };
+    let (mut shapes, mut batches, hadamard_sizes): (&[(usize, usize)], &[usize], &[usize]) =
+        if args.quick {
+            (&QUICK_SHAPES, &QUICK_BATCHES, &QUICK_HADAMARD_SIZES)
+        } else {
+            (&SHAPES, &BATCHES, &HADAMARD_SIZES)
+        };
+    if !args.shapes.is_empty() {
+        shapes = &args.shapes;
+    }
+    if !args.batches.is_empty() {
+        batches = &args.batches;
+    }
+    if batches.contains(&0) {
+        bail!("--batches: batch sizes must be at least 1");
+    }
     if !args.json {
         println!(
             "hbit bench kernels: path {path}, {cores} cores, LLC {}, batch-1 weights cycle through {} MiB",
@@ -360,7 +392,9 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             for &shape in shapes {
                 let n = bench.records.len();
                 bench.ternary(shape, batches, &mut rng)?;
-                bench.dense(shape, batches, &mut rng)?;
+                if !args.no_dense {
+                    bench.dense(shape, batches, &mut rng)?;
+                }
                 bench.records[n..].iter().for_each(|r| emit(args.json, r));
             }
             let n = bench.records.len();
