@@ -156,15 +156,15 @@ struct Bench {
 }
 
 impl Bench {
+    /// Records one case: `kernel` with `act_bits`-bit activations (32 = f32), `batch` tokens
+    /// through a `[rows, cols]` matrix, `seconds` per call doing `work = (ops, bytes)`.
     fn push(
         &mut self,
-        kernel: &'static str,
-        act_bits: u32,
+        (kernel, act_bits): (&'static str, u32),
         batch: usize,
         shape: (usize, usize),
         seconds: f64,
-        ops: f64,
-        bytes: f64,
+        (ops, bytes): (f64, f64),
     ) {
         self.records.push(Record {
             kernel,
@@ -211,13 +211,11 @@ impl Bench {
                 })?;
                 drop(copies);
                 self.push(
-                    "ternary_int8",
-                    8,
+                    ("ternary_int8", 8),
                     batch,
                     (rows, cols),
                     s,
-                    flops(batch),
-                    bytes,
+                    (flops(batch), bytes),
                 );
                 let copies = cold_copies(lut.clone(), row_bytes, self.cold_bytes);
                 cycle_warm(&copies, |w| Ok(matmul_int4(w, &x4, &mut y)?))?;
@@ -226,34 +224,28 @@ impl Bench {
                 })?;
                 drop(copies);
                 self.push(
-                    "ternary_int4",
-                    4,
+                    ("ternary_int4", 4),
                     batch,
                     (rows, cols),
                     s,
-                    flops(batch),
-                    bytes,
+                    (flops(batch), bytes),
                 );
             } else {
                 let s = measure(self.min_time, |_| Ok(matmul_int8(&row, &x8, &mut y)?))?;
                 self.push(
-                    "ternary_int8",
-                    8,
+                    ("ternary_int8", 8),
                     batch,
                     (rows, cols),
                     s,
-                    flops(batch),
-                    bytes,
+                    (flops(batch), bytes),
                 );
                 let s = measure(self.min_time, |_| Ok(matmul_int4(&lut, &x4, &mut y)?))?;
                 self.push(
-                    "ternary_int4",
-                    4,
+                    ("ternary_int4", 4),
                     batch,
                     (rows, cols),
                     s,
-                    flops(batch),
-                    bytes,
+                    (flops(batch), bytes),
                 );
             }
         }
@@ -296,7 +288,7 @@ impl Bench {
                     )?)
                 })?
             };
-            self.push("dense_f32", 32, batch, (rows, cols), s, flops, bytes);
+            self.push(("dense_f32", 32), batch, (rows, cols), s, (flops, bytes));
         }
         Ok(())
     }
@@ -307,7 +299,7 @@ impl Bench {
             let mut x: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
             let s = measure(self.min_time, |_| Ok(h.apply(&mut x)?))?;
             let ops = (n * n.trailing_zeros() as usize) as f64;
-            self.push("hadamard", 32, 1, (1, n), s, ops, (8 * n) as f64);
+            self.push(("hadamard", 32), 1, (1, n), s, (ops, (8 * n) as f64));
         }
         Ok(())
     }
