@@ -76,23 +76,36 @@ pub(super) fn dots(
         }
         let col_block = ((L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2)) / K_ALIGN * K_ALIGN)
             .clamp(K_ALIGN, MAX_COL_BLOCK);
-        for k0 in (0..x.stride).step_by(col_block) {
+        // Several tokens: column blocks outside, so the tile's tables stay in L1 while every row
+        // block streams past. One token: row blocks outside, so the weights stream from memory
+        // sequentially (its tables, 8 bytes per column, are read from L2).
+        let col_starts: Vec<usize> = (0..x.stride).step_by(col_block).collect();
+        let steps: Vec<(usize, usize)> = if nt == 1 {
+            blocks
+                .clone()
+                .flat_map(|rb| col_starts.iter().map(move |&k0| (k0, rb)))
+                .collect()
+        } else {
+            col_starts
+                .iter()
+                .flat_map(|&k0| blocks.clone().map(move |rb| (k0, rb)))
+                .collect()
+        };
+        for (k0, rb) in steps {
+            let bi = rb - blocks.start;
             let chunks = col_block.min(x.stride - k0) / LUT_CHUNK_COLS;
             let c0 = k0 / LUT_CHUNK_COLS;
-            for (bi, rb) in blocks.clone().enumerate() {
-                let wb = &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
-                let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
-                let tabs: [&[u8]; TOKEN_TILE] = std::array::from_fn(|j| {
-                    let start = j.min(nt - 1) * tables_per_token + c0 * 4 * TABLE_BYTES;
-                    &tables[start..start + chunks * 4 * TABLE_BYTES]
-                });
-                block_tile(path, wb, &tabs, nt, &mut acc);
-                for (j, a) in acc.iter().enumerate().take(nt) {
-                    let dst =
-                        &mut sums[(t0 + j) * padded_len + bi * LUT_ROW_BLOCK..][..LUT_ROW_BLOCK];
-                    for (d, &v) in dst.iter_mut().zip(a) {
-                        *d += v - TABLE_BIAS * 4 * chunks as i32;
-                    }
+            let wb = &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
+            let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
+            let tabs: [&[u8]; TOKEN_TILE] = std::array::from_fn(|j| {
+                let start = j.min(nt - 1) * tables_per_token + c0 * 4 * TABLE_BYTES;
+                &tables[start..start + chunks * 4 * TABLE_BYTES]
+            });
+            block_tile(path, wb, &tabs, nt, &mut acc);
+            for (j, a) in acc.iter().enumerate().take(nt) {
+                let dst = &mut sums[(t0 + j) * padded_len + bi * LUT_ROW_BLOCK..][..LUT_ROW_BLOCK];
+                for (d, &v) in dst.iter_mut().zip(a) {
+                    *d += v - TABLE_BIAS * 4 * chunks as i32;
                 }
             }
         }
@@ -242,6 +255,9 @@ mod avx2 {
         }
     }
 
+    /// The table lookups run on the shuffle ports; the widening of byte sums to i16 runs on the
+    /// multiply ports instead (`vpmaddubsw` with (1, 1) and (1, -1) gives the sum and the
+    /// difference of the adjacent rows 2j, 2j+1), leaving the shuffle ports to the lookups.
     #[target_feature(enable = "avx2")]
     unsafe fn tile_n<const NT: usize>(
         wb: &[u8],
@@ -254,52 +270,73 @@ mod avx2 {
             .all(|t| t.len() >= chunks * 4 * TABLE_BYTES));
         let nibble = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
+        let pair_sum = _mm256_set1_epi8(1);
+        // i8 pairs (1, -1): 0xFF01 per i16 lane.
+        let pair_diff = _mm256_set1_epi16(-255);
         let w = wb.as_ptr();
         let tp: [*const u8; NT] = std::array::from_fn(|t| tabs[t].as_ptr());
-        // u16 lanes: acc_lo holds rows 0..8 (low half: k-groups 4c, 4c+2; high half: 4c+1, 4c+3),
-        // acc_hi rows 8..16.
-        let mut acc_lo = [zero; NT];
-        let mut acc_hi = [zero; NT];
-        let mut c0 = 0;
-        while c0 < chunks {
-            let c1 = (c0 + U8_WINDOW_CHUNKS).min(chunks);
-            let mut acc8 = [zero; NT];
-            for c in c0..c1 {
-                // SAFETY: c < chunks: 32 bytes at 32c in `wb`, 64 bytes at 64c in each table.
-                let v = unsafe { _mm256_loadu_si256(w.add(LUT_CHUNK_BYTES * c) as *const __m256i) };
-                let lo = _mm256_and_si256(v, nibble);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                for t in 0..NT {
-                    let (tlo, thi) = unsafe {
-                        (
-                            _mm256_loadu_si256(tp[t].add(64 * c) as *const __m256i),
-                            _mm256_loadu_si256(tp[t].add(64 * c + 32) as *const __m256i),
-                        )
-                    };
-                    let s =
-                        _mm256_add_epi8(_mm256_shuffle_epi8(tlo, lo), _mm256_shuffle_epi8(thi, hi));
-                    acc8[t] = _mm256_add_epi8(acc8[t], s);
+        // i16 lanes j of each 128-bit half: rows 2j + 2j+1 (sum) and rows 2j - 2j+1 (diff); the
+        // low half holds k-groups 4c, 4c+2, the high half 4c+1, 4c+3. Per window a lane gains at
+        // most 2 · 192 = 384, so segments of at most 84 windows stay below 32768.
+        let mut c_seg = 0;
+        while c_seg < chunks {
+            let seg_end = (c_seg + 84 * U8_WINDOW_CHUNKS).min(chunks);
+            let mut acc_sum = [zero; NT];
+            let mut acc_diff = [zero; NT];
+            let mut c0 = c_seg;
+            while c0 < seg_end {
+                let c1 = (c0 + U8_WINDOW_CHUNKS).min(seg_end);
+                let mut acc8 = [zero; NT];
+                for c in c0..c1 {
+                    // SAFETY: c < chunks: 32 bytes at 32c in `wb`, 64 bytes at 64c in each table.
+                    let v =
+                        unsafe { _mm256_loadu_si256(w.add(LUT_CHUNK_BYTES * c) as *const __m256i) };
+                    let lo = _mm256_and_si256(v, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+                    for t in 0..NT {
+                        let (tlo, thi) = unsafe {
+                            (
+                                _mm256_loadu_si256(tp[t].add(64 * c) as *const __m256i),
+                                _mm256_loadu_si256(tp[t].add(64 * c + 32) as *const __m256i),
+                            )
+                        };
+                        let s = _mm256_add_epi8(
+                            _mm256_shuffle_epi8(tlo, lo),
+                            _mm256_shuffle_epi8(thi, hi),
+                        );
+                        acc8[t] = _mm256_add_epi8(acc8[t], s);
+                    }
                 }
+                for t in 0..NT {
+                    acc_sum[t] =
+                        _mm256_add_epi16(acc_sum[t], _mm256_maddubs_epi16(acc8[t], pair_sum));
+                    acc_diff[t] =
+                        _mm256_add_epi16(acc_diff[t], _mm256_maddubs_epi16(acc8[t], pair_diff));
+                }
+                c0 = c1;
             }
             for t in 0..NT {
-                acc_lo[t] = _mm256_add_epi16(acc_lo[t], _mm256_unpacklo_epi8(acc8[t], zero));
-                acc_hi[t] = _mm256_add_epi16(acc_hi[t], _mm256_unpackhi_epi8(acc8[t], zero));
-            }
-            c0 = c1;
-        }
-        for t in 0..NT {
-            for (half, v) in [acc_lo[t], acc_hi[t]].into_iter().enumerate() {
-                let rows8 =
-                    _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-                let wide = _mm256_cvtepu16_epi32(rows8);
-                let mut lanes = [0i32; 8];
-                // SAFETY: 32 writable bytes.
-                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide) };
-                for (a, l) in acc[t][8 * half..8 * half + 8].iter_mut().zip(lanes) {
-                    *a += l;
+                let sum = widen_halves(acc_sum[t]);
+                let diff = widen_halves(acc_diff[t]);
+                for j in 0..8 {
+                    // (a + b) ± (a - b) = 2a, 2b: exact.
+                    acc[t][2 * j] += (sum[j] + diff[j]) >> 1;
+                    acc[t][2 * j + 1] += (sum[j] - diff[j]) >> 1;
                 }
             }
+            c_seg = seg_end;
         }
+    }
+
+    /// Adds the two 128-bit halves of 16 i16 lanes as i32: 8 sums.
+    #[target_feature(enable = "avx2")]
+    fn widen_halves(v: __m256i) -> [i32; 8] {
+        let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v));
+        let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1));
+        let mut out = [0i32; 8];
+        // SAFETY: 32 writable bytes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(lo, hi)) };
+        out
     }
 }
 
