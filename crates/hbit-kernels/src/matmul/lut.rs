@@ -12,7 +12,7 @@
 //! zero; u16 lanes hold at most 64 per chunk, so column blocks of ≤ 2048 columns cannot overflow.
 //! The bias (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
 
-use super::L1_BUDGET_BYTES;
+use super::LUT_L1_BUDGET_BYTES;
 use crate::cpu::KernelPath;
 use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
 use crate::quant::QuantizedActivations;
@@ -74,7 +74,7 @@ pub(super) fn dots(
             let tab = &mut tables[j * tables_per_token..(j + 1) * tables_per_token];
             build_tables(path, xt, tab);
         }
-        let col_block = ((L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2)) / K_ALIGN * K_ALIGN)
+        let col_block = ((LUT_L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2)) / K_ALIGN * K_ALIGN)
             .clamp(K_ALIGN, MAX_COL_BLOCK);
         // Several tokens: column blocks outside, so the tile's tables stay in L1 while every row
         // block streams past. One token: row blocks outside, so the weights stream from memory

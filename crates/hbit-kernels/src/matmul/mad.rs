@@ -8,7 +8,7 @@
 //! the tile's activations stay in L1 (for one token the whole row usually fits, and the weights
 //! stream from memory exactly once).
 
-use super::L1_BUDGET_BYTES;
+use super::MAD_L1_BUDGET_BYTES;
 use crate::cpu::KernelPath;
 use crate::pack::{RowPacked, K_ALIGN};
 use crate::quant::QuantizedActivations;
@@ -86,7 +86,7 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
     debug_assert_eq!(stride, w.padded_cols());
     for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(x.tokens - t0);
-        let col_block = (L1_BUDGET_BYTES / nt / K_ALIGN).max(1) * K_ALIGN;
+        let col_block = (MAD_L1_BUDGET_BYTES / nt / K_ALIGN).max(1) * K_ALIGN;
         for k0 in (0..stride).step_by(col_block) {
             let blocks = (col_block.min(stride - k0)) / K_ALIGN;
             let mut xs = [std::ptr::null::<i8>(); TOKEN_TILE];
