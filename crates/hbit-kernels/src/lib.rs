@@ -11,6 +11,22 @@
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
+//!
+//! ```
+//! use hbit_kernels::{matmul, quantize_activations, quantize_ternary, ActBits, LutPacked};
+//!
+//! // A [2, 4] weight matrix: alpha = mean|W| = 0.375, Wq = round(W / alpha) clipped to ±1.
+//! let w = quantize_ternary(&[0.5, 0.0, -0.5, 0.5, 0.0, 0.5, 0.5, -0.5], 2, 4).unwrap();
+//! assert_eq!((w.alpha, w.codes.as_slice()), (0.375, &[1, 0, -1, 1, 0, 1, 1, -1][..]));
+//! // One token, INT4 absmean: beta = 1.25, codes = round(sqrt 7 / 1.25 · x) = [2, -2, 0, 6].
+//! let x = quantize_activations(&[1.0, -1.0, 0.0, 3.0], 1, 4, ActBits::Int4).unwrap();
+//! assert_eq!(x.token(0), &[2, -2, 0, 6]);
+//! let mut y = vec![0.0; 2];
+//! matmul::matmul_int4(&LutPacked::pack(&w), &x, &mut y).unwrap();
+//! // Integer dots 2 + 6 = 8 and -2 - 6 = -8, times alpha · beta / sqrt 7.
+//! let s = 0.375 * (1.25 / 7f32.sqrt());
+//! assert_eq!(y, vec![s * 8.0, s * -8.0]);
+//! ```
 
 pub mod cpu;
 #[cfg(feature = "dense-baseline")]
