@@ -64,26 +64,45 @@ fn dots_scalar(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out:
     }
 }
 
-/// A SIMD tile: `acc[t] = Σ_k c[k] · x_t[k]` over `blocks` 256-column blocks starting at `w`
-/// and `x[t]`, for the first `tokens` entries of `x`.
-///
-/// # Safety
-/// The CPU supports the tile's instruction set; `w` points at `64 · blocks` readable bytes and
-/// each `x[t]`, `t < tokens`, at `256 · blocks` readable bytes.
+/// Arguments of one SIMD tile call: `rows` consecutive weight rows `row_bytes` apart from `w`,
+/// `blocks` 256-column blocks of each, against the first `tokens` activation pointers of `x`.
+/// The tile writes `acc[r][t] = Σ_k c[r, k] · x_t[k]` and prefetches the same segment of the row
+/// [`PREFETCH_ROWS`] ahead (a hint: no address it forms is dereferenced).
 #[cfg(target_arch = "x86_64")]
-type Tile = unsafe fn(
+struct TileArgs<'a> {
     w: *const u8,
-    x: &[*const i8; TOKEN_TILE],
+    row_bytes: usize,
+    x: [*const i8; TOKEN_TILE],
     tokens: usize,
     blocks: usize,
-) -> [i32; TOKEN_TILE];
+    /// `[rows]`, one entry per row.
+    acc: &'a mut [[i32; TOKEN_TILE]],
+}
 
-/// Token tiles × column blocks × rows around a SIMD tile; applies the offset correction.
+/// A SIMD tile.
+///
+/// # Safety
+/// The CPU supports the tile's instruction set; for each of the `acc.len()` rows `r`,
+/// `w + r · row_bytes` points at `64 · blocks` readable bytes; each `x[t]`, `t < tokens`, at
+/// `256 · blocks` readable bytes.
+#[cfg(target_arch = "x86_64")]
+type Tile = unsafe fn(&mut TileArgs);
+
+/// Rows ahead whose weight segment a tile prefetches: in column blocks the segments of
+/// successive rows are a whole row apart, a stride the hardware prefetcher does not follow.
+const PREFETCH_ROWS: usize = 2;
+
+/// Rows per tile call (the per-call cost is amortized; the result buffer stays on the stack).
+const ROW_GROUP: usize = 64;
+
+/// Token tiles × column blocks × row groups around a SIMD tile; applies the offset correction.
 #[cfg(target_arch = "x86_64")]
 fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32], tile: Tile) {
     let len = rows.len();
     let stride = x.stride;
+    let row_bytes = w.row_bytes();
     debug_assert_eq!(stride, w.padded_cols());
+    let mut acc = [[0i32; TOKEN_TILE]; ROW_GROUP];
     for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(x.tokens - t0);
         let col_block = (MAD_L1_BUDGET_BYTES / nt / K_ALIGN).max(1) * K_ALIGN;
@@ -93,14 +112,25 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
             for (j, p) in xs.iter_mut().enumerate().take(nt) {
                 *p = x.codes[(t0 + j) * stride + k0..].as_ptr();
             }
-            for (i, r) in rows.clone().enumerate() {
-                let wr = w.row(r)[k0 / 4..].as_ptr();
-                // SAFETY: `tiled` is only called with a tile the CPU supports (see `dots`); the
-                // row holds `stride / 4` bytes, so `64 · blocks` from `k0 / 4` are in bounds, and
-                // each token row holds `stride` codes, `256 · blocks` of them from `k0`.
-                let acc = unsafe { tile(wr, &xs, nt, blocks) };
-                for j in 0..nt {
-                    out[(t0 + j) * len + i] += acc[j];
+            for g0 in (0..len).step_by(ROW_GROUP) {
+                let g_rows = ROW_GROUP.min(len - g0);
+                let mut args = TileArgs {
+                    w: w.row(rows.start + g0)[k0 / 4..].as_ptr(),
+                    row_bytes,
+                    x: xs,
+                    tokens: nt,
+                    blocks,
+                    acc: &mut acc[..g_rows],
+                };
+                // SAFETY: `tiled` is only called with a tile the CPU supports (see `dots`); rows
+                // rows.start + g0 .. + g_rows exist, each holds `stride / 4` bytes, so
+                // `64 · blocks` bytes from `k0 / 4` are in bounds; each token row holds `stride`
+                // codes, `256 · blocks` of them from `k0`.
+                unsafe { tile(&mut args) };
+                for (i, a) in acc[..g_rows].iter().enumerate() {
+                    for j in 0..nt {
+                        out[(t0 + j) * len + g0 + i] += a[j];
+                    }
                 }
             }
         }
@@ -119,7 +149,7 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::TOKEN_TILE;
+    use super::{TileArgs, PREFETCH_ROWS, TOKEN_TILE};
     use std::arch::x86_64::*;
 
     /// Blocks of 256 columns whose i16 partial sums cannot overflow: per block and lane,
@@ -129,32 +159,47 @@ mod avx2 {
 
     /// # Safety
     /// See [`super::Tile`]; requires AVX2.
-    pub(super) unsafe fn tile(
-        w: *const u8,
-        x: &[*const i8; TOKEN_TILE],
-        tokens: usize,
-        blocks: usize,
-    ) -> [i32; TOKEN_TILE] {
+    pub(super) unsafe fn tile(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
         unsafe {
-            match tokens {
-                1 => tile_n::<1>(w, x, blocks),
-                2 => tile_n::<2>(w, x, blocks),
-                3 => tile_n::<3>(w, x, blocks),
-                4 => tile_n::<4>(w, x, blocks),
-                5 => tile_n::<5>(w, x, blocks),
-                6 => tile_n::<6>(w, x, blocks),
-                7 => tile_n::<7>(w, x, blocks),
-                _ => tile_n::<8>(w, x, blocks),
+            match args.tokens {
+                1 => tile_n::<1>(args),
+                2 => tile_n::<2>(args),
+                3 => tile_n::<3>(args),
+                4 => tile_n::<4>(args),
+                5 => tile_n::<5>(args),
+                6 => tile_n::<6>(args),
+                7 => tile_n::<7>(args),
+                _ => tile_n::<8>(args),
             }
         }
     }
 
+    /// Every row of `args`, one [`row_n`] call each (inlined: same target features).
+    ///
+    /// # Safety
+    /// See [`super::Tile`].
     #[target_feature(enable = "avx2")]
-    unsafe fn tile_n<const NT: usize>(
+    unsafe fn tile_n<const NT: usize>(args: &mut TileArgs) {
+        for r in 0..args.acc.len() {
+            let w = args.w.wrapping_add(r * args.row_bytes);
+            let prefetch = args.w.wrapping_add((r + PREFETCH_ROWS) * args.row_bytes);
+            // SAFETY: row r of the tile satisfies the row contract of `row_n`.
+            args.acc[r] = unsafe { row_n::<NT>(w, &args.x, args.blocks, prefetch) };
+        }
+    }
+
+    /// One row: `64 · blocks` bytes at `w` against `256 · blocks` codes at each `x[t]`.
+    ///
+    /// # Safety
+    /// As [`super::Tile`] for a single row.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_n<const NT: usize>(
         w: *const u8,
         x: &[*const i8; TOKEN_TILE],
         blocks: usize,
+        prefetch: *const u8,
     ) -> [i32; TOKEN_TILE] {
         let mask = _mm256_set1_epi8(3);
         let ones = _mm256_set1_epi16(1);
@@ -164,6 +209,7 @@ mod avx2 {
             let b1 = (b0 + I16_WINDOW_BLOCKS).min(blocks);
             let mut acc16 = [_mm256_setzero_si256(); NT];
             for b in b0..b1 {
+                _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(64 * b) as *const i8);
                 for half in 0..2 {
                     // SAFETY: b < blocks, so 64·b + 32·half + 32 <= 64·blocks bytes of `w`.
                     let v =
@@ -219,66 +265,77 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::TOKEN_TILE;
+    use super::{TileArgs, PREFETCH_ROWS, TOKEN_TILE};
     use std::arch::x86_64::*;
 
     /// # Safety
     /// See [`super::Tile`]; requires AVX-512 F, BW and VNNI.
-    pub(super) unsafe fn tile_vnni(
-        w: *const u8,
-        x: &[*const i8; TOKEN_TILE],
-        tokens: usize,
-        blocks: usize,
-    ) -> [i32; TOKEN_TILE] {
+    pub(super) unsafe fn tile_vnni(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
         unsafe {
-            match tokens {
-                1 => vnni_n::<1>(w, x, blocks),
-                2 => vnni_n::<2>(w, x, blocks),
-                3 => vnni_n::<3>(w, x, blocks),
-                4 => vnni_n::<4>(w, x, blocks),
-                5 => vnni_n::<5>(w, x, blocks),
-                6 => vnni_n::<6>(w, x, blocks),
-                7 => vnni_n::<7>(w, x, blocks),
-                _ => vnni_n::<8>(w, x, blocks),
+            match args.tokens {
+                1 => vnni_n::<1>(args),
+                2 => vnni_n::<2>(args),
+                3 => vnni_n::<3>(args),
+                4 => vnni_n::<4>(args),
+                5 => vnni_n::<5>(args),
+                6 => vnni_n::<6>(args),
+                7 => vnni_n::<7>(args),
+                _ => vnni_n::<8>(args),
             }
         }
     }
 
     /// # Safety
     /// See [`super::Tile`]; requires AVX-512 F and BW.
-    pub(super) unsafe fn tile_bw(
-        w: *const u8,
-        x: &[*const i8; TOKEN_TILE],
-        tokens: usize,
-        blocks: usize,
-    ) -> [i32; TOKEN_TILE] {
+    pub(super) unsafe fn tile_bw(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
         unsafe {
-            match tokens {
-                1 => bw_n::<1>(w, x, blocks),
-                2 => bw_n::<2>(w, x, blocks),
-                3 => bw_n::<3>(w, x, blocks),
-                4 => bw_n::<4>(w, x, blocks),
-                5 => bw_n::<5>(w, x, blocks),
-                6 => bw_n::<6>(w, x, blocks),
-                7 => bw_n::<7>(w, x, blocks),
-                _ => bw_n::<8>(w, x, blocks),
+            match args.tokens {
+                1 => bw_n::<1>(args),
+                2 => bw_n::<2>(args),
+                3 => bw_n::<3>(args),
+                4 => bw_n::<4>(args),
+                5 => bw_n::<5>(args),
+                6 => bw_n::<6>(args),
+                7 => bw_n::<7>(args),
+                _ => bw_n::<8>(args),
             }
         }
     }
 
     /// One 64-byte block holds 256 codes; shifting by 2s yields the codes of columns
     /// 64s..64s+64, aligned with a 64-byte load of the activations.
+    /// Every row of `args`, one [`vnni_row`] call each (inlined: same target features).
+    ///
+    /// # Safety
+    /// See [`super::Tile`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni_n<const NT: usize>(
+    unsafe fn vnni_n<const NT: usize>(args: &mut TileArgs) {
+        for r in 0..args.acc.len() {
+            let w = args.w.wrapping_add(r * args.row_bytes);
+            let prefetch = args.w.wrapping_add((r + PREFETCH_ROWS) * args.row_bytes);
+            // SAFETY: row r of the tile satisfies the row contract of `vnni_row`.
+            args.acc[r] = unsafe { vnni_row::<NT>(w, &args.x, args.blocks, prefetch) };
+        }
+    }
+
+    /// One row: `64 · blocks` bytes at `w` against `256 · blocks` codes at each `x[t]`.
+    ///
+    /// # Safety
+    /// As [`super::Tile`] for a single row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni_row<const NT: usize>(
         w: *const u8,
         x: &[*const i8; TOKEN_TILE],
         blocks: usize,
+        prefetch: *const u8,
     ) -> [i32; TOKEN_TILE] {
         let mask = _mm512_set1_epi8(3);
         let mut acc = [_mm512_setzero_si512(); NT];
         for b in 0..blocks {
+            _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(64 * b) as *const i8);
             // SAFETY: 64·b + 64 <= 64·blocks bytes of `w`.
             let v = unsafe { _mm512_loadu_si512(w.add(64 * b) as *const _) };
             let c = [
@@ -303,11 +360,31 @@ mod avx512 {
     }
 
     /// AVX-512 without VNNI: `vpmaddubsw` into i16 windows, widened like the AVX2 tile.
+    /// Every row of `args`, one [`bw_row`] call each (inlined: same target features).
+    ///
+    /// # Safety
+    /// See [`super::Tile`].
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn bw_n<const NT: usize>(
+    unsafe fn bw_n<const NT: usize>(args: &mut TileArgs) {
+        for r in 0..args.acc.len() {
+            let w = args.w.wrapping_add(r * args.row_bytes);
+            let prefetch = args.w.wrapping_add((r + PREFETCH_ROWS) * args.row_bytes);
+            // SAFETY: row r of the tile satisfies the row contract of `bw_row`.
+            args.acc[r] = unsafe { bw_row::<NT>(w, &args.x, args.blocks, prefetch) };
+        }
+    }
+
+    /// One row: `64 · blocks` bytes at `w` against `256 · blocks` codes at each `x[t]`.
+    ///
+    /// # Safety
+    /// As [`super::Tile`] for a single row.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn bw_row<const NT: usize>(
         w: *const u8,
         x: &[*const i8; TOKEN_TILE],
         blocks: usize,
+        prefetch: *const u8,
     ) -> [i32; TOKEN_TILE] {
         // Per block and i16 lane: 4 vpmaddubsw results of magnitude <= 512 -> 2048; 16 blocks
         // reach 32768, so windows of 8 blocks keep a margin.
@@ -320,6 +397,7 @@ mod avx512 {
             let b1 = (b0 + WINDOW).min(blocks);
             let mut acc16 = [_mm512_setzero_si512(); NT];
             for b in b0..b1 {
+                _mm_prefetch::<_MM_HINT_T0>(prefetch.wrapping_add(64 * b) as *const i8);
                 // SAFETY: 64·b + 64 <= 64·blocks bytes of `w`.
                 let v = unsafe { _mm512_loadu_si512(w.add(64 * b) as *const _) };
                 let c = [
