@@ -57,6 +57,40 @@ fn check_codes(what: &'static str, data: &[u8]) -> Result<(), KernelError> {
     }
 }
 
+/// Validation shared by the `from_parts` constructors: non-empty shape, exact byte length, no
+/// invalid code, finite scale.
+fn check_parts(
+    what: &'static str,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    data: &[u8],
+    expected: usize,
+) -> Result<(), KernelError> {
+    if rows == 0 || cols == 0 {
+        return Err(KernelError::InvalidSize {
+            what,
+            found: rows.min(cols),
+            reason: "rows and columns must be non-zero",
+        });
+    }
+    if data.len() != expected {
+        return Err(KernelError::LengthMismatch {
+            what,
+            expected,
+            found: data.len(),
+        });
+    }
+    check_codes(what, data)?;
+    if !alpha.is_finite() {
+        return Err(KernelError::NonFinite {
+            what: "ternary weight scale alpha",
+            index: 0,
+        });
+    }
+    Ok(())
+}
+
 fn padded_cols(cols: usize) -> usize {
     cols.div_ceil(K_ALIGN) * K_ALIGN
 }
@@ -110,29 +144,16 @@ impl RowPacked {
         alpha: f32,
         data: Vec<u8>,
     ) -> Result<Self, KernelError> {
-        if rows == 0 || cols == 0 {
-            return Err(KernelError::InvalidSize {
-                what: "row-packed ternary weights",
-                found: rows.min(cols),
-                reason: "rows and columns must be non-zero",
-            });
-        }
         let padded_cols = padded_cols(cols);
         let expected = rows * padded_cols / 4;
-        if data.len() != expected {
-            return Err(KernelError::LengthMismatch {
-                what: "row-packed ternary weights bytes",
-                expected,
-                found: data.len(),
-            });
-        }
-        check_codes("row-packed ternary weights", &data)?;
-        if !alpha.is_finite() {
-            return Err(KernelError::NonFinite {
-                what: "row-packed ternary weights scale alpha",
-                index: 0,
-            });
-        }
+        check_parts(
+            "row-packed ternary weights",
+            rows,
+            cols,
+            alpha,
+            &data,
+            expected,
+        )?;
         Ok(Self {
             rows,
             cols,
@@ -248,30 +269,17 @@ impl LutPacked {
         alpha: f32,
         data: Vec<u8>,
     ) -> Result<Self, KernelError> {
-        if rows == 0 || cols == 0 {
-            return Err(KernelError::InvalidSize {
-                what: "LUT-packed ternary weights",
-                found: rows.min(cols),
-                reason: "rows and columns must be non-zero",
-            });
-        }
         let padded_cols = padded_cols(cols);
         let expected =
             rows.div_ceil(LUT_ROW_BLOCK) * padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
-        if data.len() != expected {
-            return Err(KernelError::LengthMismatch {
-                what: "LUT-packed ternary weights bytes",
-                expected,
-                found: data.len(),
-            });
-        }
-        check_codes("LUT-packed ternary weights", &data)?;
-        if !alpha.is_finite() {
-            return Err(KernelError::NonFinite {
-                what: "LUT-packed ternary weights scale alpha",
-                index: 0,
-            });
-        }
+        check_parts(
+            "LUT-packed ternary weights",
+            rows,
+            cols,
+            alpha,
+            &data,
+            expected,
+        )?;
         Ok(Self {
             rows,
             cols,

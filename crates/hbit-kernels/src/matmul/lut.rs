@@ -245,14 +245,7 @@ mod avx2 {
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
         // SAFETY: forwarded contract.
-        unsafe {
-            match nt {
-                1 => tile_n::<1>(wb, tabs, acc),
-                2 => tile_n::<2>(wb, tabs, acc),
-                3 => tile_n::<3>(wb, tabs, acc),
-                _ => tile_n::<4>(wb, tabs, acc),
-            }
-        }
+        unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
     }
 
     /// The table lookups run on the shuffle ports; the widening of byte sums to i16 runs on the
@@ -363,14 +356,7 @@ mod avx512 {
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
         // SAFETY: forwarded contract.
-        unsafe {
-            match nt {
-                1 => tile_n::<1>(wb, tabs, acc),
-                2 => tile_n::<2>(wb, tabs, acc),
-                3 => tile_n::<3>(wb, tabs, acc),
-                _ => tile_n::<4>(wb, tabs, acc),
-            }
-        }
+        unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]

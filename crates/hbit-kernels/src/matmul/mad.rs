@@ -161,18 +161,7 @@ mod avx2 {
     /// See [`super::Tile`]; requires AVX2.
     pub(super) unsafe fn tile(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
-        unsafe {
-            match args.tokens {
-                1 => tile_n::<1>(args),
-                2 => tile_n::<2>(args),
-                3 => tile_n::<3>(args),
-                4 => tile_n::<4>(args),
-                5 => tile_n::<5>(args),
-                6 => tile_n::<6>(args),
-                7 => tile_n::<7>(args),
-                _ => tile_n::<8>(args),
-            }
-        }
+        unsafe { dispatch_tokens!(args.tokens, tile_n, (args), 1, 2, 3, 4, 5, 6, 7; 8) }
     }
 
     /// Every row of `args`, one [`row_n`] call each (inlined: same target features).
@@ -272,36 +261,14 @@ mod avx512 {
     /// See [`super::Tile`]; requires AVX-512 F, BW and VNNI.
     pub(super) unsafe fn tile_vnni(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
-        unsafe {
-            match args.tokens {
-                1 => vnni_n::<1>(args),
-                2 => vnni_n::<2>(args),
-                3 => vnni_n::<3>(args),
-                4 => vnni_n::<4>(args),
-                5 => vnni_n::<5>(args),
-                6 => vnni_n::<6>(args),
-                7 => vnni_n::<7>(args),
-                _ => vnni_n::<8>(args),
-            }
-        }
+        unsafe { dispatch_tokens!(args.tokens, vnni_n, (args), 1, 2, 3, 4, 5, 6, 7; 8) }
     }
 
     /// # Safety
     /// See [`super::Tile`]; requires AVX-512 F and BW.
     pub(super) unsafe fn tile_bw(args: &mut TileArgs) {
         // SAFETY: forwarded contract.
-        unsafe {
-            match args.tokens {
-                1 => bw_n::<1>(args),
-                2 => bw_n::<2>(args),
-                3 => bw_n::<3>(args),
-                4 => bw_n::<4>(args),
-                5 => bw_n::<5>(args),
-                6 => bw_n::<6>(args),
-                7 => bw_n::<7>(args),
-                _ => bw_n::<8>(args),
-            }
-        }
+        unsafe { dispatch_tokens!(args.tokens, bw_n, (args), 1, 2, 3, 4, 5, 6, 7; 8) }
     }
 
     /// One 64-byte block holds 256 codes; shifting by 2s yields the codes of columns

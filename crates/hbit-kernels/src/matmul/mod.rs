@@ -12,6 +12,17 @@
 //! threads. Every path computes the same i32 sums and the same f32 epilogue, so every path gives
 //! bit-identical outputs; [`matmul_reference`] is the plain definition they are tested against.
 
+/// Calls `f::<N>(args..)` for the token count `n` (one of the listed constants; the constant
+/// after `;` takes everything else), so each token-tile size gets its own unrolled tile.
+macro_rules! dispatch_tokens {
+    ($n:expr, $f:ident, $args:tt, $($k:literal),*; $last:literal) => {
+        match $n {
+            $($k => $f::<$k> $args,)*
+            _ => $f::<$last> $args,
+        }
+    };
+}
+
 mod lut;
 mod mad;
 
