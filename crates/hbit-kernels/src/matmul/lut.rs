@@ -8,9 +8,11 @@
 //! once: 64 multiply-accumulates per instruction, twice a `vpmaddubsw`. INT8 codes would need
 //! 16-bit entries and two lookups.
 //!
-//! Accumulation: byte sums of 3 chunks (6 lookups ≤ 192) are widened to u16 by unpacking with
-//! zero; u16 lanes hold at most 64 per chunk, so column blocks of ≤ 2048 columns cannot overflow.
-//! The bias (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
+//! Accumulation: byte sums of 3 chunks (6 lookups ≤ 192) are widened to 16 bits — on AVX2 by
+//! `vpmaddubsw` into the sum and the difference of adjacent rows (multiply ports, leaving the
+//! shuffle ports to the lookups), on AVX-512 by unpacking with zero into u16 lanes that hold at
+//! most 64 per chunk (hence column blocks of ≤ 2048 columns). The bias (16 per lookup, 4 lookups
+//! per row and chunk) is subtracted at the end.
 
 use super::LUT_L1_BUDGET_BYTES;
 use crate::cpu::KernelPath;
@@ -24,8 +26,8 @@ const TOKEN_TILE: usize = 4;
 const TABLE_BIAS: i32 = 16;
 /// Bytes of one k-group table.
 const TABLE_BYTES: usize = 16;
-/// Longest column block (u16 accumulators: 64 per chunk, ≤ 256 chunks, doubled when the two
-/// 128-bit halves are added: ≤ 32768).
+/// Longest column block, for the AVX-512 tile's u16 accumulators (64 per chunk, ≤ 256 chunks,
+/// ≤ 32768 once the 128-bit lanes are added); the AVX2 tile flushes its own 16-bit sums.
 const MAX_COL_BLOCK: usize = 2048;
 
 /// Ternary weight of one half of a 4-bit index (code 3 is never written and contributes 0).
