@@ -329,10 +329,10 @@ mod tests {
     }
 
     #[test]
-    fn ternary_rounds_half_away_from_zero() {
-        // alpha = mean(|[0.5, -0.5, 1.5, -1.5]|) = 1.0; W/(1+1e-5) is just under ±0.5 and ±1.5,
-        // so it rounds toward zero for ±0.5. Use exact halves via a bigger alpha instead:
-        // W = [1, -1, 3, -3, 0, 0, 0, 0] -> alpha = 1.0 -> x/(1+eps) ≈ ±0.99999, ±2.99997.
+    fn ternary_clips_and_round_clip_rounds_half_away_from_zero() {
+        // W = [1, -1, 3, -3, 0, 0, 0, 0] -> alpha = 8/8 = 1.0 -> W/(1+eps) ≈ ±0.99999 (rounds
+        // to ±1) and ±2.99997 (rounds to ±3, clipped to ±1). Exact halves are checked on
+        // RoundClip itself: eps keeps W/(alpha+eps) off exact halves.
         let w = [1.0, -1.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0];
         let q = quantize_ternary(&w, 1, 8).unwrap();
         assert_eq!(q.alpha, 1.0);
