@@ -43,5 +43,6 @@ pub use error::KernelError;
 pub use hadamard::Hadamard;
 pub use pack::{LutPacked, RowPacked};
 pub use quant::{
-    quantize_activations, quantize_ternary, ActBits, QuantizedActivations, TernaryWeights,
+    quantize_activations, quantize_ternary, sparsify_topk_token, topk_count, ActBits,
+    QuantizedActivations, TernaryWeights,
 };

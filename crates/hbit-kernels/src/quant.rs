@@ -287,6 +287,38 @@ impl QuantizedActivations {
     }
 }
 
+/// Number of values top-K sparsification keeps in a token of `len` values: `round(keep * len)`,
+/// at least one (BitNet a4.8 / Q-Sparse; `keep` in (0, 1]).
+pub fn topk_count(len: usize, keep: f32) -> usize {
+    ((keep as f64 * len as f64).round() as usize).clamp(1, len.max(1))
+}
+
+/// Top-K sparsification of one token (BitNet a4.8 / Q-Sparse): keeps the `k` largest-magnitude
+/// values and zeroes the rest. Ties at the threshold go to the lower index, so exactly `k` values
+/// survive and training and inference agree on which.
+pub fn sparsify_topk_token(x: &mut [f32], k: usize) {
+    if k >= x.len() {
+        return;
+    }
+    let mut magnitudes: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    // The k-th largest magnitude is the threshold.
+    let (_, threshold, _) = magnitudes.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let threshold = *threshold;
+    let above = x.iter().filter(|v| v.abs() > threshold).count();
+    let mut ties_left = k - above;
+    for v in x.iter_mut() {
+        let m = v.abs();
+        if m > threshold {
+            continue;
+        }
+        if m == threshold && ties_left > 0 {
+            ties_left -= 1;
+            continue;
+        }
+        *v = 0.0;
+    }
+}
+
 /// Quantizes `x` (`[tokens, cols]`) per token with the given bit width (eq. 5 or 6).
 pub fn quantize_activations(
     x: &[f32],
@@ -316,6 +348,20 @@ pub fn quantize_activations(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn topk_keeps_exactly_k_largest_with_ties_to_lower_index() {
+        let mut x = [0.5, -2.0, 0.5, 1.0, -0.5, 3.0];
+        // k = 4: 3.0, -2.0, 1.0 and the first of the three 0.5-magnitude ties.
+        sparsify_topk_token(&mut x, 4);
+        assert_eq!(x, [0.5, -2.0, 0.0, 1.0, 0.0, 3.0]);
+        assert_eq!(topk_count(6, 0.5), 3);
+        assert_eq!(topk_count(5, 0.5), 3); // round half away from zero
+        assert_eq!(topk_count(3, 0.01), 1);
+        let mut all = [1.0, -1.0];
+        sparsify_topk_token(&mut all, 2);
+        assert_eq!(all, [1.0, -1.0]);
+    }
 
     #[test]
     fn ternary_known_answer() {

@@ -2,6 +2,7 @@
 //! to a fast CPU engine. This binary is the one entry point; each job is a subcommand.
 
 mod bench;
+mod model_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// Write a randomly initialised training checkpoint (config.json + model.safetensors).
+    Init(model_cmds::InitArgs),
+    /// Print the training framework's logits for a token sequence.
+    Logits(model_cmds::LogitsArgs),
     /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu {
         /// Print only the supported path names, one per line (for scripts).
@@ -34,10 +39,23 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Init(args) => model_cmds::init(&args),
+        Command::Logits(args) => model_cmds::logits(&args),
         Command::Cpu { paths } => {
             let supported = KernelPath::supported();
             if paths {

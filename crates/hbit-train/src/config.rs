@@ -1,0 +1,671 @@
+//! Model configuration: the serde mirror of `config.json` (DESIGN.md §3) and the validated
+//! [`ModelConfig`] the code uses, with named presets.
+//!
+//! Every variant of DESIGN.md §2 is a value of [`Variant`] on the one model code path; the
+//! per-projection activation treatment is decided here ([`ModelConfig::input_quant`]) and nowhere
+//! else.
+
+use std::path::Path;
+
+use hbit_kernels::quant::ActBits;
+use hbit_kernels::Hadamard;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// `config.json` exactly as written on disk (HF LLaMA/BitNet keys plus `quantization`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    /// `silu` (SwiGLU, the paper) or `relu2` (squared-ReLU GLU, b1.58 2B4T and a4.8).
+    pub hidden_act: String,
+    pub tie_word_embeddings: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<u32>,
+    pub quantization: QuantizationFile,
+}
+
+/// The `quantization` object of `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationFile {
+    /// One of [`Variant::NAMES`].
+    pub variant: String,
+    /// Always 1.58 (ternary); kept for readers of the file.
+    pub weight_bits: f64,
+    /// 8 or 4: the activation bits of the projections the variant quantizes at that width.
+    pub activation_bits: u8,
+    /// Projections whose input is Hadamard-rotated (`o_proj`, `down_proj`); empty without rotation.
+    /// Written from the variant; a file whose list disagrees with its variant is refused.
+    #[serde(default)]
+    pub hadamard: Vec<String>,
+    /// BitNet a4.8 only: share of each token's largest-magnitude intermediate values kept by the
+    /// top-K sparsifier before INT8 (a4.8 / Q-Sparse keep half).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topk_keep: Option<f64>,
+}
+
+/// The model variants of DESIGN.md §2, one code path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// BitNet b1.58: INT8 absmax everywhere, no rotation.
+    BitnetB158,
+    /// BitNet v2: Hadamard before W_o and W_down (activation rotation only, as the paper keeps).
+    BitnetV2,
+    /// BitNet a4.8: INT4 inputs, top-K sparsified INT8 intermediate states.
+    BitnetA48,
+    /// Ablation (paper Table 5): BitNet v2 without the Hadamard transform.
+    BitnetV2NoRotation,
+    /// Ablation (paper Table 5): Hadamard on the activations and on the weights of W_o / W_down.
+    BitnetV2WeightRotation,
+}
+
+impl Variant {
+    pub const NAMES: [&'static str; 5] = [
+        "bitnet_b158",
+        "bitnet_v2",
+        "bitnet_a48",
+        "bitnet_v2_no_rotation",
+        "bitnet_v2_weight_rotation",
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::BitnetB158 => "bitnet_b158",
+            Variant::BitnetV2 => "bitnet_v2",
+            Variant::BitnetA48 => "bitnet_a48",
+            Variant::BitnetV2NoRotation => "bitnet_v2_no_rotation",
+            Variant::BitnetV2WeightRotation => "bitnet_v2_weight_rotation",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Variant, TrainError> {
+        Ok(match name {
+            "bitnet_b158" => Variant::BitnetB158,
+            "bitnet_v2" => Variant::BitnetV2,
+            "bitnet_a48" => Variant::BitnetA48,
+            "bitnet_v2_no_rotation" => Variant::BitnetV2NoRotation,
+            "bitnet_v2_weight_rotation" => Variant::BitnetV2WeightRotation,
+            other => {
+                return Err(TrainError::Config {
+                    field: "quantization.variant",
+                    message: format!(
+                        "unknown variant {other:?}; expected one of {:?}",
+                        Variant::NAMES
+                    ),
+                })
+            }
+        })
+    }
+
+    /// Whether the inputs of W_o and W_down are Hadamard-rotated (eq. 7).
+    pub fn rotates_activations(self) -> bool {
+        matches!(self, Variant::BitnetV2 | Variant::BitnetV2WeightRotation)
+    }
+
+    /// The `hadamard` list this variant writes into `config.json`.
+    pub fn hadamard_projections(self) -> Vec<String> {
+        if self.rotates_activations() {
+            vec!["o_proj".into(), "down_proj".into()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// GLU activation of the FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenAct {
+    /// SwiGLU: `silu(gate) * up` (the paper).
+    Silu,
+    /// Squared-ReLU GLU: `relu(gate)^2 * up` (BitNet b1.58 2B4T, a4.8).
+    Relu2,
+}
+
+impl HiddenAct {
+    pub fn name(self) -> &'static str {
+        match self {
+            HiddenAct::Silu => "silu",
+            HiddenAct::Relu2 => "relu2",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<HiddenAct, TrainError> {
+        match name {
+            "silu" | "swiglu" => Ok(HiddenAct::Silu),
+            "relu2" => Ok(HiddenAct::Relu2),
+            other => Err(TrainError::Config {
+                field: "hidden_act",
+                message: format!("unknown activation {other:?}; expected \"silu\" or \"relu2\""),
+            }),
+        }
+    }
+}
+
+/// A linear projection of the block, named after its checkpoint key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// The checkpoint key below `model.layers.N.`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+
+    /// W_o and W_down read the intermediate states (the outlier-heavy inputs, paper §2.1).
+    pub fn reads_intermediate_state(self) -> bool {
+        matches!(self, Proj::O | Proj::Down)
+    }
+}
+
+/// How one projection's input is treated before the ternary matmul.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputQuant {
+    /// Orthonormal Hadamard of the input first (eq. 7).
+    pub hadamard: bool,
+    /// a4.8: keep this share of each token's largest-magnitude values, zero the rest.
+    pub topk_keep: Option<f32>,
+    /// Per-token quantizer: INT8 absmax (eq. 5) or INT4 absmean (eq. 6).
+    pub bits: ActBits,
+    /// Weight-and-activation rotation ablation: the ternary weight is `Qw(W·H)`.
+    pub rotate_weight: bool,
+}
+
+/// The validated configuration the model code uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub hidden_act: HiddenAct,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub variant: Variant,
+    pub activation_bits: ActBits,
+    pub topk_keep: f32,
+}
+
+/// a4.8 keeps the top half of each token's intermediate values (Q-Sparse's K = 50%).
+pub const DEFAULT_TOPK_KEEP: f32 = 0.5;
+
+fn field_err(field: &'static str, message: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        field,
+        message: message.into(),
+    }
+}
+
+impl ModelConfig {
+    /// Validates a `config.json` mirror into the model config.
+    pub fn from_file(file: &ConfigFile) -> Result<ModelConfig, TrainError> {
+        let positive = [
+            ("hidden_size", file.hidden_size),
+            ("intermediate_size", file.intermediate_size),
+            ("num_hidden_layers", file.num_hidden_layers),
+            ("num_attention_heads", file.num_attention_heads),
+            ("num_key_value_heads", file.num_key_value_heads),
+            ("vocab_size", file.vocab_size),
+            ("max_position_embeddings", file.max_position_embeddings),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(field_err(field, "must be greater than zero, found 0"));
+            }
+        }
+        if !file.hidden_size.is_multiple_of(file.num_attention_heads) {
+            return Err(field_err(
+                "num_attention_heads",
+                format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    file.hidden_size, file.num_attention_heads
+                ),
+            ));
+        }
+        if !file
+            .num_attention_heads
+            .is_multiple_of(file.num_key_value_heads)
+        {
+            return Err(field_err(
+                "num_key_value_heads",
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    file.num_attention_heads, file.num_key_value_heads
+                ),
+            ));
+        }
+        let head_dim = file.hidden_size / file.num_attention_heads;
+        if !head_dim.is_multiple_of(2) {
+            return Err(field_err(
+                "num_attention_heads",
+                format!("head_dim {head_dim} must be even for rotate-half RoPE"),
+            ));
+        }
+        if !(file.rms_norm_eps > 0.0 && file.rms_norm_eps.is_finite()) {
+            return Err(field_err(
+                "rms_norm_eps",
+                format!("must be positive, found {}", file.rms_norm_eps),
+            ));
+        }
+        if !(file.rope_theta > 0.0 && file.rope_theta.is_finite()) {
+            return Err(field_err(
+                "rope_theta",
+                format!("must be positive, found {}", file.rope_theta),
+            ));
+        }
+        let q = &file.quantization;
+        let variant = Variant::parse(&q.variant)?;
+        let activation_bits = ActBits::from_bits(q.activation_bits).ok_or_else(|| {
+            field_err(
+                "quantization.activation_bits",
+                format!("expected 8 or 4, found {}", q.activation_bits),
+            )
+        })?;
+        if variant == Variant::BitnetB158 && activation_bits != ActBits::Int8 {
+            return Err(field_err(
+                "quantization.activation_bits",
+                "bitnet_b158 uses 8-bit activations; 4-bit BitNet v2 is variant bitnet_v2 with \
+                 activation_bits 4",
+            ));
+        }
+        if (q.weight_bits - 1.58).abs() > 1e-6 {
+            return Err(field_err(
+                "quantization.weight_bits",
+                format!(
+                    "only ternary (1.58) weights exist here, found {}",
+                    q.weight_bits
+                ),
+            ));
+        }
+        let expected_hadamard = variant.hadamard_projections();
+        if q.hadamard != expected_hadamard {
+            return Err(field_err(
+                "quantization.hadamard",
+                format!(
+                    "variant {} rotates {:?}, the file lists {:?}",
+                    variant.name(),
+                    expected_hadamard,
+                    q.hadamard
+                ),
+            ));
+        }
+        let topk_keep = match (variant, q.topk_keep) {
+            (Variant::BitnetA48, Some(k)) if k > 0.0 && k <= 1.0 => k as f32,
+            (Variant::BitnetA48, Some(k)) => {
+                return Err(field_err(
+                    "quantization.topk_keep",
+                    format!("must be in (0, 1], found {k}"),
+                ))
+            }
+            (Variant::BitnetA48, None) => DEFAULT_TOPK_KEEP,
+            (_, Some(_)) => {
+                return Err(field_err(
+                    "quantization.topk_keep",
+                    format!("only bitnet_a48 sparsifies; variant is {}", variant.name()),
+                ))
+            }
+            (_, None) => DEFAULT_TOPK_KEEP,
+        };
+        let config = ModelConfig {
+            hidden_size: file.hidden_size,
+            intermediate_size: file.intermediate_size,
+            num_layers: file.num_hidden_layers,
+            num_heads: file.num_attention_heads,
+            num_kv_heads: file.num_key_value_heads,
+            head_dim,
+            vocab_size: file.vocab_size,
+            max_position_embeddings: file.max_position_embeddings,
+            rms_norm_eps: file.rms_norm_eps,
+            rope_theta: file.rope_theta,
+            hidden_act: HiddenAct::parse(&file.hidden_act)?,
+            tie_word_embeddings: file.tie_word_embeddings,
+            bos_token_id: file.bos_token_id,
+            eos_token_id: file.eos_token_id,
+            variant,
+            activation_bits,
+            topk_keep,
+        };
+        if variant.rotates_activations() {
+            // Fail at load time, not mid-forward, when a rotated input has no exact transform.
+            for (field, n) in [
+                ("hidden_size", config.hidden_size),
+                ("intermediate_size", config.intermediate_size),
+            ] {
+                Hadamard::new(n).map_err(|e| field_err(field, e.to_string()))?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// The `config.json` mirror of this config.
+    pub fn to_file(&self) -> ConfigFile {
+        ConfigFile {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_layers,
+            num_attention_heads: self.num_heads,
+            num_key_value_heads: self.num_kv_heads,
+            vocab_size: self.vocab_size,
+            max_position_embeddings: self.max_position_embeddings,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            hidden_act: self.hidden_act.name().into(),
+            tie_word_embeddings: self.tie_word_embeddings,
+            bos_token_id: self.bos_token_id,
+            eos_token_id: self.eos_token_id,
+            quantization: QuantizationFile {
+                variant: self.variant.name().into(),
+                weight_bits: 1.58,
+                activation_bits: self.activation_bits.bits(),
+                hadamard: self.variant.hadamard_projections(),
+                topk_keep: (self.variant == Variant::BitnetA48).then_some(self.topk_keep as f64),
+            },
+        }
+    }
+
+    /// Reads and validates `config.json`; errors name the file.
+    pub fn load(path: &Path) -> Result<ModelConfig, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| TrainError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        ModelConfig::from_file(&file).map_err(|e| e.in_file(path))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.to_file()).expect("config serializes") + "\n"
+    }
+
+    /// The same architecture as another variant / activation width (used by continue-training:
+    /// a8 → a4, b1.58 → a4.8). Re-validated, so an impossible combination is an error.
+    pub fn with_quantization(
+        &self,
+        variant: Variant,
+        activation_bits: ActBits,
+        hidden_act: HiddenAct,
+    ) -> Result<ModelConfig, TrainError> {
+        let mut file = self.to_file();
+        file.hidden_act = hidden_act.name().into();
+        file.quantization = QuantizationFile {
+            variant: variant.name().into(),
+            weight_bits: 1.58,
+            activation_bits: activation_bits.bits(),
+            hadamard: variant.hadamard_projections(),
+            topk_keep: (variant == Variant::BitnetA48).then_some(self.topk_keep as f64),
+        };
+        ModelConfig::from_file(&file)
+    }
+
+    /// The input treatment of one projection under this config's variant (DESIGN.md §2 table).
+    pub fn input_quant(&self, proj: Proj) -> InputQuant {
+        let plain = InputQuant {
+            hadamard: false,
+            topk_keep: None,
+            bits: self.activation_bits,
+            rotate_weight: false,
+        };
+        if !proj.reads_intermediate_state() {
+            return plain;
+        }
+        match self.variant {
+            Variant::BitnetB158 | Variant::BitnetV2NoRotation => plain,
+            Variant::BitnetV2 => InputQuant {
+                hadamard: true,
+                ..plain
+            },
+            Variant::BitnetV2WeightRotation => InputQuant {
+                hadamard: true,
+                rotate_weight: true,
+                ..plain
+            },
+            Variant::BitnetA48 => InputQuant {
+                topk_keep: Some(self.topk_keep),
+                bits: ActBits::Int8,
+                ..plain
+            },
+        }
+    }
+
+    /// `[out, in]` of a projection.
+    pub fn proj_shape(&self, proj: Proj) -> (usize, usize) {
+        let kv = self.num_kv_heads * self.head_dim;
+        match proj {
+            Proj::Q => (self.hidden_size, self.hidden_size),
+            Proj::K | Proj::V => (kv, self.hidden_size),
+            Proj::O => (self.hidden_size, self.hidden_size),
+            Proj::Gate | Proj::Up => (self.intermediate_size, self.hidden_size),
+            Proj::Down => (self.hidden_size, self.intermediate_size),
+        }
+    }
+
+    /// Total parameter count (latent weights, norms, embeddings; the LM head once if tied).
+    pub fn parameter_count(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let per_layer: u64 = Proj::ALL
+            .iter()
+            .map(|&p| {
+                let (o, i) = self.proj_shape(p);
+                (o * i) as u64
+            })
+            .sum::<u64>()
+            + 3 * h // input_layernorm, post_attention_layernorm, attn_sub_norm
+            + self.intermediate_size as u64; // ffn_sub_norm
+        let embed = self.vocab_size as u64 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed + head + per_layer * self.num_layers as u64 + h
+    }
+}
+
+/// Named presets. `micro` is for tests (seconds); `tiny` trains on a 2-core CPU in under an hour;
+/// the rest are the paper's Table 8 sizes (constructible and countable, not trained here).
+pub const PRESETS: [&str; 6] = ["micro", "tiny", "400m", "1.3b", "3b", "7b"];
+
+/// A preset's architecture with the given variant and activation width.
+pub fn preset(
+    name: &str,
+    variant: Variant,
+    activation_bits: ActBits,
+) -> Result<ModelConfig, TrainError> {
+    // (hidden, GLU size, heads, kv heads, layers, vocab, context)
+    let (hidden, glu, heads, kv_heads, layers, vocab, context) = match name {
+        // Smallest shape that still has GQA, two layers and a Paley-sized FFN (12·2^m): every code
+        // path runs in milliseconds.
+        "micro" => (64, 192, 4, 2, 2, 512, 64),
+        // ≈ 6.3 M parameters with a 4096-token BPE: 6 layers × 0.85 M + tied 1 M embedding.
+        // GLU 768 = 12·64 exercises the Paley Hadamard; head_dim 64 as in the paper's models.
+        "tiny" => (256, 768, 4, 4, 6, 4096, 256),
+        // Paper Table 8; LLaMA-2 vocabulary size, 2048 context.
+        "400m" => (1024, 4096, 16, 16, 24, 32000, 2048),
+        "1.3b" => (2048, 8192, 32, 32, 18, 32000, 2048),
+        "3b" => (4096, 8192, 32, 32, 20, 32000, 2048),
+        "7b" => (4096, 16384, 32, 32, 24, 32000, 2048),
+        other => {
+            return Err(field_err(
+                "preset",
+                format!("unknown preset {other:?}; expected one of {PRESETS:?}"),
+            ))
+        }
+    };
+    let hidden_act = if variant == Variant::BitnetA48 {
+        HiddenAct::Relu2
+    } else {
+        HiddenAct::Silu
+    };
+    let file = ConfigFile {
+        hidden_size: hidden,
+        intermediate_size: glu,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        vocab_size: vocab,
+        max_position_embeddings: context,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        hidden_act: hidden_act.name().into(),
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+        quantization: QuantizationFile {
+            variant: variant.name().into(),
+            weight_bits: 1.58,
+            activation_bits: activation_bits.bits(),
+            hadamard: variant.hadamard_projections(),
+            topk_keep: (variant == Variant::BitnetA48).then_some(DEFAULT_TOPK_KEEP as f64),
+        },
+    };
+    ModelConfig::from_file(&file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_papers_sizes() {
+        // Table 8 hidden sizes and layer counts, and parameter counts in the advertised range.
+        let tiny = preset("tiny", Variant::BitnetV2, ActBits::Int8).unwrap();
+        let n = tiny.parameter_count();
+        assert!(
+            (5_000_000..=10_000_000).contains(&n),
+            "tiny has {n} parameters"
+        );
+        let p13 = preset("1.3b", Variant::BitnetV2, ActBits::Int8).unwrap();
+        assert_eq!(
+            (p13.hidden_size, p13.intermediate_size, p13.num_layers),
+            (2048, 8192, 18)
+        );
+        let n13 = p13.parameter_count();
+        assert!(
+            (1_100_000_000..1_500_000_000).contains(&n13),
+            "1.3b has {n13}"
+        );
+        let p7 = preset("7b", Variant::BitnetV2, ActBits::Int4).unwrap();
+        let n7 = p7.parameter_count();
+        assert!((6_000_000_000..8_000_000_000).contains(&n7), "7b has {n7}");
+    }
+
+    #[test]
+    fn micro_parameter_count_by_hand() {
+        let m = preset("micro", Variant::BitnetB158, ActBits::Int8).unwrap();
+        // q,o: 64·64; k,v: 32·64; gate,up,down: 192·64; norms 3·64 + 192; embed 512·64; final 64.
+        let layer = 2 * 64 * 64 + 2 * 32 * 64 + 3 * 192 * 64 + 3 * 64 + 192;
+        assert_eq!(m.parameter_count(), (512 * 64 + 2 * layer + 64) as u64);
+    }
+
+    #[test]
+    fn file_round_trip_and_variant_table() {
+        for variant in Variant::NAMES.map(|n| Variant::parse(n).unwrap()) {
+            let bits = if variant == Variant::BitnetB158 {
+                ActBits::Int8
+            } else {
+                ActBits::Int4
+            };
+            let c = preset("micro", variant, bits).unwrap();
+            let back = ModelConfig::from_file(&c.to_file()).unwrap();
+            assert_eq!(back, c);
+            let o = c.input_quant(Proj::O);
+            let q = c.input_quant(Proj::Q);
+            assert!(!q.hadamard && q.topk_keep.is_none() && q.bits == bits);
+            match variant {
+                Variant::BitnetB158 | Variant::BitnetV2NoRotation => assert_eq!(o, q),
+                Variant::BitnetV2 => assert!(o.hadamard && !o.rotate_weight && o.bits == bits),
+                Variant::BitnetV2WeightRotation => assert!(o.hadamard && o.rotate_weight),
+                Variant::BitnetA48 => {
+                    assert_eq!(o.topk_keep, Some(0.5));
+                    assert_eq!(o.bits, ActBits::Int8);
+                    assert_eq!(c.hidden_act, HiddenAct::Relu2);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let good = preset("micro", Variant::BitnetV2, ActBits::Int8)
+            .unwrap()
+            .to_file();
+        type Mutation = Box<dyn Fn(&mut ConfigFile)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "num_attention_heads",
+                Box::new(|f| f.num_attention_heads = 3),
+            ),
+            (
+                "num_key_value_heads",
+                Box::new(|f| f.num_key_value_heads = 3),
+            ),
+            (
+                "quantization.activation_bits",
+                Box::new(|f| f.quantization.activation_bits = 2),
+            ),
+            (
+                "quantization.variant",
+                Box::new(|f| f.quantization.variant = "bitnet".into()),
+            ),
+            (
+                "quantization.hadamard",
+                Box::new(|f| f.quantization.hadamard.clear()),
+            ),
+            ("hidden_act", Box::new(|f| f.hidden_act = "gelu".into())),
+            ("vocab_size", Box::new(|f| f.vocab_size = 0)),
+            // 192 = 12·16 is fine; 200 has no exact Hadamard.
+            ("intermediate_size", Box::new(|f| f.intermediate_size = 200)),
+        ];
+        for (field, mutate) in cases {
+            let mut f = good.clone();
+            mutate(&mut f);
+            match ModelConfig::from_file(&f) {
+                Err(TrainError::Config { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected a config error, got {other:?}"),
+            }
+        }
+        let mut b158_a4 = preset("micro", Variant::BitnetB158, ActBits::Int8)
+            .unwrap()
+            .to_file();
+        b158_a4.quantization.activation_bits = 4;
+        assert!(ModelConfig::from_file(&b158_a4).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! hbit's training layer: the BitNet v2 model on candle with the paper's quantizers as custom ops
+//! (straight-through estimator), its configuration and checkpoints.
+//!
+//! Map: [`config`] (config.json and presets) → [`model`] (the network, one code path for every
+//! variant) built from [`ops`] (STE quantizers and the Hadamard with eq. 8's backward), saved and
+//! loaded by [`checkpoint`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod rng;
+
+pub use config::{ModelConfig, Variant};
+pub use error::TrainError;
+pub use model::BitnetModel;

@@ -1,0 +1,513 @@
+//! The BitNet v2 model on candle: LLaMA-like blocks with BitLinear / H-BitLinear projections.
+//!
+//! Dimension legend: B batch, T sequence, H hidden, I GLU (intermediate) size, V vocabulary,
+//! nh / nkv query / key-value heads, hd head dim.
+//!
+//! One code path serves every variant of DESIGN.md §2: each projection asks the config how its
+//! input is treated ([`ModelConfig::input_quant`]) and the BitLinear below does exactly that.
+//! Modules are named after the checkpoint keys (`model.layers.N.self_attn.q_proj.weight`, ...).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use hbit_kernels::Hadamard;
+
+use crate::config::{HiddenAct, InputQuant, ModelConfig, Proj};
+use crate::error::TrainError;
+use crate::ops::{ActivationSte, HadamardOp, TernarySte};
+use crate::rng::SplitMix64;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// Standard deviation of the initial weights and embeddings (GPT-2 / LLaMA convention). The
+/// ternary quantizer is scale-free (absmean), so this only sets the embedding scale and the
+/// latent weights' distance from the rounding thresholds.
+pub const INIT_STD: f64 = 0.02;
+
+/// BitLinear (paper §2.1) or, when `quant.hadamard`, H-BitLinear (eq. 7): no bias.
+#[derive(Debug, Clone)]
+pub struct BitLinear {
+    /// `[out, in]` latent full-precision weight.
+    pub weight: Var,
+    quant: InputQuant,
+    /// Transform over `in`, present when the input (and for the ablation, the weight) is rotated.
+    hadamard: Option<HadamardOp>,
+}
+
+impl BitLinear {
+    fn new(weight: Var, quant: InputQuant, hadamards: &mut HadamardCache) -> Result<BitLinear> {
+        let (_, cols) = weight.dims2()?;
+        let hadamard = if quant.hadamard {
+            Some(hadamards.get(cols)?)
+        } else {
+            None
+        };
+        Ok(BitLinear {
+            weight,
+            quant,
+            hadamard,
+        })
+    }
+
+    /// `x`: `[.., in]` (already normalized by the block's norm) → `[.., out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.contiguous()?;
+        let mut w = self.weight.as_tensor().clone();
+        if let Some(h) = &self.hadamard {
+            x = h.apply(&x)?; // X_r = Hadamard(LN(X)), eq. (7)
+            if self.quant.rotate_weight {
+                w = h.apply(&w)?; // ablation: W·H (H symmetric), so W·H·(H·x) = W·x unquantized
+            }
+        }
+        let xq = x.apply_op1(ActivationSte {
+            bits: self.quant.bits,
+            topk_keep: self.quant.topk_keep,
+        })?; // eq. (5) / (6)
+        let wq = w.contiguous()?.apply_op1(TernarySte)?; // eqs. (1)-(2)
+        xq.broadcast_matmul(&wq.t()?) // Y = Qw(W) · Qa(X)
+    }
+}
+
+/// One planned transform per length, shared by every layer.
+#[derive(Default)]
+struct HadamardCache(HashMap<usize, HadamardOp>);
+
+impl HadamardCache {
+    fn get(&mut self, n: usize) -> Result<HadamardOp> {
+        if let Some(op) = self.0.get(&n) {
+            return Ok(op.clone());
+        }
+        let op = HadamardOp::new(Arc::new(Hadamard::new(n)?));
+        self.0.insert(n, op.clone());
+        Ok(op)
+    }
+}
+
+/// RMSNorm with a learned gain: `x / sqrt(mean(x²) + eps) · g`.
+fn rms_norm(x: &Tensor, gain: &Var, eps: f64) -> candle_core::Result<Tensor> {
+    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv_rms)?.broadcast_mul(gain.as_tensor())
+}
+
+/// cos / sin tables `[max_pos, hd]` of rotate-half RoPE (HF LLaMA): frequency i of
+/// `theta^(-2i/hd)`, repeated for both halves.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(config: &ModelConfig, device: &Device) -> Result<Rope> {
+        let hd = config.head_dim;
+        let half = hd / 2;
+        let positions = config.max_position_embeddings;
+        let mut cos = Vec::with_capacity(positions * hd);
+        let mut sin = Vec::with_capacity(positions * hd);
+        for p in 0..positions {
+            // The same frequencies for both halves (rotate-half convention).
+            for _half in 0..2 {
+                for i in 0..half {
+                    let inv_freq = config.rope_theta.powf(-(2.0 * i as f64) / hd as f64);
+                    let angle = p as f64 * inv_freq;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (positions, hd), device)?,
+            sin: Tensor::from_vec(sin, (positions, hd), device)?,
+        })
+    }
+
+    /// `x`: `[B, heads, T, hd]` → `x·cos + rotate_half(x)·sin`, positions 0..T.
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, t, hd) = x.dims4()?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+}
+
+/// `model.layers.N.self_attn`.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: BitLinear,
+    k_proj: BitLinear,
+    v_proj: BitLinear,
+    o_proj: BitLinear,
+    /// `[H]` sub-norm before W_o: the LN of eq. (7).
+    attn_sub_norm: Var,
+}
+
+/// `model.layers.N.mlp`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: BitLinear,
+    up_proj: BitLinear,
+    down_proj: BitLinear,
+    /// `[I]` sub-norm before W_down: the LN of eq. (7).
+    ffn_sub_norm: Var,
+}
+
+/// `model.layers.N`.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    /// `[H]` pre-norm of q/k/v.
+    input_layernorm: Var,
+    self_attn: Attention,
+    /// `[H]` pre-norm of gate/up.
+    post_attention_layernorm: Var,
+    mlp: Mlp,
+}
+
+/// The whole model with its latent parameters.
+#[derive(Debug, Clone)]
+pub struct BitnetModel {
+    config: ModelConfig,
+    /// `[V, H]`
+    embed_tokens: Var,
+    layers: Vec<DecoderLayer>,
+    /// `[H]`
+    norm: Var,
+    /// `[V, H]`, absent when tied to the embedding.
+    lm_head: Option<Var>,
+    rope: Rope,
+}
+
+/// Every tensor of a config's checkpoint with its shape, in the canonical order.
+pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let h = config.hidden_size;
+    let mut shapes = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![config.vocab_size, h],
+    )];
+    for l in 0..config.num_layers {
+        let p = format!("model.layers.{l}");
+        shapes.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
+            let (o, i) = config.proj_shape(proj);
+            shapes.push((format!("{p}.{}.weight", proj.key()), vec![o, i]));
+        }
+        shapes.push((format!("{p}.self_attn.attn_sub_norm.weight"), vec![h]));
+        shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        for proj in [Proj::Gate, Proj::Up, Proj::Down] {
+            let (o, i) = config.proj_shape(proj);
+            shapes.push((format!("{p}.{}.weight", proj.key()), vec![o, i]));
+        }
+        shapes.push((
+            format!("{p}.mlp.ffn_sub_norm.weight"),
+            vec![config.intermediate_size],
+        ));
+    }
+    shapes.push(("model.norm.weight".to_string(), vec![h]));
+    if !config.tie_word_embeddings {
+        shapes.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
+    }
+    shapes
+}
+
+fn is_norm(name: &str) -> bool {
+    name.ends_with("norm.weight")
+}
+
+impl BitnetModel {
+    /// A randomly initialised model: weights and embeddings N(0, INIT_STD²), norm gains 1.
+    pub fn init(config: &ModelConfig, seed: u64) -> Result<BitnetModel> {
+        let device = Device::Cpu;
+        let mut rng = SplitMix64::new(seed);
+        let mut tensors = HashMap::new();
+        for (name, shape) in parameter_shapes(config) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if is_norm(&name) {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| (rng.normal() * INIT_STD) as f32).collect()
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, &device)?);
+        }
+        BitnetModel::from_tensors(config, tensors, Path::new("<init>"))
+    }
+
+    /// Builds the model from named tensors, checking every name, shape, dtype and value;
+    /// errors name `source` and the tensor.
+    pub fn from_tensors(
+        config: &ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &Path,
+    ) -> Result<BitnetModel> {
+        let err = |tensor: &str, message: String| TrainError::Tensor {
+            path: source.to_path_buf(),
+            tensor: tensor.to_string(),
+            message,
+        };
+        if config.tie_word_embeddings {
+            // HF writes a tied head in some checkpoints; it is the embedding, so drop it.
+            tensors.remove("lm_head.weight");
+        }
+        let mut vars: HashMap<String, Var> = HashMap::new();
+        for (name, shape) in parameter_shapes(config) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| err(&name, "missing".into()))?;
+            if t.dtype() != DType::F32 {
+                return Err(err(
+                    &name,
+                    format!("expected dtype f32, found {:?}", t.dtype()),
+                ));
+            }
+            if t.dims() != shape.as_slice() {
+                return Err(err(
+                    &name,
+                    format!("expected shape {shape:?}, found {:?}", t.dims()),
+                ));
+            }
+            let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(err(&name, format!("non-finite value at flat index {i}")));
+            }
+            vars.insert(name, Var::from_tensor(&t)?);
+        }
+        if let Some(extra) = tensors.keys().min() {
+            return Err(err(
+                extra,
+                "unexpected tensor (not part of this config's model)".into(),
+            ));
+        }
+        BitnetModel::assemble(config, vars)
+    }
+
+    fn assemble(config: &ModelConfig, mut vars: HashMap<String, Var>) -> Result<BitnetModel> {
+        let mut take = |name: String| {
+            vars.remove(&name)
+                .ok_or_else(|| TrainError::Input(format!("internal: parameter {name} missing")))
+        };
+        let mut hadamards = HadamardCache::default();
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut linear = |proj: Proj, take: &mut dyn FnMut(String) -> Result<Var>| {
+                let w = take(format!("{p}.{}.weight", proj.key()))?;
+                BitLinear::new(w, config.input_quant(proj), &mut hadamards)
+            };
+            let input_layernorm = take(format!("{p}.input_layernorm.weight"))?;
+            let self_attn = Attention {
+                q_proj: linear(Proj::Q, &mut take)?,
+                k_proj: linear(Proj::K, &mut take)?,
+                v_proj: linear(Proj::V, &mut take)?,
+                o_proj: linear(Proj::O, &mut take)?,
+                attn_sub_norm: take(format!("{p}.self_attn.attn_sub_norm.weight"))?,
+            };
+            let post_attention_layernorm = take(format!("{p}.post_attention_layernorm.weight"))?;
+            let mlp = Mlp {
+                gate_proj: linear(Proj::Gate, &mut take)?,
+                up_proj: linear(Proj::Up, &mut take)?,
+                down_proj: linear(Proj::Down, &mut take)?,
+                ffn_sub_norm: take(format!("{p}.mlp.ffn_sub_norm.weight"))?,
+            };
+            layers.push(DecoderLayer {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                mlp,
+            });
+        }
+        let embed_tokens = take("model.embed_tokens.weight".into())?;
+        let norm = take("model.norm.weight".into())?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(take("lm_head.weight".into())?)
+        };
+        Ok(BitnetModel {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(config, &Device::Cpu)?,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every latent parameter with its checkpoint name, in the canonical order of
+    /// [`parameter_shapes`].
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            for (proj, lin) in [
+                (Proj::Q, &a.q_proj),
+                (Proj::K, &a.k_proj),
+                (Proj::V, &a.v_proj),
+                (Proj::O, &a.o_proj),
+            ] {
+                out.push((format!("{p}.{}.weight", proj.key()), lin.weight.clone()));
+            }
+            out.push((
+                format!("{p}.self_attn.attn_sub_norm.weight"),
+                a.attn_sub_norm.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+            for (proj, lin) in [
+                (Proj::Gate, &m.gate_proj),
+                (Proj::Up, &m.up_proj),
+                (Proj::Down, &m.down_proj),
+            ] {
+                out.push((format!("{p}.{}.weight", proj.key()), lin.weight.clone()));
+            }
+            out.push((
+                format!("{p}.mlp.ffn_sub_norm.weight"),
+                m.ffn_sub_norm.clone(),
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head.clone()));
+        }
+        out
+    }
+
+    /// The same parameters (shared, not copied) under another quantization config of the same
+    /// architecture: a8 → a4 continue-training, b1.58 → a4.8.
+    pub fn with_config(&self, config: &ModelConfig) -> Result<BitnetModel> {
+        let same_shapes = parameter_shapes(config) == parameter_shapes(&self.config);
+        if !same_shapes || config.head_dim != self.config.head_dim {
+            return Err(TrainError::Input(format!(
+                "cannot switch configs: the architectures differ ({:?} vs {:?})",
+                config.to_file(),
+                self.config.to_file()
+            )));
+        }
+        BitnetModel::assemble(config, self.named_vars().into_iter().collect())
+    }
+
+    /// Logits `[B, T, V]` for token ids `[B, T]` (u32), positions 0..T.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if t == 0 || t > self.config.max_position_embeddings {
+            return Err(TrainError::Input(format!(
+                "sequence length {t} is outside 1..={} (max_position_embeddings)",
+                self.config.max_position_embeddings
+            )));
+        }
+        let ids: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(TrainError::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size {})",
+                self.config.vocab_size
+            )));
+        }
+        let h = self.config.hidden_size;
+        let mut x = self
+            .embed_tokens
+            .as_tensor()
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, h))?; // [B, T, H]
+        let mask = causal_mask(t, tokens.device())?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, &mask)?;
+        }
+        let x = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        // Full-precision LM head (the paper keeps input/output embeddings unquantized).
+        Ok(x.broadcast_matmul(&head.as_tensor().t()?)?) // [B, T, V]
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &DecoderLayer,
+        x: &Tensor,
+        mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        let h = rms_norm(x, &layer.input_layernorm, eps)?;
+        let x = (x + self.attention(&layer.self_attn, &h, mask)?)?;
+        let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
+        let m = &layer.mlp;
+        let gate = m.gate_proj.forward(&h)?; // [B, T, I]
+        let up = m.up_proj.forward(&h)?;
+        let activated = match self.config.hidden_act {
+            HiddenAct::Silu => gate.silu()?,
+            HiddenAct::Relu2 => gate.relu()?.sqr()?,
+        };
+        let glu = rms_norm(&(activated * up)?, &m.ffn_sub_norm, eps)?;
+        x + m.down_proj.forward(&glu)?
+    }
+
+    /// Causal grouped-query self-attention; `h`: `[B, T, H]` normalized input.
+    fn attention(&self, a: &Attention, h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = h.dims3()?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+        let q = self.rope.apply(&heads(a.q_proj.forward(h)?, nh)?)?; // [B, nh, T, hd]
+        let k = self.rope.apply(&heads(a.k_proj.forward(h)?, nkv)?)?; // [B, nkv, T, hd]
+        let v = heads(a.v_proj.forward(h)?, nkv)?;
+        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?); // [B, nh, T, hd]
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // [B, nh, T, T]
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?; // [B, T, H]
+        let out = rms_norm(&out, &a.attn_sub_norm, c.rms_norm_eps)?;
+        a.o_proj.forward(&out)
+    }
+
+    /// Mean next-token cross-entropy of `inputs` `[B, T]` against `targets` `[B, T]`.
+    pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(inputs)?;
+        let (b, t, v) = logits.dims3()?;
+        let logits = logits.reshape((b * t, v))?;
+        Ok(candle_nn::loss::cross_entropy(
+            &logits,
+            &targets.flatten_all()?,
+        )?)
+    }
+}
+
+/// `[T, T]`: 0 on and below the diagonal, -inf above.
+fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (t, t), device)
+}
+
+/// `[B, nkv, T, hd]` → `[B, nkv·rep, T, hd]`, each KV head serving `rep` query heads.
+fn repeat_kv(x: &Tensor, rep: usize) -> candle_core::Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, nkv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, nkv, rep, t, hd))?
+        .contiguous()?
+        .reshape((b, nkv * rep, t, hd))
+}
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;
