@@ -22,6 +22,17 @@ pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 
 type Result<T> = std::result::Result<T, TrainError>;
 
+/// Writes `bytes` to `path` through a temporary sibling file and a rename, so `path` holds either
+/// its old or its new content, never a partial one.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    }
+    let tmp = sibling(path, &format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
 /// Serializes named tensors to safetensors bytes.
 pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let views = tensors.iter().map(|(n, t)| (n.as_str(), t));

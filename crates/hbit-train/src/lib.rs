@@ -3,14 +3,20 @@
 //!
 //! Map: [`config`] (config.json and presets) → [`model`] (the network, one code path for every
 //! variant) built from [`ops`] (STE quantizers and the Hadamard with eq. 8's backward), saved and
-//! loaded by [`checkpoint`].
+//! loaded by [`checkpoint`]. Training: [`tokenizer`] and [`data`] feed [`trainer`], which steps
+//! [`optim`] (AdamW) on the [`schedule`].
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod rng;
+pub mod schedule;
+pub mod tokenizer;
+pub mod trainer;
 
 pub use config::{ModelConfig, Variant};
 pub use error::TrainError;

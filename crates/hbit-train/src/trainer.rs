@@ -1,0 +1,289 @@
+//! The training loop: gradient accumulation, global-norm clipping, AdamW on the two-stage
+//! schedule, validation, and checkpoints that resume bit for bit.
+//!
+//! A run's position is fully described by [`TrainerState`] (step, sequences consumed) plus the
+//! model and optimizer tensors: the batch order is a pure function of (seed, cursor), so a
+//! resumed run replays exactly the updates an uninterrupted one would have made.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{
+    load_model, load_tensors, tensors_to_bytes, CheckpointFiles, OPTIMIZER_FILE, TRAINER_STATE_FILE,
+};
+use crate::config::ModelConfig;
+use crate::data::PackedData;
+use crate::error::TrainError;
+use crate::model::BitnetModel;
+use crate::optim::AdamW;
+use crate::schedule::Schedule;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// Everything besides tensors that a checkpoint needs to continue: `trainer_state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Training sequences consumed (the data cursor).
+    pub cursor: u64,
+    /// Tokens trained on (targets), summed over all stages.
+    pub tokens_seen: u64,
+    pub seed: u64,
+    pub schedule: Schedule,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    /// Global gradient-norm clip (0 = off).
+    pub clip: f64,
+    pub val_fraction: f64,
+    /// Tokens in the packed data stream; resuming on other data is refused.
+    pub data_tokens: u64,
+    /// `(step, activation bits)` at each stage start, e.g. `[(0, 8), (950, 4)]`.
+    pub stages: Vec<(u64, u8)>,
+}
+
+impl TrainerState {
+    pub fn tokens_per_step(&self) -> u64 {
+        (self.batch_size * self.grad_accum * self.seq_len) as u64
+    }
+
+    pub fn load(path: &Path) -> Result<TrainerState> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    /// Mean training loss over the step's micro-batches.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub tokens: u64,
+}
+
+pub struct Trainer {
+    pub model: BitnetModel,
+    params: Vec<(String, Var)>,
+    optimizer: AdamW,
+    pub state: TrainerState,
+    data: PackedData,
+}
+
+impl Trainer {
+    /// A fresh run from `model`'s current weights.
+    pub fn new(model: BitnetModel, data: PackedData, state: TrainerState) -> Result<Trainer> {
+        state.schedule.validate()?;
+        Trainer::check_shapes(&model, &data, &state)?;
+        let params = model.named_vars();
+        let optimizer = AdamW::new(&params);
+        Ok(Trainer {
+            model,
+            params,
+            optimizer,
+            state,
+            data,
+        })
+    }
+
+    fn check_shapes(model: &BitnetModel, data: &PackedData, state: &TrainerState) -> Result<()> {
+        if state.batch_size == 0 || state.grad_accum == 0 {
+            return Err(TrainError::Input(
+                "--batch-size and --grad-accum must be positive".into(),
+            ));
+        }
+        if state.seq_len != data.seq_len() {
+            return Err(TrainError::Input(format!(
+                "sequence length {} disagrees with the data's {}",
+                state.seq_len,
+                data.seq_len()
+            )));
+        }
+        let max = model.config().max_position_embeddings;
+        if state.seq_len > max {
+            return Err(TrainError::Input(format!(
+                "--seq-len {} exceeds the model's max_position_embeddings {max}",
+                state.seq_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Continues from a checkpoint directory with model, optimizer and trainer state. With
+    /// `new_config` (a8 → a4 continue-training) the same weights and moments run under another
+    /// quantization; the data must be the same stream.
+    pub fn from_checkpoint(
+        dir: &Path,
+        data: PackedData,
+        new_config: Option<&ModelConfig>,
+    ) -> Result<Trainer> {
+        let mut model = load_model(dir)?;
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let mut state = TrainerState::load(&state_path)?;
+        if state.data_tokens != data.total_tokens() as u64 || state.seq_len != data.seq_len() {
+            return Err(TrainError::Input(format!(
+                "{}: the checkpoint was trained on a stream of {} tokens in sequences of {}; \
+                 the data given has {} tokens in sequences of {} (use the same --data, tokenizer \
+                 and --seq-len)",
+                state_path.display(),
+                state.data_tokens,
+                state.seq_len,
+                data.total_tokens(),
+                data.seq_len()
+            )));
+        }
+        if let Some(cfg) = new_config {
+            model = model.with_config(cfg)?;
+            state.stages.push((state.step, cfg.activation_bits.bits()));
+        }
+        Trainer::check_shapes(&model, &data, &state)?;
+        let params = model.named_vars();
+        let opt_path = dir.join(OPTIMIZER_FILE);
+        let optimizer =
+            AdamW::from_state(&params, load_tensors(&opt_path)?, state.step, &opt_path)?;
+        Ok(Trainer {
+            model,
+            params,
+            optimizer,
+            state,
+            data,
+        })
+    }
+
+    pub fn data(&self) -> &PackedData {
+        &self.data
+    }
+
+    pub fn finished(&self) -> bool {
+        self.state.step >= self.state.schedule.total_steps
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let s = &self.state;
+        let (batch, seq) = (s.batch_size, s.seq_len);
+        let mut grads: Vec<Vec<f32>> = self
+            .params
+            .iter()
+            .map(|(_, v)| vec![0.0; v.elem_count()])
+            .collect();
+        let mut loss_sum = 0.0;
+        let inv_accum = 1.0 / s.grad_accum as f32;
+        for micro in 0..s.grad_accum {
+            let cursor = s.cursor + (micro * batch) as u64;
+            let (inputs, targets) = self.data.train_batch(cursor, batch, s.seed);
+            let inputs = Tensor::from_vec(inputs, (batch, seq), &Device::Cpu)?;
+            let targets = Tensor::from_vec(targets, (batch, seq), &Device::Cpu)?;
+            let loss = self.model.loss(&inputs, &targets)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(TrainError::Input(format!(
+                    "loss is {value} at step {}: training diverged (lower --lr1/--lr2)",
+                    s.step
+                )));
+            }
+            loss_sum += value;
+            let store = loss.backward()?;
+            for ((name, var), acc) in self.params.iter().zip(grads.iter_mut()) {
+                let g = store.get(var).ok_or_else(|| {
+                    TrainError::Input(format!("internal: no gradient for {name}"))
+                })?;
+                let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
+                for (a, b) in acc.iter_mut().zip(g) {
+                    *a += b * inv_accum;
+                }
+            }
+        }
+        let grad_norm = grads
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        if s.clip > 0.0 && grad_norm > s.clip {
+            let scale = (s.clip / grad_norm) as f32;
+            grads.iter_mut().flatten().for_each(|g| *g *= scale);
+        }
+        let lr = s.schedule.lr(s.step);
+        let wd = s.schedule.weight_decay(s.step);
+        self.optimizer.update(&self.params, &grads, lr, wd)?;
+        let step_tokens = self.state.tokens_per_step();
+        self.state.step += 1;
+        self.state.cursor += (batch * self.state.grad_accum) as u64;
+        self.state.tokens_seen += step_tokens;
+        Ok(StepReport {
+            step: self.state.step,
+            loss: loss_sum / self.state.grad_accum as f64,
+            grad_norm,
+            lr,
+            weight_decay: wd,
+            tokens: self.state.tokens_seen,
+        })
+    }
+
+    /// Mean loss over up to `max_sequences` validation sequences (token-weighted).
+    pub fn validation_loss(&self, max_sequences: usize) -> Result<Option<f64>> {
+        let n = self.data.validation_sequences().min(max_sequences);
+        if n == 0 {
+            return Ok(None);
+        }
+        let seq = self.state.seq_len;
+        let chunk = self.state.batch_size.max(1);
+        let mut total = 0.0;
+        let mut first = 0;
+        while first < n {
+            let take = chunk.min(n - first);
+            let (inputs, targets) = self.data.validation_batch(first, take);
+            let inputs = Tensor::from_vec(inputs, (take, seq), &Device::Cpu)?;
+            let targets = Tensor::from_vec(targets, (take, seq), &Device::Cpu)?;
+            let loss = self.model.loss(&inputs, &targets)?.to_scalar::<f32>()? as f64;
+            total += loss * take as f64;
+            first += take;
+        }
+        Ok(Some(total / n as f64))
+    }
+
+    /// Writes model, optimizer and trainer state into `dir` atomically (tokenizer carried over
+    /// or copied from `tokenizer`).
+    pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        let mut files = CheckpointFiles::default();
+        files.add_model(&self.model)?;
+        files.add(
+            OPTIMIZER_FILE,
+            tensors_to_bytes(&self.optimizer.state_tensors(&self.params)?)?,
+        );
+        let state = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| TrainError::Input(format!("serializing trainer state: {e}")))?;
+        files.add(TRAINER_STATE_FILE, state.into_bytes());
+        if let Some(tok) = tokenizer {
+            let bytes = std::fs::read(tok).map_err(|e| TrainError::io(tok, e))?;
+            files.add(crate::checkpoint::TOKENIZER_FILE, bytes);
+        }
+        files.commit(dir)
+    }
+
+    /// All parameters as flat vectors, for exact comparisons in tests.
+    pub fn parameter_values(&self) -> Result<HashMap<String, Vec<f32>>> {
+        self.params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.flatten_all()?.to_vec1()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "trainer_tests.rs"]
+mod tests;
