@@ -251,7 +251,7 @@ impl PackedData {
             )));
         }
         let mut starts: Vec<usize> = (0..windows).map(|w| w * seq_len).collect();
-        SplitMix64::new(seed ^ 0x5EED_0F_5A11).shuffle(&mut starts);
+        SplitMix64::new(seed ^ 0x005E_ED0F_5A11).shuffle(&mut starts);
         let mut validation = starts.split_off(windows - n_val);
         let mut train = starts;
         train.sort_unstable();
