@@ -3,6 +3,8 @@
 
 mod bench;
 mod model_cmds;
+mod plot;
+mod train_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +33,13 @@ enum Command {
     Init(model_cmds::InitArgs),
     /// Print the training framework's logits for a token sequence.
     Logits(model_cmds::LogitsArgs),
+    /// Train a tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        what: train_cmd::TokenizerCommand,
+    },
+    /// Train a model: a8 from scratch, --init-from for a8 → a4 continue-training, --resume.
+    Train(Box<train_cmd::TrainArgs>),
     /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu {
         /// Print only the supported path names, one per line (for scripts).
@@ -56,6 +65,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { what } => bench::run(what),
         Command::Init(args) => model_cmds::init(&args),
         Command::Logits(args) => model_cmds::logits(&args),
+        Command::Tokenizer { what } => train_cmd::tokenizer(what),
+        Command::Train(args) => train_cmd::train(&args),
         Command::Cpu { paths } => {
             let supported = KernelPath::supported();
             if paths {

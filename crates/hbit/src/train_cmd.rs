@@ -1,0 +1,435 @@
+//! `hbit tokenizer train` and `hbit train`: the CLI around the training layer, with a progress
+//! bar, JSON-lines metrics, a PNG loss curve, and Ctrl-C that saves before exiting.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use hbit_kernels::quant::ActBits;
+use hbit_train::checkpoint::{load_model, CONFIG_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE};
+use hbit_train::config::{preset, HiddenAct, ModelConfig, Variant};
+use hbit_train::data::{read_documents, tokenize_cached, PackedData};
+use hbit_train::schedule::{paper_learning_rates, Schedule};
+use hbit_train::tokenizer::{load_tokenizer, save_tokenizer, train_bpe};
+use hbit_train::trainer::{StepReport, Trainer, TrainerState};
+use hbit_train::BitnetModel;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::plot::plot_loss_curve;
+
+#[derive(Subcommand)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE on text files, directories or JSONL and write tokenizer.json.
+    Train(TokenizerTrainArgs),
+}
+
+#[derive(Args)]
+pub struct TokenizerTrainArgs {
+    /// Text files, directories (recursive: .txt .md .text .jsonl) or JSONL files with "text".
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Vocabulary size, <|endoftext|> included.
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    /// Output tokenizer.json.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
+    match cmd {
+        TokenizerCommand::Train(args) => {
+            let docs = read_documents(&args.data)?;
+            let bytes: usize = docs.iter().map(|d| d.text.len()).sum();
+            let start = Instant::now();
+            let tok = train_bpe(docs.iter().map(|d| d.text.as_str()), args.vocab_size, true)?;
+            save_tokenizer(&tok, &args.out)?;
+            println!(
+                "wrote {} ({} tokens, trained on {} documents / {:.1} MB in {:.1} s)",
+                args.out.display(),
+                tok.get_vocab_size(true),
+                docs.len(),
+                bytes as f64 / 1e6,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training text: files, directories or JSONL (evaluation-set directories are refused).
+    #[arg(long, required = true, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Run directory: checkpoint (config, weights, optimizer, trainer state, tokenizer),
+    /// metrics.jsonl and loss.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from this checkpoint's weights (e.g. from `hbit init`); else --preset.
+    #[arg(long, conflicts_with_all = ["resume", "init_from"])]
+    model: Option<PathBuf>,
+    /// Fresh model of this preset (micro, tiny, 400m, ...), vocabulary from the tokenizer.
+    #[arg(long, conflicts_with_all = ["model", "resume", "init_from"])]
+    preset: Option<String>,
+    /// Variant of a fresh --preset model, or the variant to continue as with --init-from.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Activation bits (8 or 4): of a fresh model, or the switch of --init-from (a8 → a4).
+    #[arg(long)]
+    act_bits: Option<u8>,
+    /// GLU activation (silu or relu2) when continuing with --init-from (a4.8 uses relu2).
+    #[arg(long)]
+    hidden_act: Option<String>,
+    /// Continue the run in --out exactly where its checkpoint stopped.
+    #[arg(long)]
+    resume: bool,
+    /// Continue-train from this checkpoint's weights, optimizer moments and schedule position
+    /// under new quantization (--act-bits / --variant), writing to --out.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// tokenizer.json (default: the one in --model / --init-from / --out).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Total optimizer steps of the schedule [default: 1000; with --init-from, the source's].
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop (and save) after this step while keeping the full schedule, e.g. 950 of 1000 before
+    /// continuing a4.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Linear warm-up steps (paper: 375 at full scale).
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Stage-1 peak LR (default: paper Table 9 for the preset).
+    #[arg(long)]
+    lr1: Option<f64>,
+    /// Stage-2 peak LR from the midpoint.
+    #[arg(long)]
+    lr2: Option<f64>,
+    /// Stage-1 weight decay (stage 2: 0).
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Tokens per sequence (default: the model's max_position_embeddings).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Seed of the data split and order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Share of sequences held out for validation.
+    #[arg(long, default_value_t = 0.02)]
+    val_fraction: f64,
+    /// Validation every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Validation sequences per evaluation.
+    #[arg(long, default_value_t = 64)]
+    eval_sequences: usize,
+    /// Checkpoint every N steps (always at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: u64,
+    /// Token cache directory.
+    #[arg(long, default_value = ".hbit-cache")]
+    cache_dir: PathBuf,
+    /// No progress bar (logs one line per evaluation instead).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The tokenizer file to use: explicit, else the one inside the source checkpoint.
+fn tokenizer_path(args: &TrainArgs, source: Option<&Path>) -> Result<PathBuf> {
+    if let Some(t) = &args.tokenizer {
+        return Ok(t.clone());
+    }
+    if let Some(dir) = source {
+        let t = dir.join(TOKENIZER_FILE);
+        if t.is_file() {
+            return Ok(t);
+        }
+    }
+    bail!("no tokenizer: pass --tokenizer FILE (make one with `hbit tokenizer train`)")
+}
+
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let source: Option<&Path> = if args.resume {
+        Some(&args.out)
+    } else {
+        args.init_from.as_deref().or(args.model.as_deref())
+    };
+    let tok_path = tokenizer_path(args, source)?;
+    let tokenizer = load_tokenizer(&tok_path)?;
+    let vocab = tokenizer.get_vocab_size(true);
+
+    let (tokens, hit) = tokenize_cached(&args.data, &tokenizer, &args.cache_dir)?;
+    eprintln!(
+        "data: {} tokens ({})",
+        tokens.len(),
+        if hit {
+            "token cache hit"
+        } else {
+            "tokenized and cached"
+        }
+    );
+
+    let mut trainer = if args.resume {
+        if !args.out.join(TRAINER_STATE_FILE).is_file() {
+            bail!(
+                "--resume: {} holds no trainer checkpoint ({TRAINER_STATE_FILE} missing)",
+                args.out.display()
+            );
+        }
+        let state = TrainerState::load(&args.out.join(TRAINER_STATE_FILE))?;
+        let data = PackedData::new(tokens, state.seq_len, state.val_fraction, state.seed)?;
+        Trainer::from_checkpoint(&args.out, data, None)?
+    } else if let Some(from) = &args.init_from {
+        refuse_overwrite(&args.out)?;
+        let state = TrainerState::load(&from.join(TRAINER_STATE_FILE))?;
+        let base = ModelConfig::load(&from.join(CONFIG_FILE))?;
+        let variant = match &args.variant {
+            Some(v) => Variant::parse(v)?,
+            None => base.variant,
+        };
+        let bits = match args.act_bits {
+            Some(b) => {
+                ActBits::from_bits(b).with_context(|| format!("--act-bits {b}: expected 8 or 4"))?
+            }
+            None => base.activation_bits,
+        };
+        let act = match &args.hidden_act {
+            Some(a) => HiddenAct::parse(a)?,
+            None => base.hidden_act,
+        };
+        let config = base.with_quantization(variant, bits, act)?;
+        let data = PackedData::new(tokens, state.seq_len, state.val_fraction, state.seed)?;
+        let mut t = Trainer::from_checkpoint(from, data, Some(&config))?;
+        if let Some(steps) = args.steps {
+            if steps <= t.state.step {
+                bail!(
+                    "--steps {steps}: the source checkpoint is already at step {}",
+                    t.state.step
+                );
+            }
+            t.state.schedule.total_steps = steps;
+        }
+        t
+    } else {
+        refuse_overwrite(&args.out)?;
+        let (model, preset_name) = fresh_model(args, vocab)?;
+        if model.config().vocab_size < vocab {
+            bail!(
+                "the model's vocab_size {} is smaller than the tokenizer's {vocab} ({})",
+                model.config().vocab_size,
+                tok_path.display()
+            );
+        }
+        let seq_len = args
+            .seq_len
+            .unwrap_or(model.config().max_position_embeddings);
+        let data = PackedData::new(tokens, seq_len, args.val_fraction, args.seed)?;
+        let (lr1, lr2) = paper_learning_rates(&preset_name);
+        let steps = args.steps.unwrap_or(1000);
+        let state = TrainerState {
+            step: 0,
+            cursor: 0,
+            tokens_seen: 0,
+            seed: args.seed,
+            schedule: Schedule {
+                total_steps: steps,
+                warmup_steps: args.warmup.unwrap_or((steps / 20).min(375)),
+                lr1: args.lr1.unwrap_or(lr1),
+                lr2: args.lr2.unwrap_or(lr2),
+                weight_decay: args.weight_decay,
+            },
+            batch_size: args.batch_size,
+            grad_accum: args.grad_accum,
+            seq_len,
+            clip: args.clip,
+            val_fraction: args.val_fraction,
+            data_tokens: data.total_tokens() as u64,
+            stages: vec![(0, model.config().activation_bits.bits())],
+        };
+        Trainer::new(model, data, state)?
+    };
+    run_loop(args, &mut trainer, &tok_path)
+}
+
+fn refuse_overwrite(out: &Path) -> Result<()> {
+    if out.join(CONFIG_FILE).exists() {
+        bail!(
+            "{}: a checkpoint already exists there (continue it with --resume, or choose another --out)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The model of a fresh run and the preset name (for the default learning rates).
+fn fresh_model(args: &TrainArgs, vocab: usize) -> Result<(BitnetModel, String)> {
+    if let Some(dir) = &args.model {
+        return Ok((load_model(dir)?, "custom".into()));
+    }
+    let name = args
+        .preset
+        .as_deref()
+        .context("give --model DIR (from `hbit init`), --preset P, --resume or --init-from")?;
+    let variant = Variant::parse(args.variant.as_deref().unwrap_or("bitnet_v2"))?;
+    let bits =
+        ActBits::from_bits(args.act_bits.unwrap_or(8)).context("--act-bits: expected 8 or 4")?;
+    let mut file = preset(name, variant, bits)?.to_file();
+    file.vocab_size = vocab;
+    file.bos_token_id = Some(0);
+    file.eos_token_id = Some(0);
+    let config = ModelConfig::from_file(&file)?;
+    Ok((BitnetModel::init(&config, args.seed)?, name.to_string()))
+}
+
+fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+
+    let total = trainer.state.schedule.total_steps;
+    let last = args.stop_after.unwrap_or(total).min(total);
+    let cfg = trainer.model.config().clone();
+    eprintln!(
+        "training {} a{} ({:.2} M parameters): steps {}..{last} of {total}, {} tokens/step, {} train / {} validation sequences",
+        cfg.variant.name(),
+        cfg.activation_bits.bits(),
+        cfg.parameter_count() as f64 / 1e6,
+        trainer.state.step,
+        trainer.state.tokens_per_step(),
+        trainer.data().train_sequences(),
+        trainer.data().validation_sequences(),
+    );
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(last)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("static template"),
+    );
+    bar.set_position(trainer.state.step);
+    let tok_copy = (!args.out.join(TOKENIZER_FILE).exists()).then_some(tok_path);
+    let mut window_start = Instant::now();
+    let mut window_tokens = 0u64;
+    let mut interrupted = false;
+    while trainer.state.step < last {
+        let report = trainer.step()?;
+        window_tokens += trainer.state.tokens_per_step();
+        let tokens_per_s = window_tokens as f64 / window_start.elapsed().as_secs_f64();
+        let at_eval = args.eval_every > 0 && report.step.is_multiple_of(args.eval_every);
+        let val = if at_eval || report.step == last {
+            trainer.validation_loss(args.eval_sequences)?
+        } else {
+            None
+        };
+        write_metrics(
+            &mut metrics,
+            &report,
+            tokens_per_s,
+            cfg.activation_bits.bits(),
+            val,
+        )?;
+        bar.set_position(report.step);
+        bar.set_message(format!(
+            "loss {:.3}{} | {:.0} tok/s",
+            report.loss,
+            val.map(|v| format!(" val {v:.3}")).unwrap_or_default(),
+            tokens_per_s
+        ));
+        if args.quiet && val.is_some() {
+            eprintln!(
+                "step {} loss {:.4} val {:.4} lr {:.2e} {:.0} tok/s",
+                report.step,
+                report.loss,
+                val.unwrap_or(f64::NAN),
+                report.lr,
+                tokens_per_s
+            );
+        }
+        if report.step.is_multiple_of(100) {
+            window_start = Instant::now();
+            window_tokens = 0;
+        }
+        interrupted = stop.load(Ordering::SeqCst);
+        let at_checkpoint =
+            args.checkpoint_every > 0 && report.step.is_multiple_of(args.checkpoint_every);
+        if at_checkpoint || interrupted || report.step == last {
+            trainer.save(&args.out, tok_copy)?;
+        }
+        if interrupted {
+            break;
+        }
+    }
+    bar.finish();
+    if let Err(e) = plot_loss_curve(&metrics_path, &args.out.join("loss.png")) {
+        eprintln!("warning: loss curve not drawn: {e:#}");
+    }
+    if interrupted {
+        eprintln!(
+            "interrupted: checkpoint saved at step {} in {} (continue with --resume)",
+            trainer.state.step,
+            args.out.display()
+        );
+    } else {
+        eprintln!(
+            "saved step {} to {} ({} tokens seen)",
+            trainer.state.step,
+            args.out.display(),
+            trainer.state.tokens_seen
+        );
+    }
+    Ok(())
+}
+
+fn write_metrics(
+    out: &mut std::fs::File,
+    r: &StepReport,
+    tokens_per_s: f64,
+    act_bits: u8,
+    val: Option<f64>,
+) -> Result<()> {
+    let mut line = serde_json::json!({
+        "step": r.step,
+        "tokens": r.tokens,
+        "loss": r.loss,
+        "lr": r.lr,
+        "weight_decay": r.weight_decay,
+        "grad_norm": r.grad_norm,
+        "tokens_per_s": tokens_per_s,
+        "act_bits": act_bits,
+    });
+    if let Some(v) = val {
+        line["val_loss"] = v.into();
+    }
+    writeln!(out, "{line}").context("appending metrics")?;
+    Ok(())
+}
