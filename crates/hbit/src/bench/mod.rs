@@ -2,6 +2,7 @@
 
 mod kernels;
 mod membw;
+mod train;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -11,10 +12,14 @@ pub enum BenchCommand {
     /// Ternary×INT8 and ternary×INT4 matrix kernels, the Hadamard transform, a dense f32 matmul
     /// of the same shapes (the `gemm` crate) and the machine's memory read bandwidth, in one run.
     Kernels(kernels::KernelsArgs),
+    /// Training tokens/s of a preset (default tiny), beside the same step in PyTorch when it is
+    /// installed (scripts/bench_train_torch.py).
+    Train(train::TrainBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernels(args) => kernels::run(&args),
+        BenchCommand::Train(args) => train::run(&args),
     }
 }
