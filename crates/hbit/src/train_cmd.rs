@@ -306,11 +306,6 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let total = trainer.state.schedule.total_steps;
     let last = args.stop_after.unwrap_or(total).min(total);
@@ -352,7 +347,7 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
             None
         };
         write_metrics(
-            &mut metrics,
+            &metrics_path,
             &report,
             tokens_per_s,
             cfg.activation_bits.bits(),
@@ -410,8 +405,11 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
     Ok(())
 }
 
+/// Appends one line. The file is reopened per line because checkpoint saves swap the run
+/// directory in by rename (carrying metrics.jsonl over); a handle held across a save would keep
+/// writing into the replaced directory's file and the lines would be lost.
 fn write_metrics(
-    out: &mut std::fs::File,
+    path: &Path,
     r: &StepReport,
     tokens_per_s: f64,
     act_bits: u8,
@@ -430,6 +428,11 @@ fn write_metrics(
     if let Some(v) = val {
         line["val_loss"] = v.into();
     }
-    writeln!(out, "{line}").context("appending metrics")?;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(out, "{line}").with_context(|| format!("appending to {}", path.display()))?;
     Ok(())
 }
