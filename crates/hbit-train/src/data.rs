@@ -213,6 +213,8 @@ fn parse_cache(bytes: &[u8]) -> Option<Vec<u32>> {
 pub struct PackedData {
     tokens: Vec<u32>,
     seq_len: usize,
+    /// Share of windows held out (as asked; at least one window when non-zero).
+    val_fraction: f64,
     /// Start offsets of training sequences (in token-stream order).
     train: Vec<usize>,
     /// Start offsets of validation sequences.
@@ -259,6 +261,7 @@ impl PackedData {
         Ok(PackedData {
             tokens,
             seq_len,
+            val_fraction,
             train,
             validation,
         })
@@ -266,6 +269,10 @@ impl PackedData {
 
     pub fn seq_len(&self) -> usize {
         self.seq_len
+    }
+
+    pub fn val_fraction(&self) -> f64 {
+        self.val_fraction
     }
 
     pub fn train_sequences(&self) -> usize {

@@ -104,14 +104,16 @@ impl Rope {
         let hd = config.head_dim;
         let half = hd / 2;
         let positions = config.max_position_embeddings;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| config.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
+            .collect();
         let mut cos = Vec::with_capacity(positions * hd);
         let mut sin = Vec::with_capacity(positions * hd);
         for p in 0..positions {
             // The same frequencies for both halves (rotate-half convention).
             for _half in 0..2 {
-                for i in 0..half {
-                    let inv_freq = config.rope_theta.powf(-(2.0 * i as f64) / hd as f64);
-                    let angle = p as f64 * inv_freq;
+                for &f in &inv_freq {
+                    let angle = p as f64 * f;
                     cos.push(angle.cos() as f32);
                     sin.push(angle.sin() as f32);
                 }
@@ -412,7 +414,8 @@ impl BitnetModel {
                 self.config.max_position_embeddings
             )));
         }
-        let ids: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
+        let flat = tokens.flatten_all()?; // [B·T]
+        let ids: Vec<u32> = flat.to_vec1()?;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
             return Err(TrainError::Input(format!(
                 "token id {bad} is outside the vocabulary (vocab_size {})",
@@ -423,7 +426,7 @@ impl BitnetModel {
         let mut x = self
             .embed_tokens
             .as_tensor()
-            .index_select(&tokens.flatten_all()?, 0)?
+            .index_select(&flat, 0)?
             .reshape((b, t, h))?; // [B, T, H]
         let mask = causal_mask(t, tokens.device())?;
         for layer in &self.layers {

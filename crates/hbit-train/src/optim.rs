@@ -31,17 +31,17 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: &[(String, Var)]) -> AdamW {
-        let zeros = |_: &(String, Var)| Vec::new();
-        let mut opt = AdamW {
-            exp_avg: params.iter().map(zeros).collect(),
-            exp_avg_sq: params.iter().map(zeros).collect(),
-            steps: 0,
+        let zeros = || -> Vec<Vec<f32>> {
+            params
+                .iter()
+                .map(|(_, v)| vec![0.0; v.elem_count()])
+                .collect()
         };
-        for (i, (_, v)) in params.iter().enumerate() {
-            opt.exp_avg[i] = vec![0.0; v.elem_count()];
-            opt.exp_avg_sq[i] = vec![0.0; v.elem_count()];
+        AdamW {
+            exp_avg: zeros(),
+            exp_avg_sq: zeros(),
+            steps: 0,
         }
-        opt
     }
 
     /// One update: `θ ← θ − lr·wd·θ`, then Adam with bias correction.

@@ -49,6 +49,32 @@ pub struct TrainerState {
 }
 
 impl TrainerState {
+    /// The state of a run starting at step 0 on `data`: one micro-batch per step and clipping at
+    /// 1.0 unless the caller changes those fields; sequence length, validation share and stream
+    /// size come from the data.
+    pub fn new(
+        data: &PackedData,
+        schedule: Schedule,
+        seed: u64,
+        batch_size: usize,
+        activation_bits: u8,
+    ) -> TrainerState {
+        TrainerState {
+            step: 0,
+            cursor: 0,
+            tokens_seen: 0,
+            seed,
+            schedule,
+            batch_size,
+            grad_accum: 1,
+            seq_len: data.seq_len(),
+            clip: 1.0,
+            val_fraction: data.val_fraction(),
+            data_tokens: data.total_tokens() as u64,
+            stages: vec![(0, activation_bits)],
+        }
+    }
+
     pub fn tokens_per_step(&self) -> u64 {
         (self.batch_size * self.grad_accum * self.seq_len) as u64
     }

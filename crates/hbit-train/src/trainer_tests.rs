@@ -26,25 +26,16 @@ fn stream(n: usize) -> Vec<u32> {
 }
 
 fn state(total_steps: u64, data: &PackedData) -> TrainerState {
+    let schedule = Schedule {
+        total_steps,
+        warmup_steps: 2,
+        lr1: 3e-3,
+        lr2: 2e-3,
+        weight_decay: 0.1,
+    };
     TrainerState {
-        step: 0,
-        cursor: 0,
-        tokens_seen: 0,
-        seed: 5,
-        schedule: Schedule {
-            total_steps,
-            warmup_steps: 2,
-            lr1: 3e-3,
-            lr2: 2e-3,
-            weight_decay: 0.1,
-        },
-        batch_size: 2,
         grad_accum: 2,
-        seq_len: data.seq_len(),
-        clip: 1.0,
-        val_fraction: 0.1,
-        data_tokens: data.total_tokens() as u64,
-        stages: vec![(0, 8)],
+        ..TrainerState::new(data, schedule, 5, 2, 8)
     }
 }
 

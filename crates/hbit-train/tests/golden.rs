@@ -78,6 +78,8 @@ fn micro_model_matches_pytorch_reference_for_every_variant() {
                 worst = worst.max((a - b as f32).abs());
             }
         }
+        // Visible with `cargo test -p hbit-train --test golden -- --nocapture`.
+        eprintln!("{name}: worst logit difference {worst:.2e}");
         assert!(worst <= LOGIT_ABS_TOL, "{name}: logits differ by {worst}");
 
         let loss = model.loss(&inputs, &targets).unwrap();

@@ -36,26 +36,14 @@ fn micro_loss_falls_on_real_text() {
     let (tokens, _) = tokenize_cached(&[corpus], &tokenizer, &cache).unwrap();
     let data = PackedData::new(tokens, 64, 0.02, 0).unwrap();
     let config = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
-    let state = TrainerState {
-        step: 0,
-        cursor: 0,
-        tokens_seen: 0,
-        seed: 0,
-        schedule: Schedule {
-            total_steps: 60,
-            warmup_steps: 5,
-            lr1: 3e-3,
-            lr2: 2e-3,
-            weight_decay: 0.1,
-        },
-        batch_size: 8,
-        grad_accum: 1,
-        seq_len: 64,
-        clip: 1.0,
-        val_fraction: 0.02,
-        data_tokens: data.total_tokens() as u64,
-        stages: vec![(0, 8)],
+    let schedule = Schedule {
+        total_steps: 60,
+        warmup_steps: 5,
+        lr1: 3e-3,
+        lr2: 2e-3,
+        weight_decay: 0.1,
     };
+    let state = TrainerState::new(&data, schedule, 0, 8, 8);
     let mut trainer = Trainer::new(BitnetModel::init(&config, 0).unwrap(), data, state).unwrap();
     let before = trainer.validation_loss(32).unwrap().unwrap();
     while !trainer.finished() {

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use hbit_kernels::quant::ActBits;
 use hbit_train::checkpoint::{load_model, save_model, CONFIG_FILE};
-use hbit_train::config::{preset, PRESETS};
+use hbit_train::config::preset;
 use hbit_train::{BitnetModel, Variant};
 
 #[derive(Args)]
@@ -38,9 +38,6 @@ pub struct InitArgs {
 }
 
 pub fn init(args: &InitArgs) -> Result<()> {
-    if args.preset.is_empty() || !PRESETS.contains(&args.preset.as_str()) {
-        bail!("--preset {:?}: expected one of {PRESETS:?}", args.preset);
-    }
     let bits = ActBits::from_bits(args.act_bits)
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
     let variant = Variant::parse(&args.variant)?;

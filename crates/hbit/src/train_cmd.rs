@@ -241,25 +241,18 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         let data = PackedData::new(tokens, seq_len, args.val_fraction, args.seed)?;
         let (lr1, lr2) = paper_learning_rates(&preset_name);
         let steps = args.steps.unwrap_or(1000);
+        let schedule = Schedule {
+            total_steps: steps,
+            warmup_steps: args.warmup.unwrap_or((steps / 20).min(375)),
+            lr1: args.lr1.unwrap_or(lr1),
+            lr2: args.lr2.unwrap_or(lr2),
+            weight_decay: args.weight_decay,
+        };
+        let bits = model.config().activation_bits.bits();
         let state = TrainerState {
-            step: 0,
-            cursor: 0,
-            tokens_seen: 0,
-            seed: args.seed,
-            schedule: Schedule {
-                total_steps: steps,
-                warmup_steps: args.warmup.unwrap_or((steps / 20).min(375)),
-                lr1: args.lr1.unwrap_or(lr1),
-                lr2: args.lr2.unwrap_or(lr2),
-                weight_decay: args.weight_decay,
-            },
-            batch_size: args.batch_size,
             grad_accum: args.grad_accum,
-            seq_len,
             clip: args.clip,
-            val_fraction: args.val_fraction,
-            data_tokens: data.total_tokens() as u64,
-            stages: vec![(0, model.config().activation_bits.bits())],
+            ..TrainerState::new(&data, schedule, args.seed, args.batch_size, bits)
         };
         Trainer::new(model, data, state)?
     };

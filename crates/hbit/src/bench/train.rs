@@ -50,26 +50,14 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
         .map(|_| rng.below(config.vocab_size as u64) as u32)
         .collect();
     let data = PackedData::new(tokens, args.seq_len, 0.0, 0)?;
-    let state = TrainerState {
-        step: 0,
-        cursor: 0,
-        tokens_seen: 0,
-        seed: 0,
-        schedule: Schedule {
-            total_steps: args.steps + 1,
-            warmup_steps: 1,
-            lr1: 1e-3,
-            lr2: 1e-3,
-            weight_decay: 0.1,
-        },
-        batch_size: args.batch_size,
-        grad_accum: 1,
-        seq_len: args.seq_len,
-        clip: 1.0,
-        val_fraction: 0.0,
-        data_tokens: data.total_tokens() as u64,
-        stages: vec![(0, args.act_bits)],
+    let schedule = Schedule {
+        total_steps: args.steps + 1,
+        warmup_steps: 1,
+        lr1: 1e-3,
+        lr2: 1e-3,
+        weight_decay: 0.1,
     };
+    let state = TrainerState::new(&data, schedule, 0, args.batch_size, args.act_bits);
     let mut trainer = Trainer::new(BitnetModel::init(&config, 0)?, data, state)?;
     trainer.step()?; // warm-up: allocator, thread pool
     let start = Instant::now();
