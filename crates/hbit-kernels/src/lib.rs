@@ -9,6 +9,7 @@
 //!   [`pack::LutPacked`] for INT4 lookup-table kernels.
 //! * [`matmul`] — `y[t, o] = alpha · s_x[t] · Σ_k Wq[o, k] · xq[t, k]` for one or many tokens,
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
+//! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
 //!
@@ -32,7 +33,9 @@ pub mod cpu;
 #[cfg(feature = "dense-baseline")]
 pub mod dense;
 pub mod error;
+pub mod float_gemv;
 pub mod hadamard;
+pub mod mapped;
 pub mod matmul;
 pub mod pack;
 pub mod paley;
@@ -40,8 +43,9 @@ pub mod quant;
 
 pub use cpu::{active_path, KernelPath};
 pub use error::KernelError;
+pub use float_gemv::{float_matmul, FloatWeights};
 pub use hadamard::Hadamard;
-pub use pack::{LutPacked, RowPacked};
+pub use pack::{LutPacked, PackedBytes, RowPacked};
 pub use quant::{
     quantize_activations, quantize_ternary, sparsify_topk_token, topk_count, ActBits,
     QuantizedActivations, TernaryWeights,

@@ -20,8 +20,74 @@
 //!   byte `16 + i` holds k-groups `4c+1` and `4c+3`. A `vpshufb` of a 16-entry table of
 //!   k-group partial sums by the low (or high) nibbles then yields 16 rows × 2 k-groups at once.
 
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
+
 use crate::error::KernelError;
 use crate::quant::TernaryWeights;
+
+/// The bytes of a packed matrix: owned, or a range of a shared read-only buffer (a memory-mapped
+/// model file), so an inference model's weights are used in place, never copied.
+#[derive(Clone)]
+pub enum PackedBytes {
+    Owned(Vec<u8>),
+    Shared {
+        buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: Range<usize>,
+    },
+}
+
+impl PackedBytes {
+    /// A range of a shared buffer; errors if the range lies outside it.
+    pub fn shared(
+        buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: Range<usize>,
+    ) -> Result<Self, KernelError> {
+        let len = buffer.as_ref().as_ref().len();
+        if range.start > range.end || range.end > len {
+            return Err(KernelError::LengthMismatch {
+                what: "shared packed-weight range end (buffer length)",
+                expected: len,
+                found: range.end,
+            });
+        }
+        Ok(PackedBytes::Shared { buffer, range })
+    }
+}
+
+impl Deref for PackedBytes {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            PackedBytes::Owned(v) => v,
+            PackedBytes::Shared { buffer, range } => &buffer.as_ref().as_ref()[range.clone()],
+        }
+    }
+}
+
+impl From<Vec<u8>> for PackedBytes {
+    fn from(v: Vec<u8>) -> Self {
+        PackedBytes::Owned(v)
+    }
+}
+
+impl fmt::Debug for PackedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self {
+            PackedBytes::Owned(_) => "owned",
+            PackedBytes::Shared { .. } => "shared",
+        };
+        write!(f, "PackedBytes({kind}, {} bytes)", self.len())
+    }
+}
+
+impl PartialEq for PackedBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self[..] == other[..]
+    }
+}
 
 /// Column padding of every packed layout and of [`crate::quant::QuantizedActivations`] rows.
 pub const K_ALIGN: usize = 256;
@@ -104,7 +170,7 @@ pub struct RowPacked {
     padded_cols: usize,
     alpha: f32,
     /// `[rows, padded_cols / 4]` bytes; never holds code 3.
-    data: Vec<u8>,
+    data: PackedBytes,
 }
 
 impl RowPacked {
@@ -142,8 +208,9 @@ impl RowPacked {
         rows: usize,
         cols: usize,
         alpha: f32,
-        data: Vec<u8>,
+        data: impl Into<PackedBytes>,
     ) -> Result<Self, KernelError> {
+        let data = data.into();
         let padded_cols = padded_cols(cols);
         let expected = rows * padded_cols / 4;
         check_parts(
@@ -183,7 +250,7 @@ impl RowPacked {
             cols: w.cols,
             padded_cols,
             alpha: w.alpha,
-            data,
+            data: data.into(),
         }
     }
 
@@ -229,7 +296,7 @@ pub struct LutPacked {
     padded_cols: usize,
     alpha: f32,
     /// `[row_blocks, padded_cols / 8, 32]` bytes; never holds code 3.
-    data: Vec<u8>,
+    data: PackedBytes,
 }
 
 impl LutPacked {
@@ -267,8 +334,9 @@ impl LutPacked {
         rows: usize,
         cols: usize,
         alpha: f32,
-        data: Vec<u8>,
+        data: impl Into<PackedBytes>,
     ) -> Result<Self, KernelError> {
+        let data = data.into();
         let padded_cols = padded_cols(cols);
         let expected =
             rows.div_ceil(LUT_ROW_BLOCK) * padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
@@ -307,7 +375,7 @@ impl LutPacked {
             cols: w.cols,
             padded_cols,
             alpha: w.alpha,
-            data,
+            data: data.into(),
         }
     }
 

@@ -7,19 +7,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TrainError {
-    /// A configuration field is invalid.
-    #[error("config field `{field}`: {message}")]
-    Config {
-        field: &'static str,
-        message: String,
-    },
-    /// A configuration file is invalid; wraps the field error with the file.
-    #[error("{}: {source}", path.display())]
-    InFile {
-        path: PathBuf,
-        #[source]
-        source: Box<TrainError>,
-    },
+    /// An invalid configuration (field or file).
+    #[error(transparent)]
+    Config(#[from] hbit_model::ConfigError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -50,17 +40,6 @@ impl TrainError {
         TrainError::Io {
             path: path.to_path_buf(),
             source,
-        }
-    }
-
-    /// Attaches the file a config error came from.
-    pub fn in_file(self, path: &Path) -> TrainError {
-        match self {
-            e @ TrainError::Config { .. } => TrainError::InFile {
-                path: path.to_path_buf(),
-                source: Box::new(e),
-            },
-            other => other,
         }
     }
 }

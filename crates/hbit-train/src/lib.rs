@@ -7,13 +7,15 @@
 //! [`optim`] (AdamW) on the [`schedule`].
 
 pub mod checkpoint;
-pub mod config;
+/// Re-exported from `hbit-model`, which the inference engine shares.
+pub use hbit_model::config;
 pub mod data;
 pub mod error;
 pub mod model;
 pub mod ops;
 pub mod optim;
-pub mod rng;
+/// Re-exported from `hbit-model` (the engine samples with it too).
+pub use hbit_model::rng;
 pub mod schedule;
 pub mod tokenizer;
 pub mod trainer;

@@ -18,6 +18,8 @@ use crate::config::{HiddenAct, InputQuant, ModelConfig, Proj};
 use crate::error::TrainError;
 use crate::ops::{ActivationSte, HadamardOp, TernarySte};
 use crate::rng::SplitMix64;
+use hbit_model::tensors::is_norm;
+pub use hbit_model::tensors::parameter_shapes;
 
 type Result<T> = std::result::Result<T, TrainError>;
 
@@ -181,42 +183,6 @@ pub struct BitnetModel {
     /// `[V, H]`, absent when tied to the embedding.
     lm_head: Option<Var>,
     rope: Rope,
-}
-
-/// Every tensor of a config's checkpoint with its shape, in the canonical order.
-pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let h = config.hidden_size;
-    let mut shapes = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![config.vocab_size, h],
-    )];
-    for l in 0..config.num_layers {
-        let p = format!("model.layers.{l}");
-        shapes.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
-            let (o, i) = config.proj_shape(proj);
-            shapes.push((format!("{p}.{}.weight", proj.key()), vec![o, i]));
-        }
-        shapes.push((format!("{p}.self_attn.attn_sub_norm.weight"), vec![h]));
-        shapes.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        for proj in [Proj::Gate, Proj::Up, Proj::Down] {
-            let (o, i) = config.proj_shape(proj);
-            shapes.push((format!("{p}.{}.weight", proj.key()), vec![o, i]));
-        }
-        shapes.push((
-            format!("{p}.mlp.ffn_sub_norm.weight"),
-            vec![config.intermediate_size],
-        ));
-    }
-    shapes.push(("model.norm.weight".to_string(), vec![h]));
-    if !config.tie_word_embeddings {
-        shapes.push(("lm_head.weight".to_string(), vec![config.vocab_size, h]));
-    }
-    shapes
-}
-
-fn is_norm(name: &str) -> bool {
-    name.ends_with("norm.weight")
 }
 
 impl BitnetModel {

@@ -11,7 +11,7 @@ use hbit_kernels::quant::ActBits;
 use hbit_kernels::Hadamard;
 use serde::{Deserialize, Serialize};
 
-use crate::error::TrainError;
+use crate::error::ConfigError;
 
 /// `config.json` exactly as written on disk (HF LLaMA/BitNet keys plus `quantization`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ impl Variant {
         }
     }
 
-    pub fn parse(name: &str) -> Result<Variant, TrainError> {
+    pub fn parse(name: &str) -> Result<Variant, ConfigError> {
         Ok(match name {
             "bitnet_b158" => Variant::BitnetB158,
             "bitnet_v2" => Variant::BitnetV2,
@@ -96,7 +96,7 @@ impl Variant {
             "bitnet_v2_no_rotation" => Variant::BitnetV2NoRotation,
             "bitnet_v2_weight_rotation" => Variant::BitnetV2WeightRotation,
             other => {
-                return Err(TrainError::Config {
+                return Err(ConfigError::Field {
                     field: "quantization.variant",
                     message: format!(
                         "unknown variant {other:?}; expected one of {:?}",
@@ -139,11 +139,11 @@ impl HiddenAct {
         }
     }
 
-    pub fn parse(name: &str) -> Result<HiddenAct, TrainError> {
+    pub fn parse(name: &str) -> Result<HiddenAct, ConfigError> {
         match name {
             "silu" | "swiglu" => Ok(HiddenAct::Silu),
             "relu2" => Ok(HiddenAct::Relu2),
-            other => Err(TrainError::Config {
+            other => Err(ConfigError::Field {
                 field: "hidden_act",
                 message: format!("unknown activation {other:?}; expected \"silu\" or \"relu2\""),
             }),
@@ -231,8 +231,8 @@ pub struct ModelConfig {
 /// a4.8 keeps the top half of each token's intermediate values (Q-Sparse's K = 50%).
 pub const DEFAULT_TOPK_KEEP: f32 = 0.5;
 
-fn field_err(field: &'static str, message: impl Into<String>) -> TrainError {
-    TrainError::Config {
+fn field_err(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
         field,
         message: message.into(),
     }
@@ -240,7 +240,7 @@ fn field_err(field: &'static str, message: impl Into<String>) -> TrainError {
 
 impl ModelConfig {
     /// Validates a `config.json` mirror into the model config.
-    pub fn from_file(file: &ConfigFile) -> Result<ModelConfig, TrainError> {
+    pub fn from_file(file: &ConfigFile) -> Result<ModelConfig, ConfigError> {
         let positive = [
             ("hidden_size", file.hidden_size),
             ("intermediate_size", file.intermediate_size),
@@ -406,9 +406,9 @@ impl ModelConfig {
     }
 
     /// Reads and validates `config.json`; errors name the file.
-    pub fn load(path: &Path) -> Result<ModelConfig, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| TrainError::Parse {
+    pub fn load(path: &Path) -> Result<ModelConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -426,7 +426,7 @@ impl ModelConfig {
         variant: Variant,
         activation_bits: ActBits,
         hidden_act: HiddenAct,
-    ) -> Result<ModelConfig, TrainError> {
+    ) -> Result<ModelConfig, ConfigError> {
         let mut file = self.to_file();
         file.hidden_act = hidden_act.name().into();
         file.quantization = QuantizationFile {
@@ -508,7 +508,7 @@ pub fn preset(
     name: &str,
     variant: Variant,
     activation_bits: ActBits,
-) -> Result<ModelConfig, TrainError> {
+) -> Result<ModelConfig, ConfigError> {
     // (hidden, GLU size, heads, kv heads, layers, vocab, context)
     let (hidden, glu, heads, kv_heads, layers, vocab, context) = match name {
         // Smallest shape that still has GQA, two layers and a Paley-sized FFN (12·2^m): every code
@@ -658,7 +658,7 @@ mod tests {
             let mut f = good.clone();
             mutate(&mut f);
             match ModelConfig::from_file(&f) {
-                Err(TrainError::Config { field: got, .. }) => assert_eq!(got, field),
+                Err(ConfigError::Field { field: got, .. }) => assert_eq!(got, field),
                 other => panic!("{field}: expected a config error, got {other:?}"),
             }
         }

@@ -1,0 +1,133 @@
+//! Reading a training checkpoint directory (DESIGN.md §3: `config.json`, `model.safetensors` of
+//! latent weights, optional `tokenizer.json`) without the training framework, for `hbit pack`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use half::{bf16, f16};
+use hbit_model::ModelConfig;
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+use crate::error::{EngineError, Result};
+use crate::format::write_packed;
+use crate::weights::Weights;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Tensors by name: shape and values (converted to f32).
+pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// A training checkpoint's contents.
+pub struct LatentCheckpoint {
+    pub config: ModelConfig,
+    /// Latent weights by name: shape and values converted to f32.
+    pub tensors: NamedTensors,
+    pub tokenizer_json: Option<String>,
+}
+
+/// Reads `dir`; errors name the file and tensor.
+pub fn read_checkpoint(dir: &Path) -> Result<LatentCheckpoint> {
+    if !dir.is_dir() {
+        return Err(EngineError::format(
+            dir,
+            "not a checkpoint directory (expected config.json and model.safetensors inside)",
+        ));
+    }
+    let config = ModelConfig::load(&dir.join(CONFIG_FILE))?;
+    let model_path = dir.join(MODEL_FILE);
+    let tensors = read_f32_tensors(&model_path)?;
+    let tok_path = dir.join(TOKENIZER_FILE);
+    let tokenizer_json = match tok_path.exists() {
+        true => {
+            Some(std::fs::read_to_string(&tok_path).map_err(|e| EngineError::io(&tok_path, e))?)
+        }
+        false => None,
+    };
+    Ok(LatentCheckpoint {
+        config,
+        tensors,
+        tokenizer_json,
+    })
+}
+
+/// Every tensor of a safetensors file with its shape, as f32 (f32, f16 and bf16 accepted).
+pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| EngineError::format(path, format!("not a valid safetensors file ({e})")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(EngineError::tensor(
+                    path,
+                    &name,
+                    format!("expected dtype F32, F16 or BF16, found {other:?}"),
+                ))
+            }
+        };
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+/// `hbit pack`: quantizes a training checkpoint and writes the packed model file.
+/// Returns the packed weights.
+pub fn pack_checkpoint(dir: &Path, out: &Path, half_embeddings: bool) -> Result<Weights> {
+    let ckpt = read_checkpoint(dir)?;
+    let mut tensors = ckpt.tensors;
+    if ckpt.config.tie_word_embeddings {
+        tensors.remove(hbit_model::tensors::LM_HEAD); // HF writes the tied head in some files
+    }
+    let model_path = dir.join(MODEL_FILE);
+    let tensors = checked_latent(&ckpt.config, tensors, &model_path)?;
+    let weights = Weights::from_latent(&ckpt.config, &tensors, half_embeddings, &model_path)?;
+    write_packed(out, &weights, ckpt.tokenizer_json.as_deref())?;
+    Ok(weights)
+}
+
+/// Checks names and shapes against the config's model; returns the values by name.
+pub fn checked_latent(
+    config: &ModelConfig,
+    mut tensors: NamedTensors,
+    path: &Path,
+) -> Result<HashMap<String, Vec<f32>>> {
+    let mut out = HashMap::new();
+    for (name, shape) in hbit_model::parameter_shapes(config) {
+        let (found, values) = tensors
+            .remove(&name)
+            .ok_or_else(|| EngineError::tensor(path, &name, "missing"))?;
+        if found != shape {
+            return Err(EngineError::tensor(
+                path,
+                &name,
+                format!("expected shape {shape:?}, found {found:?}"),
+            ));
+        }
+        out.insert(name, values);
+    }
+    if let Some(extra) = tensors.keys().min() {
+        return Err(EngineError::tensor(
+            path,
+            extra,
+            "unexpected tensor (not part of this config's model)",
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,331 @@
+//! The forward pass on the kernel layer alone: many sequences' new tokens at once, each sequence
+//! attending over its own [`KvCache`]. Prefill is one GEMM per projection over every new token;
+//! batched decode is the same call with one token per sequence.
+//!
+//! Dimension legend: N new tokens over all sequences, H hidden, I GLU size, V vocabulary,
+//! nh / nkv query / KV heads, hd head dim. The math mirrors the training model
+//! (`hbit-train/src/model.rs`) line for line; only the matmuls are integer (same values).
+
+use hbit_kernels::float_matmul;
+use hbit_model::{HiddenAct, ModelConfig};
+use rayon::prelude::*;
+
+use crate::error::{EngineError, Result};
+use crate::kv::{fake_quantize_head, KvBits, KvCache};
+use crate::weights::{LayerWeights, Weights};
+
+/// Which positions' logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last new token of each sequence (generation).
+    Last,
+    /// Every new token (perplexity, `hbit logits`).
+    All,
+}
+
+/// A loaded model ready to run.
+pub struct Engine {
+    pub weights: Weights,
+    /// Quantize-dequantize each query head to this many bits (the paper's 4-bit Q), if set.
+    pub q_bits: Option<u32>,
+    /// `[max_pos, hd]` rotate-half RoPE tables, as training builds them.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl Engine {
+    pub fn new(weights: Weights) -> Engine {
+        let c = &weights.config;
+        let (hd, half) = (c.head_dim, c.head_dim / 2);
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| c.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
+            .collect();
+        let mut rope_cos = Vec::with_capacity(c.max_position_embeddings * hd);
+        let mut rope_sin = Vec::with_capacity(c.max_position_embeddings * hd);
+        for p in 0..c.max_position_embeddings {
+            for _half in 0..2 {
+                for &f in &inv_freq {
+                    let angle = p as f64 * f;
+                    rope_cos.push(angle.cos() as f32);
+                    rope_sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        Engine {
+            weights,
+            q_bits: None,
+            rope_cos,
+            rope_sin,
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.weights.config
+    }
+
+    pub fn new_cache(&self, bits: KvBits) -> KvCache {
+        KvCache::new(self.config(), bits)
+    }
+
+    /// Runs `tokens[s]` (new tokens of sequence `s`, following what `caches[s]` holds) and
+    /// returns each sequence's logits: `[V]` for [`Logits::Last`], `[n_s, V]` for
+    /// [`Logits::All`].
+    pub fn forward(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+        want: Logits,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = self.config();
+        if caches.len() != tokens.len() {
+            return Err(EngineError::Input(format!(
+                "forward: {} caches for {} token lists",
+                caches.len(),
+                tokens.len()
+            )));
+        }
+        // rows[i] = (sequence, position) of new token i.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (s, (cache, toks)) in caches.iter().zip(tokens).enumerate() {
+            if toks.is_empty() {
+                return Err(EngineError::Input(format!(
+                    "sequence {s}: no tokens to run"
+                )));
+            }
+            let end = cache.len() + toks.len();
+            if end > c.max_position_embeddings {
+                return Err(EngineError::Input(format!(
+                    "sequence {s}: {end} tokens exceed the context of {} (max_position_embeddings)",
+                    c.max_position_embeddings
+                )));
+            }
+            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(EngineError::Input(format!(
+                    "token id {bad} is outside the vocabulary (vocab_size {})",
+                    c.vocab_size
+                )));
+            }
+            rows.extend((0..toks.len()).map(|i| (s, cache.len() + i)));
+        }
+        let (n, h) = (rows.len(), c.hidden_size);
+        let mut x = vec![0.0f32; n * h]; // [N, H]
+        let embed = self.weights.embed_tokens.view();
+        for (row, &t) in x
+            .chunks_exact_mut(h)
+            .zip(tokens.iter().flat_map(|t| t.iter()))
+        {
+            embed.row_into(t as usize, h, row);
+        }
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            self.layer(l, layer, &mut x, &rows, caches)?;
+        }
+        let mut counts = vec![0usize; caches.len()];
+        for &(s, _) in &rows {
+            counts[s] += 1;
+        }
+        for (cache, &k) in caches.iter_mut().zip(&counts) {
+            cache.advance(k);
+        }
+        // Rows whose logits are wanted, through the final norm and the full-precision head.
+        let picked: Vec<usize> = match want {
+            Logits::All => (0..n).collect(),
+            Logits::Last => (0..n)
+                .filter(|&i| i + 1 == n || rows[i + 1].0 != rows[i].0)
+                .collect(),
+        };
+        let mut hidden = Vec::with_capacity(picked.len() * h);
+        for &i in &picked {
+            hidden.extend_from_slice(&x[i * h..(i + 1) * h]);
+        }
+        rms_norm_rows(&mut hidden, &self.weights.norm, c.rms_norm_eps);
+        let head = self.weights.head();
+        let v = c.vocab_size;
+        let mut logits = vec![0.0f32; picked.len() * v]; // [picked, V]
+        float_matmul(head.view(), v, h, &hidden, &mut logits)?;
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); caches.len()];
+        for (j, &i) in picked.iter().enumerate() {
+            out[rows[i].0].extend_from_slice(&logits[j * v..(j + 1) * v]);
+        }
+        Ok(out)
+    }
+
+    /// One decoder layer over `x` `[N, H]`, in place.
+    fn layer(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        x: &mut [f32],
+        rows: &[(usize, usize)],
+        caches: &mut [&mut KvCache],
+    ) -> Result<()> {
+        let c = self.config();
+        let (n, h, i_size) = (rows.len(), c.hidden_size, c.intermediate_size);
+        let kv_dim = c.num_kv_heads * c.head_dim;
+        let eps = c.rms_norm_eps;
+
+        // Attention: pre-norm, q/k/v share one quantized input.
+        let mut normed = x.to_vec();
+        rms_norm_rows(&mut normed, &w.input_layernorm, eps);
+        let xq = w.q_proj.prepare_input(&mut normed, n)?;
+        let mut q = vec![0.0f32; n * h]; // [N, nh·hd]
+        let mut k = vec![0.0f32; n * kv_dim]; // [N, nkv·hd]
+        let mut v = vec![0.0f32; n * kv_dim];
+        w.q_proj.weight.matmul(&xq, &mut q)?;
+        w.k_proj.weight.matmul(&xq, &mut k)?;
+        w.v_proj.weight.matmul(&xq, &mut v)?;
+        for (i, &(_, pos)) in rows.iter().enumerate() {
+            self.rope(&mut q[i * h..(i + 1) * h], pos);
+            self.rope(&mut k[i * kv_dim..(i + 1) * kv_dim], pos);
+            if let Some(bits) = self.q_bits {
+                for head in q[i * h..(i + 1) * h].chunks_exact_mut(c.head_dim) {
+                    fake_quantize_head(head, bits);
+                }
+            }
+        }
+        let mut start = 0;
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let count = rows[start..].iter().take_while(|r| r.0 == s).count();
+            cache.append(
+                l,
+                &k[start * kv_dim..(start + count) * kv_dim],
+                &v[start * kv_dim..(start + count) * kv_dim],
+            );
+            start += count;
+        }
+        let mut attn = self.attention(l, &q, rows, caches); // [N, H]
+        rms_norm_rows(&mut attn, &w.attn_sub_norm, eps); // the LN of eq. (7)
+        let aq = w.o_proj.prepare_input(&mut attn, n)?; // Hadamard (v2), top-K (a4.8), quantize
+        let mut o = vec![0.0f32; n * h];
+        w.o_proj.weight.matmul(&aq, &mut o)?;
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
+        }
+
+        // FFN: pre-norm, gate/up share one quantized input.
+        let mut normed = x.to_vec();
+        rms_norm_rows(&mut normed, &w.post_attention_layernorm, eps);
+        let xq = w.gate_proj.prepare_input(&mut normed, n)?;
+        let mut gate = vec![0.0f32; n * i_size]; // [N, I]
+        let mut up = vec![0.0f32; n * i_size];
+        w.gate_proj.weight.matmul(&xq, &mut gate)?;
+        w.up_proj.weight.matmul(&xq, &mut up)?;
+        let act = c.hidden_act;
+        for (g, u) in gate.iter_mut().zip(&up) {
+            let a = match act {
+                HiddenAct::Silu => *g / (1.0 + (-*g).exp()),
+                HiddenAct::Relu2 => g.max(0.0) * g.max(0.0),
+            };
+            *g = a * u;
+        }
+        rms_norm_rows(&mut gate, &w.ffn_sub_norm, eps); // the LN of eq. (7)
+        let gq = w.down_proj.prepare_input(&mut gate, n)?;
+        let mut down = vec![0.0f32; n * h];
+        w.down_proj.weight.matmul(&gq, &mut down)?;
+        for (xi, di) in x.iter_mut().zip(&down) {
+            *xi += di;
+        }
+        Ok(())
+    }
+
+    /// Rotate-half RoPE of every head in `x` `[heads·hd]` at position `pos`.
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let hd = self.config().head_dim;
+        let half = hd / 2;
+        let cos = &self.rope_cos[pos * hd..(pos + 1) * hd];
+        let sin = &self.rope_sin[pos * hd..(pos + 1) * hd];
+        for head in x.chunks_exact_mut(hd) {
+            let orig: Vec<f32> = head.to_vec();
+            for i in 0..hd {
+                let rotated = if i < half {
+                    -orig[i + half]
+                } else {
+                    orig[i - half]
+                };
+                head[i] = orig[i] * cos[i] + rotated * sin[i];
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of the new rows over their sequences' caches (which hold
+    /// this layer's new keys and values already). Returns `[N, nh·hd]`.
+    fn attention(
+        &self,
+        l: usize,
+        q: &[f32],
+        rows: &[(usize, usize)],
+        caches: &[&mut KvCache],
+    ) -> Vec<f32> {
+        let c = self.config();
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = nh / nkv;
+        let h = nh * hd;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // One task per (sequence, KV head): dequantize its cache once, serve its `rep` query heads.
+        let mut seq_rows: Vec<Vec<usize>> = vec![Vec::new(); caches.len()];
+        for (i, &(s, _)) in rows.iter().enumerate() {
+            seq_rows[s].push(i);
+        }
+        let tasks: Vec<(usize, usize)> = (0..caches.len())
+            .flat_map(|s| (0..nkv).map(move |g| (s, g)))
+            .collect();
+        let results: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(s, g)| {
+                let my_rows = &seq_rows[s];
+                let upto = rows[*my_rows.last().expect("every sequence has rows")].1 + 1;
+                let mut keys = vec![0.0f32; upto * hd];
+                let mut values = vec![0.0f32; upto * hd];
+                caches[s].read(l, false, g, upto, &mut keys);
+                caches[s].read(l, true, g, upto, &mut values);
+                let mut out = vec![0.0f32; my_rows.len() * rep * hd];
+                let mut scores = vec![0.0f32; upto];
+                for (j, &i) in my_rows.iter().enumerate() {
+                    let pos = rows[i].1;
+                    for r in 0..rep {
+                        let head = g * rep + r;
+                        let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+                        let mut max = f32::NEG_INFINITY;
+                        for (p, sc) in scores[..=pos].iter_mut().enumerate() {
+                            let kp = &keys[p * hd..(p + 1) * hd];
+                            *sc = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
+                            max = max.max(*sc);
+                        }
+                        let mut total = 0.0f32;
+                        for sc in scores[..=pos].iter_mut() {
+                            *sc = (*sc - max).exp();
+                            total += *sc;
+                        }
+                        let o = &mut out[(j * rep + r) * hd..(j * rep + r + 1) * hd];
+                        for (p, &sc) in scores[..=pos].iter().enumerate() {
+                            let weight = sc / total;
+                            for (oi, vi) in o.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+                                *oi += weight * vi;
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        let mut attn = vec![0.0f32; rows.len() * h];
+        for (&(s, g), out) in tasks.iter().zip(&results) {
+            for (j, &i) in seq_rows[s].iter().enumerate() {
+                let dst = &mut attn[i * h + g * rep * hd..i * h + (g + 1) * rep * hd];
+                dst.copy_from_slice(&out[j * rep * hd..(j + 1) * rep * hd]);
+            }
+        }
+        attn
+    }
+}
+
+/// RMSNorm of each row of `x` with gain `g`: `x / sqrt(mean(x²) + eps) · g`.
+fn rms_norm_rows(x: &mut [f32], g: &[f32], eps: f64) {
+    let n = g.len();
+    for row in x.chunks_exact_mut(n) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let inv = 1.0 / (mean + eps as f32).sqrt();
+        for (v, gi) in row.iter_mut().zip(g) {
+            *v = *v * inv * gi;
+        }
+    }
+}

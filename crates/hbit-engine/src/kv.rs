@@ -1,0 +1,347 @@
+//! The KV cache (paper Tables 2–3, DESIGN.md §1): post-RoPE keys and values per layer, token and
+//! KV head, at f32, f16, or absmax-quantized to 8, 4 or 3 bits.
+//!
+//! Quantized heads: `s = max|x| / q_max` with `q_max = 2^(b-1) - 1`, codes
+//! `round(x / s)` in `[-q_max, q_max]` (round half away from zero), stored unsigned as
+//! `code + 2^(b-1)` and bit-packed LSB-first, `ceil(hd·b/8)` bytes per head plus one f32 scale.
+//! No calibration data. The first position (the BOS token, the attention sink whose keys carry
+//! the outliers) is always kept at 8 bits when the cache is narrower.
+
+use half::f16;
+use hbit_model::ModelConfig;
+
+use crate::error::{EngineError, Result};
+
+/// Storage of cached keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvBits {
+    /// Unquantized: exactly the training framework's attention.
+    F32,
+    F16,
+    Int8,
+    Int4,
+    Int3,
+}
+
+impl KvBits {
+    pub const ALL: [KvBits; 5] = [
+        KvBits::F32,
+        KvBits::F16,
+        KvBits::Int8,
+        KvBits::Int4,
+        KvBits::Int3,
+    ];
+
+    /// Accepts `32`/`f32`, `16`/`f16`, `8`, `4`, `3`.
+    pub fn parse(s: &str) -> Result<KvBits> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "32" | "f32" => Ok(KvBits::F32),
+            "16" | "f16" => Ok(KvBits::F16),
+            "8" | "int8" => Ok(KvBits::Int8),
+            "4" | "int4" => Ok(KvBits::Int4),
+            "3" | "int3" => Ok(KvBits::Int3),
+            other => Err(EngineError::Input(format!(
+                "KV-cache bits: expected one of 32, 16, 8, 4, 3, found {other:?}"
+            ))),
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            KvBits::F32 => 32,
+            KvBits::F16 => 16,
+            KvBits::Int8 => 8,
+            KvBits::Int4 => 4,
+            KvBits::Int3 => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvBits::F32 => "f32",
+            KvBits::F16 => "f16",
+            KvBits::Int8 => "int8",
+            KvBits::Int4 => "int4",
+            KvBits::Int3 => "int3",
+        }
+    }
+
+    fn is_integer(self) -> bool {
+        self.bits() <= 8
+    }
+
+    /// Bytes one head vector of `hd` values occupies (scale excluded).
+    pub fn head_bytes(self, hd: usize) -> usize {
+        match self {
+            KvBits::F32 => 4 * hd,
+            KvBits::F16 => 2 * hd,
+            b => (hd * b.bits() as usize).div_ceil(8),
+        }
+    }
+}
+
+/// Absmax-quantizes `x` to `bits`-bit codes, bit-packed into `out` (`ceil(len·bits/8)` bytes,
+/// zeroed by the caller). Returns the scale.
+pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
+    let q_max = ((1u32 << (bits - 1)) - 1) as f32;
+    let offset = 1i32 << (bits - 1);
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = absmax / q_max;
+    for (i, &v) in x.iter().enumerate() {
+        let code = if scale > 0.0 {
+            (v / scale).round().clamp(-q_max, q_max) as i32
+        } else {
+            0
+        };
+        put_bits(out, i * bits as usize, bits, (code + offset) as u32);
+    }
+    scale
+}
+
+/// Inverse of [`quantize_head`] into `out` (`len` values).
+pub fn dequantize_head(codes: &[u8], bits: u32, scale: f32, out: &mut [f32]) {
+    let offset = 1i32 << (bits - 1);
+    for (i, o) in out.iter_mut().enumerate() {
+        let u = get_bits(codes, i * bits as usize, bits) as i32;
+        *o = (u - offset) as f32 * scale;
+    }
+}
+
+/// Quantize-dequantize in place (the paper's 4-bit Q, which is never stored).
+pub fn fake_quantize_head(x: &mut [f32], bits: u32) {
+    let mut codes = vec![0u8; (x.len() * bits as usize).div_ceil(8)];
+    let scale = quantize_head(x, bits, &mut codes);
+    dequantize_head(&codes, bits, scale, x);
+}
+
+fn put_bits(out: &mut [u8], bit: usize, width: u32, value: u32) {
+    for j in 0..width as usize {
+        if value >> j & 1 == 1 {
+            out[(bit + j) / 8] |= 1 << ((bit + j) % 8);
+        }
+    }
+}
+
+fn get_bits(data: &[u8], bit: usize, width: u32) -> u32 {
+    (0..width as usize).fold(0, |v, j| {
+        v | (((data[(bit + j) / 8] >> ((bit + j) % 8)) & 1) as u32) << j
+    })
+}
+
+/// Keys or values of one layer: `[positions, kv heads]` head vectors.
+#[derive(Debug, Clone)]
+struct Plane {
+    bits: KvBits,
+    /// `[positions (after the first, if separate), nkv, head_bytes]`
+    data: Vec<u8>,
+    /// `[positions (as data), nkv]` for integer storage.
+    scales: Vec<f32>,
+    /// Position 0 at 8 bits when the cache is narrower: `[nkv, hd]` codes and `[nkv]` scales.
+    first: Vec<u8>,
+    first_scales: Vec<f32>,
+}
+
+/// One sequence's cache over every layer.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub bits: KvBits,
+    nkv: usize,
+    hd: usize,
+    capacity: usize,
+    len: usize,
+    /// `[layers]` (keys, values)
+    layers: Vec<(Plane, Plane)>,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig, bits: KvBits) -> KvCache {
+        let plane = Plane {
+            bits,
+            data: Vec::new(),
+            scales: Vec::new(),
+            first: Vec::new(),
+            first_scales: Vec::new(),
+        };
+        KvCache {
+            bits,
+            nkv: config.num_kv_heads,
+            hd: config.head_dim,
+            capacity: config.max_position_embeddings,
+            len: 0,
+            layers: vec![(plane.clone(), plane); config.num_layers],
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most positions the model can attend over.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes held (codes and scales), the memory a served sequence costs.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .map(|p| p.data.len() + 4 * p.scales.len() + p.first.len() + 4 * p.first_scales.len())
+            .sum()
+    }
+
+    /// Separate 8-bit storage for position 0 when the cache is narrower than 8 bits.
+    fn first_is_separate(&self) -> bool {
+        self.bits.is_integer() && self.bits.bits() < 8
+    }
+
+    /// Appends `n` positions (`len..len+n`) of layer `layer`'s keys and values `[n, nkv·hd]`.
+    /// Every layer appends the same positions; [`KvCache::advance`] then commits them.
+    pub(crate) fn append(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
+        let (nkv, hd, start) = (self.nkv, self.hd, self.len);
+        let separate = self.first_is_separate();
+        let bits = self.bits;
+        let (kp, vp) = &mut self.layers[layer];
+        for (plane, rows) in [(kp, keys), (vp, values)] {
+            for (i, row) in rows.chunks_exact(nkv * hd).enumerate() {
+                let pos = start + i;
+                for head in row.chunks_exact(hd) {
+                    if separate && pos == 0 {
+                        let at = plane.first.len();
+                        plane.first.resize(at + hd, 0);
+                        let s = quantize_head(head, 8, &mut plane.first[at..]);
+                        plane.first_scales.push(s);
+                        continue;
+                    }
+                    let at = plane.data.len();
+                    plane.data.resize(at + bits.head_bytes(hd), 0);
+                    let out = &mut plane.data[at..];
+                    match bits {
+                        KvBits::F32 => out.copy_from_slice(bytemuck::cast_slice(head)),
+                        KvBits::F16 => {
+                            for (o, v) in out.chunks_exact_mut(2).zip(head) {
+                                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+                            }
+                        }
+                        b => plane.scales.push(quantize_head(head, b.bits(), out)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `n` positions appended to every layer.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `0..upto`
+    /// into `out` `[upto, hd]`.
+    pub(crate) fn read(
+        &self,
+        layer: usize,
+        values: bool,
+        head: usize,
+        upto: usize,
+        out: &mut [f32],
+    ) {
+        let (k, v) = &self.layers[layer];
+        let plane = if values { v } else { k };
+        let (nkv, hd) = (self.nkv, self.hd);
+        let separate = self.first_is_separate();
+        let head_bytes = self.bits.head_bytes(hd);
+        for pos in 0..upto {
+            let o = &mut out[pos * hd..(pos + 1) * hd];
+            if separate && pos == 0 {
+                let codes = &plane.first[head * hd..(head + 1) * hd];
+                dequantize_head(codes, 8, plane.first_scales[head], o);
+                continue;
+            }
+            let slot = (if separate { pos - 1 } else { pos }) * nkv + head;
+            let codes = &plane.data[slot * head_bytes..(slot + 1) * head_bytes];
+            match plane.bits {
+                KvBits::F32 => {
+                    for (x, b) in o.iter_mut().zip(codes.chunks_exact(4)) {
+                        *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+                KvBits::F16 => {
+                    for (x, b) in o.iter_mut().zip(codes.chunks_exact(2)) {
+                        *x = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    }
+                }
+                b => dequantize_head(codes, b.bits(), plane.scales[slot], o),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizers_hit_their_ranges_and_known_answers() {
+        // absmax 3 at 3 bits: q_max 3, scale 1: codes round(x) = [-3, 1, 0, 3] -> +4.
+        let x = [-3.0, 0.6, 0.0, 3.0];
+        let mut codes = vec![0u8; 2];
+        let s = quantize_head(&x, 3, &mut codes);
+        assert_eq!(s, 1.0);
+        let unsigned: Vec<u32> = (0..4).map(|i| get_bits(&codes, 3 * i, 3)).collect();
+        assert_eq!(unsigned, vec![1, 5, 4, 7]);
+        let mut back = [0.0; 4];
+        dequantize_head(&codes, 3, s, &mut back);
+        assert_eq!(back, [-3.0, 1.0, 0.0, 3.0]);
+        // 4 bits: q_max 7; x = [7, -3.5] -> scale 1 -> codes [7, -4] (half away from zero).
+        let mut codes = vec![0u8; 1];
+        let s = quantize_head(&[7.0, -3.5], 4, &mut codes);
+        assert_eq!((s, codes[0]), (1.0, (7 + 8) | ((8 - 4) << 4)));
+        // An all-zero head stays zero.
+        let mut codes = vec![0u8; 8];
+        assert_eq!(quantize_head(&[0.0; 8], 8, &mut codes), 0.0);
+        let mut back = [1.0; 8];
+        dequantize_head(&codes, 8, 0.0, &mut back);
+        assert_eq!(back, [0.0; 8]);
+    }
+
+    #[test]
+    fn error_shrinks_with_bits() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let mut last = f32::INFINITY;
+        for bits in [3, 4, 8] {
+            let mut y = x.clone();
+            fake_quantize_head(&mut y, bits);
+            let err = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            let scale =
+                x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / ((1 << (bits - 1)) - 1) as f32;
+            assert!(
+                err <= scale / 2.0 + 1e-6,
+                "{bits} bits: error {err} > half step {scale}"
+            );
+            assert!(err < last);
+            last = err;
+        }
+    }
+
+    #[test]
+    fn parse_names() {
+        assert_eq!(KvBits::parse("16").unwrap(), KvBits::F16);
+        assert_eq!(KvBits::parse("int3").unwrap(), KvBits::Int3);
+        assert!(KvBits::parse("2")
+            .unwrap_err()
+            .to_string()
+            .contains("32, 16, 8, 4, 3"));
+        assert_eq!(KvBits::Int3.head_bytes(64), 24);
+    }
+}

@@ -1,0 +1,17 @@
+//! hbit's inference engine, on the kernel layer alone (no ML framework on the hot path).
+//!
+//! Map: [`format`] (the packed, memory-mapped model file) and [`weights`] (packed projections,
+//! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
+//! caches at f32/f16/int8/int4/int3); [`sample`] and [`generate`] turn logits into text.
+
+pub mod checkpoint;
+pub mod error;
+pub mod format;
+pub mod forward;
+pub mod kv;
+pub mod weights;
+
+pub use error::EngineError;
+pub use forward::{Engine, Logits};
+pub use kv::{KvBits, KvCache};
+pub use weights::Weights;

@@ -1,0 +1,408 @@
+//! The inference model's weights: packed ternary projections, each with the input treatment its
+//! config gives it, full-precision norms, and the embedding / LM head at f32 or f16.
+//!
+//! Built either from a training checkpoint's latent f32 weights ([`Weights::from_latent`], which
+//! quantizes exactly as training's forward does: eqs. 1–2, with `W·H` first for the
+//! weight-rotation ablation) or from a packed model file ([`crate::format`]), whose bytes are
+//! used in place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use half::f16;
+use hbit_kernels::quant::{quantize_activations, sparsify_topk_token, topk_count};
+use hbit_kernels::{
+    matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, QuantizedActivations,
+    RowPacked,
+};
+use hbit_model::tensors::{layer_norm, proj_weight, EMBED_TOKENS, FINAL_NORM, LM_HEAD};
+use hbit_model::{InputQuant, ModelConfig, Proj};
+
+use crate::error::{EngineError, Result};
+
+/// Packed ternary weights in the layout their activation width's kernel reads.
+#[derive(Debug, Clone)]
+pub enum TernaryMatrix {
+    /// For INT8 inputs: multiply-add kernels.
+    Row(RowPacked),
+    /// For INT4 inputs: lookup-table kernels.
+    Lut(LutPacked),
+}
+
+impl TernaryMatrix {
+    pub fn rows(&self) -> usize {
+        match self {
+            TernaryMatrix::Row(w) => w.rows(),
+            TernaryMatrix::Lut(w) => w.rows(),
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            TernaryMatrix::Row(w) => w.cols(),
+            TernaryMatrix::Lut(w) => w.cols(),
+        }
+    }
+
+    pub fn alpha(&self) -> f32 {
+        match self {
+            TernaryMatrix::Row(w) => w.alpha(),
+            TernaryMatrix::Lut(w) => w.alpha(),
+        }
+    }
+
+    /// The packed bytes (what a GEMV streams from memory).
+    pub fn data(&self) -> &[u8] {
+        match self {
+            TernaryMatrix::Row(w) => w.data(),
+            TernaryMatrix::Lut(w) => w.data(),
+        }
+    }
+
+    /// The layout a projection whose input is quantized to `bits` needs.
+    pub fn pack(w: &hbit_kernels::TernaryWeights, bits: ActBits) -> TernaryMatrix {
+        match bits {
+            ActBits::Int8 => TernaryMatrix::Row(RowPacked::pack(w)),
+            ActBits::Int4 => TernaryMatrix::Lut(LutPacked::pack(w)),
+        }
+    }
+
+    /// `y` `[tokens, rows]` = BitLinear's integer form on quantized inputs.
+    pub fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<()> {
+        match self {
+            TernaryMatrix::Row(w) => matmul::matmul_int8(w, x, y)?,
+            TernaryMatrix::Lut(w) => matmul::matmul_int4(w, x, y)?,
+        }
+        Ok(())
+    }
+}
+
+/// One BitLinear / H-BitLinear: the packed weight and how its input is prepared.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    pub weight: TernaryMatrix,
+    pub quant: InputQuant,
+    /// Present when the input is rotated (eq. 7).
+    hadamard: Option<Arc<Hadamard>>,
+}
+
+impl Projection {
+    fn new(weight: TernaryMatrix, quant: InputQuant, hadamard: Option<Arc<Hadamard>>) -> Self {
+        Projection {
+            weight,
+            quant,
+            hadamard,
+        }
+    }
+
+    /// Hadamard (eq. 7), top-K (a4.8), then the per-token quantizer (eq. 5 or 6) of `x`
+    /// `[tokens, in]`, which is transformed in place.
+    pub fn prepare_input(&self, x: &mut [f32], tokens: usize) -> Result<QuantizedActivations> {
+        let cols = self.weight.cols();
+        if let Some(h) = &self.hadamard {
+            for row in x.chunks_exact_mut(cols) {
+                h.apply(row)?;
+            }
+        }
+        if let Some(keep) = self.quant.topk_keep {
+            let k = topk_count(cols, keep);
+            for row in x.chunks_exact_mut(cols) {
+                sparsify_topk_token(row, k);
+            }
+        }
+        Ok(quantize_activations(x, tokens, cols, self.quant.bits)?)
+    }
+}
+
+/// A full-precision `[rows, cols]` matrix: in a shared buffer (a mapped file) or owned.
+#[derive(Debug, Clone)]
+pub enum FloatData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    /// Little-endian f32 or f16 values in place in a mapped file, alignment checked at load.
+    Mapped {
+        bytes: hbit_kernels::PackedBytes,
+        half: bool,
+    },
+}
+
+/// Embedding or LM head `[vocab, hidden]`.
+#[derive(Debug, Clone)]
+pub struct FloatMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: FloatData,
+}
+
+impl FloatMatrix {
+    pub fn view(&self) -> FloatWeights<'_> {
+        match &self.data {
+            FloatData::F32(v) => FloatWeights::F32(v),
+            FloatData::F16(v) => FloatWeights::F16(v),
+            // Alignment was checked when the matrix was built (`FloatMatrix::mapped`).
+            FloatData::Mapped { bytes, half: false } => {
+                FloatWeights::F32(bytemuck::cast_slice(bytes))
+            }
+            FloatData::Mapped { bytes, half: true } => {
+                FloatWeights::F16(bytemuck::cast_slice(bytes))
+            }
+        }
+    }
+
+    pub fn is_f16(&self) -> bool {
+        matches!(self.view(), FloatWeights::F16(_))
+    }
+
+    /// Wraps mapped bytes, or copies them when they are not aligned for in-place use.
+    pub fn mapped(rows: usize, cols: usize, bytes: hbit_kernels::PackedBytes, half: bool) -> Self {
+        let aligned = if half {
+            bytemuck::try_cast_slice::<u8, f16>(&bytes).is_ok()
+        } else {
+            bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok()
+        };
+        let data = match (aligned, half) {
+            (true, _) => FloatData::Mapped { bytes, half },
+            (false, true) => FloatData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            (false, false) => FloatData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+        };
+        FloatMatrix { rows, cols, data }
+    }
+
+    /// Bytes the matrix occupies.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.cols * if self.is_f16() { 2 } else { 4 }
+    }
+}
+
+/// `model.layers.N`.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// `[H]` pre-norm of q/k/v.
+    pub input_layernorm: Vec<f32>,
+    pub q_proj: Projection,
+    pub k_proj: Projection,
+    pub v_proj: Projection,
+    /// `[H]` the LN of eq. (7) before W_o.
+    pub attn_sub_norm: Vec<f32>,
+    pub o_proj: Projection,
+    /// `[H]` pre-norm of gate/up.
+    pub post_attention_layernorm: Vec<f32>,
+    pub gate_proj: Projection,
+    pub up_proj: Projection,
+    /// `[I]` the LN of eq. (7) before W_down.
+    pub ffn_sub_norm: Vec<f32>,
+    pub down_proj: Projection,
+}
+
+impl LayerWeights {
+    pub fn projection(&self, proj: Proj) -> &Projection {
+        match proj {
+            Proj::Q => &self.q_proj,
+            Proj::K => &self.k_proj,
+            Proj::V => &self.v_proj,
+            Proj::O => &self.o_proj,
+            Proj::Gate => &self.gate_proj,
+            Proj::Up => &self.up_proj,
+            Proj::Down => &self.down_proj,
+        }
+    }
+}
+
+/// Everything the forward pass reads.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub config: ModelConfig,
+    /// `[V, H]`
+    pub embed_tokens: FloatMatrix,
+    pub layers: Vec<LayerWeights>,
+    /// `[H]`
+    pub norm: Vec<f32>,
+    /// `[V, H]`; `None` when tied to the embedding.
+    pub lm_head: Option<FloatMatrix>,
+}
+
+/// Source of a model's tensors while assembling [`Weights`]: each call hands over one tensor.
+pub(crate) trait TensorSource {
+    fn norm(&mut self, name: &str, len: usize) -> Result<Vec<f32>>;
+    fn ternary(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        quant: InputQuant,
+    ) -> Result<TernaryMatrix>;
+    fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix>;
+}
+
+impl Weights {
+    /// Assembles the weights of `config` from `source`, one named tensor at a time.
+    pub(crate) fn assemble(config: &ModelConfig, source: &mut dyn TensorSource) -> Result<Weights> {
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let mut hadamards: HashMap<usize, Arc<Hadamard>> = HashMap::new();
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let mut proj = |p: Proj, source: &mut dyn TensorSource| -> Result<Projection> {
+                let quant = config.input_quant(p);
+                let (rows, cols) = config.proj_shape(p);
+                let weight = source.ternary(&proj_weight(l, p), rows, cols, quant)?;
+                let hadamard = match quant.hadamard {
+                    false => None,
+                    true => Some(match hadamards.get(&cols) {
+                        Some(h) => h.clone(),
+                        None => {
+                            let t = Arc::new(Hadamard::new(cols)?);
+                            hadamards.insert(cols, t.clone());
+                            t
+                        }
+                    }),
+                };
+                Ok(Projection::new(weight, quant, hadamard))
+            };
+            let input_layernorm = source.norm(&layer_norm(l, "input_layernorm"), h)?;
+            let q_proj = proj(Proj::Q, source)?;
+            let k_proj = proj(Proj::K, source)?;
+            let v_proj = proj(Proj::V, source)?;
+            let attn_sub_norm = source.norm(&layer_norm(l, "self_attn.attn_sub_norm"), h)?;
+            let o_proj = proj(Proj::O, source)?;
+            let post_attention_layernorm =
+                source.norm(&layer_norm(l, "post_attention_layernorm"), h)?;
+            let gate_proj = proj(Proj::Gate, source)?;
+            let up_proj = proj(Proj::Up, source)?;
+            let ffn_sub_norm =
+                source.norm(&layer_norm(l, "mlp.ffn_sub_norm"), config.intermediate_size)?;
+            let down_proj = proj(Proj::Down, source)?;
+            layers.push(LayerWeights {
+                input_layernorm,
+                q_proj,
+                k_proj,
+                v_proj,
+                attn_sub_norm,
+                o_proj,
+                post_attention_layernorm,
+                gate_proj,
+                up_proj,
+                ffn_sub_norm,
+                down_proj,
+            });
+        }
+        let embed_tokens = source.float_matrix(EMBED_TOKENS, v, h)?;
+        let norm = source.norm(FINAL_NORM, h)?;
+        let lm_head = match config.tie_word_embeddings {
+            true => None,
+            false => Some(source.float_matrix(LM_HEAD, v, h)?),
+        };
+        Ok(Weights {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Quantizes and packs a training checkpoint's latent f32 weights (`[out, in]`), exactly as
+    /// training's forward quantizes them; `half_embeddings` stores embedding and head at f16.
+    pub fn from_latent(
+        config: &ModelConfig,
+        tensors: &HashMap<String, Vec<f32>>,
+        half_embeddings: bool,
+        source_name: &std::path::Path,
+    ) -> Result<Weights> {
+        let mut source = LatentSource {
+            tensors,
+            half_embeddings,
+            path: source_name,
+        };
+        Weights::assemble(config, &mut source)
+    }
+
+    /// The LM head: the tied embedding unless the model has its own.
+    pub fn head(&self) -> &FloatMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Bytes of packed ternary weights over all layers.
+    pub fn ternary_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| Proj::ALL.map(|p| l.projection(p).weight.data().len()))
+            .sum()
+    }
+}
+
+struct LatentSource<'a> {
+    tensors: &'a HashMap<String, Vec<f32>>,
+    half_embeddings: bool,
+    path: &'a std::path::Path,
+}
+
+impl<'a> LatentSource<'a> {
+    fn get(&self, name: &str, len: usize) -> Result<&'a [f32]> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| EngineError::tensor(self.path, name, "missing"))?;
+        if t.len() != len {
+            return Err(EngineError::tensor(
+                self.path,
+                name,
+                format!("expected {len} values, found {}", t.len()),
+            ));
+        }
+        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::tensor(
+                self.path,
+                name,
+                format!("non-finite value at flat index {i}"),
+            ));
+        }
+        Ok(t)
+    }
+}
+
+impl TensorSource for LatentSource<'_> {
+    fn norm(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self.get(name, len)?.to_vec())
+    }
+
+    fn ternary(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        quant: InputQuant,
+    ) -> Result<TernaryMatrix> {
+        let latent = self.get(name, rows * cols)?;
+        let q = if quant.rotate_weight {
+            // Weight-and-activation rotation ablation: Qw(W·H), H applied to each row (H symmetric).
+            let h = Hadamard::new(cols)?;
+            let mut rotated = latent.to_vec();
+            for row in rotated.chunks_exact_mut(cols) {
+                h.apply(row)?;
+            }
+            quantize_ternary(&rotated, rows, cols)?
+        } else {
+            quantize_ternary(latent, rows, cols)? // eqs. (1)-(2)
+        };
+        Ok(TernaryMatrix::pack(&q, quant.bits))
+    }
+
+    fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
+        let values = self.get(name, rows * cols)?;
+        let data = match self.half_embeddings {
+            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            false => FloatData::F32(values.to_vec()),
+        };
+        Ok(FloatMatrix { rows, cols, data })
+    }
+}

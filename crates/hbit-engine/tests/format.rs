@@ -1,0 +1,129 @@
+//! The packed model file: round trip, f16 embeddings, and clear errors for damaged files.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hbit_engine::format::{load_packed, write_packed};
+use hbit_engine::{Engine, KvBits, Logits, Weights};
+use hbit_kernels::ActBits;
+use hbit_train::config::{preset, Variant};
+use hbit_train::BitnetModel;
+
+fn weights(variant: Variant, bits: ActBits, half: bool) -> Weights {
+    let config = preset("micro", variant, bits).unwrap();
+    let model = BitnetModel::init(&config, 21).unwrap();
+    let latent: HashMap<String, Vec<f32>> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    Weights::from_latent(&config, &latent, half, Path::new("<test>")).unwrap()
+}
+
+fn logits(w: Weights, toks: &[u32]) -> Vec<f32> {
+    let engine = Engine::new(w);
+    let mut cache = engine.new_cache(KvBits::F16);
+    engine
+        .forward(&mut [&mut cache], &[toks], Logits::All)
+        .unwrap()
+        .remove(0)
+}
+
+const TOKENS: [u32; 6] = [3, 14, 15, 92, 65, 35];
+
+#[test]
+fn packed_file_round_trips_exactly() {
+    let dir = tempdir();
+    for (variant, bits) in [
+        (Variant::BitnetV2, ActBits::Int4),
+        (Variant::BitnetB158, ActBits::Int8),
+    ] {
+        for half in [false, true] {
+            let w = weights(variant, bits, half);
+            let path = dir.join(format!("{}-{}-{half}.hbit", variant.name(), bits.bits()));
+            write_packed(&path, &w, Some("{\"tok\": 1}")).unwrap();
+            let loaded = load_packed(&path).unwrap();
+            assert_eq!(loaded.tokenizer_json.as_deref(), Some("{\"tok\": 1}"));
+            assert_eq!(loaded.weights.config, w.config);
+            assert_eq!(loaded.weights.embed_tokens.is_f16(), half);
+            assert_eq!(loaded.file_bytes, std::fs::metadata(&path).unwrap().len());
+            let want = logits(w, &TOKENS);
+            let got = logits(loaded.weights, &TOKENS);
+            assert!(
+                got == want,
+                "{} a{} half={half}",
+                variant.name(),
+                bits.bits()
+            );
+        }
+    }
+}
+
+#[test]
+fn damaged_files_give_clear_errors_and_writes_are_atomic() {
+    let dir = tempdir();
+    let path = dir.join("model.hbit");
+    let w = weights(Variant::BitnetV2, ActBits::Int8, true);
+    write_packed(&path, &w, None).unwrap();
+    let good = std::fs::read(&path).unwrap();
+
+    // Truncated.
+    let cut = dir.join("cut.hbit");
+    std::fs::write(&cut, &good[..good.len() - 100]).unwrap();
+    let e = load_packed(&cut).err().unwrap().to_string();
+    assert!(
+        e.contains("cut.hbit") && e.contains("not a complete hbit packed model"),
+        "{e}"
+    );
+
+    // Not a model at all.
+    let junk = dir.join("junk.hbit");
+    std::fs::write(&junk, b"hello, world, this is not a model").unwrap();
+    let e = load_packed(&junk).err().unwrap().to_string();
+    assert!(e.contains("junk.hbit"), "{e}");
+
+    // A plain safetensors file (e.g. a training checkpoint's weights) is refused by its tag.
+    let plain = dir.join("plain.safetensors");
+    let t =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+    safetensors::serialize_to_file(vec![("x", t)], None, &plain).unwrap();
+    let e = load_packed(&plain).err().unwrap().to_string();
+    assert!(
+        e.contains("metadata `format`") && e.contains("hbit pack"),
+        "{e}"
+    );
+
+    // A packed weight byte holding the invalid 2-bit code 3 names the tensor.
+    let (header, _) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let meta = safetensors::SafeTensors::read_metadata(&good).unwrap().1;
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let info = meta.info(name).unwrap();
+    let mut bad = good.clone();
+    bad[8 + header + info.data_offsets.0 + 5] = 0xff;
+    let corrupt = dir.join("corrupt.hbit");
+    std::fs::write(&corrupt, &bad).unwrap();
+    let e = load_packed(&corrupt).err().unwrap().to_string();
+    assert!(e.contains(name) && e.contains("invalid code"), "{e}");
+
+    // A failed write (directory missing) leaves nothing behind and the old file intact.
+    let e = write_packed(&dir.join("missing/model.hbit"), &w, None).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hbit-format-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,386 @@
+//! Full-precision `y[t, r] = Σ_k W[r, k] · x[t, k]` for weights kept at f32 or f16: the LM head
+//! (often the tied embedding), which BitNet keeps unquantized. At decode it is a GEMV that reads
+//! the whole `[vocab, hidden]` matrix per step, so it is memory-bound: f16 halves its bytes.
+//!
+//! Every path sums in the same order, so every path is bit-identical to [`float_matmul_reference`]:
+//! per row and token, columns in blocks of 16 feed two 8-lane accumulators with fused
+//! multiply-adds (`a[l] += w[16b + l]·x`, `b[l] += w[16b + 8 + l]·x`); then `s = a + b` lane-wise,
+//! reduced as `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`; then the `cols % 16` tail columns in order
+//! with fused multiply-adds.
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::cpu::{active_path, KernelPath};
+use crate::error::KernelError;
+
+/// A row-major `[rows, cols]` weight matrix at f32 or f16.
+#[derive(Debug, Clone, Copy)]
+pub enum FloatWeights<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl FloatWeights<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            FloatWeights::F32(w) => w.len(),
+            FloatWeights::F16(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row `r` of a matrix with `cols` columns, converted to f32 into `out`.
+    pub fn row_into(&self, r: usize, cols: usize, out: &mut [f32]) {
+        match self {
+            FloatWeights::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            FloatWeights::F16(w) => {
+                for (o, v) in out.iter_mut().zip(&w[r * cols..(r + 1) * cols]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Tokens sharing one pass over a weight row (the row stays in L1 between them).
+const TOKEN_TILE: usize = 4;
+/// Rows per parallel work unit: large enough to amortize scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 256;
+
+/// `y` `[tokens, rows]` from `w` `[rows, cols]` and `x` `[tokens, cols]`, on the active path.
+pub fn float_matmul(
+    w: FloatWeights,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    float_matmul_with(active_path()?, w, rows, cols, x, y)
+}
+
+fn check(
+    w: &FloatWeights,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &[f32],
+) -> Result<usize, KernelError> {
+    if cols == 0 {
+        return Err(KernelError::InvalidSize {
+            what: "float matmul columns",
+            found: 0,
+            reason: "must be non-zero",
+        });
+    }
+    if w.len() != rows * cols {
+        return Err(KernelError::LengthMismatch {
+            what: "float weights [rows, cols]",
+            expected: rows * cols,
+            found: w.len(),
+        });
+    }
+    if !x.len().is_multiple_of(cols) {
+        return Err(KernelError::LengthMismatch {
+            what: "float activations [tokens, cols] (a multiple of cols)",
+            expected: x.len().div_ceil(cols) * cols,
+            found: x.len(),
+        });
+    }
+    let tokens = x.len() / cols;
+    if y.len() != tokens * rows {
+        return Err(KernelError::LengthMismatch {
+            what: "float matmul output [tokens, rows]",
+            expected: tokens * rows,
+            found: y.len(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// As [`float_matmul`] on an explicit path.
+pub fn float_matmul_with(
+    path: KernelPath,
+    w: FloatWeights,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    path.check_supported()?;
+    let tokens = check(&w, rows, cols, x, y)?;
+    if rows == 0 || tokens == 0 {
+        return Ok(());
+    }
+    let tasks: Vec<(usize, usize)> = (0..rows)
+        .step_by(ROWS_PER_TASK)
+        .map(|r0| (r0, (r0 + ROWS_PER_TASK).min(rows)))
+        .collect();
+    let parts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut out = vec![0.0f32; tokens * (r1 - r0)];
+            rows_block(path, &w, cols, x, tokens, r0, r1, &mut out);
+            out
+        })
+        .collect();
+    for (&(r0, r1), part) in tasks.iter().zip(&parts) {
+        let n = r1 - r0;
+        for t in 0..tokens {
+            y[t * rows + r0..t * rows + r1].copy_from_slice(&part[t * n..(t + 1) * n]);
+        }
+    }
+    Ok(())
+}
+
+/// Rows `r0..r1` for every token into `out` `[tokens, r1 - r0]`.
+#[allow(clippy::too_many_arguments)]
+fn rows_block(
+    path: KernelPath,
+    w: &FloatWeights,
+    cols: usize,
+    x: &[f32],
+    tokens: usize,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let n = r1 - r0;
+    for r in r0..r1 {
+        for t0 in (0..tokens).step_by(TOKEN_TILE) {
+            let tile = (tokens - t0).min(TOKEN_TILE);
+            let xs: [&[f32]; TOKEN_TILE] =
+                std::array::from_fn(|i| &x[(t0 + i.min(tile - 1)) * cols..][..cols]);
+            let mut sums = [0.0f32; TOKEN_TILE];
+            dot_tile(path, w, r, cols, &xs, tile, &mut sums);
+            for (i, s) in sums.iter().take(tile).enumerate() {
+                out[(t0 + i) * n + (r - r0)] = *s;
+            }
+        }
+    }
+}
+
+fn dot_tile(
+    path: KernelPath,
+    w: &FloatWeights,
+    r: usize,
+    cols: usize,
+    xs: &[&[f32]; TOKEN_TILE],
+    tile: usize,
+    sums: &mut [f32; TOKEN_TILE],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar && simd::available(w) {
+        simd::dot_tile(w, r, cols, xs, tile, sums);
+        return;
+    }
+    let _ = path;
+    for i in 0..tile {
+        sums[i] = match w {
+            FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| *v),
+            FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| v.to_f32()),
+        };
+    }
+}
+
+/// The defined summation order (module docs), in scalar code.
+fn dot_scalar<T>(w: &[T], x: &[f32], to_f32: impl Fn(&T) -> f32) -> f32 {
+    let blocks = w.len() / 16;
+    let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+    for blk in 0..blocks {
+        for l in 0..8 {
+            let k = 16 * blk + l;
+            a[l] = to_f32(&w[k]).mul_add(x[k], a[l]);
+            b[l] = to_f32(&w[k + 8]).mul_add(x[k + 8], b[l]);
+        }
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| a[l] + b[l]);
+    let mut sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+    for k in 16 * blocks..w.len() {
+        sum = to_f32(&w[k]).mul_add(x[k], sum);
+    }
+    sum
+}
+
+/// Definition of the product: [`dot_scalar`] for every row and token.
+pub fn float_matmul_reference(
+    w: FloatWeights,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+) -> Result<Vec<f32>, KernelError> {
+    let tokens = x.len() / cols.max(1);
+    let mut y = vec![0.0; tokens * rows];
+    check(&w, rows, cols, x, &y)?;
+    for t in 0..tokens {
+        let xt = &x[t * cols..(t + 1) * cols];
+        for r in 0..rows {
+            y[t * rows + r] = match w {
+                FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| *v),
+                FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| v.to_f32()),
+            };
+        }
+    }
+    Ok(y)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::{FloatWeights, TOKEN_TILE};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA are guaranteed by the non-scalar paths; f16 weights also need F16C.
+    pub fn available(w: &FloatWeights) -> bool {
+        match w {
+            FloatWeights::F32(_) => true,
+            FloatWeights::F16(_) => std::arch::is_x86_feature_detected!("f16c"),
+        }
+    }
+
+    pub fn dot_tile(
+        w: &FloatWeights,
+        r: usize,
+        cols: usize,
+        xs: &[&[f32]; TOKEN_TILE],
+        tile: usize,
+        sums: &mut [f32; TOKEN_TILE],
+    ) {
+        match w {
+            // SAFETY: the caller checked `path != Scalar`, so AVX2 and FMA are present (the
+            // dispatcher only offers supported paths); row `r` has `cols` values (checked shape).
+            FloatWeights::F32(w) => unsafe { tile_f32(&w[r * cols..][..cols], xs, tile, sums) },
+            // SAFETY: as above, and `available` checked F16C.
+            FloatWeights::F16(w) => unsafe { tile_f16(&w[r * cols..][..cols], xs, tile, sums) },
+        }
+    }
+
+    /// `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`, the order the scalar reference uses.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reduce(s: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)); // s_i + s_{i+4}
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad)); // (q0+q2, q1+q3)
+        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)); // (q0+q2)+(q1+q3)
+        _mm_cvtss_f32(one)
+    }
+
+    macro_rules! tile_kernel {
+        ($name:ident, $t:ty, $features:literal, $load:expr) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $name(
+                w: &[$t],
+                xs: &[&[f32]; TOKEN_TILE],
+                tile: usize,
+                sums: &mut [f32; TOKEN_TILE],
+            ) {
+                let cols = w.len();
+                let blocks = cols / 16;
+                let mut a = [_mm256_setzero_ps(); TOKEN_TILE];
+                let mut b = [_mm256_setzero_ps(); TOKEN_TILE];
+                let wp = w.as_ptr();
+                for blk in 0..blocks {
+                    // SAFETY: 16·blk + 16 <= cols, within `w` and every `xs[i]` (len cols).
+                    let (w0, w1) =
+                        unsafe { ($load(wp.add(16 * blk)), $load(wp.add(16 * blk + 8))) };
+                    for i in 0..TOKEN_TILE {
+                        let xp = xs[i].as_ptr();
+                        // SAFETY: as above.
+                        unsafe {
+                            a[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(16 * blk)), a[i]);
+                            b[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(16 * blk + 8)), b[i]);
+                        }
+                    }
+                }
+                for i in 0..tile {
+                    // SAFETY: AVX2 is enabled for this function.
+                    let mut sum = unsafe { reduce(_mm256_add_ps(a[i], b[i])) };
+                    for k in 16 * blocks..cols {
+                        sum = f32::from(w[k]).mul_add(xs[i][k], sum);
+                    }
+                    sums[i] = sum;
+                }
+            }
+        };
+    }
+
+    // SAFETY (for the loads): callers pass pointers with 8 readable values.
+    tile_kernel!(tile_f32, f32, "avx2,fma", |p: *const f32| _mm256_loadu_ps(
+        p
+    ));
+    tile_kernel!(tile_f16, f16, "avx2,fma,f16c", |p: *const f16| {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, spread over [-1, 1).
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn known_answer() {
+        // W = [[1, 2, 3], [-1, 0, 0.5]], x = [[1, 1, 2]]: y = [9, 0].
+        let w = [1.0, 2.0, 3.0, -1.0, 0.0, 0.5];
+        let mut y = vec![0.0; 2];
+        for path in KernelPath::supported() {
+            float_matmul_with(path, FloatWeights::F32(&w), 2, 3, &[1.0, 1.0, 2.0], &mut y).unwrap();
+            assert_eq!(y, vec![9.0, 0.0], "{path}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_typed() {
+        let w = [0.0f32; 6];
+        let mut y = vec![0.0; 2];
+        let e = float_matmul(FloatWeights::F32(&w), 2, 4, &[0.0; 4], &mut y).unwrap_err();
+        assert!(matches!(e, KernelError::LengthMismatch { .. }), "{e}");
+        let e = float_matmul(FloatWeights::F32(&w), 2, 3, &[0.0; 4], &mut y).unwrap_err();
+        assert!(matches!(e, KernelError::LengthMismatch { .. }), "{e}");
+        let e = float_matmul(FloatWeights::F32(&w), 2, 3, &[0.0; 6], &mut y).unwrap_err();
+        assert!(e.to_string().contains("output"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn every_path_equals_reference_bit_for_bit(
+            rows in 1usize..40, cols in 1usize..150, tokens in 1usize..7, seed in 0u32..1000,
+        ) {
+            let w32 = values(rows * cols, seed);
+            let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            let x = values(tokens * cols, seed + 1);
+            for w in [FloatWeights::F32(&w32), FloatWeights::F16(&w16)] {
+                let want = float_matmul_reference(w, rows, cols, &x).unwrap();
+                for path in KernelPath::supported() {
+                    let mut y = vec![0.0; tokens * rows];
+                    float_matmul_with(path, w, rows, cols, &x, &mut y).unwrap();
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    prop_assert!(same, "{path}: {y:?} vs {want:?}");
+                }
+                // And the definition is a dot product (to rounding).
+                for t in 0..tokens {
+                    for r in 0..rows {
+                        let mut row = vec![0.0; cols];
+                        w.row_into(r, cols, &mut row);
+                        let exact: f64 = row.iter().zip(&x[t * cols..]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (cols as f64).sqrt());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The BitNet v2 model as data, free of any ML framework: its validated configuration
+//! ([`config`]: `config.json`, variants, presets), its checkpoint tensor names ([`tensors`]) and the
+//! seeded generator both sides draw from ([`rng`]).
+//! The training layer (candle) and the inference engine (kernel layer only) both build on it, so
+//! the two read the same model the same way.
+
+pub mod config;
+pub mod error;
+pub mod rng;
+pub mod tensors;
+
+pub use config::{HiddenAct, InputQuant, ModelConfig, Proj, Variant};
+pub use error::ConfigError;
+pub use tensors::parameter_shapes;
