@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::kv::{fake_quantize_head, KvBits, KvCache};
-use crate::weights::{LayerWeights, Weights};
+use crate::weights::{matmul_many, LayerWeights, Weights};
 
 /// Which positions' logits a forward call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,18 +170,20 @@ impl Engine {
         let mut q = vec![0.0f32; n * h]; // [N, nh·hd]
         let mut k = vec![0.0f32; n * kv_dim]; // [N, nkv·hd]
         let mut v = vec![0.0f32; n * kv_dim];
-        w.q_proj.weight.matmul(&xq, &mut q)?;
-        w.k_proj.weight.matmul(&xq, &mut k)?;
-        w.v_proj.weight.matmul(&xq, &mut v)?;
-        for (i, &(_, pos)) in rows.iter().enumerate() {
-            self.rope(&mut q[i * h..(i + 1) * h], pos);
-            self.rope(&mut k[i * kv_dim..(i + 1) * kv_dim], pos);
+        matmul_many(
+            &[&w.q_proj.weight, &w.k_proj.weight, &w.v_proj.weight],
+            &xq,
+            &mut [&mut q, &mut k, &mut v],
+        )?;
+        let hd = c.head_dim;
+        for_rows(&mut q, h, |i, row| {
+            self.rope(row, rows[i].1);
             if let Some(bits) = self.q_bits {
-                for head in q[i * h..(i + 1) * h].chunks_exact_mut(c.head_dim) {
-                    fake_quantize_head(head, bits);
-                }
+                row.chunks_exact_mut(hd)
+                    .for_each(|head| fake_quantize_head(head, bits));
             }
-        }
+        });
+        for_rows(&mut k, kv_dim, |i, row| self.rope(row, rows[i].1));
         let mut start = 0;
         for (s, cache) in caches.iter_mut().enumerate() {
             let count = rows[start..].iter().take_while(|r| r.0 == s).count();
@@ -207,16 +209,21 @@ impl Engine {
         let xq = w.gate_proj.prepare_input(&mut normed, n)?;
         let mut gate = vec![0.0f32; n * i_size]; // [N, I]
         let mut up = vec![0.0f32; n * i_size];
-        w.gate_proj.weight.matmul(&xq, &mut gate)?;
-        w.up_proj.weight.matmul(&xq, &mut up)?;
+        matmul_many(
+            &[&w.gate_proj.weight, &w.up_proj.weight],
+            &xq,
+            &mut [&mut gate, &mut up],
+        )?;
         let act = c.hidden_act;
-        for (g, u) in gate.iter_mut().zip(&up) {
-            let a = match act {
-                HiddenAct::Silu => *g / (1.0 + (-*g).exp()),
-                HiddenAct::Relu2 => g.max(0.0) * g.max(0.0),
-            };
-            *g = a * u;
-        }
+        for_rows(&mut gate, i_size, |i, row| {
+            for (g, u) in row.iter_mut().zip(&up[i * i_size..(i + 1) * i_size]) {
+                let a = match act {
+                    HiddenAct::Silu => *g / (1.0 + (-*g).exp()),
+                    HiddenAct::Relu2 => g.max(0.0) * g.max(0.0),
+                };
+                *g = a * u;
+            }
+        });
         rms_norm_rows(&mut gate, &w.ffn_sub_norm, eps); // the LN of eq. (7)
         let gq = w.down_proj.prepare_input(&mut gate, n)?;
         let mut down = vec![0.0f32; n * h];
@@ -268,45 +275,48 @@ impl Engine {
         let tasks: Vec<(usize, usize)> = (0..caches.len())
             .flat_map(|s| (0..nkv).map(move |g| (s, g)))
             .collect();
-        let results: Vec<Vec<f32>> = tasks
-            .par_iter()
-            .map(|&(s, g)| {
-                let my_rows = &seq_rows[s];
-                let upto = rows[*my_rows.last().expect("every sequence has rows")].1 + 1;
-                let mut keys = vec![0.0f32; upto * hd];
-                let mut values = vec![0.0f32; upto * hd];
-                caches[s].read(l, false, g, upto, &mut keys);
-                caches[s].read(l, true, g, upto, &mut values);
-                let mut out = vec![0.0f32; my_rows.len() * rep * hd];
-                let mut scores = vec![0.0f32; upto];
-                for (j, &i) in my_rows.iter().enumerate() {
-                    let pos = rows[i].1;
-                    for r in 0..rep {
-                        let head = g * rep + r;
-                        let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-                        let mut max = f32::NEG_INFINITY;
-                        for (p, sc) in scores[..=pos].iter_mut().enumerate() {
-                            let kp = &keys[p * hd..(p + 1) * hd];
-                            *sc = qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale;
-                            max = max.max(*sc);
-                        }
-                        let mut total = 0.0f32;
-                        for sc in scores[..=pos].iter_mut() {
-                            *sc = (*sc - max).exp();
-                            total += *sc;
-                        }
-                        let o = &mut out[(j * rep + r) * hd..(j * rep + r + 1) * hd];
-                        for (p, &sc) in scores[..=pos].iter().enumerate() {
-                            let weight = sc / total;
-                            for (oi, vi) in o.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
-                                *oi += weight * vi;
-                            }
+        let one_task = |&(s, g): &(usize, usize)| {
+            let my_rows = &seq_rows[s];
+            let upto = rows[*my_rows.last().expect("every sequence has rows")].1 + 1;
+            let mut keys = vec![0.0f32; upto * hd];
+            let mut values = vec![0.0f32; upto * hd];
+            caches[s].read(l, false, g, upto, &mut keys);
+            caches[s].read(l, true, g, upto, &mut values);
+            let mut out = vec![0.0f32; my_rows.len() * rep * hd];
+            let mut scores = vec![0.0f32; upto];
+            for (j, &i) in my_rows.iter().enumerate() {
+                let pos = rows[i].1;
+                for r in 0..rep {
+                    let head = g * rep + r;
+                    let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (p, sc) in scores[..=pos].iter_mut().enumerate() {
+                        *sc = dot(qh, &keys[p * hd..(p + 1) * hd]) * scale;
+                        max = max.max(*sc);
+                    }
+                    let mut total = 0.0f32;
+                    for sc in scores[..=pos].iter_mut() {
+                        *sc = (*sc - max).exp();
+                        total += *sc;
+                    }
+                    let o = &mut out[(j * rep + r) * hd..(j * rep + r + 1) * hd];
+                    for (p, &sc) in scores[..=pos].iter().enumerate() {
+                        let weight = sc / total;
+                        for (oi, vi) in o.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+                            *oi += weight * vi;
                         }
                     }
                 }
-                out
-            })
-            .collect();
+            }
+            out
+        };
+        // Decode steps over short contexts are too small to be worth waking other threads.
+        let work: usize = rows.iter().map(|&(_, pos)| (pos + 1) * h).sum();
+        let results: Vec<Vec<f32>> = if work < PARALLEL_ATTENTION_WORK {
+            tasks.iter().map(one_task).collect()
+        } else {
+            tasks.par_iter().map(one_task).collect()
+        };
         let mut attn = vec![0.0f32; rows.len() * h];
         for (&(s, g), out) in tasks.iter().zip(&results) {
             for (j, &i) in seq_rows[s].iter().enumerate() {
@@ -318,14 +328,52 @@ impl Engine {
     }
 }
 
+/// `Σ a·b` in eight interleaved partial sums, so the compiler vectorizes it (a single running
+/// sum would pin the order and keep it scalar).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Below this many query·key products, attention stays on the calling thread.
+const PARALLEL_ATTENTION_WORK: usize = 1 << 18;
+
+/// Below this many values, row-wise work stays on the calling thread.
+const PARALLEL_ROW_VALUES: usize = 1 << 14;
+
+/// `f(i, row_i)` for every row of `x` (`cols` wide), split across threads when `x` is large.
+pub(crate) fn for_rows(x: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if x.len() >= PARALLEL_ROW_VALUES && x.len() > cols {
+        x.par_chunks_exact_mut(cols)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        x.chunks_exact_mut(cols)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    }
+}
+
 /// RMSNorm of each row of `x` with gain `g`: `x / sqrt(mean(x²) + eps) · g`.
 fn rms_norm_rows(x: &mut [f32], g: &[f32], eps: f64) {
     let n = g.len();
-    for row in x.chunks_exact_mut(n) {
+    for_rows(x, n, |_, row| {
         let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
         let inv = 1.0 / (mean + eps as f32).sqrt();
         for (v, gi) in row.iter_mut().zip(g) {
             *v = *v * inv * gi;
         }
-    }
+    });
 }

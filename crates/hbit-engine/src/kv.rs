@@ -7,7 +7,7 @@
 //! No calibration data. The first position (the BOS token, the attention sink whose keys carry
 //! the outliers) is always kept at 8 bits when the cache is narrower.
 
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 use hbit_model::ModelConfig;
 
 use crate::error::{EngineError, Result};
@@ -101,9 +101,34 @@ pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
 /// Inverse of [`quantize_head`] into `out` (`len` values).
 pub fn dequantize_head(codes: &[u8], bits: u32, scale: f32, out: &mut [f32]) {
     let offset = 1i32 << (bits - 1);
-    for (i, o) in out.iter_mut().enumerate() {
-        let u = get_bits(codes, i * bits as usize, bits) as i32;
-        *o = (u - offset) as f32 * scale;
+    let value = |u: u32| (u as i32 - offset) as f32 * scale;
+    match bits {
+        8 => out
+            .iter_mut()
+            .zip(codes)
+            .for_each(|(o, &c)| *o = value(c as u32)),
+        4 => {
+            for (pair, &c) in out.chunks_mut(2).zip(codes) {
+                pair[0] = value((c & 15) as u32);
+                if let Some(hi) = pair.get_mut(1) {
+                    *hi = value((c >> 4) as u32);
+                }
+            }
+        }
+        3 => {
+            // Eight 3-bit codes in every three bytes, LSB first.
+            for (group, bytes) in out.chunks_mut(8).zip(codes.chunks(3)) {
+                let word = bytes.iter().rev().fold(0u32, |w, &b| w << 8 | b as u32);
+                for (j, o) in group.iter_mut().enumerate() {
+                    *o = value((word >> (3 * j)) & 7);
+                }
+            }
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = value(get_bits(codes, i * bits as usize, bits));
+            }
+        }
     }
 }
 
@@ -132,7 +157,11 @@ fn get_bits(data: &[u8], bit: usize, width: u32) -> u32 {
 #[derive(Debug, Clone)]
 struct Plane {
     bits: KvBits,
-    /// `[positions (after the first, if separate), nkv, head_bytes]`
+    /// F32 storage `[positions, nkv, hd]`.
+    full: Vec<f32>,
+    /// F16 storage `[positions, nkv, hd]`.
+    half: Vec<f16>,
+    /// Integer storage `[positions (after the first, if separate), nkv, head_bytes]`.
     data: Vec<u8>,
     /// `[positions (as data), nkv]` for integer storage.
     scales: Vec<f32>,
@@ -157,6 +186,8 @@ impl KvCache {
     pub fn new(config: &ModelConfig, bits: KvBits) -> KvCache {
         let plane = Plane {
             bits,
+            full: Vec::new(),
+            half: Vec::new(),
             data: Vec::new(),
             scales: Vec::new(),
             first: Vec::new(),
@@ -191,7 +222,14 @@ impl KvCache {
         self.layers
             .iter()
             .flat_map(|(k, v)| [k, v])
-            .map(|p| p.data.len() + 4 * p.scales.len() + p.first.len() + 4 * p.first_scales.len())
+            .map(|p| {
+                4 * p.full.len()
+                    + 2 * p.half.len()
+                    + p.data.len()
+                    + 4 * p.scales.len()
+                    + p.first.len()
+                    + 4 * p.first_scales.len()
+            })
             .sum()
     }
 
@@ -218,17 +256,16 @@ impl KvCache {
                         plane.first_scales.push(s);
                         continue;
                     }
-                    let at = plane.data.len();
-                    plane.data.resize(at + bits.head_bytes(hd), 0);
-                    let out = &mut plane.data[at..];
                     match bits {
-                        KvBits::F32 => out.copy_from_slice(bytemuck::cast_slice(head)),
-                        KvBits::F16 => {
-                            for (o, v) in out.chunks_exact_mut(2).zip(head) {
-                                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
-                            }
+                        KvBits::F32 => plane.full.extend_from_slice(head),
+                        KvBits::F16 => plane.half.extend(head.iter().map(|&v| f16::from_f32(v))),
+                        b => {
+                            let at = plane.data.len();
+                            plane.data.resize(at + b.head_bytes(hd), 0);
+                            plane
+                                .scales
+                                .push(quantize_head(head, b.bits(), &mut plane.data[at..]));
                         }
-                        b => plane.scales.push(quantize_head(head, b.bits(), out)),
                     }
                 }
             }
@@ -263,19 +300,13 @@ impl KvCache {
                 continue;
             }
             let slot = (if separate { pos - 1 } else { pos }) * nkv + head;
-            let codes = &plane.data[slot * head_bytes..(slot + 1) * head_bytes];
             match plane.bits {
-                KvBits::F32 => {
-                    for (x, b) in o.iter_mut().zip(codes.chunks_exact(4)) {
-                        *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    }
+                KvBits::F32 => o.copy_from_slice(&plane.full[slot * hd..(slot + 1) * hd]),
+                KvBits::F16 => plane.half[slot * hd..(slot + 1) * hd].convert_to_f32_slice(o),
+                b => {
+                    let codes = &plane.data[slot * head_bytes..(slot + 1) * head_bytes];
+                    dequantize_head(codes, b.bits(), plane.scales[slot], o)
                 }
-                KvBits::F16 => {
-                    for (x, b) in o.iter_mut().zip(codes.chunks_exact(2)) {
-                        *x = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    }
-                }
-                b => dequantize_head(codes, b.bits(), plane.scales[slot], o),
             }
         }
     }
@@ -331,6 +362,28 @@ mod tests {
             );
             assert!(err < last);
             last = err;
+        }
+    }
+
+    #[test]
+    fn fast_unpacking_equals_the_bitstream_definition() {
+        for bits in [3u32, 4, 8] {
+            for len in [1usize, 7, 8, 9, 64, 67] {
+                let x: Vec<f32> = (0..len)
+                    .map(|i| ((i * 29 % 17) as f32 - 8.0) / 3.0)
+                    .collect();
+                let mut codes = vec![0u8; (len * bits as usize).div_ceil(8)];
+                let scale = quantize_head(&x, bits, &mut codes);
+                let mut fast = vec![0.0; len];
+                dequantize_head(&codes, bits, scale, &mut fast);
+                let offset = 1i32 << (bits - 1);
+                let slow: Vec<f32> = (0..len)
+                    .map(|i| {
+                        (get_bits(&codes, i * bits as usize, bits) as i32 - offset) as f32 * scale
+                    })
+                    .collect();
+                assert_eq!(fast, slow, "{bits} bits, {len} values");
+            }
         }
     }
 

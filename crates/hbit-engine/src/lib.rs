@@ -8,10 +8,14 @@ pub mod checkpoint;
 pub mod error;
 pub mod format;
 pub mod forward;
+pub mod generate;
 pub mod kv;
+pub mod sample;
 pub mod weights;
 
 pub use error::EngineError;
 pub use forward::{Engine, Logits};
+pub use generate::{generate, Finish, GenerateOptions, GenerateStats, Generation};
 pub use kv::{KvBits, KvCache};
+pub use sample::{Sampler, SamplingParams};
 pub use weights::Weights;

@@ -77,6 +77,38 @@ impl TernaryMatrix {
     }
 }
 
+/// Products of several matrices with one quantized input (q/k/v, gate/up) in one parallel
+/// pass; the matrices share their input's width, hence their layout.
+pub fn matmul_many(
+    ws: &[&TernaryMatrix],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+) -> Result<()> {
+    let rows: Option<Vec<&RowPacked>> = ws
+        .iter()
+        .map(|w| match w {
+            TernaryMatrix::Row(r) => Some(r),
+            TernaryMatrix::Lut(_) => None,
+        })
+        .collect();
+    if let Some(rows) = rows {
+        return Ok(matmul::matmul_int8_many(&rows, x, ys)?);
+    }
+    let luts: Option<Vec<&LutPacked>> = ws
+        .iter()
+        .map(|w| match w {
+            TernaryMatrix::Lut(l) => Some(l),
+            TernaryMatrix::Row(_) => None,
+        })
+        .collect();
+    match luts {
+        Some(luts) => Ok(matmul::matmul_int4_many(&luts, x, ys)?),
+        None => Err(EngineError::Input(
+            "matmul_many: matrices of one input must share one layout".into(),
+        )),
+    }
+}
+
 /// One BitLinear / H-BitLinear: the packed weight and how its input is prepared.
 #[derive(Debug, Clone)]
 pub struct Projection {
@@ -99,16 +131,23 @@ impl Projection {
     /// `[tokens, in]`, which is transformed in place.
     pub fn prepare_input(&self, x: &mut [f32], tokens: usize) -> Result<QuantizedActivations> {
         let cols = self.weight.cols();
-        if let Some(h) = &self.hadamard {
-            for row in x.chunks_exact_mut(cols) {
-                h.apply(row)?;
-            }
+        if x.len() != tokens * cols {
+            return Err(EngineError::Input(format!(
+                "projection input: expected {tokens} × {cols} values, found {}",
+                x.len()
+            )));
         }
-        if let Some(keep) = self.quant.topk_keep {
-            let k = topk_count(cols, keep);
-            for row in x.chunks_exact_mut(cols) {
-                sparsify_topk_token(row, k);
-            }
+        let k = self.quant.topk_keep.map(|keep| topk_count(cols, keep));
+        if self.hadamard.is_some() || k.is_some() {
+            crate::forward::for_rows(x, cols, |_, row| {
+                if let Some(h) = &self.hadamard {
+                    // Length checked above, so the transform cannot fail.
+                    let _ = h.apply(row);
+                }
+                if let Some(k) = k {
+                    sparsify_topk_token(row, k);
+                }
+            });
         }
         Ok(quantize_activations(x, tokens, cols, self.quant.bits)?)
     }
@@ -260,7 +299,7 @@ impl Weights {
                     true => Some(match hadamards.get(&cols) {
                         Some(h) => h.clone(),
                         None => {
-                            let t = Arc::new(Hadamard::new(cols)?);
+                            let t = Arc::new(config.hadamard(cols)?);
                             hadamards.insert(cols, t.clone());
                             t
                         }
@@ -319,6 +358,7 @@ impl Weights {
         source_name: &std::path::Path,
     ) -> Result<Weights> {
         let mut source = LatentSource {
+            config,
             tensors,
             half_embeddings,
             path: source_name,
@@ -341,6 +381,7 @@ impl Weights {
 }
 
 struct LatentSource<'a> {
+    config: &'a ModelConfig,
     tensors: &'a HashMap<String, Vec<f32>>,
     half_embeddings: bool,
     path: &'a std::path::Path,
@@ -385,7 +426,7 @@ impl TensorSource for LatentSource<'_> {
         let latent = self.get(name, rows * cols)?;
         let q = if quant.rotate_weight {
             // Weight-and-activation rotation ablation: Qw(W·H), H applied to each row (H symmetric).
-            let h = Hadamard::new(cols)?;
+            let h = self.config.hadamard(cols)?;
             let mut rotated = latent.to_vec();
             for row in rotated.chunks_exact_mut(cols) {
                 h.apply(row)?;
@@ -404,5 +445,54 @@ impl TensorSource for LatentSource<'_> {
             false => FloatData::F32(values.to_vec()),
         };
         Ok(FloatMatrix { rows, cols, data })
+    }
+}
+
+/// Random weights for benchmarks (`hbit init --dummy`): ternary codes uniform over {-1, 0, 1}
+/// with alpha = 1/sqrt(in) (unit-scale outputs), unit norm gains, N(0, 0.02²) embeddings.
+struct RandomSource {
+    rng: hbit_model::rng::SplitMix64,
+    half_embeddings: bool,
+}
+
+impl TensorSource for RandomSource {
+    fn norm(&mut self, _name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![1.0; len])
+    }
+
+    fn ternary(
+        &mut self,
+        _name: &str,
+        rows: usize,
+        cols: usize,
+        quant: InputQuant,
+    ) -> Result<TernaryMatrix> {
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| self.rng.below(3) as i8 - 1)
+            .collect();
+        let alpha = 1.0 / (cols as f32).sqrt();
+        let w = hbit_kernels::TernaryWeights::from_codes(rows, cols, alpha, codes)?;
+        Ok(TernaryMatrix::pack(&w, quant.bits))
+    }
+
+    fn float_matrix(&mut self, _name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
+        let values = (0..rows * cols).map(|_| (self.rng.normal() * 0.02) as f32);
+        let data = match self.half_embeddings {
+            true => FloatData::F16(values.map(f16::from_f32).collect()),
+            false => FloatData::F32(values.collect()),
+        };
+        Ok(FloatMatrix { rows, cols, data })
+    }
+}
+
+impl Weights {
+    /// A model of `config`'s shape with random ternary weights (see `RandomSource`), for
+    /// measuring speed without training.
+    pub fn random(config: &ModelConfig, seed: u64, half_embeddings: bool) -> Result<Weights> {
+        let mut source = RandomSource {
+            rng: hbit_model::rng::SplitMix64::new(seed),
+            half_embeddings,
+        };
+        Weights::assemble(config, &mut source)
     }
 }

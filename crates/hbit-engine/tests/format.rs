@@ -115,6 +115,7 @@ fn damaged_files_give_clear_errors_and_writes_are_atomic() {
         .filter(|e| e.file_name().to_string_lossy().contains("partial"))
         .collect();
     assert!(leftovers.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn tempdir() -> std::path::PathBuf {

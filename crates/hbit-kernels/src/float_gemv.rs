@@ -9,7 +9,6 @@
 //! with fused multiply-adds.
 
 use half::f16;
-use rayon::prelude::*;
 
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
@@ -119,14 +118,12 @@ pub fn float_matmul_with(
         .step_by(ROWS_PER_TASK)
         .map(|r0| (r0, (r0 + ROWS_PER_TASK).min(rows)))
         .collect();
-    let parts: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(r0, r1)| {
-            let mut out = vec![0.0f32; tokens * (r1 - r0)];
-            rows_block(path, &w, cols, x, tokens, r0, r1, &mut out);
-            out
-        })
-        .collect();
+    let parts: Vec<Vec<f32>> = crate::parallel::map_parts(tasks.len(), |i| {
+        let (r0, r1) = tasks[i];
+        let mut out = vec![0.0f32; tokens * (r1 - r0)];
+        rows_block(path, &w, cols, x, tokens, r0, r1, &mut out);
+        out
+    });
     for (&(r0, r1), part) in tasks.iter().zip(&parts) {
         let n = r1 - r0;
         for t in 0..tokens {
@@ -249,12 +246,23 @@ mod simd {
         tile: usize,
         sums: &mut [f32; TOKEN_TILE],
     ) {
+        // One instantiation per tile size, so a lone token costs one dot product, not four.
+        macro_rules! by_tile {
+            ($f:ident, $w:expr) => {
+                match tile {
+                    1 => $f::<1>($w, xs, sums),
+                    2 => $f::<2>($w, xs, sums),
+                    3 => $f::<3>($w, xs, sums),
+                    _ => $f::<4>($w, xs, sums),
+                }
+            };
+        }
         match w {
             // SAFETY: the caller checked `path != Scalar`, so AVX2 and FMA are present (the
             // dispatcher only offers supported paths); row `r` has `cols` values (checked shape).
-            FloatWeights::F32(w) => unsafe { tile_f32(&w[r * cols..][..cols], xs, tile, sums) },
+            FloatWeights::F32(w) => unsafe { by_tile!(tile_f32, &w[r * cols..][..cols]) },
             // SAFETY: as above, and `available` checked F16C.
-            FloatWeights::F16(w) => unsafe { tile_f16(&w[r * cols..][..cols], xs, tile, sums) },
+            FloatWeights::F16(w) => unsafe { by_tile!(tile_f16, &w[r * cols..][..cols]) },
         }
     }
 
@@ -269,23 +277,23 @@ mod simd {
 
     macro_rules! tile_kernel {
         ($name:ident, $t:ty, $features:literal, $load:expr) => {
+            /// `sums[i] = Σ_k w[k]·xs[i][k]` for the first `N` tokens, in the defined order.
             #[target_feature(enable = $features)]
-            unsafe fn $name(
+            unsafe fn $name<const N: usize>(
                 w: &[$t],
                 xs: &[&[f32]; TOKEN_TILE],
-                tile: usize,
                 sums: &mut [f32; TOKEN_TILE],
             ) {
                 let cols = w.len();
                 let blocks = cols / 16;
-                let mut a = [_mm256_setzero_ps(); TOKEN_TILE];
-                let mut b = [_mm256_setzero_ps(); TOKEN_TILE];
+                let mut a = [_mm256_setzero_ps(); N];
+                let mut b = [_mm256_setzero_ps(); N];
                 let wp = w.as_ptr();
                 for blk in 0..blocks {
                     // SAFETY: 16·blk + 16 <= cols, within `w` and every `xs[i]` (len cols).
                     let (w0, w1) =
                         unsafe { ($load(wp.add(16 * blk)), $load(wp.add(16 * blk + 8))) };
-                    for i in 0..TOKEN_TILE {
+                    for i in 0..N {
                         let xp = xs[i].as_ptr();
                         // SAFETY: as above.
                         unsafe {
@@ -294,7 +302,7 @@ mod simd {
                         }
                     }
                 }
-                for i in 0..tile {
+                for i in 0..N {
                     // SAFETY: AVX2 is enabled for this function.
                     let mut sum = unsafe { reduce(_mm256_add_ps(a[i], b[i])) };
                     for k in 16 * blocks..cols {

@@ -39,6 +39,7 @@ pub mod mapped;
 pub mod matmul;
 pub mod pack;
 pub mod paley;
+pub mod parallel;
 pub mod quant;
 
 pub use cpu::{active_path, KernelPath};

@@ -6,6 +6,7 @@
 
 use crate::error::KernelError;
 use crate::pack::K_ALIGN;
+use rayon::prelude::*;
 
 /// The epsilon of eqs. (1), (5), (6).
 pub const QUANT_EPS: f32 = 1e-5;
@@ -14,9 +15,23 @@ pub const QUANT_EPS: f32 = 1e-5;
 pub const SQRT_7: f32 = 2.645_751_3;
 
 /// RoundClip(x, a, b) = min(max(round(x), a), b) of eq. (2), with round half away from zero.
+/// `lo` and `hi` are integers of magnitude below 2^23.
 #[inline]
 pub fn round_clip(x: f32, lo: f32, hi: f32) -> f32 {
-    x.round().max(lo).min(hi)
+    // Same value as `x.round().max(lo).min(hi)`, without the `roundf` call (x86-64 has no
+    // rounding instruction before SSE4.1): clamping first to one beyond the range changes no
+    // result, the truncating conversion is then exact, and `x - trunc(x)` is exact in f32.
+    let x = x.max(lo - 1.0).min(hi + 1.0);
+    let t = x as i32 as f32;
+    let frac = x - t;
+    let r = if frac >= 0.5 {
+        t + 1.0
+    } else if frac <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    };
+    r.max(lo).min(hi)
 }
 
 /// A ternary weight matrix: codes in {-1, 0, 1} and the per-tensor absmean scale.
@@ -319,6 +334,9 @@ pub fn sparsify_topk_token(x: &mut [f32], k: usize) {
     }
 }
 
+/// Below this many values, quantizing on one thread beats splitting the work.
+const PARALLEL_QUANT_VALUES: usize = 1 << 15;
+
 /// Quantizes `x` (`[tokens, cols]`) per token with the given bit width (eq. 5 or 6).
 pub fn quantize_activations(
     x: &[f32],
@@ -330,16 +348,26 @@ pub fn quantize_activations(
     check_finite("activations", x)?;
     let mut q = QuantizedActivations::zeroed(bits, tokens, cols);
     let stride = q.stride;
-    for (t, (row, out)) in x
-        .chunks_exact(cols)
-        .zip(q.codes.chunks_exact_mut(stride))
-        .enumerate()
-    {
+    let quantize = |(row, (out, scale)): (&[f32], (&mut [i8], &mut f32))| {
         let out = &mut out[..cols];
-        q.scales[t] = match bits {
+        *scale = match bits {
             ActBits::Int8 => quantize_int8_token(row, out),
             ActBits::Int4 => quantize_int4_token(row, out),
         };
+    };
+    // Tokens are independent: many of them (a prefill) are split across threads.
+    if tokens * cols >= PARALLEL_QUANT_VALUES {
+        x.par_chunks_exact(cols)
+            .zip(
+                q.codes
+                    .par_chunks_exact_mut(stride)
+                    .zip(q.scales.par_iter_mut()),
+            )
+            .for_each(quantize);
+    } else {
+        x.chunks_exact(cols)
+            .zip(q.codes.chunks_exact_mut(stride).zip(q.scales.iter_mut()))
+            .for_each(quantize);
     }
     Ok(q)
 }
@@ -372,6 +400,21 @@ mod tests {
         assert!((q.alpha - 1.0 / 3.0).abs() < 1e-7);
         assert_eq!(q.codes, vec![0, -1, 1, 1, 0, -1]);
         assert_eq!(q.dequantize()[1], -q.alpha);
+    }
+
+    proptest! {
+        #[test]
+        fn round_clip_equals_round_then_clamp(
+            x in prop_oneof![any::<f32>().prop_filter("finite", |v| v.is_finite()),
+                             (-300i32..300).prop_map(|i| i as f32 / 2.0),
+                             (-300i32..300).prop_map(|i| i as f32 + 0.49999997)],
+        ) {
+            for (lo, hi) in [(-128.0, 127.0), (-8.0, 7.0), (-1.0, 1.0)] {
+                let want = x.round().max(lo).min(hi);
+                // Equal as numbers (a zero's sign may differ; codes are integers).
+                prop_assert!(round_clip(x, lo, hi) == want, "x = {}", x);
+            }
+        }
     }
 
     #[test]

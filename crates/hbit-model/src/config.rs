@@ -52,6 +52,11 @@ pub struct QuantizationFile {
     /// top-K sparsifier before INT8 (a4.8 / Q-Sparse keep half).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topk_keep: Option<f64>,
+    /// Rotated inputs use a block-diagonal Hadamard with this power-of-two block instead of the
+    /// exact transform of the whole vector: for sizes with no exact transform (e.g. 6912 =
+    /// 27·256 of BitNet b1.58 2B4T). Still orthonormal; mixes only within blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hadamard_block: Option<usize>,
 }
 
 /// The model variants of DESIGN.md §2, one code path.
@@ -226,6 +231,8 @@ pub struct ModelConfig {
     pub variant: Variant,
     pub activation_bits: ActBits,
     pub topk_keep: f32,
+    /// Block of a block-diagonal Hadamard (see [`QuantizationFile::hadamard_block`]).
+    pub hadamard_block: Option<usize>,
 }
 
 /// a4.8 keeps the top half of each token's intermediate values (Q-Sparse's K = 50%).
@@ -366,17 +373,34 @@ impl ModelConfig {
             variant,
             activation_bits,
             topk_keep,
+            hadamard_block: q.hadamard_block,
         };
         if variant.rotates_activations() {
-            // Fail at load time, not mid-forward, when a rotated input has no exact transform.
+            // Fail at load time, not mid-forward, when a rotated input has no transform.
             for (field, n) in [
                 ("hidden_size", config.hidden_size),
                 ("intermediate_size", config.intermediate_size),
             ] {
-                Hadamard::new(n).map_err(|e| field_err(field, e.to_string()))?;
+                config
+                    .hadamard(n)
+                    .map_err(|e| field_err(field, e.to_string()))?;
             }
+        } else if q.hadamard_block.is_some() {
+            return Err(field_err(
+                "quantization.hadamard_block",
+                format!("variant {} rotates no activations", variant.name()),
+            ));
         }
         Ok(config)
+    }
+
+    /// The Hadamard transform of a rotated input of length `n`: exact (2^m, 12/20/28·2^m), or
+    /// block-diagonal when the config names a block.
+    pub fn hadamard(&self, n: usize) -> Result<Hadamard, hbit_kernels::KernelError> {
+        match self.hadamard_block {
+            Some(block) => Hadamard::block_diagonal(n, block),
+            None => Hadamard::new(n),
+        }
     }
 
     /// The `config.json` mirror of this config.
@@ -401,6 +425,7 @@ impl ModelConfig {
                 activation_bits: self.activation_bits.bits(),
                 hadamard: self.variant.hadamard_projections(),
                 topk_keep: (self.variant == Variant::BitnetA48).then_some(self.topk_keep as f64),
+                hadamard_block: self.hadamard_block,
             },
         }
     }
@@ -435,6 +460,9 @@ impl ModelConfig {
             activation_bits: activation_bits.bits(),
             hadamard: variant.hadamard_projections(),
             topk_keep: (variant == Variant::BitnetA48).then_some(self.topk_keep as f64),
+            hadamard_block: self
+                .hadamard_block
+                .filter(|_| variant.rotates_activations()),
         };
         ModelConfig::from_file(&file)
     }
@@ -554,6 +582,7 @@ pub fn preset(
             activation_bits: activation_bits.bits(),
             hadamard: variant.hadamard_projections(),
             topk_keep: (variant == Variant::BitnetA48).then_some(DEFAULT_TOPK_KEEP as f64),
+            hadamard_block: None,
         },
     };
     ModelConfig::from_file(&file)
@@ -667,5 +696,32 @@ mod tests {
             .to_file();
         b158_a4.quantization.activation_bits = 4;
         assert!(ModelConfig::from_file(&b158_a4).is_err());
+    }
+
+    #[test]
+    fn block_diagonal_hadamard_serves_sizes_without_an_exact_transform() {
+        // BitNet b1.58 2B4T's GLU size 6912 = 27·256 has no exact Hadamard.
+        let mut file = preset("tiny", Variant::BitnetV2, ActBits::Int4)
+            .unwrap()
+            .to_file();
+        file.intermediate_size = 6912;
+        match ModelConfig::from_file(&file) {
+            Err(ConfigError::Field { field, .. }) => assert_eq!(field, "intermediate_size"),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+        file.quantization.hadamard_block = Some(256);
+        let config = ModelConfig::from_file(&file).unwrap();
+        let h = config.hadamard(6912).unwrap();
+        assert_eq!(h.len(), 6912);
+        // Round trip through config.json keeps the block.
+        assert_eq!(ModelConfig::from_file(&config.to_file()).unwrap(), config);
+        // A block that does not divide the size, or a variant without rotation, is refused.
+        file.quantization.hadamard_block = Some(512);
+        assert!(ModelConfig::from_file(&file).is_err());
+        let mut plain = preset("tiny", Variant::BitnetB158, ActBits::Int8)
+            .unwrap()
+            .to_file();
+        plain.quantization.hadamard_block = Some(256);
+        assert!(ModelConfig::from_file(&plain).is_err());
     }
 }

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use hbit_kernels::Hadamard;
 
 use crate::config::{HiddenAct, InputQuant, ModelConfig, Proj};
 use crate::error::TrainError;
@@ -39,10 +38,15 @@ pub struct BitLinear {
 }
 
 impl BitLinear {
-    fn new(weight: Var, quant: InputQuant, hadamards: &mut HadamardCache) -> Result<BitLinear> {
+    fn new(
+        weight: Var,
+        quant: InputQuant,
+        config: &ModelConfig,
+        hadamards: &mut HadamardCache,
+    ) -> Result<BitLinear> {
         let (_, cols) = weight.dims2()?;
         let hadamard = if quant.hadamard {
-            Some(hadamards.get(cols)?)
+            Some(hadamards.get(config, cols)?)
         } else {
             None
         };
@@ -77,11 +81,11 @@ impl BitLinear {
 struct HadamardCache(HashMap<usize, HadamardOp>);
 
 impl HadamardCache {
-    fn get(&mut self, n: usize) -> Result<HadamardOp> {
+    fn get(&mut self, config: &ModelConfig, n: usize) -> Result<HadamardOp> {
         if let Some(op) = self.0.get(&n) {
             return Ok(op.clone());
         }
-        let op = HadamardOp::new(Arc::new(Hadamard::new(n)?));
+        let op = HadamardOp::new(Arc::new(config.hadamard(n)?));
         self.0.insert(n, op.clone());
         Ok(op)
     }
@@ -262,7 +266,7 @@ impl BitnetModel {
             let p = format!("model.layers.{l}");
             let mut linear = |proj: Proj, take: &mut dyn FnMut(String) -> Result<Var>| {
                 let w = take(format!("{p}.{}.weight", proj.key()))?;
-                BitLinear::new(w, config.input_quant(proj), &mut hadamards)
+                BitLinear::new(w, config.input_quant(proj), config, &mut hadamards)
             };
             let input_layernorm = take(format!("{p}.input_layernorm.weight"))?;
             let self_attn = Attention {

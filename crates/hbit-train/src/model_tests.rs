@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::{preset, Variant};
 use hbit_kernels::quant::{quantize_activations, quantize_ternary, ActBits};
+use hbit_kernels::Hadamard;
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
@@ -35,7 +36,8 @@ fn h_bitlinear_gradients_are_ste_through_quantizers_and_hadamard_of_gradient() {
         let x =
             Var::from_tensor(&Tensor::from_vec(xs.clone(), (tokens, n_in), &Device::Cpu).unwrap())
                 .unwrap();
-        let lin = BitLinear::new(w.clone(), quant, &mut HadamardCache::default()).unwrap();
+        let config = preset("micro", Variant::BitnetV2, bits).unwrap();
+        let lin = BitLinear::new(w.clone(), quant, &config, &mut HadamardCache::default()).unwrap();
         let y = lin.forward(x.as_tensor()).unwrap();
         let c = Tensor::from_vec(cs.clone(), (tokens, n_out), &Device::Cpu).unwrap();
         let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();

@@ -2,6 +2,8 @@
 //! to a fast CPU engine. This binary is the one entry point; each job is a subcommand.
 
 mod bench;
+mod dummy;
+mod engine_cmds;
 mod model_cmds;
 mod plot;
 mod train_cmd;
@@ -31,8 +33,12 @@ enum Command {
     },
     /// Write a randomly initialised training checkpoint (config.json + model.safetensors).
     Init(model_cmds::InitArgs),
-    /// Print the training framework's logits for a token sequence.
+    /// Print a model's logits for a token sequence (training framework, or --engine).
     Logits(model_cmds::LogitsArgs),
+    /// Pack a training checkpoint into a memory-mapped inference model (2-bit ternary weights).
+    Pack(engine_cmds::PackArgs),
+    /// Generate text with the inference engine, streaming; --batch-file runs prompts batched.
+    Generate(Box<engine_cmds::GenerateArgs>),
     /// Train a tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -65,6 +71,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { what } => bench::run(what),
         Command::Init(args) => model_cmds::init(&args),
         Command::Logits(args) => model_cmds::logits(&args),
+        Command::Pack(args) => engine_cmds::pack(&args),
+        Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
         Command::Cpu { paths } => {

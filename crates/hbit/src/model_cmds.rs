@@ -15,8 +15,15 @@ use hbit_train::{BitnetModel, Variant};
 pub struct InitArgs {
     /// Architecture preset: micro (tests), tiny (≈6 M, trains here in under an hour), or the
     /// paper's Table 8 sizes 400m, 1.3b, 3b, 7b.
+    #[arg(long, required_unless_present = "dummy")]
+    preset: Option<String>,
+    /// Write a packed inference model with random ternary weights instead (for speed
+    /// measurements): --out is then a file.
+    #[arg(long, requires = "shape")]
+    dummy: bool,
+    /// With --dummy: b125m, b700m, b2b (bitnet.cpp's benchmark presets), 400m or 1.3b.
     #[arg(long)]
-    preset: String,
+    shape: Option<String>,
     /// bitnet_b158, bitnet_v2, bitnet_a48, bitnet_v2_no_rotation or bitnet_v2_weight_rotation.
     #[arg(long, default_value = "bitnet_v2")]
     variant: String,
@@ -40,8 +47,13 @@ pub struct InitArgs {
 pub fn init(args: &InitArgs) -> Result<()> {
     let bits = ActBits::from_bits(args.act_bits)
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
+    if args.dummy {
+        let shape = args.shape.as_deref().unwrap_or_default();
+        return init_dummy(shape, bits, args.seed, &args.out, args.force);
+    }
+    let preset_name = args.preset.as_deref().unwrap_or_default();
     let variant = Variant::parse(&args.variant)?;
-    let mut config = preset(&args.preset, variant, bits)?;
+    let mut config = preset(preset_name, variant, bits)?;
     if let Some(v) = args.vocab_size {
         let mut file = config.to_file();
         file.vocab_size = v;
@@ -56,9 +68,8 @@ pub fn init(args: &InitArgs) -> Result<()> {
     let params = config.parameter_count();
     if params > 2_000_000_000 {
         bail!(
-            "preset {} has {params} parameters: countable here, but too large to initialise on \
-             this machine",
-            args.preset
+            "preset {preset_name} has {params} parameters: countable here, but too large to \
+             initialise on this machine"
         );
     }
     let model = BitnetModel::init(&config, args.seed)?;
@@ -66,7 +77,7 @@ pub fn init(args: &InitArgs) -> Result<()> {
     println!(
         "wrote {} ({} {} a{}, {:.2} M parameters, seed {})",
         args.out.display(),
-        args.preset,
+        preset_name,
         variant.name(),
         bits.bits(),
         params as f64 / 1e6,
@@ -77,12 +88,19 @@ pub fn init(args: &InitArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct LogitsArgs {
-    /// Checkpoint directory (config.json + model.safetensors).
+    /// Checkpoint directory (config.json + model.safetensors); with --engine also a packed
+    /// model file.
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated token ids, e.g. 1,2,3.
     #[arg(long)]
     tokens: String,
+    /// Run the inference engine (packed integer kernels) instead of the training framework.
+    #[arg(long)]
+    engine: bool,
+    /// With --engine: KV-cache storage, 32 (exact), 16, 8, 4 or 3 bits.
+    #[arg(long, default_value = "32")]
+    kv_bits: String,
     /// Print {"logits": [[...], ...]}, one row per position.
     #[arg(long)]
     json: bool,
@@ -106,10 +124,13 @@ pub fn parse_token_list(text: &str) -> Result<Vec<u32>> {
 
 pub fn logits(args: &LogitsArgs) -> Result<()> {
     let ids = parse_token_list(&args.tokens)?;
-    let model = load_model(&args.model)?;
-    let n = ids.len();
-    let input = Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu)?;
-    let logits: Vec<Vec<f32>> = model.forward(&input)?.squeeze(0)?.to_vec2()?;
+    let logits: Vec<Vec<f32>> = if args.engine {
+        crate::engine_cmds::engine_logits(&args.model, &ids, &args.kv_bits)?
+    } else {
+        let model = load_model(&args.model)?;
+        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+        model.forward(&input)?.squeeze(0)?.to_vec2()?
+    };
     if args.json {
         println!("{}", serde_json::json!({ "logits": logits }));
         return Ok(());
@@ -124,5 +145,32 @@ pub fn logits(args: &LogitsArgs) -> Result<()> {
             .collect();
         println!("{pos:>8}  {id:>5}  {}", top.join(", "));
     }
+    Ok(())
+}
+
+/// `hbit init --dummy`: a packed BitNet v2 model of a benchmark shape with random weights.
+pub fn init_dummy(
+    shape: &str,
+    bits: ActBits,
+    seed: u64,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<()> {
+    let config = crate::dummy::shape_config(shape, bits)?;
+    if out.exists() && !force {
+        bail!("{}: exists (pass --force to replace it)", out.display());
+    }
+    let weights = hbit_engine::Weights::random(&config, seed, true)?;
+    hbit_engine::format::write_packed(out, &weights, None)?;
+    let size = std::fs::metadata(out)
+        .with_context(|| out.display().to_string())?
+        .len();
+    println!(
+        "wrote {} (dummy {shape}, bitnet_v2 a{}, {:.1} M parameters, {:.1} MB)",
+        out.display(),
+        bits.bits(),
+        config.parameter_count() as f64 / 1e6,
+        size as f64 / 1e6
+    );
     Ok(())
 }

@@ -30,7 +30,6 @@ use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
 use crate::pack::{LutPacked, RowPacked, LUT_ROW_BLOCK};
 use crate::quant::{ActBits, QuantizedActivations, TernaryWeights};
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// Budget for the activations of a multiply-add token tile within one column block: half of a
@@ -108,6 +107,108 @@ pub fn matmul_int4_with(
     Ok(())
 }
 
+/// Several ternary × INT8 products of one input (q/k/v, gate/up) in one parallel pass: the rows
+/// of all matrices are split across the threads together, so a decode step pays one fork-join
+/// instead of one per matrix. `ys[i]` is `[tokens, ws[i].rows()]`; results equal
+/// [`matmul_int8`] on each matrix.
+pub fn matmul_int8_many(
+    ws: &[&RowPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+) -> Result<(), KernelError> {
+    let path = active_path()?;
+    check_many(ws.len(), ys.len())?;
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
+    }
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let parts = split_many(&rows, 1, |m, r| mad::dots(path, ws[m], x, r));
+    for (m, part) in parts {
+        write_output(&part, ws[m].rows(), ws[m].alpha(), x, ys[m]);
+    }
+    Ok(())
+}
+
+/// As [`matmul_int8_many`] for ternary × INT4 ([`LutPacked`]).
+pub fn matmul_int4_many(
+    ws: &[&LutPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+) -> Result<(), KernelError> {
+    let path = active_path()?;
+    check_many(ws.len(), ys.len())?;
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
+    }
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let parts = split_many(&rows, LUT_ROW_BLOCK, |m, r| lut::dots(path, ws[m], x, r));
+    for (m, part) in parts {
+        write_output(&part, ws[m].rows(), ws[m].alpha(), x, ys[m]);
+    }
+    Ok(())
+}
+
+fn check_many(matrices: usize, outputs: usize) -> Result<(), KernelError> {
+    if matrices != outputs {
+        return Err(KernelError::LengthMismatch {
+            what: "outputs of a multi-matrix product (one per matrix)",
+            expected: matrices,
+            found: outputs,
+        });
+    }
+    Ok(())
+}
+
+/// Splits the rows of several matrices (`rows[m]` each, in units of `align` rows) into one
+/// contiguous share per thread of the current pool, runs `dots(m, range)` on each piece, and
+/// returns the pieces grouped by matrix.
+#[allow(clippy::type_complexity)]
+fn split_many<F>(
+    rows: &[usize],
+    align: usize,
+    dots: F,
+) -> Vec<(usize, Vec<(Range<usize>, Vec<i32>)>)>
+where
+    F: Fn(usize, Range<usize>) -> Vec<i32> + Sync,
+{
+    // Units of `align` rows over all matrices, in order.
+    let units: Vec<(usize, Range<usize>)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(m, &r)| {
+            (0..r.div_ceil(align)).map(move |u| (m, u * align..((u + 1) * align).min(r)))
+        })
+        .collect();
+    let parts = rayon::current_num_threads().clamp(1, units.len().max(1));
+    let shares: Vec<&[(usize, Range<usize>)]> = (0..parts)
+        .map(|i| &units[units.len() * i / parts..units.len() * (i + 1) / parts])
+        .collect();
+    // Within a share, consecutive units of one matrix merge into one range.
+    let run = |share: &[(usize, Range<usize>)]| -> Vec<(usize, Range<usize>, Vec<i32>)> {
+        let mut pieces: Vec<(usize, Range<usize>)> = Vec::new();
+        for (m, r) in share {
+            match pieces.last_mut() {
+                Some((pm, pr)) if *pm == *m && pr.end == r.start => pr.end = r.end,
+                _ => pieces.push((*m, r.clone())),
+            }
+        }
+        pieces
+            .into_iter()
+            .map(|(m, r)| {
+                let d = dots(m, r.clone());
+                (m, r, d)
+            })
+            .collect()
+    };
+    let results = crate::parallel::map_parts(shares.len(), |i| run(shares[i]));
+    let mut by_matrix: Vec<(usize, Vec<(Range<usize>, Vec<i32>)>)> =
+        (0..rows.len()).map(|m| (m, Vec::new())).collect();
+    for (m, r, d) in results.into_iter().flatten() {
+        by_matrix[m].1.push((r, d));
+    }
+    by_matrix
+}
+
 fn check_cols(cols: usize, x: &QuantizedActivations) -> Result<(), KernelError> {
     if x.cols != cols {
         return Err(KernelError::ShapeMismatch {
@@ -153,7 +254,7 @@ fn check_operands(
 }
 
 /// Runs `dots` on contiguous row ranges (multiples of `align` rows, except the last), one per
-/// thread of the current rayon pool. `dots(range)` returns i32 sums `[tokens, range.len()]`.
+/// thread of the current rayon pool, on the spinning kernel workers ([`crate::parallel`]). `dots(range)` returns i32 sums `[tokens, range.len()]`.
 fn split_rows<F>(rows: usize, align: usize, dots: F) -> Vec<(Range<usize>, Vec<i32>)>
 where
     F: Fn(Range<usize>) -> Vec<i32> + Sync,
@@ -166,13 +267,9 @@ where
             (u0 * align).min(rows)..(u1 * align).min(rows)
         })
         .collect();
-    if parts == 1 {
-        return ranges.into_iter().map(|r| (r.clone(), dots(r))).collect();
-    }
-    ranges
-        .into_par_iter()
-        .map(|r| (r.clone(), dots(r)))
-        .collect()
+    crate::parallel::map_parts(ranges.len(), |i| {
+        (ranges[i].clone(), dots(ranges[i].clone()))
+    })
 }
 
 fn write_output(

@@ -181,3 +181,42 @@ proptest! {
         check_all_paths(&w, &x8, &x4);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// The multi-matrix calls equal one call per matrix, bit for bit, for any split of rows
+    /// over threads (1..3 threads, row counts that are not multiples of the row block).
+    #[test]
+    fn many_equals_one_at_a_time(
+        rows in proptest::collection::vec(1usize..70, 1..4),
+        cols in 1usize..600,
+        tokens in 1usize..5,
+        threads in 1usize..4,
+        seed in 0u64..1000,
+    ) {
+        let mut g = Lcg(seed);
+        let ws: Vec<TernaryWeights> = rows.iter().map(|&r| g.ternary(r, cols)).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for bits in [ActBits::Int8, ActBits::Int4] {
+            let x = g.activations(tokens, cols, bits);
+            let want: Vec<Vec<f32>> = ws.iter().map(|w| matmul_reference(w, &x).unwrap()).collect();
+            let mut got: Vec<Vec<f32>> = rows.iter().map(|&r| vec![0.0; r * tokens]).collect();
+            let mut ys: Vec<&mut [f32]> = got.iter_mut().map(|y| y.as_mut_slice()).collect();
+            pool.install(|| match bits {
+                ActBits::Int8 => {
+                    let packed: Vec<RowPacked> = ws.iter().map(RowPacked::pack).collect();
+                    let refs: Vec<&RowPacked> = packed.iter().collect();
+                    matmul_int8_many(&refs, &x, &mut ys).unwrap()
+                }
+                ActBits::Int4 => {
+                    let packed: Vec<LutPacked> = ws.iter().map(LutPacked::pack).collect();
+                    let refs: Vec<&LutPacked> = packed.iter().collect();
+                    matmul_int4_many(&refs, &x, &mut ys).unwrap()
+                }
+            });
+            for (g, w) in got.iter().zip(&want) {
+                assert_bits_equal(g, w, "many");
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `hbit bench ...`: measured speed, printed as a table or as JSON lines.
 
+mod e2e;
 mod kernels;
 mod membw;
 mod train;
@@ -15,11 +16,15 @@ pub enum BenchCommand {
     /// Training tokens/s of a preset (default tiny), beside the same step in PyTorch when it is
     /// installed (scripts/bench_train_torch.py).
     Train(train::TrainBenchArgs),
+    /// Whole-model prefill and decode tokens/s and resident memory of the inference engine on
+    /// random-weight models in bitnet.cpp's benchmark shapes and the paper's sizes.
+    E2e(e2e::E2eArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Kernels(args) => kernels::run(&args),
         BenchCommand::Train(args) => train::run(&args),
+        BenchCommand::E2e(args) => e2e::run(&args),
     }
 }

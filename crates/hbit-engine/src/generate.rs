@@ -1,0 +1,238 @@
+//! Batched generation: every prompt prefilled in one forward call (GEMM over all prompt tokens),
+//! then one decode call per step for every unfinished sequence (GEMM over the batch), so
+//! throughput grows with the batch. Text streams out as it becomes valid UTF-8, holding back
+//! any tail that could still become a stop string.
+
+use std::time::Instant;
+
+use tokenizers::Tokenizer;
+
+use crate::error::{EngineError, Result};
+use crate::forward::{Engine, Logits};
+use crate::kv::{KvBits, KvCache};
+use crate::sample::{Sampler, SamplingParams};
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Generation stops before the first occurrence of any of these in the output text.
+    pub stop: Vec<String>,
+    /// Token ids that end a sequence (end of text); not part of the output.
+    pub end_tokens: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub kv_bits: KvBits,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// `max_tokens` reached.
+    Length,
+    /// A stop string appeared.
+    Stop,
+    /// An end-of-text token was sampled.
+    EndOfText,
+    /// The context (max_position_embeddings) is full.
+    Context,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Length => "length",
+            Finish::Stop => "stop",
+            Finish::EndOfText => "end_of_text",
+            Finish::Context => "context",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated token ids (the end-of-text token excluded).
+    pub tokens: Vec<u32>,
+    /// Generated text, cut before a stop string.
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+}
+
+/// Timing of one batched generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerateStats {
+    pub prefill_tokens: usize,
+    pub prefill_seconds: f64,
+    /// Tokens produced by decode steps (the first token of each sequence comes from prefill).
+    pub decode_tokens: usize,
+    pub decode_seconds: f64,
+    /// Bytes held by the KV caches at the end.
+    pub kv_bytes: usize,
+}
+
+/// Incremental detokenization and stop-string handling of one sequence.
+struct TextStream {
+    emitted: usize,
+    text: String,
+}
+
+impl TextStream {
+    /// Re-decodes `tokens`; returns the newly safe text and whether a stop string was hit.
+    fn update(
+        &mut self,
+        tokenizer: &Tokenizer,
+        tokens: &[u32],
+        stop: &[String],
+    ) -> Result<(String, bool)> {
+        let text = tokenizer
+            .decode(tokens, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        // A trailing U+FFFD is an incomplete UTF-8 sequence of byte-level BPE: wait for more.
+        let complete = text.trim_end_matches('\u{FFFD}').len();
+        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            self.text = text[..cut].to_string();
+            let out = self.text.get(self.emitted..).unwrap_or("").to_string();
+            self.emitted = self.text.len();
+            return Ok((out, true));
+        }
+        // Hold back the longest tail that is a prefix of some stop string.
+        let hold = stop
+            .iter()
+            .flat_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n))
+                    .map(move |n| &s[..n])
+            })
+            .filter(|p| text[..complete].ends_with(p))
+            .map(|p| p.len())
+            .max()
+            .unwrap_or(0);
+        let safe = complete - hold;
+        self.text = text;
+        let out = match self.text.get(self.emitted..safe) {
+            Some(s) if safe > self.emitted => s.to_string(),
+            _ => String::new(),
+        };
+        self.emitted = self.emitted.max(safe);
+        Ok((out, false))
+    }
+
+    fn finish(&mut self) -> String {
+        // Whatever was held back is final now (an incomplete UTF-8 tail decodes to U+FFFD).
+        let out = self.text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+/// Generates a continuation of every prompt, batched. `on_text(i, piece)` receives each
+/// sequence's text as it becomes final.
+pub fn generate(
+    engine: &Engine,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<(Vec<Generation>, GenerateStats)> {
+    options.sampling.validate()?;
+    let context = engine.config().max_position_embeddings;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(EngineError::Input(format!("prompt {i} is empty")));
+        }
+        if p.len() >= context {
+            return Err(EngineError::Input(format!(
+                "prompt {i} has {} tokens; the model's context is {context} (max_position_embeddings), leaving no room to generate",
+                p.len()
+            )));
+        }
+    }
+    let n = prompts.len();
+    let mut caches: Vec<KvCache> = (0..n).map(|_| engine.new_cache(options.kv_bits)).collect();
+    let mut samplers: Vec<Sampler> = (0..n)
+        .map(|i| Sampler::new(options.sampling.clone(), i as u64))
+        .collect();
+    let mut streams: Vec<TextStream> = (0..n)
+        .map(|_| TextStream {
+            emitted: 0,
+            text: String::new(),
+        })
+        .collect();
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut finish: Vec<Option<Finish>> = vec![None; n];
+    let mut stats = GenerateStats {
+        prefill_tokens: prompts.iter().map(Vec::len).sum(),
+        ..Default::default()
+    };
+
+    let start = Instant::now();
+    let lists: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+    let mut logits = engine.forward(&mut refs, &lists, Logits::Last)?;
+    stats.prefill_seconds = start.elapsed().as_secs_f64();
+    let mut active: Vec<usize> = (0..n).collect();
+    if options.max_tokens == 0 {
+        finish.iter_mut().for_each(|f| *f = Some(Finish::Length));
+        active.clear();
+    }
+    let decode_start = Instant::now();
+    let mut first_step = true;
+    while !active.is_empty() {
+        let mut next_tokens = Vec::with_capacity(active.len());
+        for (j, &i) in active.iter().enumerate() {
+            let mut ctx = prompts[i].clone();
+            ctx.extend_from_slice(&outputs[i]);
+            let token = samplers[i].sample(&logits[j], &ctx);
+            if options.end_tokens.contains(&token) {
+                finish[i] = Some(Finish::EndOfText);
+                continue;
+            }
+            outputs[i].push(token);
+            let (piece, stopped) = streams[i].update(tokenizer, &outputs[i], &options.stop)?;
+            if !piece.is_empty() {
+                on_text(i, &piece);
+            }
+            if stopped {
+                finish[i] = Some(Finish::Stop);
+            } else if outputs[i].len() >= options.max_tokens {
+                finish[i] = Some(Finish::Length);
+            } else if prompts[i].len() + outputs[i].len() >= context {
+                finish[i] = Some(Finish::Context);
+            } else {
+                next_tokens.push((i, token));
+            }
+        }
+        if !first_step {
+            stats.decode_tokens += active.len();
+        }
+        first_step = false;
+        active = next_tokens.iter().map(|&(i, _)| i).collect();
+        if active.is_empty() {
+            break;
+        }
+        let step: Vec<[u32; 1]> = next_tokens.iter().map(|&(_, t)| [t]).collect();
+        let lists: Vec<&[u32]> = step.iter().map(|t| t.as_slice()).collect();
+        let mut refs: Vec<&mut KvCache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        logits = engine.forward(&mut refs, &lists, Logits::Last)?;
+    }
+    stats.decode_seconds = decode_start.elapsed().as_secs_f64();
+    stats.kv_bytes = caches.iter().map(KvCache::bytes).sum();
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
+        let tail = streams[i].finish();
+        if !tail.is_empty() {
+            on_text(i, &tail);
+        }
+        results.push(Generation {
+            tokens: std::mem::take(&mut outputs[i]),
+            text: std::mem::take(&mut streams[i].text),
+            finish: finish[i].unwrap_or(Finish::Length),
+            prompt_tokens: prompts[i].len(),
+        });
+    }
+    Ok((results, stats))
+}

@@ -1,0 +1,219 @@
+//! `hbit bench e2e`: whole-model prefill and decode tokens/s of the inference engine on models
+//! with random ternary weights in bitnet.cpp's benchmark shapes and the paper's sizes, with the
+//! resident memory each costs.
+//!
+//! Prefill: one sequence of `--prefill-tokens` tokens in one forward call (llama-bench's pp).
+//! Decode: `--batch` sequences, each after a 1-token prompt, advanced `--decode-tokens` steps
+//! together (llama-bench's tg at batch 1), greedy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hbit_engine::format::load_packed;
+use hbit_engine::sample::argmax;
+use hbit_engine::{Engine, KvBits, KvCache, Logits};
+use hbit_kernels::ActBits;
+use hbit_model::rng::SplitMix64;
+
+#[derive(Args)]
+pub struct E2eArgs {
+    /// Shapes: b125m, b700m, b2b (bitnet.cpp's presets), 400m, 1.3b (the paper's).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "b125m,b700m,b2b,400m,1.3b"
+    )]
+    shapes: Vec<String>,
+    /// Activation bits of the BitNet v2 models.
+    #[arg(long, value_delimiter = ',', default_value = "8,4")]
+    act_bits: Vec<u8>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Sequences decoded together.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batch: Vec<usize>,
+    /// KV-cache storage (16 = f16; 8, 4, 3 = absmax integers).
+    #[arg(long, value_delimiter = ',', default_value = "16,4")]
+    kv_bits: Vec<String>,
+    #[arg(long, default_value_t = 128)]
+    prefill_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// A fast subset: b125m, 2 threads, batch 1, KV f16, 64 prefill and 16 decode tokens.
+    #[arg(long)]
+    quick: bool,
+    /// Where the dummy models are written once and reused.
+    #[arg(long, default_value = ".hbit-cache/dummy")]
+    cache_dir: PathBuf,
+    /// One JSON object per measurement.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`), bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The dummy model file of a shape, written by a child `hbit init --dummy` (so its build-time
+/// allocations never count toward this process's resident memory).
+fn dummy_model(dir: &Path, shape: &str, bits: ActBits) -> Result<PathBuf> {
+    let path = dir.join(format!("{shape}-v2-a{}.hbit", bits.bits()));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let exe = std::env::current_exe().context("locating the hbit executable")?;
+    let status = std::process::Command::new(exe)
+        .args(["init", "--dummy", "--shape", shape, "--act-bits"])
+        .arg(bits.bits().to_string())
+        .arg("--out")
+        .arg(&path)
+        .status()
+        .context("running hbit init --dummy")?;
+    if !status.success() {
+        bail!("hbit init --dummy --shape {shape} failed");
+    }
+    Ok(path)
+}
+
+struct Measured {
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    kv_bytes: usize,
+}
+
+fn random_tokens(n: usize, vocab: usize, rng: &mut SplitMix64) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+fn measure(
+    engine: &Engine,
+    batch: usize,
+    kv: KvBits,
+    prefill: usize,
+    decode: usize,
+) -> Result<Measured> {
+    let vocab = engine.config().vocab_size;
+    let mut rng = SplitMix64::new(1);
+    // Warm-up: page the mapped weights in, spin the thread pool up.
+    let mut warm = engine.new_cache(kv);
+    engine.forward(
+        &mut [&mut warm],
+        &[&random_tokens(4, vocab, &mut rng)],
+        Logits::Last,
+    )?;
+
+    let prompt = random_tokens(prefill, vocab, &mut rng);
+    let mut cache = engine.new_cache(kv);
+    let t = Instant::now();
+    engine.forward(&mut [&mut cache], &[&prompt], Logits::Last)?;
+    let prefill_tok_s = prefill as f64 / t.elapsed().as_secs_f64();
+
+    let mut caches: Vec<KvCache> = (0..batch).map(|_| engine.new_cache(kv)).collect();
+    let mut next: Vec<[u32; 1]> = (0..batch)
+        .map(|_| [rng.below(vocab as u64) as u32])
+        .collect();
+    let t = Instant::now();
+    for _ in 0..decode {
+        let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let lists: Vec<&[u32]> = next.iter().map(|n| n.as_slice()).collect();
+        let logits = engine.forward(&mut refs, &lists, Logits::Last)?;
+        for (n, l) in next.iter_mut().zip(&logits) {
+            n[0] = argmax(l);
+        }
+    }
+    let decode_tok_s = (batch * decode) as f64 / t.elapsed().as_secs_f64();
+    Ok(Measured {
+        prefill_tok_s,
+        decode_tok_s,
+        kv_bytes: caches.iter().map(KvCache::bytes).sum::<usize>() + cache.bytes(),
+    })
+}
+
+pub fn run(args: &E2eArgs) -> Result<()> {
+    let (shapes, threads, batches, kv_names, prefill, decode) = if args.quick {
+        (
+            vec!["b125m".to_string()],
+            vec![2],
+            vec![1],
+            vec!["16".to_string()],
+            64,
+            16,
+        )
+    } else {
+        (
+            args.shapes.clone(),
+            args.threads.clone(),
+            args.batch.clone(),
+            args.kv_bits.clone(),
+            args.prefill_tokens,
+            args.decode_tokens,
+        )
+    };
+    let kvs: Vec<KvBits> = kv_names
+        .iter()
+        .map(|k| KvBits::parse(k))
+        .collect::<Result<_, _>>()?;
+    if prefill == 0 || decode == 0 {
+        bail!("--prefill-tokens and --decode-tokens must be positive");
+    }
+    if !args.json {
+        println!(
+            "{:<6} {:>3} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
+            "shape",
+            "act",
+            "thr",
+            "batch",
+            "kv",
+            "prefill t/s",
+            "decode t/s",
+            "file MB",
+            "RSS MB",
+            "KV MB"
+        );
+    }
+    for shape in &shapes {
+        for &b in &args.act_bits {
+            let bits = ActBits::from_bits(b)
+                .with_context(|| format!("--act-bits {b}: expected 8 or 4"))?;
+            let path = dummy_model(&args.cache_dir, shape, bits)?;
+            let before = resident_bytes().unwrap_or(0);
+            let packed = load_packed(&path)?;
+            let file_bytes = packed.file_bytes;
+            let engine = Engine::new(packed.weights);
+            for &t in &threads {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+                for &batch in &batches {
+                    for &kv in &kvs {
+                        let m = pool.install(|| measure(&engine, batch, kv, prefill, decode))?;
+                        let rss = resident_bytes().unwrap_or(0).saturating_sub(before);
+                        if args.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "shape": shape, "act_bits": b, "threads": t, "batch": batch,
+                                    "kv_bits": kv.name(), "prefill_tokens": prefill,
+                                    "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
+                                    "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
+                                    "rss_bytes": rss, "kv_bytes": m.kv_bytes,
+                                })
+                            );
+                        } else {
+                            println!(
+                                "{:<6} {:>3} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
+                                shape, b, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
+                                file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! `hbit pack`, `hbit generate` and the engine side of `hbit logits`: the inference engine from
+//! the command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hbit_engine::checkpoint::{checked_latent, pack_checkpoint, read_checkpoint, MODEL_FILE};
+use hbit_engine::format::load_packed;
+use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams, Weights};
+use tokenizers::Tokenizer;
+
+/// A model ready to run, with its tokenizer text.
+pub struct LoadedModel {
+    pub engine: Engine,
+    pub tokenizer_json: Option<String>,
+}
+
+/// Loads a packed model file, or packs a training checkpoint directory in memory (embeddings
+/// kept at f32, so its logits match the training framework's).
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    if path.is_dir() {
+        let ckpt = read_checkpoint(path)?;
+        let mut tensors = ckpt.tensors;
+        if ckpt.config.tie_word_embeddings {
+            tensors.remove(hbit_model::tensors::LM_HEAD);
+        }
+        let latent = checked_latent(&ckpt.config, tensors, &path.join(MODEL_FILE))?;
+        let weights = Weights::from_latent(&ckpt.config, &latent, false, &path.join(MODEL_FILE))?;
+        return Ok(LoadedModel {
+            engine: Engine::new(weights),
+            tokenizer_json: ckpt.tokenizer_json,
+        });
+    }
+    let packed = load_packed(path)?;
+    Ok(LoadedModel {
+        engine: Engine::new(packed.weights),
+        tokenizer_json: packed.tokenizer_json,
+    })
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// Training checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output packed model file (one file; memory-mapped when loaded).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage of the embedding and LM head: f16 (half the bytes a decode step reads) or f32.
+    #[arg(long, default_value = "f16")]
+    embed_dtype: String,
+}
+
+pub fn pack(args: &PackArgs) -> Result<()> {
+    let half = match args.embed_dtype.as_str() {
+        "f16" => true,
+        "f32" => false,
+        other => bail!("--embed-dtype {other:?}: expected f16 or f32"),
+    };
+    let weights = pack_checkpoint(&args.model, &args.out, half)?;
+    let size = std::fs::metadata(&args.out)
+        .with_context(|| args.out.display().to_string())?
+        .len();
+    let c = &weights.config;
+    println!(
+        "wrote {} ({} a{}, {:.2} MB: {:.2} MB ternary weights at 2 bits, embeddings {})",
+        args.out.display(),
+        c.variant.name(),
+        c.activation_bits.bits(),
+        size as f64 / 1e6,
+        weights.ternary_bytes() as f64 / 1e6,
+        args.embed_dtype
+    );
+    Ok(())
+}
+
+/// Engine logits for `hbit logits --engine`: `[T, V]` rows.
+pub fn engine_logits(model: &Path, ids: &[u32], kv_bits: &str) -> Result<Vec<Vec<f32>>> {
+    let loaded = load_model(model)?;
+    let engine = loaded.engine;
+    let mut cache = engine.new_cache(KvBits::parse(kv_bits)?);
+    let flat = engine
+        .forward(&mut [&mut cache], &[ids], Logits::All)?
+        .remove(0);
+    Ok(flat
+        .chunks(engine.config().vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect())
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Packed model file (`hbit pack`) or training checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt to continue.
+    #[arg(long, conflicts_with = "batch_file")]
+    prompt: Option<String>,
+    /// Many prompts, batched together: one per line (or JSON lines with a "prompt" field).
+    #[arg(long)]
+    batch_file: Option<PathBuf>,
+    /// HF tokenizer.json (default: the one inside the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Most tokens to generate per prompt.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Above 1, discourages repeating context tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Greedy decoding (same as --temperature 0).
+    #[arg(long)]
+    greedy: bool,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// KV-cache storage: 16 (f16), 8, 4 or 3 bits (absmax per token and head), or 32.
+    #[arg(long, default_value = "16")]
+    kv_bits: String,
+    /// Quantize queries to this many bits (the paper's 4-bit QKV, with --kv-bits 4).
+    #[arg(long)]
+    q_bits: Option<u32>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// One JSON object per prompt instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    if let Some(p) = &args.prompt {
+        return Ok(vec![p.clone()]);
+    }
+    let Some(path) = &args.batch_file else {
+        bail!("give --prompt TEXT or --batch-file FILE");
+    };
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut prompts = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        if line.trim_start().starts_with('{') {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: line {}: invalid JSON", path.display(), i + 1))?;
+            let p = v["prompt"].as_str().with_context(|| {
+                format!(
+                    "{}: line {}: no string field \"prompt\"",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            prompts.push(p.to_string());
+        } else {
+            prompts.push(line.to_string());
+        }
+    }
+    if prompts.is_empty() {
+        bail!("{}: no prompts", path.display());
+    }
+    Ok(prompts)
+}
+
+pub fn load_tokenizer(
+    model: &LoadedModel,
+    explicit: Option<&Path>,
+    model_path: &Path,
+) -> Result<Tokenizer> {
+    let tok = match (explicit, &model.tokenizer_json) {
+        (Some(p), _) => {
+            Tokenizer::from_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        (None, Some(json)) => Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: embedded tokenizer: {e}", model_path.display()))?,
+        (None, None) => bail!(
+            "{}: the model carries no tokenizer; pass --tokenizer tokenizer.json",
+            model_path.display()
+        ),
+    };
+    Ok(tok)
+}
+
+pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("--threads")?;
+    }
+    let prompts = read_prompts(args)?;
+    let mut loaded = load_model(&args.model)?;
+    loaded.engine.q_bits = args.q_bits;
+    if let Some(b) = args.q_bits {
+        if !(2..=8).contains(&b) {
+            bail!("--q-bits {b}: expected 2..=8");
+        }
+    }
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let mut encoded = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = tokenizer
+            .encode(p.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("prompt {i}: tokenizing: {e}"))?
+            .get_ids()
+            .to_vec();
+        encoded.push(ids);
+    }
+    let config = loaded.engine.config();
+    let mut end_tokens: Vec<u32> = config.eos_token_id.into_iter().collect();
+    if let Some(id) = tokenizer.token_to_id("<|endoftext|>") {
+        end_tokens.push(id);
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        end_tokens,
+        sampling: SamplingParams {
+            temperature: if args.greedy { 0.0 } else { args.temperature },
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+        },
+        kv_bits: KvBits::parse(&args.kv_bits)?,
+    };
+    let single = prompts.len() == 1 && !args.json;
+    if single {
+        print!("{}", prompts[0]);
+        std::io::stdout().flush().ok();
+    }
+    let mut on_text = |_: usize, piece: &str| {
+        if single {
+            print!("{piece}");
+            std::io::stdout().flush().ok();
+        }
+    };
+    let (outputs, stats) = generate(&loaded.engine, &tokenizer, &encoded, &options, &mut on_text)?;
+    if single {
+        println!();
+    } else {
+        for (i, (p, g)) in prompts.iter().zip(&outputs).enumerate() {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "index": i, "prompt": p, "text": g.text, "tokens": g.tokens,
+                        "prompt_tokens": g.prompt_tokens, "finish": g.finish.name(),
+                    })
+                );
+            } else {
+                println!("--- {i} ({}) ---\n{p}{}", g.finish.name(), g.text);
+            }
+        }
+    }
+    eprintln!(
+        "[{} prompt(s), KV {}: prefill {} tokens in {:.2} s ({:.1} tok/s), decode {} tokens in {:.2} s ({:.1} tok/s)]",
+        prompts.len(),
+        options.kv_bits.name(),
+        stats.prefill_tokens,
+        stats.prefill_seconds,
+        stats.prefill_tokens as f64 / stats.prefill_seconds.max(1e-9),
+        stats.decode_tokens,
+        stats.decode_seconds,
+        stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9),
+    );
+    Ok(())
+}
