@@ -57,6 +57,7 @@ fn packed_file_round_trips_exactly() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
