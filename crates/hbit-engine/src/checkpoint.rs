@@ -87,9 +87,13 @@ pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
-/// `hbit pack`: quantizes a training checkpoint and writes the packed model file.
-/// Returns the packed weights.
-pub fn pack_checkpoint(dir: &Path, out: &Path, half_embeddings: bool) -> Result<Weights> {
+/// Weights and tokenizer text of a checkpoint directory: a training checkpoint (latent
+/// weights, quantized here as training's forward does) or one in the layout of
+/// microsoft/bitnet-b1.58-2B-4T ([`crate::hf_bitnet`]).
+pub fn load_checkpoint_dir(dir: &Path, half_embeddings: bool) -> Result<(Weights, Option<String>)> {
+    if crate::hf_bitnet::is_hf_bitnet(dir) {
+        return crate::hf_bitnet::read_hf_bitnet(dir, half_embeddings);
+    }
     let ckpt = read_checkpoint(dir)?;
     let mut tensors = ckpt.tensors;
     if ckpt.config.tie_word_embeddings {
@@ -98,7 +102,14 @@ pub fn pack_checkpoint(dir: &Path, out: &Path, half_embeddings: bool) -> Result<
     let model_path = dir.join(MODEL_FILE);
     let tensors = checked_latent(&ckpt.config, tensors, &model_path)?;
     let weights = Weights::from_latent(&ckpt.config, &tensors, half_embeddings, &model_path)?;
-    write_packed(out, &weights, ckpt.tokenizer_json.as_deref())?;
+    Ok((weights, ckpt.tokenizer_json))
+}
+
+/// `hbit pack`: quantizes a checkpoint directory ([`load_checkpoint_dir`]) and writes the
+/// packed model file. Returns the packed weights.
+pub fn pack_checkpoint(dir: &Path, out: &Path, half_embeddings: bool) -> Result<Weights> {
+    let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
+    write_packed(out, &weights, tokenizer.as_deref())?;
     Ok(weights)
 }
 

@@ -315,7 +315,7 @@ impl Engine {
         let results: Vec<Vec<f32>> = if work < PARALLEL_ATTENTION_WORK {
             tasks.iter().map(one_task).collect()
         } else {
-            tasks.par_iter().map(one_task).collect()
+            hbit_kernels::parallel::map_parts(tasks.len(), |i| one_task(&tasks[i]))
         };
         let mut attn = vec![0.0f32; rows.len() * h];
         for (&(s, g), out) in tasks.iter().zip(&results) {
@@ -348,7 +348,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Below this many query·key products, attention stays on the calling thread.
-const PARALLEL_ATTENTION_WORK: usize = 1 << 18;
+const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
 
 /// Below this many values, row-wise work stays on the calling thread.
 const PARALLEL_ROW_VALUES: usize = 1 << 14;

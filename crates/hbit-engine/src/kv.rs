@@ -153,21 +153,31 @@ fn get_bits(data: &[u8], bit: usize, width: u32) -> u32 {
     })
 }
 
-/// Keys or values of one layer: `[positions, kv heads]` head vectors.
-#[derive(Debug, Clone)]
-struct Plane {
-    bits: KvBits,
-    /// F32 storage `[positions, nkv, hd]`.
+/// Keys or values of one KV head of one layer, position-major so a head's whole history is one
+/// contiguous run (attention reads it in one pass).
+#[derive(Debug, Clone, Default)]
+struct HeadStore {
+    /// F32 storage `[positions, hd]`.
     full: Vec<f32>,
-    /// F16 storage `[positions, nkv, hd]`.
+    /// F16 storage `[positions, hd]`.
     half: Vec<f16>,
-    /// Integer storage `[positions (after the first, if separate), nkv, head_bytes]`.
+    /// Integer storage `[positions (after the first, if kept apart), head_bytes]`.
     data: Vec<u8>,
-    /// `[positions (as data), nkv]` for integer storage.
+    /// `[positions (as data)]` scales of integer storage.
     scales: Vec<f32>,
-    /// Position 0 at 8 bits when the cache is narrower: `[nkv, hd]` codes and `[nkv]` scales.
+    /// Position 0 at 8 bits when the cache is narrower: `[hd]` codes and their scale.
     first: Vec<u8>,
-    first_scales: Vec<f32>,
+    first_scale: f32,
+}
+
+impl HeadStore {
+    fn bytes(&self) -> usize {
+        4 * self.full.len()
+            + 2 * self.half.len()
+            + self.data.len()
+            + 4 * self.scales.len()
+            + self.first.len()
+    }
 }
 
 /// One sequence's cache over every layer.
@@ -178,28 +188,20 @@ pub struct KvCache {
     hd: usize,
     capacity: usize,
     len: usize,
-    /// `[layers]` (keys, values)
-    layers: Vec<(Plane, Plane)>,
+    /// `[layers][keys, values][nkv]`
+    layers: Vec<[Vec<HeadStore>; 2]>,
 }
 
 impl KvCache {
     pub fn new(config: &ModelConfig, bits: KvBits) -> KvCache {
-        let plane = Plane {
-            bits,
-            full: Vec::new(),
-            half: Vec::new(),
-            data: Vec::new(),
-            scales: Vec::new(),
-            first: Vec::new(),
-            first_scales: Vec::new(),
-        };
+        let heads = vec![HeadStore::default(); config.num_kv_heads];
         KvCache {
             bits,
             nkv: config.num_kv_heads,
             hd: config.head_dim,
             capacity: config.max_position_embeddings,
             len: 0,
-            layers: vec![(plane.clone(), plane); config.num_layers],
+            layers: vec![[heads.clone(), heads]; config.num_layers],
         }
     }
 
@@ -221,15 +223,9 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
-            .flat_map(|(k, v)| [k, v])
-            .map(|p| {
-                4 * p.full.len()
-                    + 2 * p.half.len()
-                    + p.data.len()
-                    + 4 * p.scales.len()
-                    + p.first.len()
-                    + 4 * p.first_scales.len()
-            })
+            .flatten()
+            .flatten()
+            .map(HeadStore::bytes)
             .sum()
     }
 
@@ -244,27 +240,25 @@ impl KvCache {
         let (nkv, hd, start) = (self.nkv, self.hd, self.len);
         let separate = self.first_is_separate();
         let bits = self.bits;
-        let (kp, vp) = &mut self.layers[layer];
+        let [kp, vp] = &mut self.layers[layer];
         for (plane, rows) in [(kp, keys), (vp, values)] {
             for (i, row) in rows.chunks_exact(nkv * hd).enumerate() {
                 let pos = start + i;
-                for head in row.chunks_exact(hd) {
+                for (store, head) in plane.iter_mut().zip(row.chunks_exact(hd)) {
                     if separate && pos == 0 {
-                        let at = plane.first.len();
-                        plane.first.resize(at + hd, 0);
-                        let s = quantize_head(head, 8, &mut plane.first[at..]);
-                        plane.first_scales.push(s);
+                        store.first = vec![0; hd];
+                        store.first_scale = quantize_head(head, 8, &mut store.first);
                         continue;
                     }
                     match bits {
-                        KvBits::F32 => plane.full.extend_from_slice(head),
-                        KvBits::F16 => plane.half.extend(head.iter().map(|&v| f16::from_f32(v))),
+                        KvBits::F32 => store.full.extend_from_slice(head),
+                        KvBits::F16 => store.half.extend(head.iter().map(|&v| f16::from_f32(v))),
                         b => {
-                            let at = plane.data.len();
-                            plane.data.resize(at + b.head_bytes(hd), 0);
-                            plane
+                            let at = store.data.len();
+                            store.data.resize(at + b.head_bytes(hd), 0);
+                            store
                                 .scales
-                                .push(quantize_head(head, b.bits(), &mut plane.data[at..]));
+                                .push(quantize_head(head, b.bits(), &mut store.data[at..]));
                         }
                     }
                 }
@@ -287,25 +281,23 @@ impl KvCache {
         upto: usize,
         out: &mut [f32],
     ) {
-        let (k, v) = &self.layers[layer];
-        let plane = if values { v } else { k };
-        let (nkv, hd) = (self.nkv, self.hd);
-        let separate = self.first_is_separate();
-        let head_bytes = self.bits.head_bytes(hd);
-        for pos in 0..upto {
-            let o = &mut out[pos * hd..(pos + 1) * hd];
-            if separate && pos == 0 {
-                let codes = &plane.first[head * hd..(head + 1) * hd];
-                dequantize_head(codes, 8, plane.first_scales[head], o);
-                continue;
-            }
-            let slot = (if separate { pos - 1 } else { pos }) * nkv + head;
-            match plane.bits {
-                KvBits::F32 => o.copy_from_slice(&plane.full[slot * hd..(slot + 1) * hd]),
-                KvBits::F16 => plane.half[slot * hd..(slot + 1) * hd].convert_to_f32_slice(o),
-                b => {
-                    let codes = &plane.data[slot * head_bytes..(slot + 1) * head_bytes];
-                    dequantize_head(codes, b.bits(), plane.scales[slot], o)
+        let store = &self.layers[layer][values as usize][head];
+        let hd = self.hd;
+        let out = &mut out[..upto * hd];
+        match self.bits {
+            KvBits::F32 => out.copy_from_slice(&store.full[..upto * hd]),
+            KvBits::F16 => store.half[..upto * hd].convert_to_f32_slice(out),
+            b => {
+                let separate = self.first_is_separate();
+                let head_bytes = b.head_bytes(hd);
+                for (pos, o) in out.chunks_exact_mut(hd).enumerate() {
+                    if separate && pos == 0 {
+                        dequantize_head(&store.first, 8, store.first_scale, o);
+                        continue;
+                    }
+                    let slot = if separate { pos - 1 } else { pos };
+                    let codes = &store.data[slot * head_bytes..(slot + 1) * head_bytes];
+                    dequantize_head(codes, b.bits(), store.scales[slot], o);
                 }
             }
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod format;
 pub mod forward;
 pub mod generate;
+pub mod hf_bitnet;
 pub mod kv;
 pub mod sample;
 pub mod weights;

@@ -53,7 +53,14 @@ fn batch_equals_one_by_one_and_streams_add_up() {
         prompts.iter().map(Vec::len).sum::<usize>()
     );
     for (i, p) in prompts.iter().enumerate() {
-        let (alone, _) = generate(&engine, &tok, std::slice::from_ref(p), &opts, &mut |_, _| {}).unwrap();
+        let (alone, _) = generate(
+            &engine,
+            &tok,
+            std::slice::from_ref(p),
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
         assert_eq!(batch[i].tokens, alone[0].tokens, "sequence {i}");
         assert_eq!(batch[i].tokens.len(), 12);
         assert_eq!(batch[i].finish, Finish::Length);

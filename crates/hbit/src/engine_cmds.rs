@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::checkpoint::{checked_latent, pack_checkpoint, read_checkpoint, MODEL_FILE};
+use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint};
 use hbit_engine::format::load_packed;
-use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams, Weights};
+use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams};
 use tokenizers::Tokenizer;
 
 /// A model ready to run, with its tokenizer text.
@@ -17,20 +17,15 @@ pub struct LoadedModel {
     pub tokenizer_json: Option<String>,
 }
 
-/// Loads a packed model file, or packs a training checkpoint directory in memory (embeddings
-/// kept at f32, so its logits match the training framework's).
+/// Loads a packed model file, or packs a checkpoint directory (training layout or
+/// microsoft/bitnet-b1.58-2B-4T layout) in memory, embeddings kept at f32 so its logits match
+/// the training framework's.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if path.is_dir() {
-        let ckpt = read_checkpoint(path)?;
-        let mut tensors = ckpt.tensors;
-        if ckpt.config.tie_word_embeddings {
-            tensors.remove(hbit_model::tensors::LM_HEAD);
-        }
-        let latent = checked_latent(&ckpt.config, tensors, &path.join(MODEL_FILE))?;
-        let weights = Weights::from_latent(&ckpt.config, &latent, false, &path.join(MODEL_FILE))?;
+        let (weights, tokenizer_json) = load_checkpoint_dir(path, false)?;
         return Ok(LoadedModel {
             engine: Engine::new(weights),
-            tokenizer_json: ckpt.tokenizer_json,
+            tokenizer_json,
         });
     }
     let packed = load_packed(path)?;

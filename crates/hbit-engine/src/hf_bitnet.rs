@@ -1,0 +1,268 @@
+//! Checkpoints in the layout of microsoft/bitnet-b1.58-2B-4T (HF transformers' `BitNet`
+//! integration): `config.json` with `"quantization_config": {"quant_method": "bitnet"}`,
+//! squared-ReLU GLU, tied embeddings, and in `model.safetensors` each projection as
+//!
+//! * `….weight` — U8 `[out/4, in]`: weight row `r` of `out` is field `r / (out/4)` (bits
+//!   `2f..2f+2`) of packed row `r % (out/4)`, holding `w + 1`;
+//! * `….weight_scale` — one value `s` with `W = code / s`. HF's `BitLinear` computes
+//!   `y = (x_q · codesᵀ) / (input_scale · weight_scale)` where `x = x_q / input_scale`, so the
+//!   scale **divides**: `s = 1 / mean|W|`, and our per-tensor `alpha` (eq. 2, multiplied) is `1/s`.
+//!   The test `hf_bitnet_layout_loads_and_weight_scale_divides` checks this numerically: the
+//!   model loaded with `alpha = 1/s` reproduces the latent model's logits, the other reading
+//!   (`alpha = s`) does not come close.
+//!
+//! Activations are INT8 absmax per token (BitNet b1.58), so the model is our `bitnet_b158` a8.
+
+use std::path::Path;
+
+use half::{bf16, f16};
+use hbit_kernels::TernaryWeights;
+use hbit_model::config::{ConfigFile, QuantizationFile};
+use hbit_model::{InputQuant, ModelConfig, Variant};
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+use crate::error::{EngineError, Result};
+use crate::weights::{FloatData, FloatMatrix, TensorSource, TernaryMatrix, Weights};
+
+/// Whether `dir/config.json` declares HF's BitNet quantization (the 2B4T layout).
+pub fn is_hf_bitnet(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    v["quantization_config"]["quant_method"].as_str() == Some("bitnet")
+}
+
+/// Our config for an HF BitNet `config.json`.
+pub fn hf_config(path: &Path, v: &Value) -> Result<ModelConfig> {
+    let field = |name: &str| -> Result<usize> {
+        v[name].as_u64().map(|n| n as usize).ok_or_else(|| {
+            EngineError::format(
+                path,
+                format!(
+                    "field `{name}`: expected a positive integer, found {}",
+                    v[name]
+                ),
+            )
+        })
+    };
+    let float = |name: &str, default: f64| v[name].as_f64().unwrap_or(default);
+    // Token ids may be one integer or a list (Llama-3 instruct); the first is the one we use.
+    let token = |name: &str| match &v[name] {
+        Value::Number(n) => n.as_u64().map(|n| n as u32),
+        Value::Array(a) => a.first().and_then(Value::as_u64).map(|n| n as u32),
+        _ => None,
+    };
+    let heads = field("num_attention_heads")?;
+    let file = ConfigFile {
+        hidden_size: field("hidden_size")?,
+        intermediate_size: field("intermediate_size")?,
+        num_hidden_layers: field("num_hidden_layers")?,
+        num_attention_heads: heads,
+        num_key_value_heads: v["num_key_value_heads"]
+            .as_u64()
+            .map_or(heads, |n| n as usize),
+        vocab_size: field("vocab_size")?,
+        max_position_embeddings: field("max_position_embeddings")?,
+        rms_norm_eps: float("rms_norm_eps", 1e-5),
+        rope_theta: float("rope_theta", 10000.0),
+        hidden_act: v["hidden_act"].as_str().unwrap_or("relu2").to_string(),
+        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
+        bos_token_id: token("bos_token_id"),
+        eos_token_id: token("eos_token_id"),
+        quantization: QuantizationFile {
+            variant: Variant::BitnetB158.name().into(),
+            weight_bits: 1.58,
+            activation_bits: 8,
+            hadamard: Vec::new(),
+            topk_keep: None,
+            hadamard_block: None,
+        },
+    };
+    ModelConfig::from_file(&file).map_err(|e| EngineError::format(path, e.to_string()))
+}
+
+/// Reads an HF BitNet checkpoint directory into packed weights and its tokenizer text.
+pub fn read_hf_bitnet(dir: &Path, half_embeddings: bool) -> Result<(Weights, Option<String>)> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::format(&config_path, format!("invalid JSON: {e}")))?;
+    let config = hf_config(&config_path, &v)?;
+    let model_path = dir.join(MODEL_FILE);
+    let bytes = std::fs::read(&model_path).map_err(|e| EngineError::io(&model_path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        EngineError::format(&model_path, format!("not a valid safetensors file ({e})"))
+    })?;
+    let mut source = HfSource {
+        path: &model_path,
+        st: &st,
+        half_embeddings,
+        used: Vec::new(),
+    };
+    let weights = Weights::assemble(&config, &mut source)?;
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let tied_head = hbit_model::tensors::LM_HEAD;
+    if let Some(extra) = names.iter().find(|n| {
+        let tied = config.tie_word_embeddings && n.as_str() == tied_head;
+        !(source.used.contains(n) || tied)
+    }) {
+        return Err(EngineError::tensor(
+            &model_path,
+            extra,
+            "unexpected tensor (not part of this config's model)",
+        ));
+    }
+    let tok_path = dir.join(TOKENIZER_FILE);
+    let tokenizer = match tok_path.exists() {
+        true => {
+            Some(std::fs::read_to_string(&tok_path).map_err(|e| EngineError::io(&tok_path, e))?)
+        }
+        false => None,
+    };
+    Ok((weights, tokenizer))
+}
+
+struct HfSource<'a> {
+    path: &'a Path,
+    st: &'a SafeTensors<'a>,
+    half_embeddings: bool,
+    used: Vec<String>,
+}
+
+impl HfSource<'_> {
+    /// Values of a float tensor (F32, F16 or BF16) of `len` values.
+    fn floats(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| EngineError::tensor(self.path, name, "missing"))?;
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(EngineError::tensor(
+                    self.path,
+                    name,
+                    format!("expected dtype F32, F16 or BF16, found {other:?}"),
+                ))
+            }
+        };
+        if values.len() != len {
+            return Err(EngineError::tensor(
+                self.path,
+                name,
+                format!(
+                    "expected {len} values, found {} (shape {:?})",
+                    values.len(),
+                    view.shape()
+                ),
+            ));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::tensor(
+                self.path,
+                name,
+                format!("non-finite value at flat index {i}"),
+            ));
+        }
+        self.used.push(name.to_string());
+        Ok(values)
+    }
+}
+
+/// Ternary codes `[out, in]` from HF's packed `[out/4, in]` bytes.
+pub fn unpack_hf_codes(
+    packed: &[u8],
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<Vec<i8>, String> {
+    let p = rows / 4;
+    let mut codes = vec![0i8; rows * cols];
+    for r in 0..rows {
+        let (src, field) = (r % p, r / p);
+        for k in 0..cols {
+            let c = (packed[src * cols + k] >> (2 * field)) & 3;
+            if c == 3 {
+                return Err(format!(
+                    "invalid 2-bit code 3 at packed row {src}, column {k}, field {field}"
+                ));
+            }
+            codes[r * cols + k] = c as i8 - 1;
+        }
+    }
+    Ok(codes)
+}
+
+impl TensorSource for HfSource<'_> {
+    fn norm(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.floats(name, len)
+    }
+
+    fn ternary(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        quant: InputQuant,
+    ) -> Result<TernaryMatrix> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| EngineError::tensor(self.path, name, "missing"))?;
+        let expected = [rows / 4, cols];
+        if view.dtype() != Dtype::U8 || view.shape() != expected || !rows.is_multiple_of(4) {
+            return Err(EngineError::tensor(
+                self.path,
+                name,
+                format!(
+                    "expected packed U8 {expected:?} (out/4, in), found {:?} {:?}",
+                    view.dtype(),
+                    view.shape()
+                ),
+            ));
+        }
+        let codes = unpack_hf_codes(view.data(), rows, cols)
+            .map_err(|m| EngineError::tensor(self.path, name, m))?;
+        self.used.push(name.to_string());
+        let scale_name = format!("{name}_scale");
+        let scale = self.floats(&scale_name, 1)?[0];
+        if scale <= 0.0 {
+            return Err(EngineError::tensor(
+                self.path,
+                &scale_name,
+                format!("expected a positive scale, found {scale}"),
+            ));
+        }
+        // `weight_scale` divides (module docs): alpha = 1 / weight_scale.
+        let w = TernaryWeights::from_codes(rows, cols, 1.0 / scale, codes)?;
+        Ok(TernaryMatrix::pack(&w, quant.bits))
+    }
+
+    fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
+        let values = self.floats(name, rows * cols)?;
+        let data = match self.half_embeddings {
+            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            false => FloatData::F32(values),
+        };
+        Ok(FloatMatrix { rows, cols, data })
+    }
+}
