@@ -1,0 +1,221 @@
+//! The engine commands end to end through the binary: init → pack → logits (framework vs
+//! engine) → generate, and clear errors for bad models and prompts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hbit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hbit"))
+        .args(args)
+        .output()
+        .expect("running hbit")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = hbit(args);
+    assert!(
+        out.status.success(),
+        "hbit {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let out = hbit(args);
+    assert!(!out.status.success(), "hbit {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hbit-cli-engine-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn logits(json: &str) -> Vec<Vec<f64>> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    v["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn init_pack_logits_generate() {
+    let dir = tempdir("flow");
+    let ckpt = dir.join("ckpt");
+    let model = dir.join("model.hbit");
+    ok(&[
+        "init",
+        "--preset",
+        "micro",
+        "--variant",
+        "bitnet_v2",
+        "--act-bits",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        s(&ckpt),
+    ]);
+    let packed = ok(&[
+        "pack",
+        "--model",
+        s(&ckpt),
+        "--out",
+        s(&model),
+        "--embed-dtype",
+        "f32",
+    ]);
+    assert!(packed.contains("bitnet_v2 a4"), "{packed}");
+
+    // Framework and engine (from the checkpoint and from the packed file) agree.
+    let tokens = "5,17,300,2,99,45";
+    let framework = logits(&ok(&[
+        "logits",
+        "--model",
+        s(&ckpt),
+        "--tokens",
+        tokens,
+        "--json",
+    ]));
+    for m in [&ckpt, &model] {
+        let engine = logits(&ok(&[
+            "logits",
+            "--model",
+            s(m),
+            "--tokens",
+            tokens,
+            "--json",
+            "--engine",
+        ]));
+        assert_eq!(engine.len(), 6);
+        let scale = framework
+            .iter()
+            .flatten()
+            .fold(0.0f64, |a, b| a.max(b.abs()));
+        let diff = framework
+            .iter()
+            .flatten()
+            .zip(engine.iter().flatten())
+            .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff / scale < 1e-5, "{}: {diff}", m.display());
+    }
+
+    // A tokenizer, then generation from the packed model (greedy: reproducible).
+    let text = dir.join("corpus.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat. the dog sat on the log. ".repeat(50),
+    )
+    .unwrap();
+    let tok = dir.join("tok.json");
+    ok(&[
+        "tokenizer",
+        "train",
+        "--data",
+        s(&text),
+        "--vocab-size",
+        "300",
+        "--out",
+        s(&tok),
+    ]);
+    let gen = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+            "--max-tokens",
+            "6",
+            "--greedy",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let a = gen(&["--prompt", "the cat"]);
+    assert!(a.starts_with("the cat"), "{a}");
+    assert_eq!(a, gen(&["--prompt", "the cat"]));
+    assert_ne!(
+        gen(&["--prompt", "the cat", "--kv-bits", "3", "--q-bits", "4"]),
+        ""
+    );
+
+    // A batch file of prompts, JSON out.
+    let batch = dir.join("prompts.txt");
+    std::fs::write(&batch, "the cat\n{\"prompt\": \"the dog\"}\n").unwrap();
+    let out = gen(&["--batch-file", s(&batch), "--json"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["prompt"], "the dog");
+    assert_eq!(lines[0]["finish"], "length");
+    assert_eq!(lines[0]["tokens"].as_array().unwrap().len(), 6);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_models_and_prompts_are_clear_errors() {
+    let dir = tempdir("errors");
+    let model = dir.join("model.hbit");
+    ok(&[
+        "init",
+        "--dummy",
+        "--shape",
+        "b125m",
+        "--act-bits",
+        "4",
+        "--out",
+        s(&model),
+    ]);
+    // Truncated file.
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.join("cut.hbit");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(&["generate", "--model", s(&cut), "--prompt", "hi"]);
+    assert!(
+        e.contains("cut.hbit") && e.contains("not a complete hbit packed model"),
+        "{e}"
+    );
+    // Not a model.
+    let e = err(&[
+        "logits",
+        "--engine",
+        "--model",
+        s(&dir.join("missing.hbit")),
+        "--tokens",
+        "1",
+    ]);
+    assert!(e.contains("missing.hbit"), "{e}");
+    // No tokenizer inside a dummy model.
+    let e = err(&["generate", "--model", s(&model), "--prompt", "hi"]);
+    assert!(e.contains("no tokenizer"), "{e}");
+    // Token ids outside the vocabulary.
+    let e = err(&[
+        "logits",
+        "--engine",
+        "--model",
+        s(&model),
+        "--tokens",
+        "999999",
+    ]);
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
