@@ -68,15 +68,20 @@ fn dummy_model(dir: &Path, shape: &str, bits: ActBits) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let exe = std::env::current_exe().context("locating the hbit executable")?;
-    let status = std::process::Command::new(exe)
+    let out = std::process::Command::new(exe)
         .args(["init", "--dummy", "--shape", shape, "--act-bits"])
         .arg(bits.bits().to_string())
         .arg("--out")
         .arg(&path)
-        .status()
+        .output()
         .context("running hbit init --dummy")?;
-    if !status.success() {
-        bail!("hbit init --dummy --shape {shape} failed");
+    // The child's report goes to stderr: stdout carries only measurements (JSON lines).
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!(
+            "hbit init --dummy --shape {shape} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(path)
 }
