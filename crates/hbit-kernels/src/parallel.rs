@@ -208,6 +208,27 @@ pub fn map_parts<T: Send>(parts: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T>
         .collect()
 }
 
+/// `f(i, row_i)` for every `cols`-wide row of `x`, the rows split into contiguous shares run
+/// through [`run_parts`] (one share per thread of the caller's pool).
+pub fn for_each_row<T: Send>(x: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = x.len() / cols.max(1);
+    let parts = rayon::current_num_threads().clamp(1, rows.max(1));
+    let share = rows.div_ceil(parts).max(1);
+    let chunks: Vec<Mutex<(usize, &mut [T])>> = x
+        .chunks_mut(share * cols)
+        .enumerate()
+        .map(|(i, c)| Mutex::new((i * share, c)))
+        .collect();
+    run_parts(chunks.len(), &|p| {
+        // Each part locks only its own chunk: never contended.
+        let mut guard = chunks[p].lock().unwrap_or_else(|e| e.into_inner());
+        let (first, chunk) = &mut *guard;
+        for (j, row) in chunk.chunks_exact_mut(cols).enumerate() {
+            f(*first + j, row);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +245,28 @@ mod tests {
                 assert!(
                     hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
                     "{parts} parts"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn for_each_row_visits_every_row_once_with_its_index() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for rows in [1usize, 2, 3, 7, 64] {
+            let mut x = vec![0u32; rows * 5];
+            pool.install(|| {
+                for_each_row(&mut x, 5, |i, row| {
+                    row.iter_mut().for_each(|v| *v += i as u32 + 1)
+                })
+            });
+            for (i, row) in x.chunks(5).enumerate() {
+                assert!(
+                    row.iter().all(|&v| v == i as u32 + 1),
+                    "{rows} rows: row {i} = {row:?}"
                 );
             }
         }

@@ -6,7 +6,7 @@
 
 use crate::error::KernelError;
 use crate::pack::K_ALIGN;
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The epsilon of eqs. (1), (5), (6).
 pub const QUANT_EPS: f32 = 1e-5;
@@ -348,26 +348,32 @@ pub fn quantize_activations(
     check_finite("activations", x)?;
     let mut q = QuantizedActivations::zeroed(bits, tokens, cols);
     let stride = q.stride;
-    let quantize = |(row, (out, scale)): (&[f32], (&mut [i8], &mut f32))| {
-        let out = &mut out[..cols];
-        *scale = match bits {
-            ActBits::Int8 => quantize_int8_token(row, out),
-            ActBits::Int4 => quantize_int4_token(row, out),
-        };
+    let quantize = |t: usize, out: &mut [i8]| -> f32 {
+        let row = &x[t * cols..(t + 1) * cols];
+        match bits {
+            ActBits::Int8 => quantize_int8_token(row, &mut out[..cols]),
+            ActBits::Int4 => quantize_int4_token(row, &mut out[..cols]),
+        }
     };
-    // Tokens are independent: many of them (a prefill) are split across threads.
     if tokens * cols >= PARALLEL_QUANT_VALUES {
-        x.par_chunks_exact(cols)
-            .zip(
-                q.codes
-                    .par_chunks_exact_mut(stride)
-                    .zip(q.scales.par_iter_mut()),
-            )
-            .for_each(quantize);
+        // Tokens are independent: many of them (a prefill) are split across threads.
+        let scales: Vec<AtomicU32> = (0..tokens).map(|_| AtomicU32::new(0)).collect();
+        crate::parallel::for_each_row(&mut q.codes, stride, |t, out| {
+            scales[t].store(quantize(t, out).to_bits(), Ordering::Relaxed);
+        });
+        q.scales = scales
+            .into_iter()
+            .map(|s| f32::from_bits(s.into_inner()))
+            .collect();
     } else {
-        x.chunks_exact(cols)
-            .zip(q.codes.chunks_exact_mut(stride).zip(q.scales.iter_mut()))
-            .for_each(quantize);
+        for (t, (out, scale)) in q
+            .codes
+            .chunks_exact_mut(stride)
+            .zip(q.scales.iter_mut())
+            .enumerate()
+        {
+            *scale = quantize(t, out);
+        }
     }
     Ok(q)
 }
@@ -376,6 +382,28 @@ pub fn quantize_activations(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn many_tokens_quantize_on_threads_exactly_as_one_by_one() {
+        let (tokens, cols) = (70, 1000); // 70 000 values: the parallel path
+        assert!(tokens * cols >= PARALLEL_QUANT_VALUES);
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 97.0)
+            .collect();
+        for bits in [ActBits::Int8, ActBits::Int4] {
+            let q = quantize_activations(&x, tokens, cols, bits).unwrap();
+            for t in 0..tokens {
+                let mut codes = vec![0i8; cols];
+                let row = &x[t * cols..(t + 1) * cols];
+                let scale = match bits {
+                    ActBits::Int8 => quantize_int8_token(row, &mut codes),
+                    ActBits::Int4 => quantize_int4_token(row, &mut codes),
+                };
+                assert_eq!(q.token(t), codes.as_slice());
+                assert_eq!(q.scales[t].to_bits(), scale.to_bits());
+            }
+        }
+    }
 
     #[test]
     fn topk_keeps_exactly_k_largest_with_ties_to_lower_index() {
