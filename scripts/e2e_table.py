@@ -13,16 +13,16 @@ kvs = sorted({r["kv_bits"] for r in rows}, key=lambda k: ["f32", "f16", "int8", 
 batches = sorted({r["batch"] for r in rows})
 groups = defaultdict(list)
 for r in rows:
-    groups[(r["shape"], r["act_bits"], r["threads"])].append(r)
+    groups[(r["shape"], r["act_bits"], r["threads"], r.get("head", "f16"))].append(r)
 
-head = ["shape", "act", "threads", "prefill t/s"]
+head = ["shape", "act", "threads", "LM head", "prefill t/s"]
 head += [f"decode b{b} {k} t/s" for b in batches for k in kvs]
 head += ["file MB", "max RSS / (file + KV)"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
-for (shape, act, threads), rs in groups.items():
+for (shape, act, threads, lm_head), rs in groups.items():
     pre = max(r["prefill_tok_s"] for r in rs)
-    cells = [shape, f"a{act}", str(threads), f"{pre:.1f}"]
+    cells = [shape, f"a{act}", str(threads), lm_head, f"{pre:.1f}"]
     for b in batches:
         for k in kvs:
             m = [r for r in rs if r["batch"] == b and r["kv_bits"] == k]
@@ -37,7 +37,8 @@ pairs = []
 for r in rows:
     if r["act_bits"] == 4 and r["batch"] >= 16:
         m = [q for q in rows if q["act_bits"] == 8 and q["shape"] == r["shape"] and q["threads"] == r["threads"]
-             and q["batch"] == r["batch"] and q["kv_bits"] == r["kv_bits"]]
+             and q["batch"] == r["batch"] and q["kv_bits"] == r["kv_bits"]
+             and q.get("head", "f16") == r.get("head", "f16")]
         if m:
             pairs.append((r, r["decode_tok_s"] / m[0]["decode_tok_s"]))
 if pairs:

@@ -132,6 +132,13 @@ pub fn write_packed(path: &Path, weights: &Weights, tokenizer_json: Option<&str>
         let (dtype, bytes): (Dtype, &[u8]) = match m.view() {
             hbit_kernels::FloatWeights::F32(v) => (Dtype::F32, bytemuck::cast_slice(v)),
             hbit_kernels::FloatWeights::F16(v) => (Dtype::F16, bytemuck::cast_slice(v)),
+            hbit_kernels::FloatWeights::I8 { .. } => {
+                return Err(EngineError::tensor(
+                    path,
+                    name,
+                    "an 8-bit head is a load-time option and is not written to model files",
+                ))
+            }
         };
         let view =
             TensorView::new(dtype, vec![m.rows, m.cols], bytes).map_err(|e| view_err(name, e))?;
@@ -317,6 +324,7 @@ impl TensorSource for MappedSource<'_> {
         let finite = match m.view() {
             hbit_kernels::FloatWeights::F32(v) => v.iter().position(|x| !x.is_finite()),
             hbit_kernels::FloatWeights::F16(v) => v.iter().position(|x| !x.is_finite()),
+            hbit_kernels::FloatWeights::I8 { .. } => None,
         };
         if let Some(i) = finite {
             return Err(EngineError::tensor(

@@ -158,6 +158,11 @@ impl Projection {
 pub enum FloatData {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// 8-bit absmax rows (the optional 8-bit LM head, built at load time).
+    I8 {
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+    },
     /// Little-endian f32 or f16 values in place in a mapped file, alignment checked at load.
     Mapped {
         bytes: hbit_kernels::PackedBytes,
@@ -178,6 +183,7 @@ impl FloatMatrix {
         match &self.data {
             FloatData::F32(v) => FloatWeights::F32(v),
             FloatData::F16(v) => FloatWeights::F16(v),
+            FloatData::I8 { codes, scales } => FloatWeights::I8 { codes, scales },
             // Alignment was checked when the matrix was built (`FloatMatrix::mapped`).
             FloatData::Mapped { bytes, half: false } => {
                 FloatWeights::F32(bytemuck::cast_slice(bytes))
@@ -219,7 +225,27 @@ impl FloatMatrix {
 
     /// Bytes the matrix occupies.
     pub fn bytes(&self) -> usize {
-        self.rows * self.cols * if self.is_f16() { 2 } else { 4 }
+        match self.view() {
+            FloatWeights::F32(_) => 4 * self.rows * self.cols,
+            FloatWeights::F16(_) => 2 * self.rows * self.cols,
+            FloatWeights::I8 { .. } => self.rows * self.cols + 4 * self.rows,
+        }
+    }
+
+    /// An 8-bit copy (absmax per row): half the bytes of f16 for a memory-bound GEMV.
+    pub fn to_int8(&self) -> FloatMatrix {
+        let mut values = vec![0.0f32; self.rows * self.cols];
+        let view = self.view();
+        for (r, row) in values.chunks_exact_mut(self.cols).enumerate() {
+            view.row_into(r, self.cols, row);
+        }
+        let (codes, scales) =
+            hbit_kernels::float_gemv::quantize_rows_int8(&values, self.rows, self.cols);
+        FloatMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            data: FloatData::I8 { codes, scales },
+        }
     }
 }
 

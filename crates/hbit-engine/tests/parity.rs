@@ -243,3 +243,27 @@ fn context_and_vocabulary_errors_are_clear() {
         "a refused call leaves the cache untouched"
     );
 }
+
+/// The 8-bit head rounds each weight to half a step of its row's absmax / 127.
+const INT8_HEAD_REL_TOL: f32 = 2e-2;
+
+#[test]
+fn int8_head_stays_close_to_the_stored_head() {
+    let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+    let (_, mut engine) = model_and_engine(&config, 12);
+    let toks = tokens(20, config.vocab_size, 4);
+    let run = |engine: &Engine| {
+        let mut cache = engine.new_cache(KvBits::F32);
+        engine
+            .forward(&mut [&mut cache], &[&toks], Logits::All)
+            .unwrap()
+            .remove(0)
+    };
+    let stored = run(&engine);
+    engine.use_int8_head();
+    let int8 = run(&engine);
+    let diff = max_rel_diff(&int8, &stored);
+    assert!(diff > 0.0 && diff < INT8_HEAD_REL_TOL, "{diff}");
+    engine.use_stored_head();
+    assert!(run(&engine) == stored);
+}

@@ -13,11 +13,17 @@ use half::f16;
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
 
-/// A row-major `[rows, cols]` weight matrix at f32 or f16.
+/// A row-major `[rows, cols]` weight matrix at f32 or f16, or at 8 bits per weight with one
+/// absmax scale per row (the optional 8-bit LM head: half the bytes of f16 per decode step).
 #[derive(Debug, Clone, Copy)]
 pub enum FloatWeights<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
+    /// `codes` `[rows, cols]`, `scales` `[rows]`: `W[r, k] = scales[r] · codes[r, k]`.
+    I8 {
+        codes: &'a [i8],
+        scales: &'a [f32],
+    },
 }
 
 impl FloatWeights<'_> {
@@ -25,6 +31,7 @@ impl FloatWeights<'_> {
         match self {
             FloatWeights::F32(w) => w.len(),
             FloatWeights::F16(w) => w.len(),
+            FloatWeights::I8 { codes, .. } => codes.len(),
         }
     }
 
@@ -41,8 +48,42 @@ impl FloatWeights<'_> {
                     *o = v.to_f32();
                 }
             }
+            FloatWeights::I8 { codes, scales } => {
+                for (o, &c) in out.iter_mut().zip(&codes[r * cols..(r + 1) * cols]) {
+                    *o = scales[r] * c as f32;
+                }
+            }
         }
     }
+
+    /// Per-row scale applied after the dot product (1 for float weights).
+    fn row_scale(&self, r: usize) -> f32 {
+        match self {
+            FloatWeights::I8 { scales, .. } => scales[r],
+            _ => 1.0,
+        }
+    }
+}
+
+/// 8-bit absmax quantization of each row of `w` `[rows, cols]`: `s = max|w| / 127`,
+/// `code = RoundClip(w / s, -127, 127)`. Returns codes and scales.
+pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut codes = vec![0i8; rows * cols];
+    let mut scales = vec![0.0f32; rows];
+    for ((row, out), scale) in w
+        .chunks_exact(cols)
+        .zip(codes.chunks_exact_mut(cols))
+        .zip(&mut scales)
+    {
+        let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        *scale = absmax / 127.0;
+        if absmax > 0.0 {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = crate::quant::round_clip(v / *scale, -127.0, 127.0) as i8;
+            }
+        }
+    }
+    (codes, scales)
 }
 
 /// Tokens sharing one pass over a weight row (the row stays in L1 between them).
@@ -81,6 +122,15 @@ fn check(
             expected: rows * cols,
             found: w.len(),
         });
+    }
+    if let FloatWeights::I8 { scales, .. } = w {
+        if scales.len() != rows {
+            return Err(KernelError::LengthMismatch {
+                what: "8-bit weight row scales [rows]",
+                expected: rows,
+                found: scales.len(),
+            });
+        }
     }
     if !x.len().is_multiple_of(cols) {
         return Err(KernelError::LengthMismatch {
@@ -153,8 +203,12 @@ fn rows_block(
                 std::array::from_fn(|i| &x[(t0 + i.min(tile - 1)) * cols..][..cols]);
             let mut sums = [0.0f32; TOKEN_TILE];
             dot_tile(path, w, r, cols, &xs, tile, &mut sums);
+            let scale = w.row_scale(r);
             for (i, s) in sums.iter().take(tile).enumerate() {
-                out[(t0 + i) * n + (r - r0)] = *s;
+                out[(t0 + i) * n + (r - r0)] = match w {
+                    FloatWeights::I8 { .. } => *s * scale,
+                    _ => *s,
+                };
             }
         }
     }
@@ -179,6 +233,9 @@ fn dot_tile(
         sums[i] = match w {
             FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| *v),
             FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| v.to_f32()),
+            FloatWeights::I8 { codes, .. } => {
+                dot_scalar(&codes[r * cols..][..cols], xs[i], |c| *c as f32)
+            }
         };
     }
 }
@@ -218,6 +275,9 @@ pub fn float_matmul_reference(
             y[t * rows + r] = match w {
                 FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| *v),
                 FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| v.to_f32()),
+                FloatWeights::I8 { codes, scales } => {
+                    dot_scalar(&codes[r * cols..][..cols], xt, |c| *c as f32) * scales[r]
+                }
             };
         }
     }
@@ -233,7 +293,7 @@ mod simd {
     /// AVX2 + FMA are guaranteed by the non-scalar paths; f16 weights also need F16C.
     pub fn available(w: &FloatWeights) -> bool {
         match w {
-            FloatWeights::F32(_) => true,
+            FloatWeights::F32(_) | FloatWeights::I8 { .. } => true,
             FloatWeights::F16(_) => std::arch::is_x86_feature_detected!("f16c"),
         }
     }
@@ -263,6 +323,10 @@ mod simd {
             FloatWeights::F32(w) => unsafe { by_tile!(tile_f32, &w[r * cols..][..cols]) },
             // SAFETY: as above, and `available` checked F16C.
             FloatWeights::F16(w) => unsafe { by_tile!(tile_f16, &w[r * cols..][..cols]) },
+            // SAFETY: as for f32.
+            FloatWeights::I8 { codes, .. } => unsafe {
+                by_tile!(tile_i8, &codes[r * cols..][..cols])
+            },
         }
     }
 
@@ -321,6 +385,9 @@ mod simd {
     tile_kernel!(tile_f16, f16, "avx2,fma,f16c", |p: *const f16| {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     });
+    tile_kernel!(tile_i8, i8, "avx2,fma", |p: *const i8| {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    });
 }
 
 #[cfg(test)]
@@ -371,7 +438,9 @@ mod tests {
             let w32 = values(rows * cols, seed);
             let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
             let x = values(tokens * cols, seed + 1);
-            for w in [FloatWeights::F32(&w32), FloatWeights::F16(&w16)] {
+            let (c8, s8) = quantize_rows_int8(&w32, rows, cols);
+            let w8 = FloatWeights::I8 { codes: &c8, scales: &s8 };
+            for w in [FloatWeights::F32(&w32), FloatWeights::F16(&w16), w8] {
                 let want = float_matmul_reference(w, rows, cols, &x).unwrap();
                 for path in KernelPath::supported() {
                     let mut y = vec![0.0; tokens * rows];
@@ -387,6 +456,14 @@ mod tests {
                         let exact: f64 = row.iter().zip(&x[t * cols..]).map(|(a, b)| *a as f64 * *b as f64).sum();
                         prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (cols as f64).sqrt());
                     }
+                }
+            }
+            // The 8-bit rows stay within half a step per weight of the f32 rows.
+            for r in 0..rows {
+                let mut row = vec![0.0; cols];
+                w8.row_into(r, cols, &mut row);
+                for (a, b) in row.iter().zip(&w32[r * cols..(r + 1) * cols]) {
+                    prop_assert!((a - b).abs() <= s8[r] * 0.5 + 1e-7);
                 }
             }
         }

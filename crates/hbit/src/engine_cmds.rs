@@ -128,6 +128,9 @@ pub struct GenerateArgs {
     /// Quantize queries to this many bits (the paper's 4-bit QKV, with --kv-bits 4).
     #[arg(long)]
     q_bits: Option<u32>,
+    /// LM head: 16 (as stored) or 8 (an 8-bit absmax copy: half the bytes per decode step).
+    #[arg(long, default_value_t = 16)]
+    head_bits: u8,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -197,13 +200,18 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
             .build_global()
             .context("--threads")?;
     }
-    let prompts = read_prompts(args)?;
-    let mut loaded = load_model(&args.model)?;
-    loaded.engine.q_bits = args.q_bits;
     if let Some(b) = args.q_bits {
         if !(2..=8).contains(&b) {
             bail!("--q-bits {b}: expected 2..=8");
         }
+    }
+    let prompts = read_prompts(args)?;
+    let mut loaded = load_model(&args.model)?;
+    loaded.engine.q_bits = args.q_bits;
+    match args.head_bits {
+        16 => {}
+        8 => loaded.engine.use_int8_head(),
+        other => bail!("--head-bits {other}: expected 16 or 8"),
     }
     let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
     let mut encoded = Vec::with_capacity(prompts.len());

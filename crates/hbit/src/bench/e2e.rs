@@ -37,6 +37,9 @@ pub struct E2eArgs {
     /// KV-cache storage (16 = f16; 8, 4, 3 = absmax integers).
     #[arg(long, value_delimiter = ',', default_value = "16,4")]
     kv_bits: Vec<String>,
+    /// LM head widths: 16 (as stored, f16) and/or 8 (an 8-bit absmax copy made at load).
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    head_bits: Vec<u8>,
     #[arg(long, default_value_t = 128)]
     prefill_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -169,9 +172,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     }
     if !args.json {
         println!(
-            "{:<6} {:>3} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
+            "{:<6} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
             "shape",
             "act",
+            "head",
             "thr",
             "batch",
             "kv",
@@ -190,30 +194,39 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             let before = resident_bytes().unwrap_or(0);
             let packed = load_packed(&path)?;
             let file_bytes = packed.file_bytes;
-            let engine = Engine::new(packed.weights);
-            for &t in &threads {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-                for &batch in &batches {
-                    for &kv in &kvs {
-                        let m = pool.install(|| measure(&engine, batch, kv, prefill, decode))?;
-                        let rss = resident_bytes().unwrap_or(0).saturating_sub(before);
-                        if args.json {
-                            println!(
-                                "{}",
-                                serde_json::json!({
-                                    "shape": shape, "act_bits": b, "threads": t, "batch": batch,
-                                    "kv_bits": kv.name(), "prefill_tokens": prefill,
-                                    "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
-                                    "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
-                                    "rss_bytes": rss, "kv_bytes": m.kv_bytes,
-                                })
-                            );
-                        } else {
-                            println!(
-                                "{:<6} {:>3} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
-                                shape, b, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
+            let mut engine = Engine::new(packed.weights);
+            for &head in &args.head_bits {
+                match head {
+                    16 => engine.use_stored_head(),
+                    8 => engine.use_int8_head(),
+                    other => bail!("--head-bits {other}: expected 16 or 8"),
+                }
+                let head_name = if head == 8 { "int8" } else { "f16" };
+                for &t in &threads {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+                    for &batch in &batches {
+                        for &kv in &kvs {
+                            let m =
+                                pool.install(|| measure(&engine, batch, kv, prefill, decode))?;
+                            let rss = resident_bytes().unwrap_or(0).saturating_sub(before);
+                            if args.json {
+                                println!(
+                                    "{}",
+                                    serde_json::json!({
+                                        "shape": shape, "act_bits": b, "threads": t, "batch": batch,
+                                        "kv_bits": kv.name(), "prefill_tokens": prefill,
+                                        "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
+                                        "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
+                                        "rss_bytes": rss, "kv_bytes": m.kv_bytes, "head": head_name,
+                                    })
+                                );
+                            } else {
+                                println!(
+                                "{:<6} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
+                                shape, b, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
                                 file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6
                             );
+                            }
                         }
                     }
                 }
