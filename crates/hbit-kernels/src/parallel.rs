@@ -10,9 +10,12 @@
 //! (`rayon::current_num_threads()`), so `ThreadPool::install` still sets how many cores the
 //! kernels use; this pool only supplies the threads.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Low 32 bits of the state meaning "every part claimed", whatever the job's part count.
+const CLAIMED_ALL: u64 = u32::MAX as u64;
 
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_millis(2);
@@ -36,6 +39,8 @@ struct Shared {
     pending: AtomicUsize,
     /// Workers still allowed to join the current job (the caller's thread count minus one).
     slots: AtomicUsize,
+    /// Set when a part of the current job panicked.
+    panicked: AtomicBool,
     /// The current job, written before its epoch is published.
     job: Mutex<Option<Job>>,
     /// Parked workers wait here for the next epoch.
@@ -57,6 +62,7 @@ fn pool() -> &'static Pool {
             state: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
             slots: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
             job: Mutex::new(None),
             wake: Condvar::new(),
             sleep_lock: Mutex::new(()),
@@ -103,11 +109,15 @@ fn work_on(shared: &Shared, epoch: u64) {
     while let Some(part) = claim(shared, epoch, job.parts) {
         // SAFETY: a part of `epoch` was claimed, so the job of `epoch` is not finished: its
         // caller is still inside `run_parts`, keeping the closure alive, and cannot publish the
-        // next job (which would replace `job`) until this part's `pending` decrement below.
-        // The job read above belongs to `epoch`: it was stored before `epoch` was published and
-        // the slot is only rewritten after every part of `epoch` has finished.
+        // next job until this part's `pending` decrement below. The job read above belongs to
+        // `epoch`: before rewriting the slot, a caller marks the finished epoch's parts all
+        // claimed (`CLAIMED_ALL`), so a stale reader of a newer slot can claim nothing.
         let f = unsafe { &*job.f };
-        f(part as usize);
+        // A panicking part must still count as finished, or its caller would wait forever; the
+        // caller re-raises it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part as usize))).is_err() {
+            shared.panicked.store(true, Ordering::Release);
+        }
         shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -169,7 +179,16 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     let f_static: *const (dyn Fn(usize) + Sync) = unsafe {
         std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
     };
-    let parts32 = u32::try_from(parts).expect("fewer than 2^32 parts");
+    let parts32 = u32::try_from(parts)
+        .ok()
+        .filter(|&p| p < u32::MAX)
+        .expect("fewer than 2^32 - 1 parts");
+    let previous = shared.state.load(Ordering::Acquire) >> 32;
+    // Close the previous epoch for stale workers before the job slot changes (see `work_on`).
+    shared
+        .state
+        .store(previous << 32 | CLAIMED_ALL, Ordering::Release);
+    shared.panicked.store(false, Ordering::Release);
     shared.pending.store(parts, Ordering::Release);
     // At most `threads` participants (the caller and `threads - 1` workers), so an `install`-ed
     // pool of n threads keeps the kernels on n cores.
@@ -178,17 +197,25 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         f: f_static,
         parts: parts32,
     });
-    let epoch = (shared.state.load(Ordering::Acquire) >> 32) + 1;
+    let epoch = previous + 1;
     {
         let _g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
         shared.state.store(epoch << 32, Ordering::Release);
         shared.wake.notify_all();
     }
-    work_on(shared, epoch);
+    // The caller's own parts: a panic there is caught too, because the closure must outlive
+    // every part the workers are still running.
+    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(shared, epoch)));
     while shared.pending.load(Ordering::Acquire) != 0 {
         std::hint::spin_loop();
     }
     *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    if let Err(payload) = own {
+        std::panic::resume_unwind(payload);
+    }
+    if shared.panicked.load(Ordering::Acquire) {
+        panic!("a part of a parallel kernel job panicked on a worker thread");
+    }
 }
 
 /// `f(0..parts)` through [`run_parts`], results in part order.
@@ -270,6 +297,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_panicking_part_is_reported_and_the_pool_keeps_working() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| {
+                run_parts(16, &|i| {
+                    if i == 7 {
+                        panic!("part 7");
+                    }
+                })
+            })
+        }));
+        assert!(result.is_err());
+        let hits: Vec<AtomicU32> = (0..16).map(|_| AtomicU32::new(0)).collect();
+        pool.install(|| {
+            run_parts(16, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 
     #[test]
