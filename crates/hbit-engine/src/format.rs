@@ -256,10 +256,11 @@ impl MappedSource<'_> {
         }
         self.used.push(name.to_string());
         let (s, e) = info.data_offsets;
-        Ok(PackedBytes::shared(
+        PackedBytes::shared(
             self.buffer.clone(),
             self.data_start + s..self.data_start + e,
-        )?)
+        )
+        .map_err(|err| EngineError::tensor(self.path, name, err.to_string()))
     }
 
     fn f32s(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {

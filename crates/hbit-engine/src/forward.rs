@@ -181,7 +181,10 @@ impl Engine {
         // Attention: pre-norm, q/k/v share one quantized input.
         let mut normed = x.to_vec();
         rms_norm_rows(&mut normed, &w.input_layernorm, eps);
-        let xq = w.q_proj.prepare_input(&mut normed, n)?;
+        let xq = w
+            .q_proj
+            .prepare_input(&mut normed, n)
+            .map_err(|e| at(l, "q_proj", e))?;
         let mut q = vec![0.0f32; n * h]; // [N, nh·hd]
         let mut k = vec![0.0f32; n * kv_dim]; // [N, nkv·hd]
         let mut v = vec![0.0f32; n * kv_dim];
@@ -211,7 +214,10 @@ impl Engine {
         }
         let mut attn = self.attention(l, &q, rows, caches); // [N, H]
         rms_norm_rows(&mut attn, &w.attn_sub_norm, eps); // the LN of eq. (7)
-        let aq = w.o_proj.prepare_input(&mut attn, n)?; // Hadamard (v2), top-K (a4.8), quantize
+        let aq = w
+            .o_proj
+            .prepare_input(&mut attn, n)
+            .map_err(|e| at(l, "o_proj", e))?; // Hadamard (v2), top-K (a4.8), quantize
         let mut o = vec![0.0f32; n * h];
         w.o_proj.weight.matmul(&aq, &mut o)?;
         for (xi, oi) in x.iter_mut().zip(&o) {
@@ -221,7 +227,10 @@ impl Engine {
         // FFN: pre-norm, gate/up share one quantized input.
         let mut normed = x.to_vec();
         rms_norm_rows(&mut normed, &w.post_attention_layernorm, eps);
-        let xq = w.gate_proj.prepare_input(&mut normed, n)?;
+        let xq = w
+            .gate_proj
+            .prepare_input(&mut normed, n)
+            .map_err(|e| at(l, "gate_proj", e))?;
         let mut gate = vec![0.0f32; n * i_size]; // [N, I]
         let mut up = vec![0.0f32; n * i_size];
         matmul_many(
@@ -240,7 +249,10 @@ impl Engine {
             }
         });
         rms_norm_rows(&mut gate, &w.ffn_sub_norm, eps); // the LN of eq. (7)
-        let gq = w.down_proj.prepare_input(&mut gate, n)?;
+        let gq = w
+            .down_proj
+            .prepare_input(&mut gate, n)
+            .map_err(|e| at(l, "down_proj", e))?;
         let mut down = vec![0.0f32; n * h];
         w.down_proj.weight.matmul(&gq, &mut down)?;
         for (xi, di) in x.iter_mut().zip(&down) {
@@ -341,6 +353,11 @@ impl Engine {
         }
         attn
     }
+}
+
+/// An error of layer `l`'s projection input, named.
+fn at(l: usize, proj: &str, e: EngineError) -> EngineError {
+    EngineError::Input(format!("layer {l}, input of {proj}: {e}"))
 }
 
 /// `Σ a·b` in eight interleaved partial sums, so the compiler vectorizes it (a single running

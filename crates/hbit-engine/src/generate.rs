@@ -134,14 +134,17 @@ pub fn generate(
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<(Vec<Generation>, GenerateStats)> {
     options.sampling.validate()?;
+    if options.stop.iter().any(String::is_empty) {
+        return Err(EngineError::Input("stop strings must not be empty".into()));
+    }
     let context = engine.config().max_position_embeddings;
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(EngineError::Input(format!("prompt {i} is empty")));
         }
-        if p.len() >= context {
+        if p.len() > context {
             return Err(EngineError::Input(format!(
-                "prompt {i} has {} tokens; the model's context is {context} (max_position_embeddings), leaving no room to generate",
+                "prompt {i} has {} tokens, more than the model's context of {context} (max_position_embeddings)",
                 p.len()
             )));
         }
@@ -195,7 +198,8 @@ pub fn generate(
                 finish[i] = Some(Finish::Stop);
             } else if outputs[i].len() >= options.max_tokens {
                 finish[i] = Some(Finish::Length);
-            } else if prompts[i].len() + outputs[i].len() >= context {
+            } else if prompts[i].len() + outputs[i].len() > context {
+                // The token just sampled cannot be fed: every position is used.
                 finish[i] = Some(Finish::Context);
             } else {
                 next_tokens.push((i, token));

@@ -245,15 +245,17 @@ impl TensorSource for HfSource<'_> {
         self.used.push(name.to_string());
         let scale_name = format!("{name}_scale");
         let scale = self.floats(&scale_name, 1)?[0];
-        if scale <= 0.0 {
+        // `weight_scale` divides (module docs): alpha = 1 / weight_scale.
+        let alpha = 1.0 / scale;
+        if scale <= 0.0 || !alpha.is_finite() {
             return Err(EngineError::tensor(
                 self.path,
                 &scale_name,
-                format!("expected a positive scale, found {scale}"),
+                format!("expected a positive scale with a finite inverse, found {scale}"),
             ));
         }
-        // `weight_scale` divides (module docs): alpha = 1 / weight_scale.
-        let w = TernaryWeights::from_codes(rows, cols, 1.0 / scale, codes)?;
+        let w = TernaryWeights::from_codes(rows, cols, alpha, codes)
+            .map_err(|e| EngineError::tensor(self.path, name, e.to_string()))?;
         Ok(TernaryMatrix::pack(&w, quant.bits))
     }
 

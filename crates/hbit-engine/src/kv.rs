@@ -240,7 +240,20 @@ impl KvCache {
         let (nkv, hd, start) = (self.nkv, self.hd, self.len);
         let separate = self.first_is_separate();
         let bits = self.bits;
+        // Entries beyond the committed positions are left over from a forward call that failed
+        // part-way (after this layer appended, before `advance`): drop them first.
+        let stored = if separate {
+            start.saturating_sub(1)
+        } else {
+            start
+        };
         let [kp, vp] = &mut self.layers[layer];
+        for store in kp.iter_mut().chain(vp.iter_mut()) {
+            store.full.truncate(stored * hd);
+            store.half.truncate(stored * hd);
+            store.data.truncate(stored * bits.head_bytes(hd));
+            store.scales.truncate(stored);
+        }
         for (plane, rows) in [(kp, keys), (vp, values)] {
             for (i, row) in rows.chunks_exact(nkv * hd).enumerate() {
                 let pos = start + i;
@@ -376,6 +389,41 @@ mod tests {
                     .collect();
                 assert_eq!(fast, slow, "{bits} bits, {len} values");
             }
+        }
+    }
+
+    #[test]
+    fn entries_of_a_failed_call_are_dropped_by_the_next_append() {
+        let config = hbit_model::config::preset(
+            "micro",
+            hbit_model::Variant::BitnetV2,
+            hbit_kernels::ActBits::Int8,
+        )
+        .unwrap();
+        let row = config.num_kv_heads * config.head_dim;
+        for bits in KvBits::ALL {
+            let mut cache = KvCache::new(&config, bits);
+            // A call that appended 3 positions to layer 0 and then failed (no advance).
+            cache.append(0, &vec![9.0; 3 * row], &vec![9.0; 3 * row]);
+            // The retry appends 2 positions to every layer and commits them.
+            let keys: Vec<f32> = (0..2 * row).map(|i| (i % 7) as f32 - 3.0).collect();
+            for l in 0..config.num_layers {
+                cache.append(l, &keys, &keys);
+            }
+            cache.advance(2);
+            let mut out = vec![0.0; 2 * config.head_dim];
+            cache.read(0, false, 0, 2, &mut out);
+            let mut want = keys[..config.head_dim].to_vec();
+            want.extend_from_slice(&keys[row..row + config.head_dim]);
+            let tol = if bits == KvBits::Int3 { 1.01 } else { 0.51 };
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() <= tol, "{}: {out:?} vs {want:?}", bits.name());
+            }
+            assert!(
+                !out.contains(&9.0),
+                "{}: stale entries read back",
+                bits.name()
+            );
         }
     }
 

@@ -450,16 +450,18 @@ impl TensorSource for LatentSource<'_> {
         quant: InputQuant,
     ) -> Result<TernaryMatrix> {
         let latent = self.get(name, rows * cols)?;
+        let named =
+            |e: hbit_kernels::KernelError| EngineError::tensor(self.path, name, e.to_string());
         let q = if quant.rotate_weight {
             // Weight-and-activation rotation ablation: Qw(W·H), H applied to each row (H symmetric).
-            let h = self.config.hadamard(cols)?;
+            let h = self.config.hadamard(cols).map_err(named)?;
             let mut rotated = latent.to_vec();
             for row in rotated.chunks_exact_mut(cols) {
-                h.apply(row)?;
+                h.apply(row).map_err(named)?;
             }
-            quantize_ternary(&rotated, rows, cols)?
+            quantize_ternary(&rotated, rows, cols).map_err(named)?
         } else {
-            quantize_ternary(latent, rows, cols)? // eqs. (1)-(2)
+            quantize_ternary(latent, rows, cols).map_err(named)? // eqs. (1)-(2)
         };
         Ok(TernaryMatrix::pack(&q, quant.bits))
     }

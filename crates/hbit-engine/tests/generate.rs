@@ -147,21 +147,34 @@ fn bad_prompts_are_refused() {
     let (engine, tok) = setup();
     let context = engine.config().max_position_embeddings;
     let opts = options(4, SamplingParams::default());
-    let e = generate(&engine, &tok, &[vec![1; context]], &opts, &mut |_, _| {}).unwrap_err();
+    let e = generate(
+        &engine,
+        &tok,
+        &[vec![1; context + 1]],
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
+    let mut empty_stop = options(4, SamplingParams::default());
+    empty_stop.stop = vec![String::new()];
+    let e = generate(&engine, &tok, &[vec![1]], &empty_stop, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("stop strings"), "{e}");
     let e = generate(&engine, &tok, &[vec![]], &opts, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
     let e = generate(&engine, &tok, &[vec![100_000]], &opts, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
-    // Near the end of the context, generation stops there.
-    let (near, _) = generate(
-        &engine,
-        &tok,
-        &[vec![5; context - 2]],
-        &options(10, SamplingParams::default()),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    assert_eq!(near[0].finish, Finish::Context);
-    assert_eq!(near[0].tokens.len(), 2);
+    // Near the end of the context, generation uses every position: a prompt of C - 2 tokens
+    // feeds two more (positions C - 2 and C - 1) and samples a third from the last.
+    let run = |prompt: Vec<u32>| {
+        let opts = options(10, SamplingParams::default());
+        generate(&engine, &tok, &[prompt], &opts, &mut |_, _| {})
+            .unwrap()
+            .0
+            .remove(0)
+    };
+    let near = run(vec![5; context - 2]);
+    assert_eq!((near.finish, near.tokens.len()), (Finish::Context, 3));
+    let full = run(vec![5; context]);
+    assert_eq!((full.finish, full.tokens.len()), (Finish::Context, 1));
 }

@@ -14,6 +14,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// Set while this thread runs parts of a job (and always on workers): a nested call runs
+    /// inline.
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Low 32 bits of the state meaning "every part claimed", whatever the job's part count.
 const CLAIMED_ALL: u64 = u32::MAX as u64;
 
@@ -123,12 +129,18 @@ fn work_on(shared: &Shared, epoch: u64) {
 }
 
 fn worker(shared: &'static Shared) {
+    // A part that itself calls `run_parts` runs it inline (the submit lock is held by the caller
+    // this part belongs to).
+    INSIDE.with(|c| c.set(true));
     let mut seen = 0u64;
+    // Spin only after a job this worker took part in: a worker beyond the caller's thread count
+    // parks at once instead of burning a core.
+    let mut joined = false;
     loop {
         let start = Instant::now();
         let mut epoch = shared.state.load(Ordering::Acquire) >> 32;
         while epoch == seen {
-            if start.elapsed() > SPIN {
+            if !joined || start.elapsed() > SPIN {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 // Re-check under the lock: the publisher notifies while holding it.
                 if shared.state.load(Ordering::Acquire) >> 32 == seen {
@@ -140,7 +152,7 @@ fn worker(shared: &'static Shared) {
             epoch = shared.state.load(Ordering::Acquire) >> 32;
         }
         seen = epoch;
-        let joined = shared
+        joined = shared
             .slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok();
@@ -153,10 +165,6 @@ fn worker(shared: &'static Shared) {
 /// Calls `f(0..parts)` spread over the caller and the spinning workers, returning when all are
 /// done. At most `rayon::current_num_threads()` threads take part (the caller included).
 pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
-    thread_local! {
-        /// Set while this thread runs parts of a job: a nested call runs inline.
-        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
     let threads = rayon::current_num_threads();
     let pool = pool();
     if parts <= 1 || threads <= 1 || pool.workers == 0 || INSIDE.with(|c| c.get()) {
@@ -206,15 +214,22 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     // The caller's own parts: a panic there is caught too, because the closure must outlive
     // every part the workers are still running.
     let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work_on(shared, epoch)));
+    let mut spins = 0u32;
     while shared.pending.load(Ordering::Acquire) != 0 {
-        std::hint::spin_loop();
+        // A worker preempted mid-part (an oversubscribed machine) gets the core back sooner.
+        spins += 1;
+        if spins.is_multiple_of(1 << 14) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
     *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     if let Err(payload) = own {
         std::panic::resume_unwind(payload);
     }
     if shared.panicked.load(Ordering::Acquire) {
-        panic!("a part of a parallel kernel job panicked on a worker thread");
+        panic!("a part of a parallel kernel job panicked on a kernel worker thread");
     }
 }
 

@@ -235,6 +235,9 @@ pub struct ModelConfig {
     pub hadamard_block: Option<usize>,
 }
 
+/// Largest context accepted: RoPE tables are built for every position (Llama-3's 131072 fits).
+pub const MAX_POSITIONS: usize = 1 << 18;
+
 /// a4.8 keeps the top half of each token's intermediate values (Q-Sparse's K = 50%).
 pub const DEFAULT_TOPK_KEEP: f32 = 0.5;
 
@@ -261,6 +264,15 @@ impl ModelConfig {
             if value == 0 {
                 return Err(field_err(field, "must be greater than zero, found 0"));
             }
+        }
+        if file.max_position_embeddings > MAX_POSITIONS {
+            return Err(field_err(
+                "max_position_embeddings",
+                format!(
+                    "{} exceeds the supported {MAX_POSITIONS}",
+                    file.max_position_embeddings
+                ),
+            ));
         }
         if !file.hidden_size.is_multiple_of(file.num_attention_heads) {
             return Err(field_err(

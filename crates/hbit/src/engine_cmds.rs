@@ -224,9 +224,20 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         encoded.push(ids);
     }
     let config = loaded.engine.config();
+    // A model with a BOS token (HF checkpoints such as 2B4T) sees it first, as in training; the
+    // KV cache keeps that position at 8 bits.
+    if let Some(bos) = config.bos_token_id {
+        for ids in &mut encoded {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+    }
     let mut end_tokens: Vec<u32> = config.eos_token_id.into_iter().collect();
-    if let Some(id) = tokenizer.token_to_id("<|endoftext|>") {
-        end_tokens.push(id);
+    // End-of-text tokens of the common tokenizer families (GPT-2 style as trained here,
+    // Llama-3 base and instruct, SentencePiece).
+    for name in ["<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>"] {
+        end_tokens.extend(tokenizer.token_to_id(name));
     }
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
