@@ -43,7 +43,7 @@ for r in rows:
             pairs.append((r, r["decode_tok_s"] / m[0]["decode_tok_s"]))
 if pairs:
     print()
-    print("| shape | threads | batch | KV | INT4 / INT8 decode |")
-    print("|---|---|---|---|---|")
+    print("| shape | threads | batch | KV | LM head | INT4 / INT8 decode |")
+    print("|---|---|---|---|---|---|")
     for r, ratio in pairs:
-        print(f"| {r['shape']} | {r['threads']} | {r['batch']} | {r['kv_bits']} | {ratio:.2f} |")
+        print(f"| {r['shape']} | {r['threads']} | {r['batch']} | {r['kv_bits']} | {r.get('head', 'f16')} | {ratio:.2f} |")
