@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod eval;
 pub mod format;
 pub mod forward;
 pub mod generate;

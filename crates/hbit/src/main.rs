@@ -4,6 +4,7 @@
 mod bench;
 mod dummy;
 mod engine_cmds;
+mod eval_cmd;
 mod model_cmds;
 mod plot;
 mod train_cmd;
@@ -37,6 +38,11 @@ enum Command {
     Logits(model_cmds::LogitsArgs),
     /// Pack a training checkpoint into a memory-mapped inference model (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
+    /// Evaluate a model on the inference engine (perplexity).
+    Eval {
+        #[command(subcommand)]
+        what: eval_cmd::EvalCommand,
+    },
     /// Generate text with the inference engine, streaming; --batch-file runs prompts batched.
     Generate(Box<engine_cmds::GenerateArgs>),
     /// Train a tokenizer.
@@ -73,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logits(args) => model_cmds::logits(&args),
         Command::Pack(args) => engine_cmds::pack(&args),
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
+        Command::Eval { what } => eval_cmd::run(what),
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
         Command::Cpu { paths } => {

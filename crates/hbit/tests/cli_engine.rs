@@ -156,6 +156,31 @@ fn init_pack_logits_generate() {
         ""
     );
 
+    // Perplexity of the corpus on the engine: every token scored, a finite perplexity.
+    let ppl = ok(&[
+        "eval",
+        "ppl",
+        "--model",
+        s(&model),
+        "--tokenizer",
+        s(&tok),
+        "--data",
+        s(&text),
+        "--context",
+        "32",
+        "--stride",
+        "16",
+        "--json",
+    ]);
+    let ppl: serde_json::Value = serde_json::from_str(ppl.trim()).unwrap();
+    assert!(ppl["tokens"].as_u64().unwrap() > 100, "{ppl}");
+    assert_eq!(
+        ppl["windows"].as_u64().unwrap(),
+        ppl["tokens"].as_u64().unwrap().div_ceil(16)
+    );
+    let p = ppl["perplexity"].as_f64().unwrap();
+    assert!(p.is_finite() && p > 1.0, "{ppl}");
+
     // A batch file of prompts, JSON out.
     let batch = dir.join("prompts.txt");
     std::fs::write(&batch, "the cat\n{\"prompt\": \"the dog\"}\n").unwrap();

@@ -1,0 +1,113 @@
+//! Perplexity on the inference engine, as lm-evaluation-harness's rolling loglikelihood
+//! computes it: the text's tokens follow one prefix token (end-of-text / BOS) so the first token
+//! is scored too, and every token is scored exactly once. The text is scored in chunks of
+//! `stride` tokens; each chunk is predicted by one forward pass over a window of at most
+//! `context` tokens ending with the chunk, so every scored token sees at least
+//! `context - stride + 1` tokens before it (all of them while the text is shorter than the
+//! window). `stride = context` (the default of `hbit eval ppl`) is lm-evaluation-harness's
+//! rolling windows, which overlap by the one token that conditions each window's first target;
+//! a smaller stride trades time for context.
+
+use crate::error::{EngineError, Result};
+use crate::forward::{Engine, Logits};
+use crate::kv::KvBits;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Perplexity {
+    /// Tokens scored (every token of the text).
+    pub tokens: usize,
+    /// Σ −ln p(token | context), nats.
+    pub nll_sum: f64,
+    pub windows: usize,
+}
+
+impl Perplexity {
+    pub fn mean_nll(&self) -> f64 {
+        self.nll_sum / self.tokens.max(1) as f64
+    }
+
+    pub fn perplexity(&self) -> f64 {
+        self.mean_nll().exp()
+    }
+}
+
+/// `ln softmax(logits)[target]`, computed stably in f64.
+pub fn log_prob(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    logits[target as usize] as f64 - max - sum.ln()
+}
+
+/// Rolling perplexity of `tokens` after `prefix` (see module docs). `on_window(done, total)`
+/// reports progress.
+pub fn perplexity(
+    engine: &Engine,
+    prefix: u32,
+    tokens: &[u32],
+    context: usize,
+    stride: usize,
+    kv: KvBits,
+    on_window: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
+    let max = engine.config().max_position_embeddings;
+    if tokens.is_empty() {
+        return Err(EngineError::Input(
+            "perplexity: the text has no tokens".into(),
+        ));
+    }
+    if context == 0 || context > max {
+        return Err(EngineError::Input(format!(
+            "perplexity: context {context} must be in 1..={max} (max_position_embeddings)"
+        )));
+    }
+    if stride == 0 || stride > context {
+        return Err(EngineError::Input(format!(
+            "perplexity: stride {stride} must be in 1..={context} (the context)"
+        )));
+    }
+    // seq[0] is the prefix; seq[i] for i >= 1 is tokens[i - 1], scored from seq[..i].
+    let mut seq = Vec::with_capacity(tokens.len() + 1);
+    seq.push(prefix);
+    seq.extend_from_slice(tokens);
+    let n = seq.len();
+    let total = (n - 1).div_ceil(stride);
+    let mut result = Perplexity {
+        tokens: 0,
+        nll_sum: 0.0,
+        windows: total,
+    };
+    let v = engine.config().vocab_size;
+    for (w, first) in (1..n).step_by(stride).enumerate() {
+        // Targets first..last, predicted by the window seq[start..last - 1] of at most `context`
+        // tokens (row r predicts seq[start + r + 1]); start <= first - 1 as stride <= context.
+        let last = (first + stride).min(n);
+        let start = (last - 1).saturating_sub(context);
+        let mut cache = engine.new_cache(kv);
+        let logits = engine
+            .forward(&mut [&mut cache], &[&seq[start..last - 1]], Logits::All)?
+            .remove(0);
+        for (target, &token) in seq.iter().enumerate().take(last).skip(first) {
+            let row = target - 1 - start;
+            result.nll_sum -= log_prob(&logits[row * v..(row + 1) * v], token);
+            result.tokens += 1;
+        }
+        on_window(w + 1, total);
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_prob_known_answers() {
+        // softmax([0, ln 3]) = [1/4, 3/4].
+        let l = [0.0, 3f32.ln()];
+        assert!((log_prob(&l, 0) - 0.25f64.ln()).abs() < 1e-7);
+        assert!((log_prob(&l, 1) - 0.75f64.ln()).abs() < 1e-7);
+        // Shift invariance and no overflow at large logits.
+        let big = [1000.0, 1000.0 + 3f32.ln()];
+        assert!((log_prob(&big, 1) - 0.75f64.ln()).abs() < 1e-4);
+    }
+}
