@@ -294,27 +294,40 @@ impl Engine {
         let rep = nh / nkv;
         let h = nh * hd;
         let scale = 1.0 / (hd as f32).sqrt();
-        // One task per (sequence, KV head): dequantize its cache once, serve its `rep` query heads.
         let mut seq_rows: Vec<Vec<usize>> = vec![Vec::new(); caches.len()];
         for (i, &(s, _)) in rows.iter().enumerate() {
             seq_rows[s].push(i);
         }
-        let tasks: Vec<(usize, usize)> = (0..caches.len())
-            .flat_map(|s| (0..nkv).map(move |g| (s, g)))
+        // Tasks (sequence, KV head, query heads r0..r1 of its group). Decode: one task per KV
+        // head serves all `rep` query heads from one dequantized cache. Prefill (many rows, work
+        // quadratic in them): one task per query head, so few KV heads (GQA) still spread over
+        // every thread; re-reading the cache per query head costs little beside the scores.
+        let tasks: Vec<(usize, usize, usize, usize)> = (0..caches.len())
+            .flat_map(|s| {
+                let split = if seq_rows[s].len() >= PREFILL_ROWS {
+                    rep
+                } else {
+                    1
+                };
+                (0..nkv).flat_map(move |g| {
+                    (0..split).map(move |k| (s, g, k * rep / split, (k + 1) * rep / split))
+                })
+            })
             .collect();
-        let one_task = |&(s, g): &(usize, usize)| {
+        let one_task = |&(s, g, r0, r1): &(usize, usize, usize, usize)| {
             let my_rows = &seq_rows[s];
+            let heads = r1 - r0;
             let upto = rows[*my_rows.last().expect("every sequence has rows")].1 + 1;
             let mut keys = vec![0.0f32; upto * hd];
             let mut values = vec![0.0f32; upto * hd];
             caches[s].read(l, false, g, upto, &mut keys);
             caches[s].read(l, true, g, upto, &mut values);
-            let mut out = vec![0.0f32; my_rows.len() * rep * hd];
+            let mut out = vec![0.0f32; my_rows.len() * heads * hd];
             let mut scores = vec![0.0f32; upto];
             for (j, &i) in my_rows.iter().enumerate() {
                 let pos = rows[i].1;
-                for r in 0..rep {
-                    let head = g * rep + r;
+                for r in 0..heads {
+                    let head = g * rep + r0 + r;
                     let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
                     let mut max = f32::NEG_INFINITY;
                     for (p, sc) in scores[..=pos].iter_mut().enumerate() {
@@ -326,7 +339,7 @@ impl Engine {
                         *sc = (*sc - max).exp();
                         total += *sc;
                     }
-                    let o = &mut out[(j * rep + r) * hd..(j * rep + r + 1) * hd];
+                    let o = &mut out[(j * heads + r) * hd..(j * heads + r + 1) * hd];
                     for (p, &sc) in scores[..=pos].iter().enumerate() {
                         let weight = sc / total;
                         for (oi, vi) in o.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
@@ -345,10 +358,11 @@ impl Engine {
             hbit_kernels::parallel::map_parts(tasks.len(), |i| one_task(&tasks[i]))
         };
         let mut attn = vec![0.0f32; rows.len() * h];
-        for (&(s, g), out) in tasks.iter().zip(&results) {
+        for (&(s, g, r0, r1), out) in tasks.iter().zip(&results) {
+            let width = (r1 - r0) * hd;
             for (j, &i) in seq_rows[s].iter().enumerate() {
-                let dst = &mut attn[i * h + g * rep * hd..i * h + (g + 1) * rep * hd];
-                dst.copy_from_slice(&out[j * rep * hd..(j + 1) * rep * hd]);
+                let at = i * h + (g * rep + r0) * hd;
+                attn[at..at + width].copy_from_slice(&out[j * width..(j + 1) * width]);
             }
         }
         attn
@@ -378,6 +392,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     lanes.iter().sum::<f32>() + tail
 }
+
+/// A sequence with this many new rows (a prefill) gets one attention task per query head.
+const PREFILL_ROWS: usize = 16;
 
 /// Below this many query·key products, attention stays on the calling thread.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
