@@ -6,7 +6,7 @@ use std::path::Path;
 
 use half::{bf16, f16};
 use hbit_model::ModelConfig;
-use safetensors::tensor::Dtype;
+use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::error::{EngineError, Result};
@@ -53,6 +53,48 @@ pub fn read_checkpoint(dir: &Path) -> Result<LatentCheckpoint> {
     })
 }
 
+/// The values of a float tensor (F32, F16 or BF16) as f32; errors name `path` and `name`.
+pub(crate) fn decode_floats(path: &Path, name: &str, view: &TensorView) -> Result<Vec<f32>> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(EngineError::tensor(
+                path,
+                name,
+                format!("expected dtype F32, F16 or BF16, found {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Refuses NaN or infinite values, naming `path`, `name` and the first bad index.
+pub(crate) fn check_finite<T: Copy + Into<f32>>(
+    path: &Path,
+    name: &str,
+    values: &[T],
+) -> Result<()> {
+    match values.iter().position(|&v| !v.into().is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(EngineError::tensor(
+            path,
+            name,
+            format!("non-finite value at flat index {i}"),
+        )),
+    }
+}
+
 /// Every tensor of a safetensors file with its shape, as f32 (f32, f16 and bf16 accepted).
 pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
@@ -60,28 +102,7 @@ pub fn read_f32_tensors(path: &Path) -> Result<NamedTensors> {
         .map_err(|e| EngineError::format(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(EngineError::tensor(
-                    path,
-                    &name,
-                    format!("expected dtype F32, F16 or BF16, found {other:?}"),
-                ))
-            }
-        };
+        let values = decode_floats(path, &name, &view)?;
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)

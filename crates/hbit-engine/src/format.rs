@@ -32,6 +32,7 @@ use hbit_model::{InputQuant, ModelConfig, Proj};
 use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 
+use crate::checkpoint::check_finite;
 use crate::error::{EngineError, Result};
 use crate::weights::{FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
@@ -269,13 +270,7 @@ impl MappedSource<'_> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(EngineError::tensor(
-                self.path,
-                name,
-                format!("non-finite value at flat index {i}"),
-            ));
-        }
+        check_finite(self.path, name, &values)?;
         Ok(values)
     }
 }
@@ -322,17 +317,10 @@ impl TensorSource for MappedSource<'_> {
         let dtype = if half { Dtype::F16 } else { Dtype::F32 };
         let bytes = self.bytes(name, dtype, &[rows, cols])?;
         let m = FloatMatrix::mapped(rows, cols, bytes, half);
-        let finite = match m.view() {
-            hbit_kernels::FloatWeights::F32(v) => v.iter().position(|x| !x.is_finite()),
-            hbit_kernels::FloatWeights::F16(v) => v.iter().position(|x| !x.is_finite()),
-            hbit_kernels::FloatWeights::I8 { .. } => None,
-        };
-        if let Some(i) = finite {
-            return Err(EngineError::tensor(
-                self.path,
-                name,
-                format!("non-finite value at flat index {i}"),
-            ));
+        match m.view() {
+            hbit_kernels::FloatWeights::F32(v) => check_finite(self.path, name, v)?,
+            hbit_kernels::FloatWeights::F16(v) => check_finite(self.path, name, v)?,
+            hbit_kernels::FloatWeights::I8 { .. } => {}
         }
         Ok(m)
     }

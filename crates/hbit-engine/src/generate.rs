@@ -182,8 +182,11 @@ pub fn generate(
     while !active.is_empty() {
         let mut next_tokens = Vec::with_capacity(active.len());
         for (j, &i) in active.iter().enumerate() {
-            let mut ctx = prompts[i].clone();
-            ctx.extend_from_slice(&outputs[i]);
+            // The context only matters to the repetition penalty: copy it only then.
+            let ctx = match options.sampling.repetition_penalty == 1.0 {
+                true => Vec::new(),
+                false => [prompts[i].as_slice(), &outputs[i]].concat(),
+            };
             let token = samplers[i].sample(&logits[j], &ctx);
             if options.end_tokens.contains(&token) {
                 finish[i] = Some(Finish::EndOfText);

@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use half::{bf16, f16};
+use half::f16;
 use hbit_kernels::TernaryWeights;
 use hbit_model::config::{ConfigFile, QuantizationFile};
 use hbit_model::{InputQuant, ModelConfig, Variant};
@@ -23,7 +23,7 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::checkpoint::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+use crate::checkpoint::{check_finite, decode_floats, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
 use crate::error::{EngineError, Result};
 use crate::weights::{FloatData, FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
@@ -144,28 +144,7 @@ impl HfSource<'_> {
             .st
             .tensor(name)
             .map_err(|_| EngineError::tensor(self.path, name, "missing"))?;
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(EngineError::tensor(
-                    self.path,
-                    name,
-                    format!("expected dtype F32, F16 or BF16, found {other:?}"),
-                ))
-            }
-        };
+        let values = decode_floats(self.path, name, &view)?;
         if values.len() != len {
             return Err(EngineError::tensor(
                 self.path,
@@ -177,13 +156,7 @@ impl HfSource<'_> {
                 ),
             ));
         }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(EngineError::tensor(
-                self.path,
-                name,
-                format!("non-finite value at flat index {i}"),
-            ));
-        }
+        check_finite(self.path, name, &values)?;
         self.used.push(name.to_string());
         Ok(values)
     }

@@ -426,13 +426,7 @@ impl<'a> LatentSource<'a> {
                 format!("expected {len} values, found {}", t.len()),
             ));
         }
-        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
-            return Err(EngineError::tensor(
-                self.path,
-                name,
-                format!("non-finite value at flat index {i}"),
-            ));
-        }
+        crate::checkpoint::check_finite(self.path, name, t)?;
         Ok(t)
     }
 }
