@@ -6,7 +6,6 @@
 
 pub mod checkpoint;
 pub mod error;
-pub mod eval;
 pub mod format;
 pub mod forward;
 pub mod generate;

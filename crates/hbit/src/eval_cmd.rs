@@ -5,8 +5,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hbit_engine::eval::perplexity;
-use hbit_engine::KvBits;
+use hbit_engine::{Engine, KvBits};
+use hbit_eval::ppl::perplexity;
+use hbit_eval::report::{table1, ModelRow};
+use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Task};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokenizers::Tokenizer;
 
 use crate::engine_cmds::{load_model, load_tokenizer};
 
@@ -14,6 +18,51 @@ use crate::engine_cmds::{load_model, load_tokenizer};
 pub enum EvalCommand {
     /// Perplexity of a text file: rolling windows as lm-evaluation-harness's loglikelihood_rolling.
     Ppl(PplArgs),
+    /// Zero-shot tasks (ARC, HellaSwag, PIQA, WinoGrande, LAMBADA) scored as lm-evaluation-harness.
+    Tasks(TasksArgs),
+}
+
+#[derive(Args)]
+pub struct TasksArgs {
+    /// Packed model file (`hbit pack`) or checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Task names as lm-evaluation-harness spells them, comma-separated, or `all`: arc_easy,
+    /// arc_challenge, hellaswag, piqa, winogrande, lambada_openai (or lambada).
+    #[arg(long)]
+    task: String,
+    /// The task's data file in its official layout, or a directory holding the files under
+    /// their official names (e.g. ../shared/data). Repeat to search several directories.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Score only the first N documents of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// KV-cache storage while scoring: 32, 16, 8, 4 or 3 bits.
+    #[arg(long, default_value = "16")]
+    kv_bits: String,
+    /// Quantize queries to this many bits per head (the paper's 4-bit Q).
+    #[arg(long)]
+    q_bits: Option<u32>,
+    /// Tokens per batched forward call (contexts plus continuations).
+    #[arg(long, default_value = "2048")]
+    batch_tokens: usize,
+    /// HF tokenizer.json (default: the one inside the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Token every request starts with (default: the model's BOS, else the tokenizer's
+    /// end-of-text token, the document separator our models train with).
+    #[arg(long)]
+    prefix_token: Option<u32>,
+    /// Row name in the Markdown table (default: the model's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Also write the Markdown table (paper's Table 1 layout) to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -48,6 +97,7 @@ pub struct PplArgs {
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Ppl(args) => ppl(&args),
+        EvalCommand::Tasks(args) => tasks(&args),
     }
 }
 
@@ -66,14 +116,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("{}: no tokens to score", args.data.display());
     }
-    let end_of_text = ["<|endoftext|>", "<|end_of_text|>", "</s>"]
-        .iter()
-        .find_map(|t| tokenizer.token_to_id(t));
-    let Some(prefix) = args.prefix_token.or(config.bos_token_id).or(end_of_text) else {
-        bail!(
-            "the model has no BOS and the tokenizer no end-of-text token: pass --prefix-token ID"
-        );
-    };
+    let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
     let context = args
         .context
         .unwrap_or(config.max_position_embeddings.min(2048));
@@ -136,4 +179,166 @@ fn ppl(args: &PplArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The token a scored text starts with: the explicit one, else the model's BOS, else the
+/// tokenizer's end-of-text (the document separator hbit's models train with).
+fn prefix_token(explicit: Option<u32>, engine: &Engine, tokenizer: &Tokenizer) -> Result<u32> {
+    let end_of_text = ["<|endoftext|>", "<|end_of_text|>", "</s>"]
+        .iter()
+        .find_map(|t| tokenizer.token_to_id(t));
+    explicit
+        .or(engine.config().bos_token_id)
+        .or(end_of_text)
+        .context(
+            "the model has no BOS and the tokenizer no end-of-text token: pass --prefix-token ID",
+        )
+}
+
+fn parse_tasks(list: &str) -> Result<Vec<Task>> {
+    if list == "all" {
+        return Ok(Task::ALL.to_vec());
+    }
+    let mut tasks = Vec::new();
+    for name in list.split(',').map(str::trim) {
+        let t = Task::parse(name)?;
+        if !tasks.contains(&t) {
+            tasks.push(t);
+        }
+    }
+    Ok(tasks)
+}
+
+fn tasks(args: &TasksArgs) -> Result<()> {
+    let tasks = parse_tasks(&args.task)?;
+    if let Some(file) = args.data.iter().find(|d| !d.is_dir()) {
+        if tasks.len() > 1 || args.data.len() > 1 {
+            bail!(
+                "--data {}: a file serves one task alone; give directories for several tasks",
+                file.display()
+            );
+        }
+    }
+    if let Some(b) = args.q_bits {
+        if !(2..=8).contains(&b) {
+            bail!("--q-bits {b}: expected 2..=8");
+        }
+    }
+    // Read every task's data first, so a bad file fails before any model time is spent.
+    let mut loaded_tasks = Vec::new();
+    for &task in &tasks {
+        let path = locate(task, &args.data)?;
+        let docs = load_docs(task, &path, args.limit)?;
+        loaded_tasks.push((task, path, docs));
+    }
+    let kv = KvBits::parse(&args.kv_bits)?;
+    let mut loaded = load_model(&args.model)?;
+    loaded.engine.q_bits = args.q_bits;
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let engine = &loaded.engine;
+    let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
+
+    let mut results = Vec::new();
+    let mut json_tasks = Vec::new();
+    for (task, path, docs) in &loaded_tasks {
+        let start = Instant::now();
+        let mut requests = Vec::new();
+        for (d, doc) in docs.iter().enumerate() {
+            for (context, continuation) in &doc.requests {
+                let (ctx, cont) = encode_pair(&tokenizer, context, continuation)
+                    .with_context(|| format!("{}: document {}", path.display(), d + 1))?;
+                let mut with_prefix = Vec::with_capacity(ctx.len() + 1);
+                with_prefix.push(prefix);
+                with_prefix.extend(ctx);
+                requests.push(Request {
+                    context: with_prefix,
+                    continuation: cont,
+                });
+            }
+        }
+        let bar = if args.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(requests.len() as u64)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{:<15} {{bar:30}} {{pos}}/{{len}} requests [{{elapsed_precise}} < {{eta_precise}}]",
+                task.name()
+            ))
+            .expect("static template"),
+        );
+        let scores = score_requests(engine, &requests, kv, args.batch_tokens, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        let result = score_task(*task, docs, &scores)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let mut j = result.to_json();
+        j["data"] = serde_json::json!(path.display().to_string());
+        j["requests"] = serde_json::json!(requests.len());
+        j["seconds"] = serde_json::json!(seconds);
+        if !args.json {
+            let norm = result
+                .acc_norm
+                .map(|(v, se)| format!(", acc_norm {:.2} ± {:.2}", 100.0 * v, 100.0 * se))
+                .unwrap_or_default();
+            let ppl = result
+                .perplexity
+                .map(|p| format!(", perplexity {p:.2}"))
+                .unwrap_or_default();
+            println!(
+                "{:<15} {} docs: acc {:.2} ± {:.2}{norm}{ppl} ({seconds:.1} s)",
+                task.name(),
+                result.docs,
+                100.0 * result.acc,
+                100.0 * result.acc_stderr,
+            );
+        }
+        json_tasks.push(j);
+        results.push(result);
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.model.display().to_string())
+    });
+    let table = table1(&[ModelRow {
+        name,
+        size: format!("{:.1}M", engine.config().parameter_count() as f64 / 1e6),
+        perplexity: None,
+        results,
+    }]);
+    if let Some(md) = &args.markdown {
+        hbit_train::checkpoint::write_file_atomic(md, table.as_bytes())?;
+    }
+    if args.json {
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "kv_bits": kv.name(),
+            "q_bits": args.q_bits,
+            "limit": args.limit,
+            "prefix_token": prefix,
+            "tasks": json_tasks,
+            "table": table,
+        });
+        println!("{report}");
+    } else {
+        println!("\n{table}");
+    }
+    Ok(())
+}
+
+/// The task's file: the one file given, else the first directory holding it under an official
+/// name.
+fn locate(task: Task, data: &[PathBuf]) -> Result<PathBuf> {
+    let mut errors = Vec::new();
+    for d in data {
+        match task.locate(d) {
+            Ok(p) => return Ok(p),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    bail!("{}", errors.join("; "))
 }

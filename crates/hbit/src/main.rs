@@ -38,7 +38,7 @@ enum Command {
     Logits(model_cmds::LogitsArgs),
     /// Pack a training checkpoint into a memory-mapped inference model (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
-    /// Evaluate a model on the inference engine (perplexity).
+    /// Evaluate a model on the inference engine: perplexity and zero-shot tasks.
     Eval {
         #[command(subcommand)]
         what: eval_cmd::EvalCommand,

@@ -8,9 +8,11 @@
 //! rolling windows, which overlap by the one token that conditions each window's first target;
 //! a smaller stride trades time for context.
 
-use crate::error::{EngineError, Result};
-use crate::forward::{Engine, Logits};
-use crate::kv::KvBits;
+use hbit_engine::EngineError;
+use hbit_engine::KvBits;
+use hbit_engine::{Engine, Logits};
+
+type Result<T> = std::result::Result<T, EngineError>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Perplexity {

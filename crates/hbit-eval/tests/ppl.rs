@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use hbit_engine::eval::perplexity;
 use hbit_engine::{Engine, KvBits, Weights};
+use hbit_eval::ppl::perplexity;
 use hbit_kernels::ActBits;
 use hbit_train::config::{preset, Variant};
 use hbit_train::BitnetModel;
@@ -51,7 +51,7 @@ fn framework_nll_of(
         .to_vec2()
         .unwrap();
     (first..last)
-        .map(|target| -hbit_engine::eval::log_prob(&logits[target - 1 - start], seq[target]))
+        .map(|target| -hbit_eval::ppl::log_prob(&logits[target - 1 - start], seq[target]))
         .sum()
 }
 

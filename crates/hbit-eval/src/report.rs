@@ -1,0 +1,112 @@
+//! Results laid out like the paper's Table 1: one row per model, accuracies in percent.
+
+use crate::metrics::TaskResult;
+use crate::tasks::Task;
+
+/// One model's row.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRow {
+    pub name: String,
+    pub size: String,
+    /// Perplexity on the validation text, if measured.
+    pub perplexity: Option<f64>,
+    pub results: Vec<TaskResult>,
+}
+
+fn cell(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:.2}"))
+}
+
+/// A Markdown table with the paper's columns (Models, Size, PPL, ARCc, ARCe, HS, PQ, WGe, LBA,
+/// Avg). Each task shows its headline metric ×100 (acc_norm for ARC and HellaSwag, acc
+/// otherwise); Avg is the mean of the six and is left empty unless all six were measured.
+pub fn table1(rows: &[ModelRow]) -> String {
+    let mut out = String::from("| Models | Size | PPL↓ |");
+    for t in Task::ALL {
+        out.push_str(&format!(" {}↑ |", t.column()));
+    }
+    out.push_str(" Avg↑ |\n|---|---|---|");
+    out.push_str(&"---|".repeat(Task::ALL.len() + 1));
+    out.push('\n');
+    for row in rows {
+        let values: Vec<Option<f64>> = Task::ALL
+            .iter()
+            .map(|&t| {
+                row.results
+                    .iter()
+                    .find(|r| r.task == t)
+                    .map(|r| 100.0 * r.headline())
+            })
+            .collect();
+        let avg = values
+            .iter()
+            .copied()
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64);
+        out.push_str(&format!(
+            "| {} | {} | {} |",
+            row.name,
+            row.size,
+            cell(row.perplexity)
+        ));
+        for v in values {
+            out.push_str(&format!(" {} |", cell(v)));
+        }
+        out.push_str(&format!(" {} |\n", cell(avg)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(task: Task, acc: f64, acc_norm: Option<f64>) -> TaskResult {
+        TaskResult {
+            task,
+            docs: 10,
+            acc,
+            acc_stderr: 0.0,
+            acc_norm: acc_norm.map(|v| (v, 0.0)),
+            perplexity: None,
+        }
+    }
+
+    #[test]
+    fn table_shows_headline_metrics_in_paper_order_and_averages_only_full_rows() {
+        let all: Vec<TaskResult> = Task::ALL
+            .iter()
+            .map(|&t| result(t, 0.5, Some(0.25)))
+            .collect();
+        let rows = [
+            ModelRow {
+                name: "BitNet v2 (a4)".into(),
+                size: "tiny".into(),
+                perplexity: Some(12.345),
+                results: all,
+            },
+            ModelRow {
+                name: "partial".into(),
+                size: "tiny".into(),
+                perplexity: None,
+                results: vec![result(Task::Piqa, 0.6, Some(0.7))],
+            },
+        ];
+        let t = table1(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| Models | Size | PPL↓ | ARCc↑ | ARCe↑ | HS↑ | PQ↑ | WGe↑ | LBA↑ | Avg↑ |"
+        );
+        // ARCc, ARCe, HS show acc_norm (25), the rest acc (50); WGe has no acc_norm anyway.
+        // Avg = (3·25 + 3·50) / 6 = 37.5.
+        assert_eq!(
+            lines[2],
+            "| BitNet v2 (a4) | tiny | 12.35 | 25.00 | 25.00 | 25.00 | 50.00 | 50.00 | 50.00 | 37.50 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| partial | tiny | – | – | – | – | 60.00 | – | – | – |"
+        );
+    }
+}
