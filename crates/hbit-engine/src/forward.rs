@@ -23,6 +23,36 @@ pub enum Logits {
     All,
 }
 
+/// A projection input that [`Engine::forward_observed`] reports: the values entering a
+/// BitLinear before its Hadamard transform (if any) and its quantizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Site {
+    /// Input of W_q, W_k, W_v (the attention pre-norm's output).
+    Qkv,
+    /// Input of W_o (the attention output after its sub-norm), `[N, H]`.
+    O,
+    /// Input of W_gate, W_up (the FFN pre-norm's output).
+    GateUp,
+    /// Input of W_down (the GLU output after its sub-norm), `[N, I]`.
+    Down,
+}
+
+impl Site {
+    pub const ALL: [Site; 4] = [Site::Qkv, Site::O, Site::GateUp, Site::Down];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::Qkv => "qkv",
+            Site::O => "o_proj",
+            Site::GateUp => "gate_up",
+            Site::Down => "down_proj",
+        }
+    }
+}
+
+/// Receives `(layer, site, values [N, cols])` during a forward call.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, Site, &[f32]);
+
 /// A loaded model ready to run.
 pub struct Engine {
     pub weights: Weights,
@@ -91,6 +121,18 @@ impl Engine {
         tokens: &[&[u32]],
         want: Logits,
     ) -> Result<Vec<Vec<f32>>> {
+        self.forward_observed(caches, tokens, want, None)
+    }
+
+    /// [`Engine::forward`], reporting every projection input to `observer` (activation
+    /// statistics); the observer sees the values, it cannot change them.
+    pub fn forward_observed(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+        want: Logits,
+        mut observer: Option<Observer>,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = self.config();
         if caches.len() != tokens.len() {
             return Err(EngineError::Input(format!(
@@ -132,7 +174,7 @@ impl Engine {
             embed.row_into(t as usize, h, row);
         }
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            self.layer(l, layer, &mut x, &rows, caches)?;
+            self.layer(l, layer, &mut x, &rows, caches, &mut observer)?;
         }
         let mut counts = vec![0usize; caches.len()];
         for &(s, _) in &rows {
@@ -172,15 +214,22 @@ impl Engine {
         x: &mut [f32],
         rows: &[(usize, usize)],
         caches: &mut [&mut KvCache],
+        observer: &mut Option<Observer>,
     ) -> Result<()> {
         let c = self.config();
         let (n, h, i_size) = (rows.len(), c.hidden_size, c.intermediate_size);
+        let mut observe = |site: Site, values: &[f32]| {
+            if let Some(f) = observer.as_mut() {
+                f(l, site, values);
+            }
+        };
         let kv_dim = c.num_kv_heads * c.head_dim;
         let eps = c.rms_norm_eps;
 
         // Attention: pre-norm, q/k/v share one quantized input.
         let mut normed = x.to_vec();
         rms_norm_rows(&mut normed, &w.input_layernorm, eps);
+        observe(Site::Qkv, &normed);
         let xq = w
             .q_proj
             .prepare_input(&mut normed, n)
@@ -214,6 +263,7 @@ impl Engine {
         }
         let mut attn = self.attention(l, &q, rows, caches); // [N, H]
         rms_norm_rows(&mut attn, &w.attn_sub_norm, eps); // the LN of eq. (7)
+        observe(Site::O, &attn);
         let aq = w
             .o_proj
             .prepare_input(&mut attn, n)
@@ -227,6 +277,7 @@ impl Engine {
         // FFN: pre-norm, gate/up share one quantized input.
         let mut normed = x.to_vec();
         rms_norm_rows(&mut normed, &w.post_attention_layernorm, eps);
+        observe(Site::GateUp, &normed);
         let xq = w
             .gate_proj
             .prepare_input(&mut normed, n)
@@ -249,6 +300,7 @@ impl Engine {
             }
         });
         rms_norm_rows(&mut gate, &w.ffn_sub_norm, eps); // the LN of eq. (7)
+        observe(Site::Down, &gate);
         let gq = w
             .down_proj
             .prepare_input(&mut gate, n)

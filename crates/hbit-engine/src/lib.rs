@@ -15,7 +15,7 @@ pub mod sample;
 pub mod weights;
 
 pub use error::EngineError;
-pub use forward::{Engine, Logits};
+pub use forward::{Engine, Logits, Observer, Site};
 pub use generate::{generate, Finish, GenerateOptions, GenerateStats, Generation};
 pub use kv::{KvBits, KvCache};
 pub use sample::{Sampler, SamplingParams};

@@ -183,7 +183,11 @@ fn ppl(args: &PplArgs) -> Result<()> {
 
 /// The token a scored text starts with: the explicit one, else the model's BOS, else the
 /// tokenizer's end-of-text (the document separator hbit's models train with).
-fn prefix_token(explicit: Option<u32>, engine: &Engine, tokenizer: &Tokenizer) -> Result<u32> {
+pub(crate) fn prefix_token(
+    explicit: Option<u32>,
+    engine: &Engine,
+    tokenizer: &Tokenizer,
+) -> Result<u32> {
     let end_of_text = ["<|endoftext|>", "<|end_of_text|>", "</s>"]
         .iter()
         .find_map(|t| tokenizer.token_to_id(t));

@@ -7,6 +7,7 @@ mod engine_cmds;
 mod eval_cmd;
 mod model_cmds;
 mod plot;
+mod stats_cmd;
 mod train_cmd;
 
 use anyhow::Result;
@@ -42,6 +43,11 @@ enum Command {
     Eval {
         #[command(subcommand)]
         what: eval_cmd::EvalCommand,
+    },
+    /// Activation statistics: outliers of each projection's input, before and after Hadamard.
+    Stats {
+        #[command(subcommand)]
+        what: stats_cmd::StatsCommand,
     },
     /// Generate text with the inference engine, streaming; --batch-file runs prompts batched.
     Generate(Box<engine_cmds::GenerateArgs>),
@@ -80,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pack(args) => engine_cmds::pack(&args),
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Eval { what } => eval_cmd::run(what),
+        Command::Stats { what } => stats_cmd::run(what),
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
         Command::Cpu { paths } => {

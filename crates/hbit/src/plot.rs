@@ -79,3 +79,83 @@ pub fn plot_loss_curve(metrics: &Path, out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
+
+/// Histograms of one site's input per layer (rows), before and after the Hadamard transform
+/// (columns), log-scaled counts as in the paper's Figures 2–3.
+pub fn plot_activation_histograms(
+    summaries: &[&hbit_eval::activations::Summary],
+    model: &str,
+    out: &Path,
+) -> Result<()> {
+    let Some(first) = summaries.first() else {
+        bail!("no activations to plot for {}", out.display());
+    };
+    register_font()?;
+    let layers: Vec<usize> = {
+        let mut l: Vec<usize> = summaries.iter().map(|s| s.layer).collect();
+        l.dedup();
+        l
+    };
+    let (panel_w, panel_h) = (420u32, 170u32);
+    let title_h = 40u32;
+    let root = BitMapBackend::new(out, (2 * panel_w, title_h + panel_h * layers.len() as u32))
+        .into_drawing_area();
+    root.fill(&WHITE)?;
+    let (title, body) = root.split_vertically(title_h);
+    title.titled(
+        &format!("input of {} — {model}", first.site.name()),
+        ("sans-serif", 20),
+    )?;
+    let panels = body.split_evenly((layers.len(), 2));
+    for (r, &layer) in layers.iter().enumerate() {
+        for (c, rotated) in [false, true].into_iter().enumerate() {
+            let area = &panels[r * 2 + c];
+            let Some(s) = summaries
+                .iter()
+                .find(|s| s.layer == layer && s.rotated == rotated)
+            else {
+                area.titled("(no Hadamard of this width)", ("sans-serif", 14))?;
+                continue;
+            };
+            let bins = s.histogram.len();
+            let width = 2.0 * s.max_abs.max(1e-12) / bins as f64;
+            let points: Vec<(f64, f64)> = s
+                .histogram
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    (
+                        -s.max_abs + (i as f64 + 0.5) * width,
+                        (n as f64 + 1.0).log10(),
+                    )
+                })
+                .collect();
+            let y_max = points.iter().map(|p| p.1).fold(0.0, f64::max) * 1.1 + 0.1;
+            let caption = format!(
+                "layer {layer}, {}: kurt {:.1}, max/mean {:.1}",
+                if rotated { "after Hadamard" } else { "before" },
+                s.kurtosis,
+                s.max_over_mean_abs()
+            );
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 13))
+                .margin(6)
+                .x_label_area_size(22)
+                .y_label_area_size(34)
+                .build_cartesian_2d(-s.max_abs..s.max_abs.max(1e-12), 0.0..y_max)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(5)
+                .y_labels(4)
+                .y_desc("log10 count")
+                .label_style(("sans-serif", 10))
+                .draw()?;
+            let color = if rotated { RED } else { BLUE };
+            chart.draw_series(AreaSeries::new(points, 0.0, color.mix(0.4)).border_style(color))?;
+        }
+    }
+    root.present()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

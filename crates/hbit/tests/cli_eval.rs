@@ -163,6 +163,41 @@ fn eval_tasks_on_every_layout() {
     assert_eq!(v1["tasks"][0]["task"], "lambada_openai");
     assert_eq!(v1["tasks"][0]["docs"], 3);
 
+    // Activation statistics: JSON for 2 layers × 4 sites × (before, after) and four PNGs.
+    let act = dir.join("act");
+    let stats = ok(&[
+        "stats",
+        "activations",
+        "--model",
+        s(&ckpt),
+        "--tokenizer",
+        s(&tok),
+        "--prompt",
+        "The man sat on a roof. Question: what do plants need?",
+        "--out",
+        s(&act),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stats.trim()).unwrap();
+    assert_eq!(v["sites"].as_array().unwrap().len(), 16);
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(act.join("activations.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk, v);
+    for site in ["qkv", "o_proj", "gate_up", "down_proj"] {
+        let png = std::fs::read(act.join(format!("{site}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{site}");
+    }
+    let e = err(&[
+        "stats",
+        "activations",
+        "--model",
+        s(&ckpt),
+        "--tokenizer",
+        s(&tok),
+    ]);
+    assert!(e.contains("give --data FILE or --prompt TEXT"), "{e}");
+
     // Errors name the problem.
     let base = ["eval", "tasks", "--model", s(&ckpt), "--tokenizer", s(&tok)];
     let e = err(&[&base[..], &["--task", "mmlu", "--data", s(&data)]].concat());
