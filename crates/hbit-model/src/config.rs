@@ -72,15 +72,20 @@ pub enum Variant {
     BitnetV2NoRotation,
     /// Ablation (paper Table 5): Hadamard on the activations and on the weights of W_o / W_down.
     BitnetV2WeightRotation,
+    /// Post-training baseline (paper Table 4): a trained b1.58 model with an online Hadamard
+    /// before every projection and weights Q_w(W·H) (QuaRot-style; `hbit ptq` writes it, with
+    /// random signs folded into the norm gains and weight columns).
+    BitnetB158Quarot,
 }
 
 impl Variant {
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "bitnet_b158",
         "bitnet_v2",
         "bitnet_a48",
         "bitnet_v2_no_rotation",
         "bitnet_v2_weight_rotation",
+        "bitnet_b158_quarot",
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +95,7 @@ impl Variant {
             Variant::BitnetA48 => "bitnet_a48",
             Variant::BitnetV2NoRotation => "bitnet_v2_no_rotation",
             Variant::BitnetV2WeightRotation => "bitnet_v2_weight_rotation",
+            Variant::BitnetB158Quarot => "bitnet_b158_quarot",
         }
     }
 
@@ -100,6 +106,7 @@ impl Variant {
             "bitnet_a48" => Variant::BitnetA48,
             "bitnet_v2_no_rotation" => Variant::BitnetV2NoRotation,
             "bitnet_v2_weight_rotation" => Variant::BitnetV2WeightRotation,
+            "bitnet_b158_quarot" => Variant::BitnetB158Quarot,
             other => {
                 return Err(ConfigError::Field {
                     field: "quantization.variant",
@@ -112,17 +119,24 @@ impl Variant {
         })
     }
 
-    /// Whether the inputs of W_o and W_down are Hadamard-rotated (eq. 7).
+    /// Whether the inputs of W_o and W_down (and, for the QuaRot baseline, of every
+    /// projection) are Hadamard-rotated (eq. 7).
     pub fn rotates_activations(self) -> bool {
-        matches!(self, Variant::BitnetV2 | Variant::BitnetV2WeightRotation)
+        matches!(
+            self,
+            Variant::BitnetV2 | Variant::BitnetV2WeightRotation | Variant::BitnetB158Quarot
+        )
     }
 
     /// The `hadamard` list this variant writes into `config.json`.
     pub fn hadamard_projections(self) -> Vec<String> {
-        if self.rotates_activations() {
-            vec!["o_proj".into(), "down_proj".into()]
-        } else {
-            Vec::new()
+        match self {
+            Variant::BitnetB158Quarot => Proj::ALL
+                .iter()
+                .map(|p| p.key().rsplit('.').next().unwrap_or_default().to_string())
+                .collect(),
+            _ if self.rotates_activations() => vec!["o_proj".into(), "down_proj".into()],
+            _ => Vec::new(),
         }
     }
 }
@@ -487,11 +501,18 @@ impl ModelConfig {
             bits: self.activation_bits,
             rotate_weight: false,
         };
+        if self.variant == Variant::BitnetB158Quarot {
+            return InputQuant {
+                hadamard: true,
+                rotate_weight: true,
+                ..plain
+            };
+        }
         if !proj.reads_intermediate_state() {
             return plain;
         }
         match self.variant {
-            Variant::BitnetB158 | Variant::BitnetV2NoRotation => plain,
+            Variant::BitnetB158 | Variant::BitnetV2NoRotation | Variant::BitnetB158Quarot => plain,
             Variant::BitnetV2 => InputQuant {
                 hadamard: true,
                 ..plain

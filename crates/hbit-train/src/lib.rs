@@ -14,6 +14,7 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod ptq;
 /// Re-exported from `hbit-model` (the engine samples with it too).
 pub use hbit_model::rng;
 pub mod schedule;

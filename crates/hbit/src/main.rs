@@ -37,6 +37,8 @@ enum Command {
     Init(model_cmds::InitArgs),
     /// Print a model's logits for a token sequence (training framework, or --engine).
     Logits(model_cmds::LogitsArgs),
+    /// Post-training baselines from a trained b1.58 model: QuaRot-style rotation + A4 (Table 4).
+    Ptq(model_cmds::PtqArgs),
     /// Pack a training checkpoint into a memory-mapped inference model (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
     /// Evaluate a model on the inference engine: perplexity and zero-shot tasks.
@@ -84,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => model_cmds::init(&args),
         Command::Logits(args) => model_cmds::logits(&args),
         Command::Pack(args) => engine_cmds::pack(&args),
+        Command::Ptq(args) => model_cmds::ptq(&args),
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Eval { what } => eval_cmd::run(what),
         Command::Stats { what } => stats_cmd::run(what),

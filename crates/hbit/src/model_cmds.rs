@@ -174,3 +174,55 @@ pub fn init_dummy(
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct PtqArgs {
+    /// A trained bitnet_b158 checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Output checkpoint directory (must not hold a checkpoint yet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// hadamard: QuaRot-style randomized Hadamard before every projection; none: only the
+    /// activation bits change.
+    #[arg(long, default_value = "hadamard")]
+    pub rotation: String,
+    /// Activation bits of the quantized model.
+    #[arg(long, default_value_t = 4)]
+    pub act_bits: u8,
+    /// Seed of the random signs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `hbit ptq`: the post-training baselines of the paper's Table 4 from a trained b1.58 model.
+pub fn ptq(args: &PtqArgs) -> Result<()> {
+    use hbit_train::ptq::{post_training_quantize, Rotation};
+    if args.out.join(CONFIG_FILE).exists() {
+        bail!(
+            "{}: a checkpoint already exists there; choose another --out",
+            args.out.display()
+        );
+    }
+    let rotation = Rotation::parse(&args.rotation)?;
+    let bits = ActBits::from_bits(args.act_bits)
+        .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
+    let model = load_model(&args.model)?;
+    let quantized = post_training_quantize(&model, rotation, bits, args.seed)?;
+    let tokenizer = args.model.join(hbit_train::checkpoint::TOKENIZER_FILE);
+    save_model(
+        &args.out,
+        &quantized,
+        tokenizer.is_file().then_some(tokenizer.as_path()),
+    )?;
+    println!(
+        "{} a{} → {} ({} a{}, rotation {})",
+        args.model.display(),
+        model.config().activation_bits.bits(),
+        args.out.display(),
+        quantized.config().variant.name(),
+        bits.bits(),
+        args.rotation
+    );
+    Ok(())
+}
