@@ -24,6 +24,7 @@ fn variants() -> Vec<(Variant, ActBits)> {
         (Variant::BitnetA48, ActBits::Int4),
         (Variant::BitnetV2NoRotation, ActBits::Int4),
         (Variant::BitnetV2WeightRotation, ActBits::Int4),
+        (Variant::BitnetB158Quarot, ActBits::Int4),
     ]
 }
 
