@@ -89,6 +89,34 @@ fn kept_context(request: &Request, max_len: usize) -> Result<&[u32]> {
     Ok(&ctx[inputs.saturating_sub(max_len)..])
 }
 
+/// A continuation longer than the model's context is scored in pieces of half the context, each
+/// after everything before it (truncated on the left like any request), so every token keeps at
+/// least half a window of history; the pieces' scores add up. Returns the pieces and, for each
+/// piece, the index of the request it belongs to.
+fn split_long(requests: &[Request], max_len: usize) -> (Vec<Request>, Vec<usize>) {
+    let piece = (max_len / 2).max(1);
+    let mut pieces = Vec::with_capacity(requests.len());
+    let mut owner = Vec::with_capacity(requests.len());
+    for (i, r) in requests.iter().enumerate() {
+        if r.continuation.len() <= max_len {
+            pieces.push(r.clone());
+            owner.push(i);
+            continue;
+        }
+        for start in (0..r.continuation.len()).step_by(piece) {
+            let end = (start + piece).min(r.continuation.len());
+            let mut context = r.context.clone();
+            context.extend_from_slice(&r.continuation[..start]);
+            pieces.push(Request {
+                context,
+                continuation: r.continuation[start..end].to_vec(),
+            });
+            owner.push(i);
+        }
+    }
+    (pieces, owner)
+}
+
 /// First index of the largest logit (torch.argmax's tie rule).
 fn argmax(logits: &[f32]) -> usize {
     let mut best = 0;
@@ -101,7 +129,7 @@ fn argmax(logits: &[f32]) -> usize {
 }
 
 /// Scores every request (see module docs). Consecutive requests with the same context share
-/// one prefill. `batch_tokens` bounds the tokens of one batched forward call (contexts plus
+/// one prefill; a continuation longer than the context is scored in pieces ([`split_long`]). `batch_tokens` bounds the tokens of one batched forward call (contexts plus
 /// continuations); a group larger than that still runs whole. `progress(done, total)` counts
 /// requests.
 pub fn score_requests(
@@ -114,6 +142,39 @@ pub fn score_requests(
     if batch_tokens == 0 {
         return Err(EvalError::Input("batch_tokens must be at least 1".into()));
     }
+    let max_len = engine.config().max_position_embeddings;
+    let (pieces, owner) = split_long(requests, max_len);
+    if pieces.len() != requests.len() {
+        let scores = score_pieces(engine, &pieces, kv, batch_tokens, &mut |done, _| {
+            progress(
+                owner.get(done.saturating_sub(1)).map_or(0, |&o| o + 1),
+                requests.len(),
+            )
+        })?;
+        let mut merged = vec![
+            Score {
+                logprob: 0.0,
+                greedy: true,
+            };
+            requests.len()
+        ];
+        for (s, &o) in scores.iter().zip(&owner) {
+            merged[o].logprob += s.logprob;
+            merged[o].greedy &= s.greedy;
+        }
+        return Ok(merged);
+    }
+    score_pieces(engine, requests, kv, batch_tokens, progress)
+}
+
+/// [`score_requests`] for requests whose continuations fit the context.
+fn score_pieces(
+    engine: &Engine,
+    requests: &[Request],
+    kv: KvBits,
+    batch_tokens: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Score>> {
     let max_len = engine.config().max_position_embeddings;
     let vocab = engine.config().vocab_size;
     let contexts = requests
@@ -229,6 +290,18 @@ mod tests {
         assert!(msg(request(&[1], &[])).contains("empty continuation"));
         assert!(msg(request(&[], &[1])).contains("empty context"));
         assert!(msg(request(&[1], &[1, 2, 3, 4, 5])).contains("exceeds the model's context of 4"));
+    }
+
+    #[test]
+    fn long_continuations_split_into_half_context_pieces_after_their_history() {
+        let short = request(&[9], &[1, 2]);
+        let long = request(&[9], &[1, 2, 3, 4, 5]);
+        let (pieces, owner) = split_long(&[short.clone(), long], 4);
+        assert_eq!(owner, vec![0, 1, 1, 1]);
+        assert_eq!(pieces[0], short);
+        assert_eq!(pieces[1], request(&[9], &[1, 2]));
+        assert_eq!(pieces[2], request(&[9, 1, 2], &[3, 4]));
+        assert_eq!(pieces[3], request(&[9, 1, 2, 3, 4], &[5]));
     }
 
     #[test]

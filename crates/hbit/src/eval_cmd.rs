@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use hbit_engine::{Engine, KvBits};
 use hbit_eval::ppl::perplexity;
 use hbit_eval::report::{table1, ModelRow};
-use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Task};
+use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Task, TaskResult};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokenizers::Tokenizer;
 
@@ -245,43 +245,16 @@ fn tasks(args: &TasksArgs) -> Result<()> {
     let mut results = Vec::new();
     let mut json_tasks = Vec::new();
     for (task, path, docs) in &loaded_tasks {
-        let start = Instant::now();
-        let mut requests = Vec::new();
-        for (d, doc) in docs.iter().enumerate() {
-            for (context, continuation) in &doc.requests {
-                let (ctx, cont) = encode_pair(&tokenizer, context, continuation)
-                    .with_context(|| format!("{}: document {}", path.display(), d + 1))?;
-                let mut with_prefix = Vec::with_capacity(ctx.len() + 1);
-                with_prefix.push(prefix);
-                with_prefix.extend(ctx);
-                requests.push(Request {
-                    context: with_prefix,
-                    continuation: cont,
-                });
-            }
-        }
-        let bar = if args.json {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(requests.len() as u64)
-        };
-        bar.set_style(
-            ProgressStyle::with_template(&format!(
-                "{:<15} {{bar:30}} {{pos}}/{{len}} requests [{{elapsed_precise}} < {{eta_precise}}]",
-                task.name()
-            ))
-            .expect("static template"),
-        );
-        let scores = score_requests(engine, &requests, kv, args.batch_tokens, &mut |done, _| {
-            bar.set_position(done as u64)
-        })?;
-        bar.finish_and_clear();
-        let result = score_task(*task, docs, &scores)?;
-        let seconds = start.elapsed().as_secs_f64();
-        let mut j = result.to_json();
-        j["data"] = serde_json::json!(path.display().to_string());
-        j["requests"] = serde_json::json!(requests.len());
-        j["seconds"] = serde_json::json!(seconds);
+        let (result, j) = run_task(
+            engine,
+            &tokenizer,
+            prefix,
+            (*task, path, docs),
+            kv,
+            args.batch_tokens,
+            !args.json,
+        )?;
+        let seconds = j["seconds"].as_f64().unwrap_or(0.0);
         if !args.json {
             let norm = result
                 .acc_norm
@@ -345,4 +318,54 @@ fn locate(task: Task, data: &[PathBuf]) -> Result<PathBuf> {
         }
     }
     bail!("{}", errors.join("; "))
+}
+
+/// Scores one task's documents on `engine` (every request after `prefix`) and returns the
+/// metrics and their JSON (with data path, request count and seconds).
+pub(crate) fn run_task(
+    engine: &Engine,
+    tokenizer: &Tokenizer,
+    prefix: u32,
+    (task, path, docs): (Task, &std::path::Path, &[hbit_eval::Doc]),
+    kv: KvBits,
+    batch_tokens: usize,
+    show_progress: bool,
+) -> Result<(TaskResult, serde_json::Value)> {
+    let start = Instant::now();
+    let mut requests = Vec::new();
+    for (d, doc) in docs.iter().enumerate() {
+        for (context, continuation) in &doc.requests {
+            let (ctx, cont) = encode_pair(tokenizer, context, continuation)
+                .with_context(|| format!("{}: document {}", path.display(), d + 1))?;
+            let mut with_prefix = Vec::with_capacity(ctx.len() + 1);
+            with_prefix.push(prefix);
+            with_prefix.extend(ctx);
+            requests.push(Request {
+                context: with_prefix,
+                continuation: cont,
+            });
+        }
+    }
+    let bar = if show_progress {
+        ProgressBar::new(requests.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{:<15} {{bar:30}} {{pos}}/{{len}} requests [{{elapsed_precise}} < {{eta_precise}}]",
+            task.name()
+        ))
+        .expect("static template"),
+    );
+    let scores = score_requests(engine, &requests, kv, batch_tokens, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let result = score_task(task, docs, &scores)?;
+    let mut j = result.to_json();
+    j["data"] = serde_json::json!(path.display().to_string());
+    j["requests"] = serde_json::json!(requests.len());
+    j["seconds"] = serde_json::json!(start.elapsed().as_secs_f64());
+    Ok((result, j))
 }

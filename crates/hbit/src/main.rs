@@ -7,6 +7,7 @@ mod engine_cmds;
 mod eval_cmd;
 mod model_cmds;
 mod plot;
+mod reproduce;
 mod stats_cmd;
 mod train_cmd;
 
@@ -46,6 +47,8 @@ enum Command {
         #[command(subcommand)]
         what: eval_cmd::EvalCommand,
     },
+    /// The paper's experiments at small scale: train every variant, evaluate, write Tables 1–5.
+    Reproduce(Box<reproduce::ReproduceArgs>),
     /// Activation statistics: outliers of each projection's input, before and after Hadamard.
     Stats {
         #[command(subcommand)]
@@ -90,6 +93,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Eval { what } => eval_cmd::run(what),
         Command::Stats { what } => stats_cmd::run(what),
+        Command::Reproduce(args) => reproduce::reproduce(&args),
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
         Command::Cpu { paths } => {

@@ -57,7 +57,7 @@ pub struct ActivationsArgs {
 
 pub fn run(cmd: StatsCommand) -> Result<()> {
     match cmd {
-        StatsCommand::Activations(args) => activations(&args),
+        StatsCommand::Activations(args) => activations(&args).map(|_| ()),
     }
 }
 
@@ -101,7 +101,9 @@ pub fn collect(args: &ActivationsArgs) -> Result<(Vec<Summary>, usize)> {
     Ok((collector.summaries(args.bins), rows))
 }
 
-fn activations(args: &ActivationsArgs) -> Result<()> {
+/// Runs the analysis, writes `activations.json` and the PNGs, prints a summary, and returns
+/// the summaries.
+pub fn activations(args: &ActivationsArgs) -> Result<Vec<Summary>> {
     let (summaries, rows) = collect(args)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -144,7 +146,7 @@ fn activations(args: &ActivationsArgs) -> Result<()> {
             }
         );
     }
-    Ok(())
+    Ok(summaries)
 }
 
 /// Per layer and site: kurtosis, max/mean-|x| and INT4 clipping, before → after the transform.
