@@ -67,6 +67,15 @@ impl TernaryMatrix {
         }
     }
 
+    /// The same ternary weights in the layout for `bits`-wide inputs.
+    pub fn repacked(&self, bits: ActBits) -> TernaryMatrix {
+        let w = match self {
+            TernaryMatrix::Row(w) => w.unpack(),
+            TernaryMatrix::Lut(w) => w.unpack(),
+        };
+        TernaryMatrix::pack(&w, bits)
+    }
+
     /// `y` `[tokens, rows]` = BitLinear's integer form on quantized inputs.
     pub fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<()> {
         match self {
@@ -281,6 +290,18 @@ impl LayerWeights {
             Proj::Down => &self.down_proj,
         }
     }
+
+    fn projection_mut(&mut self, proj: Proj) -> &mut Projection {
+        match proj {
+            Proj::Q => &mut self.q_proj,
+            Proj::K => &mut self.k_proj,
+            Proj::V => &mut self.v_proj,
+            Proj::O => &mut self.o_proj,
+            Proj::Gate => &mut self.gate_proj,
+            Proj::Up => &mut self.up_proj,
+            Proj::Down => &mut self.down_proj,
+        }
+    }
 }
 
 /// Everything the forward pass reads.
@@ -393,6 +414,24 @@ impl Weights {
     }
 
     /// The LM head: the tied embedding unless the model has its own.
+    /// The same ternary weights run with `bits`-wide activations: only the input quantization
+    /// and the kernel layout change (e.g. an a4 model's INT8 twin, to compare kernels on one
+    /// model).
+    pub fn with_activation_bits(&self, bits: ActBits) -> Result<Weights> {
+        let c = &self.config;
+        let config = c.with_quantization(c.variant, bits, c.hidden_act)?;
+        let mut out = self.clone();
+        for layer in &mut out.layers {
+            for proj in Proj::ALL {
+                let p = layer.projection_mut(proj);
+                p.weight = p.weight.repacked(bits);
+                p.quant = config.input_quant(proj);
+            }
+        }
+        out.config = config;
+        Ok(out)
+    }
+
     pub fn head(&self) -> &FloatMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }

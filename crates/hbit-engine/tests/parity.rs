@@ -105,6 +105,32 @@ fn engine_equals_framework_for_every_variant() {
     }
 }
 
+#[test]
+fn an_a4_models_int8_twin_equals_the_a8_build_of_the_same_weights() {
+    let a4 = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+    let a8 = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+    let model = BitnetModel::init(&a4, 5).unwrap();
+    let latent = latent(&model);
+    let built_a4 = Weights::from_latent(&a4, &latent, false, Path::new("<a4>")).unwrap();
+    let built_a8 = Weights::from_latent(&a8, &latent, false, Path::new("<a8>")).unwrap();
+    let toks = tokens(20, a4.vocab_size, 4);
+    let run = |w: Weights| {
+        let engine = Engine::new(w);
+        let mut cache = engine.new_cache(KvBits::F32);
+        engine
+            .forward(&mut [&mut cache], &[&toks], Logits::All)
+            .unwrap()
+    };
+    let twin = built_a4.with_activation_bits(ActBits::Int8).unwrap();
+    assert_eq!(twin.config.activation_bits, ActBits::Int8);
+    assert_eq!(run(twin), run(built_a8.clone()));
+    // And back: the a8 build's INT4 twin is the a4 build.
+    assert_eq!(
+        run(built_a8.with_activation_bits(ActBits::Int4).unwrap()),
+        run(built_a4)
+    );
+}
+
 /// With the f16 KV cache, keys and values are rounded to f16 (relative error ≤ 2^-11).
 const PARITY_F16_KV_REL_TOL: f32 = 2e-2;
 

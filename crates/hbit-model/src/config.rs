@@ -670,8 +670,18 @@ mod tests {
             assert_eq!(back, c);
             let o = c.input_quant(Proj::O);
             let q = c.input_quant(Proj::Q);
+            if variant == Variant::BitnetB158Quarot {
+                // The post-training baseline rotates every projection's input and weight.
+                for p in Proj::ALL {
+                    let iq = c.input_quant(p);
+                    assert!(iq.hadamard && iq.rotate_weight && iq.bits == bits, "{p:?}");
+                }
+                assert_eq!(c.to_file().quantization.hadamard.len(), 7);
+                continue;
+            }
             assert!(!q.hadamard && q.topk_keep.is_none() && q.bits == bits);
             match variant {
+                Variant::BitnetB158Quarot => unreachable!("handled above"),
                 Variant::BitnetB158 | Variant::BitnetV2NoRotation => assert_eq!(o, q),
                 Variant::BitnetV2 => assert!(o.hadamard && !o.rotate_weight && o.bits == bits),
                 Variant::BitnetV2WeightRotation => assert!(o.hadamard && o.rotate_weight),

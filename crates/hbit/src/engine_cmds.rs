@@ -17,6 +17,30 @@ pub struct LoadedModel {
     pub tokenizer_json: Option<String>,
 }
 
+/// The model shipped in the repository (`models/`, see its model card), used when a command is
+/// given no `--model`.
+pub const BUNDLED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/hbit-tiny-v2-a4.hbit"
+);
+
+/// `--model`, else the bundled model (with a clear error if this binary was moved away from
+/// the repository it was built in).
+pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.clone());
+    }
+    let bundled = PathBuf::from(BUNDLED_MODEL);
+    if !bundled.is_file() {
+        bail!(
+            "no --model given and the bundled model {} is missing (this binary was built in a              checkout that has moved); pass --model FILE",
+            bundled.display()
+        );
+    }
+    // Shown to users: without the `crates/hbit/../..` detour.
+    Ok(bundled.canonicalize().unwrap_or(bundled))
+}
+
 /// Loads a packed model file, or packs a checkpoint directory (training layout or
 /// microsoft/bitnet-b1.58-2B-4T layout) in memory, embeddings kept at f32 so its logits match
 /// the training framework's.
@@ -87,9 +111,10 @@ pub fn engine_logits(model: &Path, ids: &[u32], kv_bits: &str) -> Result<Vec<Vec
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Packed model file (`hbit pack`) or training checkpoint directory.
+    /// Packed model file (`hbit pack`) or training checkpoint directory [default: the bundled
+    /// model].
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The prompt to continue.
     #[arg(long, conflicts_with = "batch_file")]
     prompt: Option<String>,
@@ -206,14 +231,15 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         }
     }
     let prompts = read_prompts(args)?;
-    let mut loaded = load_model(&args.model)?;
+    let model = model_or_bundled(&args.model)?;
+    let mut loaded = load_model(&model)?;
     loaded.engine.q_bits = args.q_bits;
     match args.head_bits {
         16 => {}
         8 => loaded.engine.use_int8_head(),
         other => bail!("--head-bits {other}: expected 16 or 8"),
     }
-    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let ids = tokenizer
@@ -224,21 +250,8 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         encoded.push(ids);
     }
     let config = loaded.engine.config();
-    // A model with a BOS token (HF checkpoints such as 2B4T) sees it first, as in training; the
-    // KV cache keeps that position at 8 bits.
-    if let Some(bos) = config.bos_token_id {
-        for ids in &mut encoded {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
-        }
-    }
-    let mut end_tokens: Vec<u32> = config.eos_token_id.into_iter().collect();
-    // End-of-text tokens of the common tokenizer families (GPT-2 style as trained here,
-    // Llama-3 base and instruct, SentencePiece).
-    for name in ["<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>"] {
-        end_tokens.extend(tokenizer.token_to_id(name));
-    }
+    prepend_bos(config, &mut encoded);
+    let end_tokens = end_tokens(config, &tokenizer);
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
@@ -293,4 +306,26 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         stats.decode_tokens as f64 / stats.decode_seconds.max(1e-9),
     );
     Ok(())
+}
+
+/// A model with a BOS token sees it first, as in training; the KV cache keeps that position at
+/// 8 bits.
+pub fn prepend_bos(config: &hbit_model::ModelConfig, prompts: &mut [Vec<u32>]) {
+    if let Some(bos) = config.bos_token_id {
+        for ids in prompts {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+    }
+}
+
+/// Token ids that end generation: the config's EOS and the end-of-text tokens of the common
+/// tokenizer families (GPT-2 style as trained here, Llama-3 base and instruct, SentencePiece).
+pub fn end_tokens(config: &hbit_model::ModelConfig, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut end: Vec<u32> = config.eos_token_id.into_iter().collect();
+    for name in ["<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "</s>"] {
+        end.extend(tokenizer.token_to_id(name));
+    }
+    end
 }

@@ -12,7 +12,7 @@ use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Tas
 use indicatif::{ProgressBar, ProgressStyle};
 use tokenizers::Tokenizer;
 
-use crate::engine_cmds::{load_model, load_tokenizer};
+use crate::engine_cmds::{load_model, load_tokenizer, model_or_bundled};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -24,9 +24,9 @@ pub enum EvalCommand {
 
 #[derive(Args)]
 pub struct TasksArgs {
-    /// Packed model file (`hbit pack`) or checkpoint directory.
+    /// Packed model file (`hbit pack`) or checkpoint directory [default: the bundled model].
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Task names as lm-evaluation-harness spells them, comma-separated, or `all`: arc_easy,
     /// arc_challenge, hellaswag, piqa, winogrande, lambada_openai (or lambada).
     #[arg(long)]
@@ -67,9 +67,9 @@ pub struct TasksArgs {
 
 #[derive(Args)]
 pub struct PplArgs {
-    /// Packed model file (`hbit pack`) or checkpoint directory.
+    /// Packed model file (`hbit pack`) or checkpoint directory [default: the bundled model].
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// A UTF-8 text file, scored as one document.
     #[arg(long)]
     data: PathBuf,
@@ -104,8 +104,9 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 fn ppl(args: &PplArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.data)
         .with_context(|| format!("{}: cannot read as UTF-8 text", args.data.display()))?;
-    let loaded = load_model(&args.model)?;
-    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let model = model_or_bundled(&args.model)?;
+    let loaded = load_model(&model)?;
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let engine = &loaded.engine;
     let config = engine.config();
     let tokens = tokenizer
@@ -144,7 +145,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
     let bytes = text.len();
     let words = text.split_whitespace().count().max(1);
     let report = serde_json::json!({
-        "model": args.model.display().to_string(),
+        "model": model.display().to_string(),
         "data": args.data.display().to_string(),
         "tokens": p.tokens,
         "windows": p.windows,
@@ -236,9 +237,10 @@ fn tasks(args: &TasksArgs) -> Result<()> {
         loaded_tasks.push((task, path, docs));
     }
     let kv = KvBits::parse(&args.kv_bits)?;
-    let mut loaded = load_model(&args.model)?;
+    let model = model_or_bundled(&args.model)?;
+    let mut loaded = load_model(&model)?;
     loaded.engine.q_bits = args.q_bits;
-    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let engine = &loaded.engine;
     let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
 
@@ -276,10 +278,10 @@ fn tasks(args: &TasksArgs) -> Result<()> {
         results.push(result);
     }
     let name = args.name.clone().unwrap_or_else(|| {
-        args.model
+        model
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| args.model.display().to_string())
+            .unwrap_or_else(|| model.display().to_string())
     });
     let table = table1(&[ModelRow {
         name,
@@ -292,7 +294,7 @@ fn tasks(args: &TasksArgs) -> Result<()> {
     }
     if args.json {
         let report = serde_json::json!({
-            "model": args.model.display().to_string(),
+            "model": model.display().to_string(),
             "kv_bits": kv.name(),
             "q_bits": args.q_bits,
             "limit": args.limit,

@@ -2,6 +2,7 @@
 //! to a fast CPU engine. This binary is the one entry point; each job is a subcommand.
 
 mod bench;
+mod demo;
 mod dummy;
 mod engine_cmds;
 mod eval_cmd;
@@ -34,6 +35,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+    /// The main demo on the bundled model: generate, INT4 vs INT8 decode speed, outliers.
+    Demo(demo::DemoArgs),
     /// Write a randomly initialised training checkpoint (config.json + model.safetensors).
     Init(model_cmds::InitArgs),
     /// Print a model's logits for a token sequence (training framework, or --engine).
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bench { what } => bench::run(what),
+        Command::Demo(args) => demo::demo(&args),
         Command::Init(args) => model_cmds::init(&args),
         Command::Logits(args) => model_cmds::logits(&args),
         Command::Pack(args) => engine_cmds::pack(&args),

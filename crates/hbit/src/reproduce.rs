@@ -497,7 +497,7 @@ impl Study<'_> {
                 break;
             };
             activations(&ActivationsArgs {
-                model: self.dir(m.key),
+                model: Some(self.dir(m.key)),
                 data: Some(text),
                 prompt: None,
                 tokens: self.args.stats_tokens,
@@ -549,9 +549,9 @@ impl Study<'_> {
     fn final_val_loss(&self, key: &str) -> Option<(u64, f64)> {
         let text = std::fs::read_to_string(self.dir(key).join("metrics.jsonl")).ok()?;
         text.lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
-            .last()
+            .find_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
     }
 
     fn write_report(&self) -> Result<()> {

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use hbit_engine::Site;
 use hbit_eval::activations::{ActivationCollector, Summary};
 
-use crate::engine_cmds::{load_model, load_tokenizer};
+use crate::engine_cmds::{load_model, load_tokenizer, model_or_bundled};
 use crate::eval_cmd::prefix_token;
 
 #[derive(Subcommand)]
@@ -20,9 +20,9 @@ pub enum StatsCommand {
 
 #[derive(Args)]
 pub struct ActivationsArgs {
-    /// Packed model file (`hbit pack`) or checkpoint directory.
+    /// Packed model file (`hbit pack`) or checkpoint directory [default: the bundled model].
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// A UTF-8 text file to run through the model.
     #[arg(long, conflicts_with = "prompt")]
     pub data: Option<PathBuf>,
@@ -72,8 +72,9 @@ pub fn collect(args: &ActivationsArgs) -> Result<(Vec<Summary>, usize)> {
     if args.bins < 2 {
         bail!("--bins {}: need at least 2", args.bins);
     }
-    let loaded = load_model(&args.model)?;
-    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &args.model)?;
+    let model = model_or_bundled(&args.model)?;
+    let loaded = load_model(&model)?;
+    let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let engine = &loaded.engine;
     let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
     let ids = tokenizer
@@ -105,10 +106,11 @@ pub fn collect(args: &ActivationsArgs) -> Result<(Vec<Summary>, usize)> {
 /// the summaries.
 pub fn activations(args: &ActivationsArgs) -> Result<Vec<Summary>> {
     let (summaries, rows) = collect(args)?;
+    let model = model_or_bundled(&args.model)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let report = serde_json::json!({
-        "model": args.model.display().to_string(),
+        "model": model.display().to_string(),
         "tokens": rows,
         "note": "kurtosis is Pearson's (3 for a Gaussian); int4_clipped is the share of values \
                  eq. (6) clips; hadamard=true rows are after the orthonormal Hadamard transform",
@@ -120,12 +122,9 @@ pub fn activations(args: &ActivationsArgs) -> Result<Vec<Summary>> {
         for site in Site::ALL {
             let mine: Vec<&Summary> = summaries.iter().filter(|s| s.site == site).collect();
             let png = args.out.join(format!("{}.png", site.name()));
-            let model_name = args
-                .model
+            let model_name = model
                 .file_name()
-                .map_or(args.model.display().to_string(), |n| {
-                    n.to_string_lossy().into()
-                });
+                .map_or(model.display().to_string(), |n| n.to_string_lossy().into());
             crate::plot::plot_activation_histograms(&mine, &model_name, &png)?;
         }
     }

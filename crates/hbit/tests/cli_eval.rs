@@ -198,6 +198,31 @@ fn eval_tasks_on_every_layout() {
     ]);
     assert!(e.contains("give --data FILE or --prompt TEXT"), "{e}");
 
+    // The demo on this model: generation, INT4 vs INT8 decode speed, outliers.
+    let demo = ok(&[
+        "demo",
+        "--model",
+        s(&ckpt),
+        "--tokenizer",
+        s(&tok),
+        "--max-tokens",
+        "4",
+        "--decode-tokens",
+        "4",
+        "--rounds",
+        "1",
+    ]);
+    for section in [
+        "== generation",
+        "INT4 activations",
+        "INT8 activations",
+        "INT4 / INT8 =",
+        "W_down (H-BitLinear in v2)",
+        "W_q, W_k, W_v",
+    ] {
+        assert!(demo.contains(section), "missing {section}:\n{demo}");
+    }
+
     // Errors name the problem.
     let base = ["eval", "tasks", "--model", s(&ckpt), "--tokenizer", s(&tok)];
     let e = err(&[&base[..], &["--task", "mmlu", "--data", s(&data)]].concat());
