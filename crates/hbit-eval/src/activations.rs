@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use hbit_engine::{Engine, KvBits, Logits, Site};
-use hbit_kernels::quant::{QUANT_EPS, SQRT_7};
+use hbit_kernels::quant::{abs_sum_f32, QUANT_EPS, SQRT_7};
 use hbit_kernels::Hadamard;
 use hbit_model::ModelConfig;
 use serde_json::{json, Value};
@@ -74,7 +74,8 @@ impl Summary {
 
 /// Share of `row`'s values that eq. (6) clips: |round(√7·x/(β+ε))| beyond −8..7, β = mean|x|.
 fn int4_clipped_in_row(row: &[f32]) -> usize {
-    let beta = row.iter().map(|v| v.abs()).sum::<f32>() / row.len() as f32;
+    // The quantizer's own summation order, so borderline values clip exactly as in the model.
+    let beta = abs_sum_f32(row) / row.len() as f32;
     let scale = SQRT_7 / (beta + QUANT_EPS);
     row.iter()
         .filter(|&&v| {
@@ -105,14 +106,15 @@ pub fn summarize(
     }
     let (m2, m4) = (m2 / n, m4 / n);
     let mut histogram = vec![0u64; bins.max(1)];
+    let last = histogram.len() - 1;
     if max_abs > 0.0 {
         let width = 2.0 * max_abs / histogram.len() as f64;
         for &v in values {
             let b = ((v as f64 + max_abs) / width) as usize;
-            histogram[b.min(bins - 1)] += 1;
+            histogram[b.min(last)] += 1;
         }
     } else {
-        histogram[bins / 2] = values.len() as u64;
+        histogram[last.div_ceil(2)] = values.len() as u64;
     }
     let clipped: usize = values.chunks_exact(cols).map(int4_clipped_in_row).sum();
     Summary {

@@ -483,9 +483,8 @@ fn winogrande_doc(record: &Value) -> Parsed {
 /// The passage minus its last word (split on single spaces), and ` {last word}` to predict.
 fn lambada_doc(record: &Value) -> Parsed {
     let text = string_field(record, "text")?;
-    let (context, last) = text
-        .rsplit_once(' ')
-        .ok_or("field `text` has a single word: nothing to condition on")?;
+    // A single word has an empty context (scored after the prefix token alone).
+    let (context, last) = text.rsplit_once(' ').unwrap_or(("", text));
     Ok(Doc {
         requests: vec![(context.to_string(), format!(" {last}"))],
         gold: 0,
@@ -586,7 +585,8 @@ mod tests {
             doc.requests,
             vec![("he said  hello to ".into(), " Anna".into())]
         );
-        assert!(lambada_doc(&json!({"text": "word"})).is_err());
+        let single = lambada_doc(&json!({"text": "word"})).unwrap();
+        assert_eq!(single.requests, vec![("".into(), " word".into())]);
     }
 
     #[test]
