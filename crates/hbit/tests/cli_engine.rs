@@ -244,3 +244,37 @@ fn bad_models_and_prompts_are_clear_errors() {
     assert!(e.contains("outside the vocabulary"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The bundled model (models/, committed with its model card) is what commands use without
+/// `--model`: it loads, carries its tokenizer, and generates reproducibly.
+#[test]
+fn bundled_model_is_the_default() {
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/hbit-tiny-v2-a4.hbit");
+    assert!(bundled.is_file(), "{} is missing", bundled.display());
+    let args = [
+        "generate",
+        "--prompt",
+        "Once upon a time",
+        "--max-tokens",
+        "8",
+        "--greedy",
+    ];
+    let default = ok(&args);
+    let explicit = ok(&[&args[..], &["--model", s(&bundled)]].concat());
+    assert_eq!(default, explicit);
+    assert!(
+        default.starts_with("Once upon a time") && default.len() > 16,
+        "{default}"
+    );
+    let logits_json = logits(&ok(&[
+        "logits",
+        "--engine",
+        "--model",
+        s(&bundled),
+        "--tokens",
+        "0,1,2",
+        "--json",
+    ]));
+    assert_eq!(logits_json.len(), 3);
+    assert_eq!(logits_json[0].len(), 4096);
+}
