@@ -605,6 +605,28 @@ impl Study<'_> {
             }
         }
 
+        // Each run's loss curve (drawn by `hbit train`), copied beside the tables.
+        let plots = self.args.out.join("plots");
+        std::fs::create_dir_all(&plots)?;
+        let mut curves = Vec::new();
+        for m in [
+            &B158, &A48, &V2A8, &V2A4, &NOROT_A8, &NOROT_A4, &WROT_A8, &WROT_A4,
+        ] {
+            let png = self.dir(m.key).join("loss.png");
+            if png.is_file() {
+                let name = format!("{}-loss.png", m.key);
+                std::fs::copy(&png, plots.join(&name))
+                    .with_context(|| format!("copying {}", png.display()))?;
+                curves.push(format!("`plots/{name}`"));
+            }
+        }
+        if !curves.is_empty() {
+            md.push_str(&format!(
+                "\nLoss curves (train and validation against tokens): {}.\n",
+                curves.join(", ")
+            ));
+        }
+
         md.push_str("\n## Table 1: BitNet v2 vs BitNet b1.58 and BitNet a4.8\n\nOurs:\n\n");
         let rows = [&B158, &A48, &V2A8, &V2A4]
             .iter()

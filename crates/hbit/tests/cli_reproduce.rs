@@ -108,6 +108,9 @@ fn reproduce_at_micro_scale_and_resume() {
             "{m}"
         );
     }
+    for m in ["b158-a8", "a48", "v2-a8", "v2-a4", "norot-a4", "wrot-a4"] {
+        assert!(out.join(format!("plots/{m}-loss.png")).is_file(), "{m}");
+    }
     // The a4 runs continued from the a8 checkpoint at step 8 (80% of 10 steps).
     let quarot: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs.join("quarot-a4/config.json")).unwrap())
