@@ -134,13 +134,12 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             }
         );
     }
-    if let [(b0, s0), (b1, s1)] = speeds.as_slice() {
-        let (int4, int8) = if *b0 == ActBits::Int4 {
+    if let [(first, s0), (_, s1)] = speeds.as_slice() {
+        let (int4, int8) = if *first == ActBits::Int4 {
             (s0, s1)
         } else {
             (s1, s0)
         };
-        let _ = b1;
         println!("INT4 / INT8 = {:.2}×", int4 / int8);
     }
 
