@@ -13,6 +13,30 @@ pub struct ModelRow {
     pub results: Vec<TaskResult>,
 }
 
+impl ModelRow {
+    /// Each task's headline metric ×100 in the paper's column order (None: not measured).
+    pub fn headline_percents(&self) -> Vec<Option<f64>> {
+        Task::ALL
+            .iter()
+            .map(|&t| {
+                self.results
+                    .iter()
+                    .find(|r| r.task == t)
+                    .map(|r| 100.0 * r.headline())
+            })
+            .collect()
+    }
+
+    /// Mean of the six headline metrics ×100, only when all six were measured.
+    pub fn average_percent(&self) -> Option<f64> {
+        let v: Vec<f64> = self
+            .headline_percents()
+            .into_iter()
+            .collect::<Option<_>>()?;
+        Some(v.iter().sum::<f64>() / v.len() as f64)
+    }
+}
+
 fn cell(value: Option<f64>) -> String {
     value.map_or("–".into(), |v| format!("{v:.2}"))
 }
@@ -29,20 +53,8 @@ pub fn table1(rows: &[ModelRow]) -> String {
     out.push_str(&"---|".repeat(Task::ALL.len() + 1));
     out.push('\n');
     for row in rows {
-        let values: Vec<Option<f64>> = Task::ALL
-            .iter()
-            .map(|&t| {
-                row.results
-                    .iter()
-                    .find(|r| r.task == t)
-                    .map(|r| 100.0 * r.headline())
-            })
-            .collect();
-        let avg = values
-            .iter()
-            .copied()
-            .collect::<Option<Vec<f64>>>()
-            .map(|v| v.iter().sum::<f64>() / v.len() as f64);
+        let values = row.headline_percents();
+        let avg = row.average_percent();
         out.push_str(&format!(
             "| {} | {} | {} |",
             row.name,

@@ -684,18 +684,9 @@ impl Study<'_> {
             ("Activation rotation (BitNet v2)", V2A4.key, "W1.58A4"),
         ] {
             let row = self.row(key, label)?;
-            let accs: Option<Vec<f64>> = Task::ALL
-                .iter()
-                .map(|&t| {
-                    row.results
-                        .iter()
-                        .find(|r| r.task == t)
-                        .map(|r| 100.0 * r.headline())
-                })
-                .collect();
-            let acc = accs.map_or("–".into(), |v| {
-                format!("{:.2}", v.iter().sum::<f64>() / v.len() as f64)
-            });
+            let acc = row
+                .average_percent()
+                .map_or("–".into(), |a| format!("{a:.2}"));
             let ppl = row.perplexity.map_or("–".into(), |p| format!("{p:.2}"));
             md.push_str(&format!("| {label} | {bits} | {acc} | {ppl} |\n"));
         }
