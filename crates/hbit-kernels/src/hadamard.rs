@@ -187,10 +187,36 @@ pub fn butterflies_scalar(x: &mut [f32]) {
     }
 }
 
+/// Positions mixed together: independent lanes with identical sign patterns, which the compiler
+/// turns into vector adds (no `unsafe`, and each lane's sum is the scalar one, bit for bit).
+const MIX_LANES: usize = 8;
+
 /// `y_i = Σ_l H_p[i][l] x_l` across the p segments, per position j, summed left to right.
 fn mix_segments(x: &mut [f32], order: usize, seg: usize, matrix: &[i8]) {
+    let mut columns = [[0.0f32; MIX_LANES]; 28];
+    let blocked = seg - seg % MIX_LANES;
+    for j in (0..blocked).step_by(MIX_LANES) {
+        for (l, c) in columns[..order].iter_mut().enumerate() {
+            c.copy_from_slice(&x[l * seg + j..][..MIX_LANES]);
+        }
+        for i in 0..order {
+            let signs = &matrix[i * order..(i + 1) * order];
+            let mut acc = columns[0];
+            if signs[0] < 0 {
+                acc.iter_mut().for_each(|a| *a = -*a);
+            }
+            for (&s, c) in signs[1..].iter().zip(&columns[1..order]) {
+                if s > 0 {
+                    acc.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+                } else {
+                    acc.iter_mut().zip(c).for_each(|(a, c)| *a -= c);
+                }
+            }
+            x[i * seg + j..][..MIX_LANES].copy_from_slice(&acc);
+        }
+    }
     let mut column = [0.0f32; 28];
-    for j in 0..seg {
+    for j in blocked..seg {
         for (l, c) in column[..order].iter_mut().enumerate() {
             *c = x[l * seg + j];
         }
@@ -358,6 +384,40 @@ mod tests {
                         "n = {n}: symmetric at ({i}, {j})"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_segment_mixing_equals_one_position_at_a_time_bit_for_bit() {
+        // The per-position sum of `mix_segments` written plainly, as the reference.
+        fn reference(x: &mut [f32], order: usize, seg: usize, matrix: &[i8]) {
+            let column: Vec<f32> = x.to_vec();
+            for j in 0..seg {
+                for i in 0..order {
+                    let signs = &matrix[i * order..(i + 1) * order];
+                    let mut acc = if signs[0] > 0 { column[j] } else { -column[j] };
+                    for l in 1..order {
+                        let c = column[l * seg + j];
+                        acc = if signs[l] > 0 { acc + c } else { acc - c };
+                    }
+                    x[i * seg + j] = acc;
+                }
+            }
+        }
+        for order in [12usize, 20, 28] {
+            let matrix = crate::paley::paley_matrix(order).unwrap();
+            for seg in [1usize, 5, 8, 13, 64] {
+                let x = test_vector(order * seg, (order * 100 + seg) as u32);
+                let (mut got, mut want) = (x.clone(), x);
+                mix_segments(&mut got, order, seg, &matrix);
+                reference(&mut want, order, seg, &matrix);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "order {order}, segment {seg}"
+                );
             }
         }
     }

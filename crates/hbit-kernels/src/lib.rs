@@ -29,6 +29,8 @@
 //! assert_eq!(y, vec![s * 8.0, s * -8.0]);
 //! ```
 
+#[cfg(feature = "allocator")]
+pub mod allocator;
 pub mod cpu;
 #[cfg(feature = "dense-baseline")]
 pub mod dense;

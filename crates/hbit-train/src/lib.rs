@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub use hbit_model::config;
 pub mod data;
 pub mod error;
+pub mod fused;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::{HiddenAct, InputQuant, ModelConfig, Proj};
 use crate::error::TrainError;
-use crate::ops::{ActivationSte, HadamardOp, TernarySte};
+use crate::fused::{self, CausalSoftmax, Glu, Heads, RmsNorm, RopeTables};
+use crate::ops::{HadamardOp, QuantizeInput, TernaryMatmul};
 use crate::rng::SplitMix64;
 use hbit_model::tensors::is_norm;
 pub use hbit_model::tensors::parameter_shapes;
@@ -28,13 +29,17 @@ type Result<T> = std::result::Result<T, TrainError>;
 pub const INIT_STD: f64 = 0.02;
 
 /// BitLinear (paper §2.1) or, when `quant.hadamard`, H-BitLinear (eq. 7): no bias.
+///
+/// `Y = Qw(W) · Qa(X_r)` with `X_r = Hadamard(X)` for H-BitLinear, as two fused ops: the input
+/// side ([`QuantizeInput`]), which projections reading the same input share, and the product
+/// ([`TernaryMatmul`]).
 #[derive(Debug, Clone)]
 pub struct BitLinear {
     /// `[out, in]` latent full-precision weight.
     pub weight: Var,
     quant: InputQuant,
-    /// Transform over `in`, present when the input (and for the ablation, the weight) is rotated.
-    hadamard: Option<HadamardOp>,
+    input_op: QuantizeInput,
+    matmul_op: TernaryMatmul,
 }
 
 impl BitLinear {
@@ -45,34 +50,45 @@ impl BitLinear {
         hadamards: &mut HadamardCache,
     ) -> Result<BitLinear> {
         let (_, cols) = weight.dims2()?;
+        // Transform over `in`, when the input (and for the ablation, the weight) is rotated.
         let hadamard = if quant.hadamard {
-            Some(hadamards.get(config, cols)?)
+            Some(hadamards.get(config, cols)?.transform().clone())
         } else {
             None
         };
         Ok(BitLinear {
             weight,
             quant,
-            hadamard,
+            input_op: QuantizeInput {
+                hadamard: hadamard.clone(),
+                bits: quant.bits,
+                topk_keep: quant.topk_keep,
+            },
+            // Ablation: Qw(W·H) (H symmetric), so W·H·(H·x) = W·x unquantized.
+            matmul_op: TernaryMatmul::new(hadamard.filter(|_| quant.rotate_weight)),
         })
     }
 
-    /// `x`: `[.., in]` (already normalized by the block's norm) → `[.., out]`.
+    /// `Qa(X_r)`: `x` `[.., in]` (already normalized by the block's norm) rotated when this is
+    /// H-BitLinear (eq. 7), then quantized per token (eq. 5 / 6).
+    pub fn quantize_input(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.input_op.apply(x)
+    }
+
+    /// `Qw(W) · xq` for `xq` from [`BitLinear::quantize_input`] → `[.., out]`.
+    pub fn project(&self, xq: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul_op.apply(xq, self.weight.as_tensor())
+    }
+
+    /// Whether `other` treats its input exactly as this projection does, so one
+    /// [`BitLinear::quantize_input`] serves both.
+    fn reads_like(&self, other: &BitLinear) -> bool {
+        self.quant == other.quant && self.weight.dim(1).ok() == other.weight.dim(1).ok()
+    }
+
+    /// `x`: `[.., in]` → `[.., out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = x.contiguous()?;
-        let mut w = self.weight.as_tensor().clone();
-        if let Some(h) = &self.hadamard {
-            x = h.apply(&x)?; // X_r = Hadamard(LN(X)), eq. (7)
-            if self.quant.rotate_weight {
-                w = h.apply(&w)?; // ablation: W·H (H symmetric), so W·H·(H·x) = W·x unquantized
-            }
-        }
-        let xq = x.apply_op1(ActivationSte {
-            bits: self.quant.bits,
-            topk_keep: self.quant.topk_keep,
-        })?; // eq. (5) / (6)
-        let wq = w.contiguous()?.apply_op1(TernarySte)?; // eqs. (1)-(2)
-        xq.broadcast_matmul(&wq.t()?) // Y = Qw(W) · Qa(X)
+        self.project(&self.quantize_input(x)?)
     }
 }
 
@@ -91,56 +107,37 @@ impl HadamardCache {
     }
 }
 
-/// RMSNorm with a learned gain: `x / sqrt(mean(x²) + eps) · g`.
+/// RMSNorm with a learned gain: `x / sqrt(mean(x²) + eps) · g` (fused, see [`fused::RmsNorm`]).
 fn rms_norm(x: &Tensor, gain: &Var, eps: f64) -> candle_core::Result<Tensor> {
-    let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv_rms)?.broadcast_mul(gain.as_tensor())
+    RmsNorm { eps: eps as f32 }.apply(x, gain.as_tensor())
 }
 
 /// cos / sin tables `[max_pos, hd]` of rotate-half RoPE (HF LLaMA): frequency i of
 /// `theta^(-2i/hd)`, repeated for both halves.
-#[derive(Debug, Clone)]
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn new(config: &ModelConfig, device: &Device) -> Result<Rope> {
-        let hd = config.head_dim;
-        let half = hd / 2;
-        let positions = config.max_position_embeddings;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| config.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(positions * hd);
-        let mut sin = Vec::with_capacity(positions * hd);
-        for p in 0..positions {
-            // The same frequencies for both halves (rotate-half convention).
-            for _half in 0..2 {
-                for &f in &inv_freq {
-                    let angle = p as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
+fn rope_tables(config: &ModelConfig) -> Arc<RopeTables> {
+    let hd = config.head_dim;
+    let half = hd / 2;
+    let positions = config.max_position_embeddings;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| config.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(positions * hd);
+    let mut sin = Vec::with_capacity(positions * hd);
+    for p in 0..positions {
+        // The same frequencies for both halves (rotate-half convention).
+        for _half in 0..2 {
+            for &f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
             }
         }
-        Ok(Rope {
-            cos: Tensor::from_vec(cos, (positions, hd), device)?,
-            sin: Tensor::from_vec(sin, (positions, hd), device)?,
-        })
     }
-
-    /// `x`: `[B, heads, T, hd]` → `x·cos + rotate_half(x)·sin`, positions 0..T.
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, t, hd) = x.dims4()?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
-        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-    }
+    Arc::new(RopeTables {
+        cos,
+        sin,
+        head_dim: hd,
+    })
 }
 
 /// `model.layers.N.self_attn`.
@@ -186,7 +183,7 @@ pub struct BitnetModel {
     norm: Var,
     /// `[V, H]`, absent when tied to the embedding.
     lm_head: Option<Var>,
-    rope: Rope,
+    rope: Arc<RopeTables>,
 }
 
 impl BitnetModel {
@@ -303,7 +300,7 @@ impl BitnetModel {
             layers,
             norm,
             lm_head,
-            rope: Rope::new(config, &Device::Cpu)?,
+            rope: rope_tables(config),
         })
     }
 
@@ -378,6 +375,14 @@ impl BitnetModel {
     /// Logits `[B, T, V]` for token ids `[B, T]` (u32), positions 0..T.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
+        let logits = self.token_logits(tokens)?;
+        Ok(logits.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// Logits `[B·T, V]`, one row per token: the loss reads them in this shape, so the largest
+    /// tensor of a step is never reshaped (each recorded reshape costs the backward two passes).
+    fn token_logits(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
         if t == 0 || t > self.config.max_position_embeddings {
             return Err(TrainError::Input(format!(
                 "sequence length {t} is outside 1..={} (max_position_embeddings)",
@@ -398,75 +403,67 @@ impl BitnetModel {
             .as_tensor()
             .index_select(&flat, 0)?
             .reshape((b, t, h))?; // [B, T, H]
-        let mask = causal_mask(t, tokens.device())?;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, &mask)?;
+            x = self.layer_forward(layer, &x)?;
         }
-        let x = rms_norm(&x, &self.norm, self.config.rms_norm_eps)?;
+        let x = rms_norm(
+            &x.reshape((b * t, h))?,
+            &self.norm,
+            self.config.rms_norm_eps,
+        )?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         // Full-precision LM head (the paper keeps input/output embeddings unquantized).
-        Ok(x.broadcast_matmul(&head.as_tensor().t()?)?) // [B, T, V]
+        Ok(x.matmul(&head.as_tensor().t()?)?) // [B·T, V]
     }
 
-    fn layer_forward(
-        &self,
-        layer: &DecoderLayer,
-        x: &Tensor,
-        mask: &Tensor,
-    ) -> candle_core::Result<Tensor> {
+    fn layer_forward(&self, layer: &DecoderLayer, x: &Tensor) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         let h = rms_norm(x, &layer.input_layernorm, eps)?;
-        let x = (x + self.attention(&layer.self_attn, &h, mask)?)?;
+        let x = (x + self.attention(&layer.self_attn, &h)?)?;
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?;
         let m = &layer.mlp;
-        let gate = m.gate_proj.forward(&h)?; // [B, T, I]
-        let up = m.up_proj.forward(&h)?;
-        let activated = match self.config.hidden_act {
-            HiddenAct::Silu => gate.silu()?,
-            HiddenAct::Relu2 => gate.relu()?.sqr()?,
+        let hq = m.gate_proj.quantize_input(&h)?;
+        let up_input = if m.up_proj.reads_like(&m.gate_proj) {
+            hq.clone()
+        } else {
+            m.up_proj.quantize_input(&h)?
         };
-        let glu = rms_norm(&(activated * up)?, &m.ffn_sub_norm, eps)?;
+        let gate = m.gate_proj.project(&hq)?; // [B, T, I]
+        let up = m.up_proj.project(&up_input)?;
+        let squared_relu = self.config.hidden_act == HiddenAct::Relu2;
+        let glu = Glu { squared_relu }.apply(&gate, &up)?; // act(gate) ⊙ up
+        let glu = rms_norm(&glu, &m.ffn_sub_norm, eps)?;
         x + m.down_proj.forward(&glu)?
     }
 
     /// Causal grouped-query self-attention; `h`: `[B, T, H]` normalized input.
-    fn attention(&self, a: &Attention, h: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn attention(&self, a: &Attention, h: &Tensor) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let (b, t, _) = h.dims3()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-        let q = self.rope.apply(&heads(a.q_proj.forward(h)?, nh)?)?; // [B, nh, T, hd]
-        let k = self.rope.apply(&heads(a.k_proj.forward(h)?, nkv)?)?; // [B, nkv, T, hd]
-        let v = heads(a.v_proj.forward(h)?, nkv)?;
+        let hq = a.q_proj.quantize_input(h)?;
+        let input_of = |lin: &BitLinear| {
+            if lin.reads_like(&a.q_proj) {
+                Ok(hq.clone())
+            } else {
+                lin.quantize_input(h)
+            }
+        };
+        let rope = Some(self.rope.clone());
+        let q = Heads::split(nh, hd, rope.clone()).apply(&a.q_proj.project(&hq)?)?; // [B, nh, T, hd]
+        let k = Heads::split(nkv, hd, rope).apply(&a.k_proj.project(&input_of(&a.k_proj)?)?)?;
+        let v = Heads::split(nkv, hd, None).apply(&a.v_proj.project(&input_of(&a.v_proj)?)?)?;
         let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?); // [B, nh, T, hd]
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?; // [B, nh, T, T]
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?; // [B, T, H]
+        let scale = 1.0 / (hd as f32).sqrt();
+        let probs = CausalSoftmax { scale }.apply(&q.matmul(&k.t()?)?)?; // [B, nh, T, T]
+        let out = Heads::merge(nh, hd).apply(&probs.matmul(&v)?)?; // [B, T, H]
         let out = rms_norm(&out, &a.attn_sub_norm, c.rms_norm_eps)?;
         a.o_proj.forward(&out)
     }
 
     /// Mean next-token cross-entropy of `inputs` `[B, T]` against `targets` `[B, T]`.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.forward(inputs)?;
-        let (b, t, v) = logits.dims3()?;
-        let logits = logits.reshape((b * t, v))?;
-        Ok(candle_nn::loss::cross_entropy(
-            &logits,
-            &targets.flatten_all()?,
-        )?)
+        Ok(fused::cross_entropy(&self.token_logits(inputs)?, targets)?)
     }
-}
-
-/// `[T, T]`: 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(data, (t, t), device)
 }
 
 /// `[B, nkv, T, hd]` → `[B, nkv·rep, T, hd]`, each KV head serving `rep` query heads.

@@ -10,10 +10,19 @@
 //!   through the top-K mask the same way).
 //! - [`HadamardOp`]: orthonormal Walsh–Hadamard on the last dimension (eqs. 3–4); backward is the
 //!   Hadamard of the gradient (eq. 8), exact because H is symmetric and orthonormal.
+//!
+//! The model runs BitLinear as two fused ops with the same math, so that candle's autograd
+//! records two nodes per projection instead of six (each recorded node costs the backward a
+//! zero-filled buffer and an extra pass over its gradient):
+//! - [`QuantizeInput`]: optional Hadamard, then [`ActivationSte`]'s quantizer; one op, shared by
+//!   projections that read the same input the same way (q/k/v, gate/up).
+//! - [`TernaryMatmul`]: `Qa(X) · Qw(W)ᵀ` with the ternary STE inside (and the weight rotation of
+//!   the ablation); its backward is `dX = dY·Qw(W)`, `dW = dYᵀ·Qa(X)`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, Error, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
+use hbit_kernels::dense::dense_matmul_f32;
 use hbit_kernels::quant::{
     quantize_int4_token, quantize_int8_token, quantize_ternary, sparsify_topk_token, topk_count,
     ActBits,
@@ -22,7 +31,11 @@ use hbit_kernels::Hadamard;
 use rayon::prelude::*;
 
 /// The contiguous f32 data of an op's input.
-fn f32_input<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_input<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         return Err(Error::Msg(format!("{op}: expects an f32 input")));
     };
@@ -35,7 +48,7 @@ fn f32_input<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&
 }
 
 /// Rows of the last dimension, for per-token work; a rank-0 tensor is refused.
-fn last_dim(op: &str, layout: &Layout) -> Result<usize> {
+pub(crate) fn last_dim(op: &str, layout: &Layout) -> Result<usize> {
     match layout.shape().dims().last() {
         Some(&n) if n > 0 => Ok(n),
         _ => Err(Error::Msg(format!(
@@ -69,6 +82,36 @@ impl CustomOp1 for TernarySte {
     }
 }
 
+/// Replaces each length-`cols` row of `x` by its quantized value `scale · code` (eq. 5 or 6),
+/// after a4.8's top-K sparsification when `topk_keep` is set.
+fn fake_quantize_rows(x: &mut [f32], cols: usize, bits: ActBits, topk_keep: Option<f32>) {
+    let keep = topk_keep.map(|share| topk_count(cols, share));
+    x.par_chunks_mut(cols * ROWS_PER_TASK).for_each(|rows| {
+        let mut codes = vec![0i8; cols];
+        for row in rows.chunks_exact_mut(cols) {
+            if let Some(k) = keep {
+                sparsify_topk_token(row, k);
+            }
+            let scale = match bits {
+                ActBits::Int8 => quantize_int8_token(row, &mut codes), // eq. (5)
+                ActBits::Int4 => quantize_int4_token(row, &mut codes), // eq. (6)
+            };
+            for (v, &c) in row.iter_mut().zip(&codes) {
+                *v = scale * c as f32;
+            }
+        }
+    });
+}
+
+fn check_finite(x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::Msg(format!(
+            "activation quantizer: non-finite activation at flat index {i} (training diverged?)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Per-token activation fake-quantization (eq. 5 or 6) with the straight-through backward.
 #[derive(Debug, Clone, Copy)]
 pub struct ActivationSte {
@@ -85,29 +128,9 @@ impl CustomOp1 for ActivationSte {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_input(self.name(), storage, layout)?;
         let cols = last_dim(self.name(), layout)?;
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Msg(format!(
-                "activation quantizer: non-finite activation at flat index {i} (training diverged?)"
-            )));
-        }
+        check_finite(x)?;
         let mut out = x.to_vec();
-        let keep = self.topk_keep.map(|share| topk_count(cols, share));
-        let bits = self.bits;
-        out.par_chunks_mut(cols * ROWS_PER_TASK).for_each(|rows| {
-            let mut codes = vec![0i8; cols];
-            for row in rows.chunks_exact_mut(cols) {
-                if let Some(k) = keep {
-                    sparsify_topk_token(row, k);
-                }
-                let scale = match bits {
-                    ActBits::Int8 => quantize_int8_token(row, &mut codes), // eq. (5)
-                    ActBits::Int4 => quantize_int4_token(row, &mut codes), // eq. (6)
-                };
-                for (v, &c) in row.iter_mut().zip(&codes) {
-                    *v = scale * c as f32;
-                }
-            }
-        });
+        fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -125,6 +148,11 @@ pub struct HadamardOp {
 impl HadamardOp {
     pub fn new(transform: Arc<Hadamard>) -> HadamardOp {
         HadamardOp { transform }
+    }
+
+    /// The planned transform.
+    pub fn transform(&self) -> &Arc<Hadamard> {
+        &self.transform
     }
 
     /// Applies the transform to the last dimension of `x`.
@@ -156,6 +184,183 @@ impl CustomOp1 for HadamardOp {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.apply(grad_res)?)) // eq. (8)
+    }
+}
+
+/// H-BitLinear's input side as one op: `X_r = Hadamard(X)` when present (eq. 7), then the
+/// per-token quantizer `Qa` (eq. 5 / 6, a4.8's top-K first when set). Backward: the STE passes
+/// the gradient through `Qa`, then the Hadamard's own backward applies (eq. 8).
+#[derive(Debug, Clone)]
+pub struct QuantizeInput {
+    pub hadamard: Option<Arc<Hadamard>>,
+    pub bits: ActBits,
+    pub topk_keep: Option<f32>,
+}
+
+impl QuantizeInput {
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(self.clone())
+    }
+}
+
+impl CustomOp1 for QuantizeInput {
+    fn name(&self) -> &'static str {
+        "quantize-input"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_input(self.name(), storage, layout)?;
+        let cols = last_dim(self.name(), layout)?;
+        check_finite(x)?;
+        let mut out = x.to_vec();
+        if let Some(h) = &self.hadamard {
+            if h.len() != cols {
+                return Err(Error::Msg(format!(
+                    "quantize-input: last dimension is {cols}, the Hadamard was planned for {}",
+                    h.len()
+                )));
+            }
+            out.par_chunks_mut(cols * ROWS_PER_TASK)
+                .try_for_each(|rows| h.apply(rows)) // eqs. (3)-(4), (7)
+                .map_err(Error::wrap)?;
+        }
+        fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep); // eq. (5) / (6)
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(match &self.hadamard {
+            Some(h) => HadamardOp::new(h.clone()).apply(grad)?, // eq. (8)
+            None => grad.clone(),
+        }))
+    }
+}
+
+/// BitLinear's product `Y = Qa(X) · Qw(W')ᵀ` for an already quantized input `[.., in]` and the
+/// latent weight `W` `[out, in]`: `W' = W`, or `W·H` in the weight-rotation ablation, and
+/// `Qw` the ternary absmean quantizer (eqs. 1–2) with the straight-through estimator.
+///
+/// Backward: `dX = dY · Qw(W')` and `dW' = dYᵀ · X`, then `dW = dW' · H` for the ablation
+/// (H symmetric). Forward runs the dense f32 GEMM of the kernel layer; backward, candle's.
+#[derive(Debug, Clone)]
+pub struct TernaryMatmul {
+    rotate_weight: Option<Arc<Hadamard>>,
+    /// `Qw(W')` computed by the forward, kept for the backward of the same call.
+    quantized: Arc<OnceLock<Tensor>>,
+}
+
+impl TernaryMatmul {
+    pub fn new(rotate_weight: Option<Arc<Hadamard>>) -> TernaryMatmul {
+        TernaryMatmul {
+            rotate_weight,
+            quantized: Arc::default(),
+        }
+    }
+
+    pub fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        // A fresh op per call, so a backward never sees another call's quantized weight.
+        let op = TernaryMatmul::new(self.rotate_weight.clone());
+        x.contiguous()?.apply_op2(&w.contiguous()?, op)
+    }
+
+    /// `Qw(W')` as `[out, in]` values `alpha · code`.
+    fn quantized_weight(&self, w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        let rotated;
+        let w = match &self.rotate_weight {
+            Some(h) => {
+                let mut r = w.to_vec();
+                h.apply(&mut r).map_err(Error::wrap)?;
+                rotated = r;
+                &rotated
+            }
+            None => w,
+        };
+        Ok(quantize_ternary(w, rows, cols)
+            .map_err(Error::wrap)?
+            .dequantize()) // eqs. (1)-(2)
+    }
+}
+
+/// `(rows, in, out)` of a product of `x` `[.., in]` and `w` `[out, in]`, checked.
+fn product_dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+    let (out, cols) = match w.shape().dims() {
+        [o, i] => (*o, *i),
+        dims => {
+            return Err(Error::Msg(format!(
+                "{op}: weight must be [out, in], found {dims:?}"
+            )))
+        }
+    };
+    let xd = x.shape().dims();
+    match xd.last() {
+        Some(&c) if c == cols => Ok((x.shape().elem_count() / cols.max(1), cols, out)),
+        _ => Err(Error::Msg(format!(
+            "{op}: input {xd:?} does not end in the weight's in-dimension {cols}"
+        ))),
+    }
+}
+
+impl CustomOp2 for TernaryMatmul {
+    fn name(&self) -> &'static str {
+        "ternary-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, cols, out) = product_dims(self.name(), xl, wl)?;
+        let x = f32_input(self.name(), xs, xl)?;
+        let w = f32_input(self.name(), ws, wl)?;
+        let qw = self.quantized_weight(w, out, cols)?;
+        let mut y = vec![0.0f32; rows * out];
+        dense_matmul_f32(
+            &qw,
+            out,
+            cols,
+            x,
+            rows,
+            &mut y,
+            rayon::current_num_threads(),
+        )
+        .map_err(Error::wrap)?; // Y = Qw(W) · Qa(X)
+        let _ = self.quantized.set(Tensor::from_vec(
+            qw,
+            (out, cols),
+            &candle_core::Device::Cpu,
+        )?);
+        let mut dims = xl.shape().dims().to_vec();
+        *dims.last_mut().expect("product_dims checked the rank") = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, cols) = w.dims2()?;
+        let rows = x.elem_count() / cols;
+        let qw = match self.quantized.get() {
+            Some(qw) => qw.clone(),
+            None => {
+                let w_values: Vec<f32> = w.flatten_all()?.to_vec1()?;
+                let qw = self.quantized_weight(&w_values, out, cols)?;
+                Tensor::from_vec(qw, (out, cols), w.device())?
+            }
+        };
+        let dy = grad.contiguous()?.reshape((rows, out))?;
+        let dx = dy.matmul(&qw)?.reshape(x.shape())?; // STE through Qa: dX = dY · Qw(W')
+        let mut dw = dy.t()?.matmul(&x.reshape((rows, cols))?)?; // STE through Qw
+        if let Some(h) = &self.rotate_weight {
+            dw = HadamardOp::new(h.clone()).apply(&dw)?; // d(W·H)/dW: dW' · H
+        }
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -307,6 +512,91 @@ mod tests {
                 .unwrap();
             for (b, x) in back.iter().zip(&xs) {
                 assert!((b - x).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Largest |a − b| over the largest |b|.
+    fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
+        let g: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        g.iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / scale
+    }
+
+    #[test]
+    fn fused_bitlinear_equals_the_composition_of_the_single_ops() {
+        // QuantizeInput + TernaryMatmul against HadamardOp → ActivationSte → TernarySte →
+        // matmul, for plain BitLinear, H-BitLinear, the weight-rotation ablation, INT4 and a4.8.
+        let (rows, cols, out) = (6usize, 12usize, 5usize);
+        let h = Arc::new(Hadamard::new(cols).unwrap());
+        let xs: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1)
+            .collect();
+        let ws: Vec<f32> = (0..out * cols)
+            .map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.05)
+            .collect();
+        let cs: Vec<f32> = (0..rows * out)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.5)
+            .collect();
+        for (hadamard, rotate, bits, keep) in [
+            (false, false, ActBits::Int8, None),
+            (true, false, ActBits::Int8, None),
+            (true, true, ActBits::Int4, None),
+            (false, false, ActBits::Int4, Some(0.5)),
+        ] {
+            let x = Var::from_tensor(&tensor(&xs, &[2, 3, cols])).unwrap();
+            let w = Var::from_tensor(&tensor(&ws, &[out, cols])).unwrap();
+            let c = tensor(&cs, &[2, 3, out]);
+            let transform = hadamard.then(|| h.clone());
+            let fused_in = QuantizeInput {
+                hadamard: transform.clone(),
+                bits,
+                topk_keep: keep,
+            }
+            .apply(x.as_tensor())
+            .unwrap();
+            let fused = TernaryMatmul::new(transform.clone().filter(|_| rotate))
+                .apply(&fused_in, w.as_tensor())
+                .unwrap();
+            let op = HadamardOp::new(h.clone());
+            let mut xr = x.as_tensor().clone();
+            let mut wr = w.as_tensor().clone();
+            if hadamard {
+                xr = op.apply(&xr).unwrap();
+                if rotate {
+                    wr = op.apply(&wr).unwrap();
+                }
+            }
+            let xq = xr
+                .apply_op1(ActivationSte {
+                    bits,
+                    topk_keep: keep,
+                })
+                .unwrap();
+            let wq = wr.apply_op1(TernarySte).unwrap();
+            let composed = xq.broadcast_matmul(&wq.t().unwrap()).unwrap();
+            let case = format!("hadamard {hadamard}, rotate {rotate}, {bits:?}, keep {keep:?}");
+            assert!(relative_error(&fused, &composed) < 1e-6, "{case}: forward");
+            let gf = (&fused * &c)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gc = (&composed * &c)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, var) in [("dX", &x), ("dW", &w)] {
+                let err = relative_error(gf.get(var).unwrap(), gc.get(var).unwrap());
+                assert!(err < 1e-5, "{case}: {name} off by {err}");
             }
         }
     }

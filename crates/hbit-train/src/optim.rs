@@ -7,12 +7,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::TrainError;
 
 pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.95;
 pub const ADAM_EPS: f64 = 1e-8;
+
+/// Parameters updated per rayon task.
+const UPDATE_CHUNK: usize = 1 << 14;
 
 /// Weight decay applies to matrices (projections, embeddings), not to norm gains.
 pub fn decays(shape: &[usize]) -> bool {
@@ -66,13 +70,22 @@ impl AdamW {
                 1.0
             };
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            for k in 0..theta.len() {
-                let g = grad[k];
-                m[k] = b1 * m[k] + (1.0 - b1) * g;
-                v[k] = b2 * v[k] + (1.0 - b2) * g * g;
-                let denom = v[k].sqrt() * inv_sqrt_c2 + ADAM_EPS as f32;
-                theta[k] = theta[k] * shrink - step_size * m[k] / denom;
-            }
+            // Elementwise, so splitting across threads changes no bit.
+            theta
+                .par_chunks_mut(UPDATE_CHUNK)
+                .zip(m.par_chunks_mut(UPDATE_CHUNK))
+                .zip(
+                    v.par_chunks_mut(UPDATE_CHUNK)
+                        .zip(grad.par_chunks(UPDATE_CHUNK)),
+                )
+                .for_each(|((theta, m), (v, grad))| {
+                    for (((theta, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(grad) {
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        let denom = v.sqrt() * inv_sqrt_c2 + ADAM_EPS as f32;
+                        *theta = *theta * shrink - step_size * *m / denom;
+                    }
+                });
             var.set(&Tensor::from_vec(theta, var.shape(), var.device())?)?;
         }
         Ok(())

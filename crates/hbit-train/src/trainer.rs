@@ -198,7 +198,14 @@ impl Trainer {
     }
 
     /// One optimizer step over `grad_accum` micro-batches.
+    ///
+    /// Runs inside candle's CPU thread pool, so the many short parallel sections of a step (every
+    /// matmul and fused op) start on warm pool threads instead of each waking a pool from outside.
     pub fn step(&mut self) -> Result<StepReport> {
+        Device::Cpu.with_context(|| self.step_in_pool())
+    }
+
+    fn step_in_pool(&mut self) -> Result<StepReport> {
         let s = &self.state;
         let (batch, seq) = (s.batch_size, s.seq_len);
         let mut grads: Vec<Vec<f32>> = self
@@ -262,6 +269,10 @@ impl Trainer {
 
     /// Mean loss over up to `max_sequences` validation sequences (token-weighted).
     pub fn validation_loss(&self, max_sequences: usize) -> Result<Option<f64>> {
+        Device::Cpu.with_context(|| self.validation_loss_in_pool(max_sequences))
+    }
+
+    fn validation_loss_in_pool(&self, max_sequences: usize) -> Result<Option<f64>> {
         let n = self.data.validation_sequences().min(max_sequences);
         if n == 0 {
             return Ok(None);

@@ -17,6 +17,14 @@ use clap::{Parser, Subcommand};
 use hbit_kernels::cpu::cpu_has_avx512_vnni;
 use hbit_kernels::{active_path, KernelPath};
 
+/// mimalloc with freed pages kept mapped (see `hbit_kernels::allocator` for the measurement).
+#[global_allocator]
+static ALLOCATOR: hbit_kernels::allocator::MiMalloc = hbit_kernels::allocator::MiMalloc;
+
+/// How long freed memory stays mapped: longer than a training step, short enough that a long
+/// `generate` or `eval` run gives back what a large batch used.
+const KEEP_FREED_PAGES_MS: i64 = 10_000;
+
 #[derive(Parser)]
 #[command(
     name = "hbit",
@@ -75,6 +83,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    hbit_kernels::allocator::keep_freed_pages(KEEP_FREED_PAGES_MS);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
