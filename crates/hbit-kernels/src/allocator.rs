@@ -32,6 +32,8 @@ pub fn keep_freed_pages(millis: i64) {
 }
 
 /// The purge delay in force, in milliseconds (`-1`: never).
+// `c_long` is `i64` here but `i32` on other targets, so the conversion is not always a no-op.
+#[allow(clippy::useless_conversion)]
 pub fn freed_pages_delay() -> i64 {
     // SAFETY: `mi_option_get` only reads mimalloc's option table (initialising it from the
     // environment on first use); the index is the purge delay's, as above.
