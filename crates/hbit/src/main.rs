@@ -21,9 +21,15 @@ use hbit_kernels::{active_path, KernelPath};
 #[global_allocator]
 static ALLOCATOR: hbit_kernels::allocator::MiMalloc = hbit_kernels::allocator::MiMalloc;
 
-/// How long freed memory stays mapped: longer than a training step, short enough that a long
-/// `generate` or `eval` run gives back what a large batch used.
+/// How long freed memory stays mapped: short enough that a long `generate` or `eval` run gives
+/// back what a large batch used, and that `bench e2e` measures each model's own resident memory.
 const KEEP_FREED_PAGES_MS: i64 = 10_000;
+
+/// Training never returns freed memory: a step frees and reallocates the same buffers, and even
+/// with a 10 s delay mimalloc handed some back, costing 3× the page faults (each a zeroed 2 MiB
+/// transparent huge page; measured 3310 vs 1149 faults and 6% more tokens/s over 6 steps of
+/// `hbit bench train`). A training process's memory is its peak anyway.
+const TRAINING_KEEP_FREED_PAGES_MS: i64 = -1;
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +102,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let trains = matches!(
+        cli.command,
+        Command::Train(_)
+            | Command::Reproduce(_)
+            | Command::Bench {
+                what: bench::BenchCommand::Train(_)
+            }
+    );
+    if trains {
+        hbit_kernels::allocator::keep_freed_pages(TRAINING_KEEP_FREED_PAGES_MS);
+    }
     match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Demo(args) => demo::demo(&args),
