@@ -166,6 +166,9 @@ fn measure(
 }
 
 pub fn run(args: &E2eArgs) -> Result<()> {
+    // Resident memory is read after each case: freed buffers must leave at once (as glibc's
+    // large blocks do), or the allocator's retained pages would count as the engine's.
+    hbit_kernels::allocator::keep_freed_pages(0);
     let (shapes, threads, batches, kv_names, prefill, decode) = if args.quick {
         (
             vec!["b125m".to_string()],
