@@ -19,6 +19,7 @@ const MI_OPTION_PURGE_DELAY: i32 = 15;
 extern "C" {
     fn mi_option_set(option: i32, value: std::os::raw::c_long);
     fn mi_option_get(option: i32) -> std::os::raw::c_long;
+    fn mi_collect(force: bool);
 }
 
 /// Keeps freed pages mapped for `millis` milliseconds before mimalloc returns them to the OS
@@ -29,6 +30,14 @@ pub fn keep_freed_pages(millis: i64) {
     // valid at any time); the option index is the one mimalloc's header defines for the
     // purge delay, and any value is accepted (negative means never purge).
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, value) }
+}
+
+/// Returns the memory freed so far to the OS now, whatever the purge delay: for measuring
+/// resident memory without counting the allocator's retained pages.
+pub fn release_freed_pages() {
+    // SAFETY: `mi_collect` frees mimalloc's own retained memory; it touches no live allocation
+    // and may be called from any thread at any time.
+    unsafe { mi_collect(true) }
 }
 
 /// The purge delay in force, in milliseconds (`-1`: never).

@@ -58,8 +58,10 @@ pub struct E2eArgs {
     json: bool,
 }
 
-/// Resident set size of this process (Linux `/proc/self/statm`), bytes.
+/// Resident set size of this process (Linux `/proc/self/statm`), bytes, after the allocator has
+/// handed back what was freed (its retained pages are not the engine's memory).
 fn resident_bytes() -> Option<u64> {
+    hbit_kernels::allocator::release_freed_pages();
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
@@ -166,9 +168,6 @@ fn measure(
 }
 
 pub fn run(args: &E2eArgs) -> Result<()> {
-    // Resident memory is read after each case: freed buffers must leave at once (as glibc's
-    // large blocks do), or the allocator's retained pages would count as the engine's.
-    hbit_kernels::allocator::keep_freed_pages(0);
     let (shapes, threads, batches, kv_names, prefill, decode) = if args.quick {
         (
             vec!["b125m".to_string()],
