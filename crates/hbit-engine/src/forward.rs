@@ -67,22 +67,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(weights: Weights) -> Engine {
-        let c = &weights.config;
-        let (hd, half) = (c.head_dim, c.head_dim / 2);
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| c.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
-            .collect();
-        let mut rope_cos = Vec::with_capacity(c.max_position_embeddings * hd);
-        let mut rope_sin = Vec::with_capacity(c.max_position_embeddings * hd);
-        for p in 0..c.max_position_embeddings {
-            for _half in 0..2 {
-                for &f in &inv_freq {
-                    let angle = p as f64 * f;
-                    rope_cos.push(angle.cos() as f32);
-                    rope_sin.push(angle.sin() as f32);
-                }
-            }
-        }
+        let (rope_cos, rope_sin) = weights.config.rope_tables();
         Engine {
             weights,
             q_bits: None,

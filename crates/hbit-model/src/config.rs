@@ -493,6 +493,28 @@ impl ModelConfig {
         ModelConfig::from_file(&file)
     }
 
+    /// cos / sin tables `[max_position_embeddings, head_dim]` of rotate-half RoPE (HF LLaMA):
+    /// frequency i of `rope_theta^(-2i/hd)`, repeated for both halves, computed in f64. Training
+    /// and the engine both rotate with these, so their positions cannot drift apart.
+    pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
+        let (hd, half) = (self.head_dim, self.head_dim / 2);
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| self.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
+            .collect();
+        let mut cos = Vec::with_capacity(self.max_position_embeddings * hd);
+        let mut sin = Vec::with_capacity(self.max_position_embeddings * hd);
+        for p in 0..self.max_position_embeddings {
+            for _half in 0..2 {
+                for &f in &inv_freq {
+                    let angle = p as f64 * f;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        (cos, sin)
+    }
+
     /// The input treatment of one projection under this config's variant (DESIGN.md §2 table).
     pub fn input_quant(&self, proj: Proj) -> InputQuant {
         let plain = InputQuant {

@@ -13,6 +13,11 @@ fn random(shape: &[usize], seed: u64, scale: f64) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
+/// Gradients of `L = Σ c ⊙ y` with respect to every variable `y` depends on.
+fn grads_of(y: &Tensor, c: &Tensor) -> candle_core::backprop::GradStore {
+    (y * c).unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1().unwrap()
 }
@@ -59,18 +64,8 @@ fn rms_norm_matches_composed_ops_forward_and_backward() {
             .broadcast_mul(g.as_tensor())
             .unwrap();
         assert_close("rms forward", &fused, &composed, TOL);
-        let gf = (&fused * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&composed * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(&fused, &c);
+        let gc = grads_of(&composed, &c);
         assert_close("rms dx", gf.get(&x).unwrap(), gc.get(&x).unwrap(), 1e-5);
         assert_close("rms dg", gf.get(&g).unwrap(), gc.get(&g).unwrap(), 1e-5);
     }
@@ -133,18 +128,8 @@ fn head_split_with_rope_and_merge_match_composed_ops_forward_and_backward() {
             None => to_heads(x.as_tensor()),
         };
         assert_close("split forward", &fused, &composed, TOL);
-        let gf = (&fused * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&composed * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(&fused, &c);
+        let gc = grads_of(&composed, &c);
         assert_close("split dx", gf.get(&x).unwrap(), gc.get(&x).unwrap(), TOL);
     }
     // Merge is the plain inverse layout; merging a rope-free split gives the input back.
@@ -160,18 +145,8 @@ fn head_split_with_rope_and_merge_match_composed_ops_forward_and_backward() {
     let back = Heads::split(n, hd, None).apply(&merged).unwrap();
     assert_close("split ∘ merge", &back, y.as_tensor(), 0.0);
     let cm = random(&[b, t, n * hd], 7, 1.0);
-    let gf = (&merged * &cm)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let gc = (&composed * &cm)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let gf = grads_of(&merged, &cm);
+    let gc = grads_of(&composed, &cm);
     assert_close("merge dy", gf.get(&y).unwrap(), gc.get(&y).unwrap(), 0.0);
     let err = Heads::split(n, hd, Some(tables))
         .apply(&random(&[1, 17, n * hd], 1, 1.0))
@@ -202,18 +177,8 @@ fn glu_matches_composed_ops_forward_and_backward() {
         };
         let composed = (act * u.as_tensor()).unwrap();
         assert_close("glu forward", &fused, &composed, TOL);
-        let gf = (&fused * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gc = (&composed * &c)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(&fused, &c);
+        let gc = grads_of(&composed, &c);
         assert_close("glu dgate", gf.get(&g).unwrap(), gc.get(&g).unwrap(), 1e-5);
         assert_close("glu dup", gf.get(&u).unwrap(), gc.get(&u).unwrap(), TOL);
     }
@@ -242,18 +207,8 @@ fn causal_softmax_matches_masked_softmax_forward_and_backward() {
         assert!(row[i + 1..].iter().all(|&v| v == 0.0), "row {r}");
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
-    let gf = (&fused * &c)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let gc = (&composed * &c)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let gf = grads_of(&fused, &c);
+    let gc = grads_of(&composed, &c);
     assert_close("softmax dS", gf.get(&s).unwrap(), gc.get(&s).unwrap(), 1e-5);
 }
 

@@ -112,31 +112,13 @@ fn rms_norm(x: &Tensor, gain: &Var, eps: f64) -> candle_core::Result<Tensor> {
     RmsNorm { eps: eps as f32 }.apply(x, gain.as_tensor())
 }
 
-/// cos / sin tables `[max_pos, hd]` of rotate-half RoPE (HF LLaMA): frequency i of
-/// `theta^(-2i/hd)`, repeated for both halves.
+/// RoPE tables of `config` (shared with the engine, [`ModelConfig::rope_tables`]).
 fn rope_tables(config: &ModelConfig) -> Arc<RopeTables> {
-    let hd = config.head_dim;
-    let half = hd / 2;
-    let positions = config.max_position_embeddings;
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| config.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
-        .collect();
-    let mut cos = Vec::with_capacity(positions * hd);
-    let mut sin = Vec::with_capacity(positions * hd);
-    for p in 0..positions {
-        // The same frequencies for both halves (rotate-half convention).
-        for _half in 0..2 {
-            for &f in &inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-    }
+    let (cos, sin) = config.rope_tables();
     Arc::new(RopeTables {
         cos,
         sin,
-        head_dim: hd,
+        head_dim: config.head_dim,
     })
 }
 
