@@ -5,10 +5,11 @@
 //! op pays page faults and kernel zeroing: measured on `hbit bench train`, the kernel's share was
 //! 11 of 27 CPU-seconds. mimalloc reuses freed memory from its own arenas, but by default returns
 //! ("purges") pages idle for a second, which is shorter than one training step of the `tiny`
-//! preset on two cores, so the same faults come back. [`keep_freed_pages`] lengthens that delay.
+//! preset on two cores, so the same faults come back. [`keep_freed_pages`] lengthens that delay;
+//! [`release_freed_pages`] hands retained pages back on demand (before reading resident memory).
 //!
-//! This module holds the one `unsafe` call (mimalloc's option setter), per the project rule that
-//! `unsafe` stays in the kernel crate.
+//! The three calls into mimalloc's C API live here, per the project rule that `unsafe` stays in
+//! the kernel crate.
 
 pub use mimalloc::MiMalloc;
 

@@ -1,5 +1,6 @@
 //! Dense f32 matrix product through the `gemm` crate: the full-precision baseline that the
-//! benchmarks put beside the ternary kernels (`y = x · Wᵀ`, the same shapes as BitLinear).
+//! benchmarks put beside the ternary kernels (`y = x · Wᵀ`, the same shapes as BitLinear), and the
+//! forward product of the training layer's fake-quantized BitLinear (`TernaryMatmul`).
 
 use crate::error::KernelError;
 

@@ -21,14 +21,14 @@ use hbit_kernels::{active_path, KernelPath};
 #[global_allocator]
 static ALLOCATOR: hbit_kernels::allocator::MiMalloc = hbit_kernels::allocator::MiMalloc;
 
-/// How long freed memory stays mapped: short enough that a long `generate` or `eval` run gives
-/// back what a large batch used, and that `bench e2e` measures each model's own resident memory.
+/// How long freed memory stays mapped: long enough to reuse buffers across decode steps, short
+/// enough that a long `generate` or `eval` run gives back what a large batch used.
 const KEEP_FREED_PAGES_MS: i64 = 10_000;
 
 /// Training never returns freed memory: a step frees and reallocates the same buffers, and even
-/// with a 10 s delay mimalloc handed some back, costing 3× the page faults (each a zeroed 2 MiB
-/// transparent huge page; measured 3310 vs 1149 faults and 6% more tokens/s over 6 steps of
-/// `hbit bench train`). A training process's memory is its peak anyway.
+/// with a 10 s delay mimalloc handed some back (measured over 6 steps of `hbit bench train`:
+/// 3310 vs 1149 page faults, and 6% more tokens/s without them). A training process's memory is
+/// its peak anyway.
 const TRAINING_KEEP_FREED_PAGES_MS: i64 = -1;
 
 #[derive(Parser)]
