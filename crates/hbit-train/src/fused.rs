@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Error, Layout, Result, Shape};
+use hbit_model::HiddenAct;
 use rayon::prelude::*;
 
 use crate::ops::{f32_input, last_dim};
@@ -326,7 +327,7 @@ impl CustomOp1 for Heads {
 /// Backward: `dgate = dy ⊙ up ⊙ act'(gate)`, `dup = dy ⊙ act(gate)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Glu {
-    pub squared_relu: bool,
+    pub act: HiddenAct,
 }
 
 impl Glu {
@@ -336,12 +337,15 @@ impl Glu {
 
     /// `(act(g), act'(g))`.
     fn act(&self, g: f32) -> (f32, f32) {
-        if self.squared_relu {
-            let r = g.max(0.0);
-            (r * r, 2.0 * r)
-        } else {
-            let sigmoid = 1.0 / (1.0 + (-g).exp());
-            (g * sigmoid, sigmoid * (1.0 + g * (1.0 - sigmoid)))
+        match self.act {
+            HiddenAct::Relu2 => {
+                let r = g.max(0.0);
+                (r * r, 2.0 * r)
+            }
+            HiddenAct::Silu => {
+                let sigmoid = 1.0 / (1.0 + (-g).exp());
+                (g * sigmoid, sigmoid * (1.0 + g * (1.0 - sigmoid)))
+            }
         }
     }
 }

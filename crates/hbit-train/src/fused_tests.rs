@@ -163,19 +163,16 @@ fn head_split_with_rope_and_merge_match_composed_ops_forward_and_backward() {
 #[test]
 fn glu_matches_composed_ops_forward_and_backward() {
     let shape = [4usize, 7, 10];
-    for squared_relu in [false, true] {
+    for act in [HiddenAct::Silu, HiddenAct::Relu2] {
         let g = Var::from_tensor(&random(&shape, 8, 2.0)).unwrap();
         let u = Var::from_tensor(&random(&shape, 9, 1.0)).unwrap();
         let c = random(&shape, 10, 1.0);
-        let fused = Glu { squared_relu }
-            .apply(g.as_tensor(), u.as_tensor())
-            .unwrap();
-        let act = if squared_relu {
-            g.as_tensor().relu().unwrap().sqr().unwrap()
-        } else {
-            g.as_tensor().silu().unwrap()
+        let fused = Glu { act }.apply(g.as_tensor(), u.as_tensor()).unwrap();
+        let activated = match act {
+            HiddenAct::Relu2 => g.as_tensor().relu().unwrap().sqr().unwrap(),
+            HiddenAct::Silu => g.as_tensor().silu().unwrap(),
         };
-        let composed = (act * u.as_tensor()).unwrap();
+        let composed = (activated * u.as_tensor()).unwrap();
         assert_close("glu forward", &fused, &composed, TOL);
         let gf = grads_of(&fused, &c);
         let gc = grads_of(&composed, &c);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::config::{HiddenAct, InputQuant, ModelConfig, Proj};
+use crate::config::{InputQuant, ModelConfig, Proj};
 use crate::error::TrainError;
 use crate::fused::{self, CausalSoftmax, Glu, Heads, RmsNorm, RopeTables};
 use crate::ops::{HadamardOp, QuantizeInput, TernaryMatmul};
@@ -65,7 +65,9 @@ impl BitLinear {
                 topk_keep: quant.topk_keep,
             },
             // Ablation: Qw(W·H) (H symmetric), so W·H·(H·x) = W·x unquantized.
-            matmul_op: TernaryMatmul::new(hadamard.filter(|_| quant.rotate_weight)),
+            matmul_op: TernaryMatmul {
+                rotate_weight: hadamard.filter(|_| quant.rotate_weight),
+            },
         })
     }
 
@@ -412,8 +414,8 @@ impl BitnetModel {
         };
         let gate = m.gate_proj.project(&hq)?; // [B, T, I]
         let up = m.up_proj.project(&up_input)?;
-        let squared_relu = self.config.hidden_act == HiddenAct::Relu2;
-        let glu = Glu { squared_relu }.apply(&gate, &up)?; // act(gate) ⊙ up
+        let act = self.config.hidden_act;
+        let glu = Glu { act }.apply(&gate, &up)?; // act(gate) ⊙ up
         let glu = rms_norm(&glu, &m.ffn_sub_norm, eps)?;
         x + m.down_proj.forward(&glu)?
     }

@@ -244,22 +244,17 @@ impl CustomOp1 for QuantizeInput {
 /// (H symmetric). Forward runs the dense f32 GEMM of the kernel layer; backward, candle's.
 #[derive(Debug, Clone)]
 pub struct TernaryMatmul {
-    rotate_weight: Option<Arc<Hadamard>>,
-    /// `Qw(W')` computed by the forward, kept for the backward of the same call.
-    quantized: Arc<OnceLock<Tensor>>,
+    /// `H` of the weight-rotation ablation, `None` for `W' = W`.
+    pub rotate_weight: Option<Arc<Hadamard>>,
 }
 
 impl TernaryMatmul {
-    pub fn new(rotate_weight: Option<Arc<Hadamard>>) -> TernaryMatmul {
-        TernaryMatmul {
-            rotate_weight,
-            quantized: Arc::default(),
-        }
-    }
-
     pub fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        // A fresh op per call, so a backward never sees another call's quantized weight.
-        let op = TernaryMatmul::new(self.rotate_weight.clone());
+        // One op per call: it carries that call's quantized weight from forward to backward.
+        let op = TernaryMatmulCall {
+            product: self.clone(),
+            quantized: OnceLock::new(),
+        };
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
     }
 
@@ -300,7 +295,14 @@ fn product_dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize
     }
 }
 
-impl CustomOp2 for TernaryMatmul {
+/// One application of [`TernaryMatmul`], as recorded in candle's graph.
+struct TernaryMatmulCall {
+    product: TernaryMatmul,
+    /// `Qw(W')` computed by the forward, kept for the backward.
+    quantized: OnceLock<Tensor>,
+}
+
+impl CustomOp2 for TernaryMatmulCall {
     fn name(&self) -> &'static str {
         "ternary-matmul"
     }
@@ -315,7 +317,7 @@ impl CustomOp2 for TernaryMatmul {
         let (rows, cols, out) = product_dims(self.name(), xl, wl)?;
         let x = f32_input(self.name(), xs, xl)?;
         let w = f32_input(self.name(), ws, wl)?;
-        let qw = self.quantized_weight(w, out, cols)?;
+        let qw = self.product.quantized_weight(w, out, cols)?;
         let mut y = vec![0.0f32; rows * out];
         dense_matmul_f32(
             &qw,
@@ -346,18 +348,15 @@ impl CustomOp2 for TernaryMatmul {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (out, cols) = w.dims2()?;
         let rows = x.elem_count() / cols;
-        let qw = match self.quantized.get() {
-            Some(qw) => qw.clone(),
-            None => {
-                let w_values: Vec<f32> = w.flatten_all()?.to_vec1()?;
-                let qw = self.quantized_weight(&w_values, out, cols)?;
-                Tensor::from_vec(qw, (out, cols), w.device())?
-            }
-        };
+        // candle runs an op's forward before its backward, so the forward has stored Qw(W').
+        let qw = self
+            .quantized
+            .get()
+            .ok_or_else(|| Error::Msg("ternary-matmul: backward before forward".into()))?;
         let dy = grad.contiguous()?.reshape((rows, out))?;
-        let dx = dy.matmul(&qw)?.reshape(x.shape())?; // STE through Qa: dX = dY · Qw(W')
+        let dx = dy.matmul(qw)?.reshape(x.shape())?; // STE through Qa: dX = dY · Qw(W')
         let mut dw = dy.t()?.matmul(&x.reshape((rows, cols))?)?; // STE through Qw
-        if let Some(h) = &self.rotate_weight {
+        if let Some(h) = &self.product.rotate_weight {
             dw = HadamardOp::new(h.clone()).apply(&dw)?; // d(W·H)/dW: dW' · H
         }
         Ok((Some(dx), Some(dw)))
@@ -560,9 +559,11 @@ mod tests {
             }
             .apply(x.as_tensor())
             .unwrap();
-            let fused = TernaryMatmul::new(transform.clone().filter(|_| rotate))
-                .apply(&fused_in, w.as_tensor())
-                .unwrap();
+            let fused = TernaryMatmul {
+                rotate_weight: transform.clone().filter(|_| rotate),
+            }
+            .apply(&fused_in, w.as_tensor())
+            .unwrap();
             let op = HadamardOp::new(h.clone());
             let mut xr = x.as_tensor().clone();
             let mut wr = w.as_tensor().clone();

@@ -89,7 +89,6 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    hbit_kernels::allocator::keep_freed_pages(KEEP_FREED_PAGES_MS);
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -110,9 +109,11 @@ fn run(cli: Cli) -> Result<()> {
                 what: bench::BenchCommand::Train(_)
             }
     );
-    if trains {
-        hbit_kernels::allocator::keep_freed_pages(TRAINING_KEEP_FREED_PAGES_MS);
-    }
+    hbit_kernels::allocator::keep_freed_pages(if trains {
+        TRAINING_KEEP_FREED_PAGES_MS
+    } else {
+        KEEP_FREED_PAGES_MS
+    });
     match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Demo(args) => demo::demo(&args),
