@@ -330,7 +330,6 @@ impl Engine {
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let rep = nh / nkv;
         let h = nh * hd;
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut seq_rows: Vec<Vec<usize>> = vec![Vec::new(); caches.len()];
         for (i, &(s, _)) in rows.iter().enumerate() {
             seq_rows[s].push(i);
@@ -352,39 +351,11 @@ impl Engine {
             })
             .collect();
         let one_task = |&(s, g, r0, r1): &(usize, usize, usize, usize)| {
-            let my_rows = &seq_rows[s];
-            let heads = r1 - r0;
-            let upto = rows[*my_rows.last().expect("every sequence has rows")].1 + 1;
-            let mut keys = vec![0.0f32; upto * hd];
-            let mut values = vec![0.0f32; upto * hd];
-            caches[s].read(l, false, g, upto, &mut keys);
-            caches[s].read(l, true, g, upto, &mut values);
-            let mut out = vec![0.0f32; my_rows.len() * heads * hd];
-            let mut scores = vec![0.0f32; upto];
-            for (j, &i) in my_rows.iter().enumerate() {
-                let pos = rows[i].1;
-                for r in 0..heads {
-                    let head = g * rep + r0 + r;
-                    let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (p, sc) in scores[..=pos].iter_mut().enumerate() {
-                        *sc = dot(qh, &keys[p * hd..(p + 1) * hd]) * scale;
-                        max = max.max(*sc);
-                    }
-                    let mut total = 0.0f32;
-                    for sc in scores[..=pos].iter_mut() {
-                        *sc = (*sc - max).exp();
-                        total += *sc;
-                    }
-                    let o = &mut out[(j * heads + r) * hd..(j * heads + r + 1) * hd];
-                    for (p, &sc) in scores[..=pos].iter().enumerate() {
-                        let weight = sc / total;
-                        for (oi, vi) in o.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
-                            *oi += weight * vi;
-                        }
-                    }
-                }
-            }
+            let heads = (g * rep + r0)..(g * rep + r1);
+            let my_rows: Vec<(usize, usize)> =
+                seq_rows[s].iter().map(|&i| (i, rows[i].1)).collect();
+            let mut out = vec![0.0f32; my_rows.len() * heads.len() * hd];
+            attend(caches[s], l, g, heads, &my_rows, q, h, hd, &mut out);
             out
         };
         // Decode steps over short contexts are too small to be worth waking other threads.
@@ -403,6 +374,93 @@ impl Engine {
             }
         }
         attn
+    }
+}
+
+/// Positions of the cache dequantized at a time: one chunk of keys or values (32 KiB at
+/// hd 128) stays in L1 while every row and query head of a task uses it.
+const POSITION_CHUNK: usize = 64;
+
+/// Rows of one sequence scored together: bounds the score buffer at `ROW_BLOCK · heads · len`
+/// values however long a prefill is, while each dequantized chunk still serves many rows.
+const ROW_BLOCK: usize = 64;
+
+/// Causal attention of one sequence's `rows` (`(row index into q, position)`, positions
+/// increasing) for query heads `heads` of KV group `g`, over layer `l` of `cache` (which holds
+/// the rows' own keys and values already). `q` is `[N, h]`; writes `out` `[rows, heads, hd]`.
+///
+/// The history is dequantized [`POSITION_CHUNK`] positions at a time into a small buffer, so a
+/// decode step reads each cached byte once and materializes nothing of context length but the
+/// scores.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    cache: &KvCache,
+    l: usize,
+    g: usize,
+    heads: std::ops::Range<usize>,
+    rows: &[(usize, usize)],
+    q: &[f32],
+    h: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let nh = heads.len();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut chunk = vec![0.0f32; POSITION_CHUNK * hd];
+    let mut scores: Vec<f32> = Vec::new();
+    for (b, block) in rows.chunks(ROW_BLOCK).enumerate() {
+        let upto = block.last().map_or(0, |&(_, pos)| pos + 1);
+        // scores[(j·nh + r)·upto + p]: row j of the block, head r, key position p.
+        scores.clear();
+        scores.resize(block.len() * nh * upto, 0.0);
+        for c0 in (0..upto).step_by(POSITION_CHUNK) {
+            let c1 = (c0 + POSITION_CHUNK).min(upto);
+            cache.read(l, false, g, c0..c1, &mut chunk);
+            for (j, &(i, pos)) in block.iter().enumerate() {
+                let end = c1.min(pos + 1);
+                for (r, head) in heads.clone().enumerate() {
+                    let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
+                    let sc = &mut scores[(j * nh + r) * upto..];
+                    for p in c0..end {
+                        sc[p] = dot(qh, &chunk[(p - c0) * hd..(p - c0 + 1) * hd]) * scale;
+                    }
+                }
+            }
+        }
+        // Softmax over each row's causal span: exponentials here, divided by their total as the
+        // values are summed.
+        let mut totals = vec![0.0f32; block.len() * nh];
+        for (j, &(_, pos)) in block.iter().enumerate() {
+            for r in 0..nh {
+                let sc = &mut scores[(j * nh + r) * upto..(j * nh + r) * upto + pos + 1];
+                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut total = 0.0f32;
+                for v in sc.iter_mut() {
+                    *v = (*v - max).exp();
+                    total += *v;
+                }
+                totals[j * nh + r] = total;
+            }
+        }
+        let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
+        for c0 in (0..upto).step_by(POSITION_CHUNK) {
+            let c1 = (c0 + POSITION_CHUNK).min(upto);
+            cache.read(l, true, g, c0..c1, &mut chunk);
+            for (j, &(_, pos)) in block.iter().enumerate() {
+                let end = c1.min(pos + 1);
+                for r in 0..nh {
+                    let total = totals[j * nh + r];
+                    let sc = &scores[(j * nh + r) * upto..];
+                    let o = &mut block_out[(j * nh + r) * hd..(j * nh + r + 1) * hd];
+                    for p in c0..end {
+                        let weight = sc[p] / total;
+                        for (oi, vi) in o.iter_mut().zip(&chunk[(p - c0) * hd..(p - c0 + 1) * hd]) {
+                            *oi += weight * vi;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -284,26 +284,28 @@ impl KvCache {
         self.len += n;
     }
 
-    /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `0..upto`
-    /// into `out` `[upto, hd]`.
+    /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`
+    /// into `out` `[positions.len(), hd]`. Attention reads a head's history a chunk at a time,
+    /// so the dequantized copy stays in L1 instead of being materialized whole every step.
     pub(crate) fn read(
         &self,
         layer: usize,
         values: bool,
         head: usize,
-        upto: usize,
+        positions: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
         let store = &self.layers[layer][values as usize][head];
         let hd = self.hd;
-        let out = &mut out[..upto * hd];
+        let out = &mut out[..positions.len() * hd];
+        let span = positions.start * hd..positions.end * hd;
         match self.bits {
-            KvBits::F32 => out.copy_from_slice(&store.full[..upto * hd]),
-            KvBits::F16 => store.half[..upto * hd].convert_to_f32_slice(out),
+            KvBits::F32 => out.copy_from_slice(&store.full[span]),
+            KvBits::F16 => store.half[span].convert_to_f32_slice(out),
             b => {
                 let separate = self.first_is_separate();
                 let head_bytes = b.head_bytes(hd);
-                for (pos, o) in out.chunks_exact_mut(hd).enumerate() {
+                for (pos, o) in positions.zip(out.chunks_exact_mut(hd)) {
                     if separate && pos == 0 {
                         dequantize_head(&store.first, 8, store.first_scale, o);
                         continue;
@@ -412,7 +414,7 @@ mod tests {
             }
             cache.advance(2);
             let mut out = vec![0.0; 2 * config.head_dim];
-            cache.read(0, false, 0, 2, &mut out);
+            cache.read(0, false, 0, 0..2, &mut out);
             let mut want = keys[..config.head_dim].to_vec();
             want.extend_from_slice(&keys[row..row + config.head_dim]);
             let tol = if bits == KvBits::Int3 { 1.01 } else { 0.51 };
@@ -424,6 +426,35 @@ mod tests {
                 "{}: stale entries read back",
                 bits.name()
             );
+        }
+    }
+
+    #[test]
+    fn a_range_read_equals_the_same_positions_of_a_whole_read() {
+        let config = hbit_model::config::preset(
+            "micro",
+            hbit_model::Variant::BitnetV2,
+            hbit_kernels::ActBits::Int8,
+        )
+        .unwrap();
+        let (row, hd) = (config.num_kv_heads * config.head_dim, config.head_dim);
+        for bits in KvBits::ALL {
+            let mut cache = KvCache::new(&config, bits);
+            let keys: Vec<f32> = (0..5 * row).map(|i| ((i * 13) % 11) as f32 - 5.0).collect();
+            let values: Vec<f32> = keys.iter().map(|v| 0.5 * v + 1.0).collect();
+            for l in 0..config.num_layers {
+                cache.append(l, &keys, &values);
+            }
+            cache.advance(5);
+            for plane in [false, true] {
+                let mut whole = vec![0.0; 5 * hd];
+                cache.read(1, plane, 0, 0..5, &mut whole);
+                for (a, b) in [(0, 1), (1, 4), (2, 5), (4, 5)] {
+                    let mut part = vec![f32::NAN; (b - a) * hd];
+                    cache.read(1, plane, 0, a..b, &mut part);
+                    assert_eq!(part, whole[a * hd..b * hd], "{}: {a}..{b}", bits.name());
+                }
+            }
         }
     }
 

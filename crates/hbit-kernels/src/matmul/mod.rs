@@ -171,36 +171,27 @@ fn split_many<F>(
 where
     F: Fn(usize, Range<usize>) -> Vec<i32> + Sync,
 {
-    // Units of `align` rows over all matrices, in order.
-    let units: Vec<(usize, Range<usize>)> = rows
-        .iter()
-        .enumerate()
-        .flat_map(|(m, &r)| {
-            (0..r.div_ceil(align)).map(move |u| (m, u * align..((u + 1) * align).min(r)))
-        })
-        .collect();
-    let parts = rayon::current_num_threads().clamp(1, units.len().max(1));
-    let shares: Vec<&[(usize, Range<usize>)]> = (0..parts)
-        .map(|i| &units[units.len() * i / parts..units.len() * (i + 1) / parts])
-        .collect();
-    // Within a share, consecutive units of one matrix merge into one range.
-    let run = |share: &[(usize, Range<usize>)]| -> Vec<(usize, Range<usize>, Vec<i32>)> {
-        let mut pieces: Vec<(usize, Range<usize>)> = Vec::new();
-        for (m, r) in share {
-            match pieces.last_mut() {
-                Some((pm, pr)) if *pm == *m && pr.end == r.start => pr.end = r.end,
-                _ => pieces.push((*m, r.clone())),
+    // Units of `align` rows over all matrices, in order; share i takes units
+    // [total·i/parts, total·(i+1)/parts), cut into one piece per matrix it touches.
+    let units: Vec<usize> = rows.iter().map(|&r| r.div_ceil(align)).collect();
+    let total: usize = units.iter().sum();
+    let parts = rayon::current_num_threads().clamp(1, total.max(1));
+    let run = |share: usize| -> Vec<(usize, Range<usize>, Vec<i32>)> {
+        let (u0, u1) = (total * share / parts, total * (share + 1) / parts);
+        let mut pieces = Vec::new();
+        let mut first = 0; // global index of matrix m's first unit
+        for (m, (&r, &n)) in rows.iter().zip(&units).enumerate() {
+            let (lo, hi) = (u0.max(first), u1.min(first + n));
+            if lo < hi {
+                let range = ((lo - first) * align).min(r)..((hi - first) * align).min(r);
+                let d = dots(m, range.clone());
+                pieces.push((m, range, d));
             }
+            first += n;
         }
         pieces
-            .into_iter()
-            .map(|(m, r)| {
-                let d = dots(m, r.clone());
-                (m, r, d)
-            })
-            .collect()
     };
-    let results = crate::parallel::map_parts(shares.len(), |i| run(shares[i]));
+    let results = crate::parallel::map_parts(parts, run);
     let mut by_matrix: Vec<(usize, Vec<(Range<usize>, Vec<i32>)>)> =
         (0..rows.len()).map(|m| (m, Vec::new())).collect();
     for (m, r, d) in results.into_iter().flatten() {
