@@ -6,7 +6,8 @@
 //! nh / nkv query / KV heads, hd head dim. The math mirrors the training model
 //! (`hbit-train/src/model.rs`) line for line; only the matmuls are integer (same values).
 
-use hbit_kernels::float_matmul;
+use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::{float_matmul, KernelPath};
 use hbit_model::{HiddenAct, ModelConfig};
 use rayon::prelude::*;
 
@@ -246,7 +247,7 @@ impl Engine {
             );
             start += count;
         }
-        let mut attn = self.attention(l, &q, rows, caches); // [N, H]
+        let mut attn = self.attention(l, &q, rows, caches)?; // [N, H]
         rms_norm_rows(&mut attn, &w.attn_sub_norm, eps); // the LN of eq. (7)
         observe(Site::O, &attn);
         let aq = w
@@ -325,7 +326,7 @@ impl Engine {
         q: &[f32],
         rows: &[(usize, usize)],
         caches: &[&mut KvCache],
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let c = self.config();
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let rep = nh / nkv;
@@ -350,20 +351,23 @@ impl Engine {
                 })
             })
             .collect();
-        let one_task = |&(s, g, r0, r1): &(usize, usize, usize, usize)| {
+        let path = hbit_kernels::active_path()?;
+        let one_task = |&(s, g, r0, r1): &(usize, usize, usize, usize)| -> Result<Vec<f32>> {
             let heads = (g * rep + r0)..(g * rep + r1);
             let my_rows: Vec<(usize, usize)> =
                 seq_rows[s].iter().map(|&i| (i, rows[i].1)).collect();
             let mut out = vec![0.0f32; my_rows.len() * heads.len() * hd];
-            attend(caches[s], l, g, heads, &my_rows, q, h, hd, &mut out);
-            out
+            attend(path, caches[s], l, g, heads, &my_rows, q, h, hd, &mut out)?;
+            Ok(out)
         };
         // Decode steps over short contexts are too small to be worth waking other threads.
         let work: usize = rows.iter().map(|&(_, pos)| (pos + 1) * h).sum();
         let results: Vec<Vec<f32>> = if work < PARALLEL_ATTENTION_WORK {
-            tasks.iter().map(one_task).collect()
+            tasks.iter().map(one_task).collect::<Result<_>>()?
         } else {
             hbit_kernels::parallel::map_parts(tasks.len(), |i| one_task(&tasks[i]))
+                .into_iter()
+                .collect::<Result<_>>()?
         };
         let mut attn = vec![0.0f32; rows.len() * h];
         for (&(s, g, r0, r1), out) in tasks.iter().zip(&results) {
@@ -373,7 +377,7 @@ impl Engine {
                 attn[at..at + width].copy_from_slice(&out[j * width..(j + 1) * width]);
             }
         }
-        attn
+        Ok(attn)
     }
 }
 
@@ -389,11 +393,12 @@ const ROW_BLOCK: usize = 64;
 /// increasing) for query heads `heads` of KV group `g`, over layer `l` of `cache` (which holds
 /// the rows' own keys and values already). `q` is `[N, h]`; writes `out` `[rows, heads, hd]`.
 ///
-/// The history is dequantized [`POSITION_CHUNK`] positions at a time into a small buffer, so a
-/// decode step reads each cached byte once and materializes nothing of context length but the
-/// scores.
+/// The history is taken [`POSITION_CHUNK`] positions at a time: f32 / f16 caches in place,
+/// integer caches dequantized into a small buffer. Nothing of context length is materialized
+/// but the scores.
 #[allow(clippy::too_many_arguments)]
 fn attend(
+    path: KernelPath,
     cache: &KvCache,
     l: usize,
     g: usize,
@@ -403,10 +408,11 @@ fn attend(
     h: usize,
     hd: usize,
     out: &mut [f32],
-) {
+) -> Result<()> {
     let nh = heads.len();
     let scale = 1.0 / (hd as f32).sqrt();
     let mut chunk = vec![0.0f32; POSITION_CHUNK * hd];
+    let mut weights = vec![0.0f32; POSITION_CHUNK];
     let mut scores: Vec<f32> = Vec::new();
     for (b, block) in rows.chunks(ROW_BLOCK).enumerate() {
         let upto = block.last().map_or(0, |&(_, pos)| pos + 1);
@@ -415,15 +421,14 @@ fn attend(
         scores.resize(block.len() * nh * upto, 0.0);
         for c0 in (0..upto).step_by(POSITION_CHUNK) {
             let c1 = (c0 + POSITION_CHUNK).min(upto);
-            cache.read(l, false, g, c0..c1, &mut chunk);
-            for (j, &(i, pos)) in block.iter().enumerate() {
+            let keys = history(cache, l, false, g, c0..c1, hd, &mut chunk);
+            for (j, &(i, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for (r, head) in heads.clone().enumerate() {
                     let qh = &q[i * h + head * hd..i * h + (head + 1) * hd];
-                    let sc = &mut scores[(j * nh + r) * upto..];
-                    for p in c0..end {
-                        sc[p] = dot(qh, &chunk[(p - c0) * hd..(p - c0 + 1) * hd]) * scale;
-                    }
+                    let at = (j * nh + r) * upto;
+                    let sc = &mut scores[at + c0..at + end];
+                    attention::scores(path, qh, keys.first((end - c0) * hd), scale, sc)?;
                 }
             }
         }
@@ -445,21 +450,41 @@ fn attend(
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
         for c0 in (0..upto).step_by(POSITION_CHUNK) {
             let c1 = (c0 + POSITION_CHUNK).min(upto);
-            cache.read(l, true, g, c0..c1, &mut chunk);
-            for (j, &(_, pos)) in block.iter().enumerate() {
+            let values = history(cache, l, true, g, c0..c1, hd, &mut chunk);
+            for (j, &(_, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for r in 0..nh {
                     let total = totals[j * nh + r];
-                    let sc = &scores[(j * nh + r) * upto..];
-                    let o = &mut block_out[(j * nh + r) * hd..(j * nh + r + 1) * hd];
-                    for p in c0..end {
-                        let weight = sc[p] / total;
-                        for (oi, vi) in o.iter_mut().zip(&chunk[(p - c0) * hd..(p - c0 + 1) * hd]) {
-                            *oi += weight * vi;
-                        }
+                    let at = (j * nh + r) * upto;
+                    for (w, &sc) in weights.iter_mut().zip(&scores[at + c0..at + end]) {
+                        *w = sc / total;
                     }
+                    let o = &mut block_out[(j * nh + r) * hd..(j * nh + r + 1) * hd];
+                    let run = values.first((end - c0) * hd);
+                    attention::weighted_sum(path, &weights[..end - c0], run, o)?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Keys (or values) of KV head `g` at `positions`: in place when the cache stores floats,
+/// else dequantized into `buf`.
+fn history<'a>(
+    cache: &'a KvCache,
+    l: usize,
+    values: bool,
+    g: usize,
+    positions: std::ops::Range<usize>,
+    hd: usize,
+    buf: &'a mut [f32],
+) -> HistoryRows<'a> {
+    match cache.stored_rows(l, values, g, positions.clone()) {
+        Some(rows) => rows,
+        None => {
+            cache.read(l, values, g, positions.clone(), buf);
+            HistoryRows::F32(&buf[..positions.len() * hd])
         }
     }
 }
@@ -467,25 +492,6 @@ fn attend(
 /// An error of layer `l`'s projection input, named.
 fn at(l: usize, proj: &str, e: EngineError) -> EngineError {
     EngineError::Input(format!("layer {l}, input of {proj}: {e}"))
-}
-
-/// `Σ a·b` in eight interleaved partial sums, so the compiler vectorizes it (a single running
-/// sum would pin the order and keep it scalar).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// A sequence with this many new rows (a prefill) gets one attention task per query head.

@@ -8,6 +8,7 @@
 //! the outliers) is always kept at 8 bits when the cache is narrower.
 
 use half::{f16, slice::HalfFloatSliceExt};
+use hbit_kernels::attention::HistoryRows;
 use hbit_model::ModelConfig;
 
 use crate::error::{EngineError, Result};
@@ -282,6 +283,25 @@ impl KvCache {
     /// Commits `n` positions appended to every layer.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+
+    /// Layer `layer`'s keys (or values) of KV head `head` at `positions` as stored, when the
+    /// cache holds them as floats (f32 / f16): attention reads them in place. `None` for integer
+    /// caches, which [`KvCache::read`] dequantizes.
+    pub(crate) fn stored_rows(
+        &self,
+        layer: usize,
+        values: bool,
+        head: usize,
+        positions: std::ops::Range<usize>,
+    ) -> Option<HistoryRows<'_>> {
+        let store = &self.layers[layer][values as usize][head];
+        let span = positions.start * self.hd..positions.end * self.hd;
+        match self.bits {
+            KvBits::F32 => Some(HistoryRows::F32(&store.full[span])),
+            KvBits::F16 => Some(HistoryRows::F16(&store.half[span])),
+            _ => None,
+        }
     }
 
     /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`

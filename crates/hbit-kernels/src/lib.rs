@@ -10,6 +10,7 @@
 //! * [`matmul`] — `y[t, o] = alpha · s_x[t] · Σ_k Wq[o, k] · xq[t, k]` for one or many tokens,
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
+//! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
 //!
@@ -31,6 +32,7 @@
 
 #[cfg(feature = "allocator")]
 pub mod allocator;
+pub mod attention;
 pub mod cpu;
 #[cfg(feature = "dense-baseline")]
 pub mod dense;

@@ -1,0 +1,417 @@
+//! The two vector products of attention over a cached history: the scores `scale · q·k_p` of a
+//! run of positions, and the weighted sum `Σ_p w_p · v_p` of their values. Keys and values come
+//! as f32 rows or, straight from an f16 KV cache, as f16 rows (widened in registers, so a decode
+//! step never copies the history to f32).
+//!
+//! Both products are defined in one summation order, which every path follows, so every path
+//! gives bit-identical results:
+//! * a score sums `q[i]·k[i]` (a multiply, then an add: no fused multiply-add) into eight lanes,
+//!   lane `i mod 8` for the first `8·⌊hd/8⌋` columns, reduces the lanes as
+//!   `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, adds the remaining columns in order, then
+//!   multiplies by `scale`;
+//! * the weighted sum updates `out[i] = out[i] + w_p·v_p[i]` position by position, in order.
+
+use half::f16;
+
+use crate::cpu::KernelPath;
+use crate::error::KernelError;
+
+/// Keys or values of consecutive positions, `[positions, hd]` row-major.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> HistoryRows<'a> {
+    /// The first `values` values (whole positions, for a caller cutting a run short).
+    pub fn first(self, values: usize) -> HistoryRows<'a> {
+        match self {
+            HistoryRows::F32(v) => HistoryRows::F32(&v[..values.min(v.len())]),
+            HistoryRows::F16(v) => HistoryRows::F16(&v[..values.min(v.len())]),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            HistoryRows::F32(v) => v.len(),
+            HistoryRows::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn value(&self, i: usize) -> f32 {
+        match self {
+            HistoryRows::F32(v) => v[i],
+            HistoryRows::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+/// `scores[p] = scale · q·k_p` for every position `p` of `keys` `[scores.len(), q.len()]`.
+pub fn scores(
+    path: KernelPath,
+    q: &[f32],
+    keys: HistoryRows,
+    scale: f32,
+    scores: &mut [f32],
+) -> Result<(), KernelError> {
+    check(q.len(), keys.len(), scores.len(), "keys [positions, hd]")?;
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar && simd::available(&keys) {
+        path.check_supported()?;
+        // SAFETY: a non-scalar path is supported (checked), so AVX2 is present, and
+        // `available` checked F16C for f16 rows; lengths were checked above.
+        unsafe { simd::scores(q, keys, scale, scores) };
+        return Ok(());
+    }
+    let _ = path;
+    scores_reference(q, keys, scale, scores);
+    Ok(())
+}
+
+/// `out[i] += Σ_p weights[p] · v_p[i]` over the positions of `values` `[weights.len(), out.len()]`.
+pub fn weighted_sum(
+    path: KernelPath,
+    weights: &[f32],
+    values: HistoryRows,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check(
+        out.len(),
+        values.len(),
+        weights.len(),
+        "values [positions, hd]",
+    )?;
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar && simd::available(&values) {
+        path.check_supported()?;
+        // SAFETY: as in `scores`.
+        unsafe { simd::weighted_sum(weights, values, out) };
+        return Ok(());
+    }
+    let _ = path;
+    weighted_sum_reference(weights, values, out);
+    Ok(())
+}
+
+fn check(
+    hd: usize,
+    rows_len: usize,
+    positions: usize,
+    what: &'static str,
+) -> Result<(), KernelError> {
+    if rows_len != positions * hd {
+        return Err(KernelError::LengthMismatch {
+            what,
+            expected: positions * hd,
+            found: rows_len,
+        });
+    }
+    Ok(())
+}
+
+/// The defined order of [`scores`], one value at a time.
+pub fn scores_reference(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [f32]) {
+    let hd = q.len();
+    let body = hd / 8 * 8;
+    for (p, score) in scores.iter_mut().enumerate() {
+        let mut lanes = [0.0f32; 8];
+        for i in 0..body {
+            lanes[i % 8] += q[i] * keys.value(p * hd + i);
+        }
+        let mut sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+            + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+        for i in body..hd {
+            sum += q[i] * keys.value(p * hd + i);
+        }
+        *score = sum * scale;
+    }
+}
+
+/// The defined order of [`weighted_sum`], one value at a time.
+pub fn weighted_sum_reference(weights: &[f32], values: HistoryRows, out: &mut [f32]) {
+    let hd = out.len();
+    for (p, &w) in weights.iter().enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o += w * values.value(p * hd + i);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use super::HistoryRows;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// AVX2 is guaranteed by the non-scalar paths; f16 rows also need F16C.
+    pub fn available(rows: &HistoryRows) -> bool {
+        match rows {
+            HistoryRows::F32(_) => true,
+            HistoryRows::F16(_) => std::arch::is_x86_feature_detected!("f16c"),
+        }
+    }
+
+    /// Eight values of a row as f32 lanes.
+    trait Load {
+        /// # Safety
+        /// `p` points at 8 readable values; the CPU has AVX2 (and F16C for f16).
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn widen(self) -> f32;
+    }
+
+    impl Load for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: per the trait contract.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Load for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            // SAFETY: per the trait contract (16 readable bytes, F16C present).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+        }
+        fn widen(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    /// # Safety
+    /// AVX2 present, and F16C for f16 rows; `keys.len() == scores.len() · q.len()`.
+    pub unsafe fn scores(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match keys {
+                HistoryRows::F32(k) => scores_typed(q, k, scale, scores),
+                HistoryRows::F16(k) => scores_typed_f16(q, k, scale, scores),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`scores`], with `values.len() == weights.len() · out.len()`.
+    pub unsafe fn weighted_sum(weights: &[f32], values: HistoryRows, out: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match values {
+                HistoryRows::F32(v) => weighted_sum_typed(weights, v, out),
+                HistoryRows::F16(v) => weighted_sum_typed_f16(weights, v, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn scores_typed(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
+        // SAFETY: AVX2 enabled; lengths per the caller's contract.
+        unsafe { scores_body(q, k, scale, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scores_typed_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
+        // SAFETY: AVX2 and F16C enabled; lengths per the caller's contract.
+        unsafe { scores_body(q, k, scale, out) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn weighted_sum_typed(w: &[f32], v: &[f32], out: &mut [f32]) {
+        // SAFETY: AVX2 enabled; lengths per the caller's contract.
+        unsafe { weighted_sum_body(w, v, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn weighted_sum_typed_f16(w: &[f32], v: &[f16], out: &mut [f32]) {
+        // SAFETY: AVX2 and F16C enabled; lengths per the caller's contract.
+        unsafe { weighted_sum_body(w, v, out) }
+    }
+
+    /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the reference's lane order.
+    #[inline(always)]
+    unsafe fn reduce(s: __m256) -> f32 {
+        // SAFETY: only called from functions with AVX2 enabled.
+        unsafe {
+            let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scores_body<T: Load + Copy>(q: &[f32], k: &[T], scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let body = hd / 8 * 8;
+        for (p, score) in out.iter_mut().enumerate() {
+            let row = &k[p * hd..(p + 1) * hd];
+            // SAFETY: every load reads 8 values at i < body <= hd within `q` and `row`; the
+            // enclosing function enables the needed features.
+            let mut sum = unsafe {
+                let mut lanes = _mm256_setzero_ps();
+                for i in (0..body).step_by(8) {
+                    let product = _mm256_mul_ps(
+                        _mm256_loadu_ps(q.as_ptr().add(i)),
+                        T::load8(row.as_ptr().add(i)),
+                    );
+                    lanes = _mm256_add_ps(lanes, product);
+                }
+                reduce(lanes)
+            };
+            for i in body..hd {
+                sum += q[i] * row[i].widen();
+            }
+            *score = sum * scale;
+        }
+    }
+
+    /// Columns are taken 32 at a time (four registers of running sums) across every position,
+    /// so `out` is loaded and stored once per block, not once per position.
+    #[inline(always)]
+    unsafe fn weighted_sum_body<T: Load + Copy>(w: &[f32], v: &[T], out: &mut [f32]) {
+        let hd = out.len();
+        let mut c0 = 0;
+        // SAFETY (all blocks below): every load or store touches 8 values at columns
+        // c0..c0 + width <= hd of `out` or of a row of `v` (`w.len()` rows of `hd`); the
+        // enclosing function enables the needed features.
+        while c0 + 32 <= hd {
+            unsafe {
+                let o = out.as_mut_ptr().add(c0);
+                let mut acc = [
+                    _mm256_loadu_ps(o),
+                    _mm256_loadu_ps(o.add(8)),
+                    _mm256_loadu_ps(o.add(16)),
+                    _mm256_loadu_ps(o.add(24)),
+                ];
+                for (p, &wp) in w.iter().enumerate() {
+                    let weight = _mm256_set1_ps(wp);
+                    let row = v.as_ptr().add(p * hd + c0);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(weight, T::load8(row.add(8 * j))));
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(8 * j), *a);
+                }
+            }
+            c0 += 32;
+        }
+        while c0 + 8 <= hd {
+            unsafe {
+                let o = out.as_mut_ptr().add(c0);
+                let mut acc = _mm256_loadu_ps(o);
+                for (p, &wp) in w.iter().enumerate() {
+                    let row = v.as_ptr().add(p * hd + c0);
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(wp), T::load8(row)));
+                }
+                _mm256_storeu_ps(o, acc);
+            }
+            c0 += 8;
+        }
+        for i in c0..hd {
+            for (p, &wp) in w.iter().enumerate() {
+                out[i] += wp * v[p * hd + i].widen();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn known_answers() {
+        // q = [1, 2], keys [[3, 4], [-1, 0.5]]: q·k = [11, 0], times 0.5.
+        let q = [1.0, 2.0];
+        let keys = [3.0, 4.0, -1.0, 0.5];
+        let keys16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
+        for path in KernelPath::supported() {
+            for rows in [HistoryRows::F32(&keys), HistoryRows::F16(&keys16)] {
+                let mut s = [0.0; 2];
+                scores(path, &q, rows, 0.5, &mut s).unwrap();
+                assert_eq!(s, [5.5, 0.0], "{path}");
+                // out = [1, 1] + 0.25·[3, 4] + 2·[-1, 0.5] = [-0.25, 3].
+                let mut out = [1.0, 1.0];
+                weighted_sum(path, &[0.25, 2.0], rows, &mut out).unwrap();
+                assert_eq!(out, [-0.25, 3.0], "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let mut s = [0.0; 3];
+        let err = scores(
+            KernelPath::Scalar,
+            &[1.0; 4],
+            HistoryRows::F32(&[0.0; 8]),
+            1.0,
+            &mut s,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("keys"), "{err}");
+        let mut out = [0.0; 4];
+        assert!(weighted_sum(
+            KernelPath::Scalar,
+            &[1.0; 3],
+            HistoryRows::F32(&[0.0; 8]),
+            &mut out
+        )
+        .is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_path_equals_the_reference_bit_for_bit(
+            hd in 1usize..140, positions in 0usize..70, seed in 0u64..1000,
+        ) {
+            let q = values(hd, seed);
+            let k = values(positions * hd, seed + 1);
+            let k16: Vec<f16> = k.iter().map(|&v| f16::from_f32(v)).collect();
+            let w = values(positions, seed + 2);
+            let start = values(hd, seed + 3);
+            for rows in [HistoryRows::F32(&k), HistoryRows::F16(&k16)] {
+                let mut want_s = vec![0.0; positions];
+                scores_reference(&q, rows, 0.125, &mut want_s);
+                let mut want_o = start.clone();
+                weighted_sum_reference(&w, rows, &mut want_o);
+                for path in KernelPath::supported() {
+                    let mut s = vec![f32::NAN; positions];
+                    scores(path, &q, rows, 0.125, &mut s).unwrap();
+                    prop_assert_eq!(
+                        s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want_s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "scores, {}", path
+                    );
+                    let mut o = start.clone();
+                    weighted_sum(path, &w, rows, &mut o).unwrap();
+                    prop_assert_eq!(
+                        o.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want_o.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "weighted sum, {}", path
+                    );
+                }
+            }
+        }
+    }
+}
