@@ -120,13 +120,13 @@ pub fn scores_reference(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [
     let body = hd / 8 * 8;
     for (p, score) in scores.iter_mut().enumerate() {
         let mut lanes = [0.0f32; 8];
-        for i in 0..body {
-            lanes[i % 8] += q[i] * keys.value(p * hd + i);
+        for (i, &qi) in q[..body].iter().enumerate() {
+            lanes[i % 8] += qi * keys.value(p * hd + i);
         }
         let mut sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
             + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
-        for i in body..hd {
-            sum += q[i] * keys.value(p * hd + i);
+        for (i, &qi) in q.iter().enumerate().skip(body) {
+            sum += qi * keys.value(p * hd + i);
         }
         *score = sum * scale;
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint};
-use hbit_engine::format::load_packed;
+use hbit_engine::format::{load_packed_with, LoadMode};
 use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams};
 use tokenizers::Tokenizer;
 
@@ -41,9 +41,9 @@ pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
     Ok(bundled.canonicalize().unwrap_or(bundled))
 }
 
-/// Loads a packed model file, or packs a checkpoint directory (training layout or
-/// microsoft/bitnet-b1.58-2B-4T layout) in memory, embeddings kept at f32 so its logits match
-/// the training framework's.
+/// Loads a packed model file (read into memory, or mapped when `HBIT_LOAD=map`), or packs a
+/// checkpoint directory (training layout or microsoft/bitnet-b1.58-2B-4T layout) in memory,
+/// embeddings kept at f32 so its logits match the training framework's.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if path.is_dir() {
         let (weights, tokenizer_json) = load_checkpoint_dir(path, false)?;
@@ -52,7 +52,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             tokenizer_json,
         });
     }
-    let packed = load_packed(path)?;
+    let packed = load_packed_with(path, LoadMode::from_env()?)?;
     Ok(LoadedModel {
         engine: Engine::new(packed.weights),
         tokenizer_json: packed.tokenizer_json,
@@ -64,7 +64,7 @@ pub struct PackArgs {
     /// Training checkpoint directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// Output packed model file (one file; memory-mapped when loaded).
+    /// Output packed model file (one file; read into memory or memory-mapped when loaded).
     #[arg(long)]
     out: PathBuf,
     /// Storage of the embedding and LM head: f16 (half the bytes a decode step reads) or f32.

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::format::load_packed;
+use hbit_engine::format::{load_packed_with, LoadMode};
 use hbit_engine::sample::argmax;
 use hbit_engine::{Engine, KvBits, KvCache, Logits};
 use hbit_kernels::ActBits;
@@ -40,6 +40,9 @@ pub struct E2eArgs {
     /// LM head widths: 16 (as stored, f16) and/or 8 (an 8-bit absmax copy made at load).
     #[arg(long, value_delimiter = ',', default_value = "16")]
     head_bits: Vec<u8>,
+    /// How the model file comes into memory: read (a private copy, the default) and/or map.
+    #[arg(long, value_delimiter = ',', default_value = "read")]
+    load: Vec<String>,
     #[arg(long, default_value_t = 128)]
     prefill_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -195,10 +198,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
     if prefill == 0 || decode == 0 {
         bail!("--prefill-tokens and --decode-tokens must be positive");
     }
+    let loads: Vec<LoadMode> = args
+        .load
+        .iter()
+        .map(|m| LoadMode::parse(m).with_context(|| "--load"))
+        .collect::<Result<_>>()?;
     if !args.json {
         println!(
-            "{:<6} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
+            "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
             "shape",
+            "load",
             "act",
             "head",
             "thr",
@@ -212,12 +221,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         );
     }
     for shape in &shapes {
-        for &b in &args.act_bits {
+        for (&b, &load) in args
+            .act_bits
+            .iter()
+            .flat_map(|b| loads.iter().map(move |l| (b, l)))
+        {
             let bits = ActBits::from_bits(b)
                 .with_context(|| format!("--act-bits {b}: expected 8 or 4"))?;
             let path = dummy_model(&args.cache_dir, shape, bits)?;
             let before = resident_bytes().unwrap_or(0);
-            let packed = load_packed(&path)?;
+            let packed = load_packed_with(&path, load)?;
             let file_bytes = packed.file_bytes;
             let mut engine = Engine::new(packed.weights);
             for &head in &args.head_bits {
@@ -239,7 +252,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                 println!(
                                     "{}",
                                     serde_json::json!({
-                                        "shape": shape, "act_bits": b, "threads": t, "batch": batch,
+                                        "shape": shape, "load": load.name(), "act_bits": b, "threads": t, "batch": batch,
                                         "kv_bits": kv.name(), "prefill_tokens": prefill,
                                         "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                         "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
@@ -248,8 +261,8 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                 );
                             } else {
                                 println!(
-                                "{:<6} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
-                                shape, b, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
+                                "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
+                                shape, load.name(), b, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
                                 file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6
                             );
                             }
