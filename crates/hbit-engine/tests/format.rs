@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hbit_engine::format::{load_packed, write_packed};
+use hbit_engine::format::{load_packed, load_packed_with, write_packed, LoadMode};
 use hbit_engine::{Engine, KvBits, Logits, Weights};
 use hbit_kernels::ActBits;
 use hbit_train::config::{preset, Variant};
@@ -55,6 +55,10 @@ fn packed_file_round_trips_exactly() {
                 variant.name(),
                 bits.bits()
             );
+            // A mapped file gives the same model as a read one.
+            let mapped = load_packed_with(&path, LoadMode::Map).unwrap();
+            assert_eq!(mapped.file_bytes, loaded.file_bytes);
+            assert!(logits(mapped.weights, &TOKENS) == want, "mapped");
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -128,4 +132,12 @@ fn tempdir() -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn load_modes_parse_by_name_and_reject_others() {
+    assert_eq!(LoadMode::parse("read").unwrap(), LoadMode::Read);
+    assert_eq!(LoadMode::parse("MAP").unwrap(), LoadMode::Map);
+    let e = LoadMode::parse("disk").unwrap_err().to_string();
+    assert!(e.contains("read or map") && e.contains("disk"), "{e}");
 }
