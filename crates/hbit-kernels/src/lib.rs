@@ -45,6 +45,8 @@ pub mod pack;
 pub mod paley;
 pub mod parallel;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_avx2;
 
 pub use cpu::{active_path, KernelPath};
 pub use error::KernelError;

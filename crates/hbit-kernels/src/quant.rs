@@ -4,6 +4,7 @@
 //! Legend: `rows`/`cols` of a weight matrix `[out, in]`; `tokens` × `cols` activations, one
 //! quantization scale per token (per-token quantization over the hidden dimension).
 
+use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
 use crate::pack::K_ALIGN;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -204,26 +205,57 @@ pub fn abs_sum_f32(x: &[f32]) -> f32 {
 /// `gamma = max|x|`, `xq = RoundClip(127 / (gamma + eps) * x, -128, 127)`.
 /// Writes the codes and returns the dequantization scale `gamma / 127`.
 pub fn quantize_int8_token(x: &[f32], out: &mut [i8]) -> f32 {
-    debug_assert_eq!(x.len(), out.len());
-    let gamma = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = 127.0 / (gamma + QUANT_EPS);
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_clip(scale * v, -128.0, 127.0) as i8; // eq. (5)
-    }
-    gamma / 127.0
+    int8_token(KernelPath::Scalar, x, out)
 }
 
 /// INT4 absmean quantization of one token, eq. (6):
 /// `beta = mean|x|`, `xq = RoundClip(sqrt(7) / (beta + eps) * x, -8, 7)`.
 /// Writes the codes and returns the dequantization scale `beta / sqrt(7)`.
 pub fn quantize_int4_token(x: &[f32], out: &mut [i8]) -> f32 {
+    int4_token(KernelPath::Scalar, x, out)
+}
+
+/// [`quantize_int8_token`] with its loops on `path` (same bits on every path).
+fn int8_token(path: KernelPath, x: &[f32], out: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), out.len());
+    let gamma = abs_max(path, x);
+    let scale = 127.0 / (gamma + QUANT_EPS);
+    round_clip_codes(path, x, scale, -128.0, 127.0, out); // eq. (5)
+    gamma / 127.0
+}
+
+/// [`quantize_int4_token`] with its loops on `path` (same bits on every path).
+fn int4_token(path: KernelPath, x: &[f32], out: &mut [i8]) -> f32 {
     debug_assert_eq!(x.len(), out.len());
     let beta = abs_sum_f32(x) / x.len() as f32;
     let scale = SQRT_7 / (beta + QUANT_EPS);
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_clip(scale * v, -8.0, 7.0) as i8; // eq. (6)
-    }
+    round_clip_codes(path, x, scale, -8.0, 7.0, out); // eq. (6)
     beta / SQRT_7
+}
+
+/// `max |x|`, on `path` (order-free on finite values, so every path agrees).
+fn abs_max(path: KernelPath, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar {
+        // SAFETY: callers pass only supported paths (checked in `quantize_activations_with`),
+        // and every non-scalar path implies AVX2.
+        return unsafe { crate::quant_avx2::abs_max(x) };
+    }
+    let _ = path;
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// `out[i] = RoundClip(scale · x[i], lo, hi)`, on `path` (elementwise, identical on every path).
+fn round_clip_codes(path: KernelPath, x: &[f32], scale: f32, lo: f32, hi: f32, out: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar {
+        // SAFETY: as in `abs_max`; `out` and `x` have one length (checked by the callers).
+        return unsafe { crate::quant_avx2::codes(x, scale, lo, hi, out) };
+    }
+    let _ = path;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = round_clip(scale * v, lo, hi) as i8;
+    }
 }
 
 /// Per-token quantized activations, laid out for the matrix kernels: each token's codes are
@@ -337,13 +369,26 @@ pub fn sparsify_topk_token(x: &mut [f32], k: usize) {
 /// Below this many values, quantizing on one thread beats splitting the work.
 const PARALLEL_QUANT_VALUES: usize = 1 << 15;
 
-/// Quantizes `x` (`[tokens, cols]`) per token with the given bit width (eq. 5 or 6).
+/// Quantizes `x` (`[tokens, cols]`) per token with the given bit width (eq. 5 or 6), on the
+/// active kernel path.
 pub fn quantize_activations(
     x: &[f32],
     tokens: usize,
     cols: usize,
     bits: ActBits,
 ) -> Result<QuantizedActivations, KernelError> {
+    quantize_activations_with(active_path()?, x, tokens, cols, bits)
+}
+
+/// [`quantize_activations`] on an explicit kernel path; every path gives the same bits.
+pub fn quantize_activations_with(
+    path: KernelPath,
+    x: &[f32],
+    tokens: usize,
+    cols: usize,
+    bits: ActBits,
+) -> Result<QuantizedActivations, KernelError> {
+    path.check_supported()?;
     check_matrix("activations", tokens, cols, x.len())?;
     check_finite("activations", x)?;
     let mut q = QuantizedActivations::zeroed(bits, tokens, cols);
@@ -351,8 +396,8 @@ pub fn quantize_activations(
     let quantize = |t: usize, out: &mut [i8]| -> f32 {
         let row = &x[t * cols..(t + 1) * cols];
         match bits {
-            ActBits::Int8 => quantize_int8_token(row, &mut out[..cols]),
-            ActBits::Int4 => quantize_int4_token(row, &mut out[..cols]),
+            ActBits::Int8 => int8_token(path, row, &mut out[..cols]),
+            ActBits::Int4 => int4_token(path, row, &mut out[..cols]),
         }
     };
     if tokens * cols >= PARALLEL_QUANT_VALUES {
@@ -428,6 +473,41 @@ mod tests {
         assert!((q.alpha - 1.0 / 3.0).abs() < 1e-7);
         assert_eq!(q.codes, vec![0, -1, 1, 1, 0, -1]);
         assert_eq!(q.dequantize()[1], -q.alpha);
+    }
+
+    proptest! {
+        #[test]
+        fn every_path_quantizes_activations_as_the_scalar_token_quantizers(
+            tokens in 1usize..4,
+            cols in 1usize..300,
+            seed in 0u32..10_000,
+            halves in proptest::bool::ANY,
+        ) {
+            // Values on exact half steps (with `halves`) exercise the rounding ties; large and
+            // small magnitudes the clamps.
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|i| {
+                    let h = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
+                    let v = (h % 2001) as f32 - 1000.0;
+                    if halves { v / 2.0 } else { v * 0.013 * (1 + h % 7) as f32 }
+                })
+                .collect();
+            for bits in [ActBits::Int8, ActBits::Int4] {
+                for path in KernelPath::supported() {
+                    let q = quantize_activations_with(path, &x, tokens, cols, bits).unwrap();
+                    for t in 0..tokens {
+                        let row = &x[t * cols..(t + 1) * cols];
+                        let mut codes = vec![0i8; cols];
+                        let scale = match bits {
+                            ActBits::Int8 => quantize_int8_token(row, &mut codes),
+                            ActBits::Int4 => quantize_int4_token(row, &mut codes),
+                        };
+                        prop_assert_eq!(q.token(t), codes.as_slice(), "{} {:?}", path, bits);
+                        prop_assert_eq!(q.scales[t].to_bits(), scale.to_bits());
+                    }
+                }
+            }
+        }
     }
 
     proptest! {
