@@ -305,14 +305,12 @@ impl Engine {
         let cos = &self.rope_cos[pos * hd..(pos + 1) * hd];
         let sin = &self.rope_sin[pos * hd..(pos + 1) * hd];
         for head in x.chunks_exact_mut(hd) {
-            let orig: Vec<f32> = head.to_vec();
-            for i in 0..hd {
-                let rotated = if i < half {
-                    -orig[i + half]
-                } else {
-                    orig[i - half]
-                };
-                head[i] = orig[i] * cos[i] + rotated * sin[i];
+            // x·cos + rotate_half(x)·sin, where rotate_half(x) = [-x2, x1], pair by pair.
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * cos[i] + -b * sin[i];
+                x2[i] = b * cos[i + half] + a * sin[i + half];
             }
         }
     }

@@ -113,14 +113,22 @@ fn weight_of(code: u8) -> i8 {
 
 /// Rejects bytes holding the invalid 2-bit code 3 (both bits set in some field).
 fn check_codes(what: &'static str, data: &[u8]) -> Result<(), KernelError> {
-    match data.iter().position(|&b| b & (b >> 1) & 0x55 != 0) {
-        None => Ok(()),
-        Some(index) => Err(KernelError::InvalidCode {
-            what,
-            code: 3,
-            index,
-        }),
+    // A byte holds code 3 when some 2-bit field has both bits set. Chunks are tested without an
+    // early exit (so the test vectorizes: loading a model validates every packed byte); only a
+    // failing chunk is searched for its first bad byte.
+    const CHUNK: usize = 1 << 14;
+    let bad = |b: u8| b & (b >> 1) & 0x55;
+    for (c, chunk) in data.chunks(CHUNK).enumerate() {
+        if chunk.iter().fold(0u8, |any, &b| any | bad(b)) != 0 {
+            let i = chunk.iter().position(|&b| bad(b) != 0).unwrap_or(0);
+            return Err(KernelError::InvalidCode {
+                what,
+                code: 3,
+                index: c * CHUNK + i,
+            });
+        }
     }
+    Ok(())
 }
 
 /// Validation shared by the `from_parts` constructors: non-empty shape, exact byte length, no
@@ -485,6 +493,27 @@ mod tests {
         assert_eq!(data[0], 0x55);
         // Padding rows 20..32 of block 1 are zero weights.
         assert_eq!(p.block(1)[15], 0x55);
+    }
+
+    #[test]
+    fn the_first_invalid_code_is_found_in_any_chunk() {
+        // 40 000 valid bytes (0b01 fields = weight 0), then bad bytes at chosen places.
+        for (first, second) in [
+            (0usize, 5usize),
+            (16_383, 16_384),
+            (16_384, 39_999),
+            (33_000, 33_001),
+        ] {
+            let mut data = vec![0x55u8; 40_000];
+            data[first] = 0x55 | 3 << 6;
+            data[second] = 0xff;
+            match check_codes("test", &data) {
+                Err(KernelError::InvalidCode { index, code: 3, .. }) => assert_eq!(index, first),
+                other => panic!("bad byte at {first}: {other:?}"),
+            }
+        }
+        assert!(check_codes("test", &[0x55; 40_000]).is_ok());
+        assert!(check_codes("test", &[]).is_ok());
     }
 
     #[test]
