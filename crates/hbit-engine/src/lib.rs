@@ -1,6 +1,6 @@
 //! hbit's inference engine, on the kernel layer alone (no ML framework on the hot path).
 //!
-//! Map: [`format`] (the packed, memory-mapped model file) and [`weights`] (packed projections,
+//! Map: [`format`] (the packed model file, read into memory or memory-mapped) and [`weights`] (packed projections,
 //! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
 //! caches at f32/f16/int8/int4/int3); [`sample`] and [`generate`] turn logits into text.
 

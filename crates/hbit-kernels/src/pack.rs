@@ -27,8 +27,9 @@ use std::sync::Arc;
 use crate::error::KernelError;
 use crate::quant::TernaryWeights;
 
-/// The bytes of a packed matrix: owned, or a range of a shared read-only buffer (a memory-mapped
-/// model file), so an inference model's weights are used in place, never copied.
+/// The bytes of a packed matrix: owned, or a range of a shared read-only buffer (a model file read
+/// into memory or memory-mapped), so an inference model's weights are used in place, never
+/// copied again.
 #[derive(Clone)]
 pub enum PackedBytes {
     Owned(Vec<u8>),

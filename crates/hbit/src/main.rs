@@ -57,7 +57,7 @@ enum Command {
     Logits(model_cmds::LogitsArgs),
     /// Post-training baselines from a trained b1.58 model: QuaRot-style rotation + A4 (Table 4).
     Ptq(model_cmds::PtqArgs),
-    /// Pack a training checkpoint into a memory-mapped inference model (2-bit ternary weights).
+    /// Pack a training checkpoint into a packed inference model file (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
     /// Evaluate a model on the inference engine: perplexity and zero-shot tasks.
     Eval {
