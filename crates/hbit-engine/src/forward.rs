@@ -418,7 +418,7 @@ fn attend(
         scores.resize(block.len() * nh * upto, 0.0);
         for c0 in (0..upto).step_by(POSITION_CHUNK) {
             let c1 = (c0 + POSITION_CHUNK).min(upto);
-            let keys = history(cache, l, false, g, c0..c1, hd, &mut chunk);
+            let keys = history(path, cache, l, false, g, c0..c1, hd, &mut chunk)?;
             for (j, &(i, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for (r, head) in heads.clone().enumerate() {
@@ -447,7 +447,7 @@ fn attend(
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
         for c0 in (0..upto).step_by(POSITION_CHUNK) {
             let c1 = (c0 + POSITION_CHUNK).min(upto);
-            let values = history(cache, l, true, g, c0..c1, hd, &mut chunk);
+            let values = history(path, cache, l, true, g, c0..c1, hd, &mut chunk)?;
             for (j, &(_, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for r in 0..nh {
@@ -468,7 +468,9 @@ fn attend(
 
 /// Keys (or values) of KV head `g` at `positions`: in place when the cache stores floats,
 /// else dequantized into `buf`.
+#[allow(clippy::too_many_arguments)]
 fn history<'a>(
+    path: KernelPath,
     cache: &'a KvCache,
     l: usize,
     values: bool,
@@ -476,12 +478,12 @@ fn history<'a>(
     positions: std::ops::Range<usize>,
     hd: usize,
     buf: &'a mut [f32],
-) -> HistoryRows<'a> {
+) -> Result<HistoryRows<'a>> {
     match cache.stored_rows(l, values, g, positions.clone()) {
-        Some(rows) => rows,
+        Some(rows) => Ok(rows),
         None => {
-            cache.read(l, values, g, positions.clone(), buf);
-            HistoryRows::F32(&buf[..positions.len() * hd])
+            cache.read(path, l, values, g, positions.clone(), buf)?;
+            Ok(HistoryRows::F32(&buf[..positions.len() * hd]))
         }
     }
 }

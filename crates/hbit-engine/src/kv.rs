@@ -8,7 +8,8 @@
 //! the outliers) is always kept at 8 bits when the cache is narrower.
 
 use half::{f16, slice::HalfFloatSliceExt};
-use hbit_kernels::attention::HistoryRows;
+use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::KernelPath;
 use hbit_model::ModelConfig;
 
 use crate::error::{EngineError, Result};
@@ -307,14 +308,17 @@ impl KvCache {
     /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`
     /// into `out` `[positions.len(), hd]`. Attention reads a head's history a chunk at a time,
     /// so the dequantized copy stays in L1 instead of being materialized whole every step.
+    /// 8- and 4-bit codes are widened by the kernel layer on `path` (the same values as
+    /// [`dequantize_head`]); 3-bit codes here.
     pub(crate) fn read(
         &self,
+        path: KernelPath,
         layer: usize,
         values: bool,
         head: usize,
         positions: std::ops::Range<usize>,
         out: &mut [f32],
-    ) {
+    ) -> Result<()> {
         let store = &self.layers[layer][values as usize][head];
         let hd = self.hd;
         let out = &mut out[..positions.len() * hd];
@@ -325,17 +329,33 @@ impl KvCache {
             b => {
                 let separate = self.first_is_separate();
                 let head_bytes = b.head_bytes(hd);
-                for (pos, o) in positions.zip(out.chunks_exact_mut(hd)) {
-                    if separate && pos == 0 {
-                        dequantize_head(&store.first, 8, store.first_scale, o);
-                        continue;
+                let mut out = out;
+                let mut first = positions.start;
+                if separate && first == 0 && !positions.is_empty() {
+                    let (o, rest) = out.split_at_mut(hd);
+                    dequantize_head(&store.first, 8, store.first_scale, o);
+                    out = rest;
+                    first = 1;
+                }
+                // Slots of positions first..end in the integer store.
+                let shift = usize::from(separate);
+                let slots = first - shift..positions.end - shift;
+                let codes = &store.data[slots.start * head_bytes..slots.end * head_bytes];
+                let scales = &store.scales[slots];
+                if matches!(b, KvBits::Int8 | KvBits::Int4) {
+                    attention::dequantize_rows(path, b.bits(), hd, codes, scales, out)?;
+                } else {
+                    for ((c, &s), o) in codes
+                        .chunks_exact(head_bytes)
+                        .zip(scales)
+                        .zip(out.chunks_exact_mut(hd))
+                    {
+                        dequantize_head(c, b.bits(), s, o);
                     }
-                    let slot = if separate { pos - 1 } else { pos };
-                    let codes = &store.data[slot * head_bytes..(slot + 1) * head_bytes];
-                    dequantize_head(codes, b.bits(), store.scales[slot], o);
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -434,7 +454,9 @@ mod tests {
             }
             cache.advance(2);
             let mut out = vec![0.0; 2 * config.head_dim];
-            cache.read(0, false, 0, 0..2, &mut out);
+            cache
+                .read(KernelPath::Scalar, 0, false, 0, 0..2, &mut out)
+                .unwrap();
             let mut want = keys[..config.head_dim].to_vec();
             want.extend_from_slice(&keys[row..row + config.head_dim]);
             let tol = if bits == KvBits::Int3 { 1.01 } else { 0.51 };
@@ -468,11 +490,37 @@ mod tests {
             cache.advance(5);
             for plane in [false, true] {
                 let mut whole = vec![0.0; 5 * hd];
-                cache.read(1, plane, 0, 0..5, &mut whole);
-                for (a, b) in [(0, 1), (1, 4), (2, 5), (4, 5)] {
-                    let mut part = vec![f32::NAN; (b - a) * hd];
-                    cache.read(1, plane, 0, a..b, &mut part);
-                    assert_eq!(part, whole[a * hd..b * hd], "{}: {a}..{b}", bits.name());
+                cache
+                    .read(KernelPath::Scalar, 1, plane, 0, 0..5, &mut whole)
+                    .unwrap();
+                for path in KernelPath::supported() {
+                    for (a, b) in [(0, 1), (1, 4), (2, 5), (4, 5), (0, 5)] {
+                        let mut part = vec![f32::NAN; (b - a) * hd];
+                        cache.read(path, 1, plane, 0, a..b, &mut part).unwrap();
+                        assert_eq!(
+                            part,
+                            whole[a * hd..b * hd],
+                            "{} {path}: {a}..{b}",
+                            bits.name()
+                        );
+                    }
+                }
+                // The whole read equals the per-head definition.
+                let offset = if plane { 1.0 } else { 0.0 };
+                let want: Vec<f32> = (0..5)
+                    .flat_map(|p| {
+                        keys[p * row..p * row + hd].iter().map(|&k| {
+                            if plane {
+                                0.5 * k + offset
+                            } else {
+                                k
+                            }
+                        })
+                    })
+                    .collect();
+                let tol = if bits == KvBits::Int3 { 1.01 } else { 0.51 };
+                for (g, w) in whole.iter().zip(&want) {
+                    assert!((g - w).abs() <= tol, "{}: {g} vs {w}", bits.name());
                 }
             }
         }

@@ -10,6 +10,9 @@
 //!   `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, adds the remaining columns in order, then
 //!   multiplies by `scale`;
 //! * the weighted sum updates `out[i] = out[i] + w_p·v_p[i]` position by position, in order.
+//!
+//! Integer KV caches (absmax codes, DESIGN.md §1) are widened to f32 rows first by
+//! [`dequantize_rows`]: `(code − 2^(b−1)) · scale`, exactly, on every path.
 
 use half::f16;
 
@@ -142,6 +145,76 @@ pub fn weighted_sum_reference(weights: &[f32], values: HistoryRows, out: &mut [f
     }
 }
 
+/// Widens absmax-quantized rows to f32: `out[p·hd + i] = (code_p[i] − 2^(bits−1)) · scales[p]`,
+/// where each of `scales.len()` positions holds `ceil(hd·bits/8)` bytes of `codes`, 8-bit codes
+/// one per byte and 4-bit codes two per byte, low nibble first. One conversion and one multiply
+/// per value, so every path gives the same bits.
+pub fn dequantize_rows(
+    path: KernelPath,
+    bits: u32,
+    hd: usize,
+    codes: &[u8],
+    scales: &[f32],
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if bits != 8 && bits != 4 {
+        return Err(KernelError::InvalidSize {
+            what: "dequantize_rows bits",
+            found: bits as usize,
+            reason: "expected 8 or 4 bits",
+        });
+    }
+    let row_bytes = (hd * bits as usize).div_ceil(8);
+    check(
+        row_bytes,
+        codes.len(),
+        scales.len(),
+        "KV codes [positions, row bytes]",
+    )?;
+    check(
+        hd,
+        out.len(),
+        scales.len(),
+        "dequantized rows [positions, hd]",
+    )?;
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar {
+        path.check_supported()?;
+        // SAFETY: a non-scalar path is supported (checked), so AVX2 is present; lengths checked.
+        unsafe { simd::dequantize_rows(bits, hd, codes, scales, out) };
+        return Ok(());
+    }
+    let _ = path;
+    dequantize_rows_reference(bits, hd, codes, scales, out);
+    Ok(())
+}
+
+/// [`dequantize_rows`], one value at a time.
+pub fn dequantize_rows_reference(
+    bits: u32,
+    hd: usize,
+    codes: &[u8],
+    scales: &[f32],
+    out: &mut [f32],
+) {
+    let row_bytes = (hd * bits as usize).div_ceil(8);
+    let offset = 1i32 << (bits - 1);
+    for ((row, &scale), o) in codes
+        .chunks_exact(row_bytes)
+        .zip(scales)
+        .zip(out.chunks_exact_mut(hd))
+    {
+        for (i, v) in o.iter_mut().enumerate() {
+            let code = if bits == 8 {
+                row[i]
+            } else {
+                row[i / 2] >> (4 * (i % 2)) & 15
+            };
+            *v = (code as i32 - offset) as f32 * scale;
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::HistoryRows;
@@ -206,6 +279,71 @@ mod simd {
             match values {
                 HistoryRows::F32(v) => weighted_sum_typed(weights, v, out),
                 HistoryRows::F16(v) => weighted_sum_typed_f16(weights, v, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 present; `bits` is 8 or 4; `codes` holds `scales.len()` rows of `ceil(hd·bits/8)`
+    /// bytes and `out` as many rows of `hd` values.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dequantize_rows(
+        bits: u32,
+        hd: usize,
+        codes: &[u8],
+        scales: &[f32],
+        out: &mut [f32],
+    ) {
+        let row_bytes = (hd * bits as usize).div_ceil(8);
+        let offset = 1i32 << (bits - 1);
+        let off = _mm256_set1_epi32(offset);
+        let nibble = _mm_set1_epi8(0x0f);
+        for ((row, &scale), o) in codes
+            .chunks_exact(row_bytes)
+            .zip(scales)
+            .zip(out.chunks_exact_mut(hd))
+        {
+            let s = _mm256_set1_ps(scale);
+            // Eight codes (zero-extended to i32 lanes) to eight values, stored at `dst`.
+            let widen = |c: __m128i, dst: *mut f32| {
+                // SAFETY: AVX2 is enabled here; callers pass 8 writable values at `dst`.
+                unsafe {
+                    let v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(c), off);
+                    _mm256_storeu_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(v), s));
+                }
+            };
+            let mut i = 0;
+            if bits == 8 {
+                while i + 8 <= hd {
+                    // SAFETY: bytes i..i+8 of the row and values i..i+8 of `o` exist.
+                    unsafe {
+                        let c = _mm_loadl_epi64(row.as_ptr().add(i) as *const __m128i);
+                        widen(c, o.as_mut_ptr().add(i));
+                    }
+                    i += 8;
+                }
+            } else {
+                while i + 16 <= hd {
+                    // SAFETY: bytes i/2..i/2+8 of the row and values i..i+16 of `o` exist.
+                    unsafe {
+                        let b = _mm_loadl_epi64(row.as_ptr().add(i / 2) as *const __m128i);
+                        let lo = _mm_and_si128(b, nibble);
+                        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+                        // lo0 hi0 lo1 hi1 …: the codes in value order.
+                        let c = _mm_unpacklo_epi8(lo, hi);
+                        widen(c, o.as_mut_ptr().add(i));
+                        widen(_mm_srli_si128(c, 8), o.as_mut_ptr().add(i + 8));
+                    }
+                    i += 16;
+                }
+            }
+            for (k, v) in o.iter_mut().enumerate().skip(i) {
+                let code = if bits == 8 {
+                    row[k]
+                } else {
+                    row[k / 2] >> (4 * (k % 2)) & 15
+                };
+                *v = (code as i32 - offset) as f32 * scale;
             }
         }
     }
@@ -378,6 +516,48 @@ mod tests {
             &mut out
         )
         .is_err());
+    }
+
+    #[test]
+    fn dequantize_known_answers_and_errors() {
+        // 8 bits: codes 128 ± k -> ±k · scale. 4 bits: bytes 0x9F -> codes 15, 9 -> 7, 1.
+        for path in KernelPath::supported() {
+            let mut out = [0.0; 3];
+            dequantize_rows(path, 8, 3, &[128, 130, 0], &[0.5], &mut out).unwrap();
+            assert_eq!(out, [0.0, 1.0, -64.0], "{path}");
+            let mut out = [0.0; 3];
+            dequantize_rows(path, 4, 3, &[0x9F, 0x00], &[2.0], &mut out).unwrap();
+            assert_eq!(out, [14.0, 2.0, -16.0], "{path}");
+        }
+        let mut out = [0.0; 4];
+        assert!(dequantize_rows(KernelPath::Scalar, 3, 4, &[0; 2], &[1.0], &mut out).is_err());
+        assert!(dequantize_rows(KernelPath::Scalar, 4, 4, &[0; 3], &[1.0], &mut out).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn dequantization_is_the_same_on_every_path(
+            hd in 1usize..140, positions in 0usize..20, bits in prop_oneof![Just(8u32), Just(4u32)],
+            seed in 0u64..1000,
+        ) {
+            let row_bytes = (hd * bits as usize).div_ceil(8);
+            let codes: Vec<u8> = values(positions * row_bytes, seed)
+                .iter()
+                .map(|v| (v.to_bits() >> 7) as u8)
+                .collect();
+            let scales: Vec<f32> = values(positions, seed + 1);
+            let mut want = vec![0.0; positions * hd];
+            dequantize_rows_reference(bits, hd, &codes, &scales, &mut want);
+            for path in KernelPath::supported() {
+                let mut got = vec![f32::NAN; positions * hd];
+                dequantize_rows(path, bits, hd, &codes, &scales, &mut got).unwrap();
+                prop_assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{} bits, {}", bits, path
+                );
+            }
+        }
     }
 
     proptest! {
