@@ -9,6 +9,7 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::quant::round_clip;
 use hbit_kernels::KernelPath;
 use hbit_model::ModelConfig;
 
@@ -89,13 +90,33 @@ pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
     let offset = 1i32 << (bits - 1);
     let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = absmax / q_max;
-    for (i, &v) in x.iter().enumerate() {
-        let code = if scale > 0.0 {
-            (v / scale).round().clamp(-q_max, q_max) as i32
+    // round_clip is round-half-away-from-zero then clamp, without a `roundf` call per value.
+    let code = |v: f32| -> u32 {
+        let c = if scale > 0.0 {
+            round_clip(v / scale, -q_max, q_max) as i32
         } else {
             0
         };
-        put_bits(out, i * bits as usize, bits, (code + offset) as u32);
+        (c + offset) as u32
+    };
+    // Whole bytes and nibbles directly (the append of every decode step runs this per head);
+    // other widths bit by bit.
+    match bits {
+        8 => out
+            .iter_mut()
+            .zip(x)
+            .for_each(|(o, &v)| *o = code(v) as u8),
+        4 => {
+            for (o, pair) in out.iter_mut().zip(x.chunks(2)) {
+                let hi = pair.get(1).map_or(0, |&v| code(v) << 4);
+                *o = (code(pair[0]) | hi) as u8;
+            }
+        }
+        _ => {
+            for (i, &v) in x.iter().enumerate() {
+                put_bits(out, i * bits as usize, bits, code(v));
+            }
+        }
     }
     scale
 }
@@ -409,6 +430,26 @@ mod tests {
             );
             assert!(err < last);
             last = err;
+        }
+    }
+
+    #[test]
+    fn byte_and_nibble_packing_equals_the_bitstream_definition() {
+        for bits in [4u32, 8] {
+            for len in [1usize, 7, 8, 9, 64, 67] {
+                let x: Vec<f32> = (0..len)
+                    .map(|i| ((i * 31 % 19) as f32 - 9.0) / 2.0)
+                    .collect();
+                let mut fast = vec![0u8; (len * bits as usize).div_ceil(8)];
+                let scale = quantize_head(&x, bits, &mut fast);
+                let q_max = ((1u32 << (bits - 1)) - 1) as f32;
+                let mut slow = vec![0u8; fast.len()];
+                for (i, &v) in x.iter().enumerate() {
+                    let c = (v / scale).round().clamp(-q_max, q_max) as i32 + (1 << (bits - 1));
+                    put_bits(&mut slow, i * bits as usize, bits, c as u32);
+                }
+                assert_eq!(fast, slow, "{bits} bits, {len} values");
+            }
         }
     }
 
