@@ -102,10 +102,7 @@ pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
     // Whole bytes and nibbles directly (the append of every decode step runs this per head);
     // other widths bit by bit.
     match bits {
-        8 => out
-            .iter_mut()
-            .zip(x)
-            .for_each(|(o, &v)| *o = code(v) as u8),
+        8 => out.iter_mut().zip(x).for_each(|(o, &v)| *o = code(v) as u8),
         4 => {
             for (o, pair) in out.iter_mut().zip(x.chunks(2)) {
                 let hi = pair.get(1).map_or(0, |&v| code(v) << 4);

@@ -189,6 +189,18 @@ pub fn dequantize_rows(
     Ok(())
 }
 
+/// Value `i` of one quantized row: `(code_i − offset) · scale`, 8-bit codes one per byte, 4-bit
+/// codes low nibble first.
+#[inline]
+fn dequantized(row: &[u8], bits: u32, i: usize, offset: i32, scale: f32) -> f32 {
+    let code = if bits == 8 {
+        row[i]
+    } else {
+        row[i / 2] >> (4 * (i % 2)) & 15
+    };
+    (code as i32 - offset) as f32 * scale
+}
+
 /// [`dequantize_rows`], one value at a time.
 pub fn dequantize_rows_reference(
     bits: u32,
@@ -205,12 +217,7 @@ pub fn dequantize_rows_reference(
         .zip(out.chunks_exact_mut(hd))
     {
         for (i, v) in o.iter_mut().enumerate() {
-            let code = if bits == 8 {
-                row[i]
-            } else {
-                row[i / 2] >> (4 * (i % 2)) & 15
-            };
-            *v = (code as i32 - offset) as f32 * scale;
+            *v = dequantized(row, bits, i, offset, scale);
         }
     }
 }
@@ -338,12 +345,7 @@ mod simd {
                 }
             }
             for (k, v) in o.iter_mut().enumerate().skip(i) {
-                let code = if bits == 8 {
-                    row[k]
-                } else {
-                    row[k / 2] >> (4 * (k % 2)) & 15
-                };
-                *v = (code as i32 - offset) as f32 * scale;
+                *v = super::dequantized(row, bits, k, offset, scale);
             }
         }
     }
