@@ -15,11 +15,12 @@ pub fn map_read_only(file: &File) -> io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
-/// Reads `file` into fresh private anonymous memory, read-only once filled: the weights then
-/// lie in memory the process owns instead of in the page cache's file pages. Decode reads
-/// every weight once per token, and on the development VM it ran 15–40% faster from such a
-/// copy than from a file mapping (`hbit bench e2e --load read|map`, reports/). Huge pages are
-/// asked for (advice only: where the kernel grants none, 4 KiB pages work the same).
+/// Reads `file` into fresh private anonymous memory, read-only once filled, with transparent
+/// huge pages asked for. Decode streams every weight once per token; on the development VM the
+/// copy got huge pages (all 1.15 GB of the ≈2B model's file, per `/proc/PID/smaps`) while the
+/// file map had 4 KiB pages, and decode ran 15–40% faster from the copy
+/// (`hbit bench e2e --load read,map`, reports/bitnet-cpp-side-by-side.md). The advice is only
+/// advice: where the kernel grants no huge pages, 4 KiB pages work the same, only slower.
 pub fn read_into_memory(file: &File) -> io::Result<Mmap> {
     use std::io::Read;
     let len = usize::try_from(file.metadata()?.len())

@@ -111,10 +111,20 @@ fn check_matrix(
 }
 
 fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KernelError> {
-    match x.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(KernelError::NonFinite { what, index }),
-        None => Ok(()),
+    // Chunks are tested without an early exit, so the test vectorizes (it runs on every
+    // projection input of a decode step); only a failing chunk is searched for its first NaN or
+    // infinity.
+    const CHUNK: usize = 1 << 12;
+    for (c, chunk) in x.chunks(CHUNK).enumerate() {
+        if !chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            let i = chunk.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(KernelError::NonFinite {
+                what,
+                index: c * CHUNK + i,
+            });
+        }
     }
+    Ok(())
 }
 
 /// Ternary absmean quantization per tensor, eqs. (1)–(2):
@@ -604,6 +614,16 @@ mod tests {
             quantize_activations(&[1.0, f32::NAN], 1, 2, ActBits::Int8),
             Err(KernelError::NonFinite { index: 1, .. })
         ));
+        // The first bad value is named in whichever chunk of the scan it falls.
+        for bad in [4095usize, 4096, 9000] {
+            let mut x = vec![0.5f32; 10_000];
+            x[bad] = f32::NEG_INFINITY;
+            x[9_999] = f32::NAN;
+            assert!(matches!(
+                quantize_activations(&x, 1, 10_000, ActBits::Int4),
+                Err(KernelError::NonFinite { index, .. }) if index == bad
+            ));
+        }
         assert!(matches!(
             TernaryWeights::from_codes(1, 2, 1.0, vec![0, 2]),
             Err(KernelError::InvalidCode {
