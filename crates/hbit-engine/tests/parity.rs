@@ -182,6 +182,44 @@ fn cached_decode_equals_full_recomputation_for_every_kv_width() {
 }
 
 #[test]
+fn cached_decode_equals_full_recomputation_across_attention_chunks() {
+    // 150 positions cross the engine's 64-position history chunks and 64-row score blocks (and a
+    // 150-row prefill takes the one-task-per-query-head split).
+    let mut config = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+    config.max_position_embeddings = 160;
+    let (model, engine) = model_and_engine(&config, 9);
+    let toks = tokens(150, config.vocab_size, 9);
+    // Over the whole span, the engine (exact f32 cache) still equals the framework.
+    let mut cache = engine.new_cache(KvBits::F32);
+    let got = engine
+        .forward(&mut [&mut cache], &[&toks], Logits::All)
+        .unwrap();
+    let diff = max_rel_diff(&got[0], &framework_logits(&model, &toks));
+    assert!(diff < PARITY_REL_TOL, "150 positions: {diff}");
+    for bits in [KvBits::F16, KvBits::Int4] {
+        let mut full_cache = engine.new_cache(bits);
+        let full = engine
+            .forward(&mut [&mut full_cache], &[&toks], Logits::All)
+            .unwrap();
+        let mut cache = engine.new_cache(bits);
+        let mut stepwise = engine
+            .forward(&mut [&mut cache], &[&toks[..70]], Logits::All)
+            .unwrap();
+        for t in 70..toks.len() {
+            let out = engine
+                .forward(&mut [&mut cache], &[&toks[t..t + 1]], Logits::Last)
+                .unwrap();
+            stepwise[0].extend_from_slice(&out[0]);
+        }
+        assert!(
+            full[0] == stepwise[0],
+            "{}: cached decode differs",
+            bits.name()
+        );
+    }
+}
+
+#[test]
 fn batched_forward_equals_one_by_one() {
     let config = preset("micro", Variant::BitnetA48, ActBits::Int4).unwrap();
     let (_, engine) = model_and_engine(&config, 4);
