@@ -100,23 +100,14 @@ impl Finite for f16 {
 
 /// Refuses NaN or infinite values, naming `path`, `name` and the first bad index.
 pub(crate) fn check_finite<T: Finite>(path: &Path, name: &str, values: &[T]) -> Result<()> {
-    // Each chunk is tested without an early exit (so the test vectorizes); only a chunk that
-    // holds a bad value is searched for its first one.
-    const CHUNK: usize = 1 << 14;
-    for (c, chunk) in values.chunks(CHUNK).enumerate() {
-        if !chunk.iter().fold(true, |ok, &v| ok & v.is_finite_value()) {
-            let i = chunk
-                .iter()
-                .position(|&v| !v.is_finite_value())
-                .unwrap_or(0);
-            return Err(EngineError::tensor(
-                path,
-                name,
-                format!("non-finite value at flat index {}", c * CHUNK + i),
-            ));
-        }
+    match hbit_kernels::scan::first_where(values, |v: T| !v.is_finite_value()) {
+        None => Ok(()),
+        Some(i) => Err(EngineError::tensor(
+            path,
+            name,
+            format!("non-finite value at flat index {i}"),
+        )),
     }
-    Ok(())
 }
 
 /// Every tensor of a safetensors file with its shape, as f32 (f32, f16 and bf16 accepted).

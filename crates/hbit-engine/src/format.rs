@@ -165,7 +165,7 @@ fn temporary_path(path: &Path) -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadMode {
     /// Read into private memory (with transparent huge pages where granted): decode measured
-    /// 15–40% faster than from a map on the development VM (`hbit bench e2e --load read,map`).
+    /// 4–30% faster than from a map on the development VM (ten comparisons) (`hbit bench e2e --load read,map`).
     #[default]
     Read,
     /// Map the file: no copy at start-up, pages shared with the page cache and other processes.

@@ -155,30 +155,39 @@ fn cached_decode_equals_full_recomputation_for_every_kv_width() {
     let v = config.vocab_size;
     let toks = tokens(24, v, 3);
     for bits in KvBits::ALL {
-        let mut full_cache = engine.new_cache(bits);
-        let full = engine
-            .forward(&mut [&mut full_cache], &[&toks], Logits::All)
-            .unwrap();
-        // Prefill 5 tokens, then decode one at a time.
-        let mut cache = engine.new_cache(bits);
-        let mut stepwise = engine
-            .forward(&mut [&mut cache], &[&toks[..5]], Logits::All)
-            .unwrap();
-        for t in 5..toks.len() {
-            let out = engine
-                .forward(&mut [&mut cache], &[&toks[t..t + 1]], Logits::Last)
-                .unwrap();
-            stepwise[0].extend_from_slice(&out[0]);
-        }
-        assert_eq!(cache.len(), toks.len());
-        assert_eq!(full[0].len(), toks.len() * v);
+        let (full, stepwise) = full_and_stepwise(&engine, &toks, 5, bits);
+        assert_eq!(full.len(), toks.len() * v);
         // Same integer kernels (GEMM and GEMV are bit-identical), same cached values: exact.
-        assert!(
-            full[0] == stepwise[0],
-            "{}: cached decode differs",
-            bits.name()
-        );
+        assert!(full == stepwise, "{}: cached decode differs", bits.name());
     }
+}
+
+/// Logits of every position of `toks` from one forward call, and from a prefill of `prefill`
+/// tokens followed by one-token decode steps on the same cache.
+fn full_and_stepwise(
+    engine: &Engine,
+    toks: &[u32],
+    prefill: usize,
+    bits: KvBits,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut full_cache = engine.new_cache(bits);
+    let full = engine
+        .forward(&mut [&mut full_cache], &[toks], Logits::All)
+        .unwrap()
+        .remove(0);
+    let mut cache = engine.new_cache(bits);
+    let mut stepwise = engine
+        .forward(&mut [&mut cache], &[&toks[..prefill]], Logits::All)
+        .unwrap()
+        .remove(0);
+    for t in prefill..toks.len() {
+        let out = engine
+            .forward(&mut [&mut cache], &[&toks[t..t + 1]], Logits::Last)
+            .unwrap();
+        stepwise.extend_from_slice(&out[0]);
+    }
+    assert_eq!(cache.len(), toks.len());
+    (full, stepwise)
 }
 
 #[test]
@@ -197,25 +206,8 @@ fn cached_decode_equals_full_recomputation_across_attention_chunks() {
     let diff = max_rel_diff(&got[0], &framework_logits(&model, &toks));
     assert!(diff < PARITY_REL_TOL, "150 positions: {diff}");
     for bits in [KvBits::F16, KvBits::Int4] {
-        let mut full_cache = engine.new_cache(bits);
-        let full = engine
-            .forward(&mut [&mut full_cache], &[&toks], Logits::All)
-            .unwrap();
-        let mut cache = engine.new_cache(bits);
-        let mut stepwise = engine
-            .forward(&mut [&mut cache], &[&toks[..70]], Logits::All)
-            .unwrap();
-        for t in 70..toks.len() {
-            let out = engine
-                .forward(&mut [&mut cache], &[&toks[t..t + 1]], Logits::Last)
-                .unwrap();
-            stepwise[0].extend_from_slice(&out[0]);
-        }
-        assert!(
-            full[0] == stepwise[0],
-            "{}: cached decode differs",
-            bits.name()
-        );
+        let (full, stepwise) = full_and_stepwise(&engine, &toks, 70, bits);
+        assert!(full == stepwise, "{}: cached decode differs", bits.name());
     }
 }
 

@@ -27,11 +27,12 @@ pub enum HistoryRows<'a> {
 }
 
 impl<'a> HistoryRows<'a> {
-    /// The first `values` values (whole positions, for a caller cutting a run short).
+    /// The first `values` values (whole positions, for a caller cutting a run short); panics
+    /// past the end, like slicing.
     pub fn first(self, values: usize) -> HistoryRows<'a> {
         match self {
-            HistoryRows::F32(v) => HistoryRows::F32(&v[..values.min(v.len())]),
-            HistoryRows::F16(v) => HistoryRows::F16(&v[..values.min(v.len())]),
+            HistoryRows::F32(v) => HistoryRows::F32(&v[..values]),
+            HistoryRows::F16(v) => HistoryRows::F16(&v[..values]),
         }
     }
 

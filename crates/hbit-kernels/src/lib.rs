@@ -11,6 +11,7 @@
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
 //! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
+//! * [`scan`] — the vectorizing first-bad-value scan behind every validation of a large slice.
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
 //!
@@ -47,6 +48,7 @@ pub mod parallel;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_avx2;
+pub mod scan;
 
 pub use cpu::{active_path, KernelPath};
 pub use error::KernelError;

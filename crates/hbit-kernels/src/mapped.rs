@@ -18,7 +18,7 @@ pub fn map_read_only(file: &File) -> io::Result<Mmap> {
 /// Reads `file` into fresh private anonymous memory, read-only once filled, with transparent
 /// huge pages asked for. Decode streams every weight once per token; on the development VM the
 /// copy got huge pages (all 1.15 GB of the ≈2B model's file, per `/proc/PID/smaps`) while the
-/// file map had 4 KiB pages, and decode ran 15–40% faster from the copy
+/// file map had 4 KiB pages, and decode ran 4–30% faster from the copy (ten comparisons)
 /// (`hbit bench e2e --load read,map`, reports/bitnet-cpp-side-by-side.md). The advice is only
 /// advice: where the kernel grants no huge pages, 4 KiB pages work the same, only slower.
 pub fn read_into_memory(file: &File) -> io::Result<Mmap> {

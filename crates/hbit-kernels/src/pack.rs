@@ -114,22 +114,15 @@ fn weight_of(code: u8) -> i8 {
 
 /// Rejects bytes holding the invalid 2-bit code 3 (both bits set in some field).
 fn check_codes(what: &'static str, data: &[u8]) -> Result<(), KernelError> {
-    // A byte holds code 3 when some 2-bit field has both bits set. Chunks are tested without an
-    // early exit (so the test vectorizes: loading a model validates every packed byte); only a
-    // failing chunk is searched for its first bad byte.
-    const CHUNK: usize = 1 << 14;
-    let bad = |b: u8| b & (b >> 1) & 0x55;
-    for (c, chunk) in data.chunks(CHUNK).enumerate() {
-        if chunk.iter().fold(0u8, |any, &b| any | bad(b)) != 0 {
-            let i = chunk.iter().position(|&b| bad(b) != 0).unwrap_or(0);
-            return Err(KernelError::InvalidCode {
-                what,
-                code: 3,
-                index: c * CHUNK + i,
-            });
-        }
+    // A byte holds code 3 when some 2-bit field has both bits set.
+    match crate::scan::first_where(data, |b: u8| b & (b >> 1) & 0x55 != 0) {
+        Some(index) => Err(KernelError::InvalidCode {
+            what,
+            code: 3,
+            index,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Validation shared by the `from_parts` constructors: non-empty shape, exact byte length, no

@@ -111,20 +111,10 @@ fn check_matrix(
 }
 
 fn check_finite(what: &'static str, x: &[f32]) -> Result<(), KernelError> {
-    // Chunks are tested without an early exit, so the test vectorizes (it runs on every
-    // projection input of a decode step); only a failing chunk is searched for its first NaN or
-    // infinity.
-    const CHUNK: usize = 1 << 12;
-    for (c, chunk) in x.chunks(CHUNK).enumerate() {
-        if !chunk.iter().fold(true, |ok, v| ok & v.is_finite()) {
-            let i = chunk.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(KernelError::NonFinite {
-                what,
-                index: c * CHUNK + i,
-            });
-        }
+    match crate::scan::first_where(x, |v: f32| !v.is_finite()) {
+        Some(index) => Err(KernelError::NonFinite { what, index }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Ternary absmean quantization per tensor, eqs. (1)–(2):
