@@ -45,37 +45,113 @@ fn table_entry(idx: usize, xa: i8, xb: i8) -> u8 {
     (weight_of_code(idx & 3) * xa as i32 + weight_of_code(idx >> 2) * xb as i32 + TABLE_BIAS) as u8
 }
 
-/// Reference table builder: `tables[g * 16 + idx]` for every k-group of `x` (padded length).
-fn build_tables_scalar(x: &[i8], tables: &mut [u8]) {
-    for (g, table) in tables.chunks_exact_mut(TABLE_BYTES).enumerate() {
-        for (idx, e) in table.iter_mut().enumerate() {
-            *e = table_entry(idx, x[2 * g], x[2 * g + 1]);
+/// Bytes of one chunk's tables (its 4 k-groups) for one token.
+const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
+
+/// Reference table builder for one token: the 64 table bytes of chunk `c` (k-groups 4c..4c+4,
+/// 16 bytes each) start at `tables[c * chunk_stride]`, so a token tile's tables interleave by chunk.
+fn build_tables_scalar(x: &[i8], tables: &mut [u8], chunk_stride: usize) {
+    for c in 0..x.len() / LUT_CHUNK_COLS {
+        let chunk_tables = &mut tables[c * chunk_stride..][..CHUNK_TABLE_BYTES];
+        for (j, table) in chunk_tables.chunks_exact_mut(TABLE_BYTES).enumerate() {
+            let g = 4 * c + j;
+            for (idx, e) in table.iter_mut().enumerate() {
+                *e = table_entry(idx, x[2 * g], x[2 * g + 1]);
+            }
         }
     }
 }
 
-/// i32 sums `[tokens, rows.len()]` for `rows` (a range starting on a row-block boundary).
+/// A zeroed byte buffer of `len` bytes whose start is 64-byte aligned: table rows then never
+/// straddle two cache lines (a 32-byte load across a line boundary costs two).
+struct CacheAligned {
+    store: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl CacheAligned {
+    fn zeroed(len: usize) -> Self {
+        let store = vec![0u8; len + 63];
+        let offset = store.as_ptr().align_offset(64).min(63);
+        CacheAligned { store, offset, len }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.store[self.offset..self.offset + self.len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.store[self.offset..self.offset + self.len]
+    }
+}
+
+/// Every token's lookup tables, built once per product and shared by all the row parts.
+///
+/// Layout: token tile `i` (tokens `4i..4i + nt`) owns a block of `4 · chunks · 64` bytes, in
+/// which the tables interleave by chunk, `[chunk][token < nt][64 bytes]`: the tile reads one
+/// contiguous run per chunk (per-token buffers would sit a multiple of 4 KiB apart for many
+/// widths and compete for the same L1 sets).
+pub(super) struct Tables {
+    bytes: CacheAligned,
+    /// Chunks per token (padded columns / 8).
+    chunks: usize,
+}
+
+impl Tables {
+    /// Bytes of one token tile's block.
+    fn tile_bytes(chunks: usize) -> usize {
+        TOKEN_TILE * chunks * CHUNK_TABLE_BYTES
+    }
+
+    /// Builds the tables of every token of `x`, token tiles in parallel.
+    pub(super) fn build(path: KernelPath, x: &QuantizedActivations) -> Tables {
+        let chunks = x.stride / LUT_CHUNK_COLS;
+        let tile_bytes = Self::tile_bytes(chunks);
+        let mut bytes = CacheAligned::zeroed(x.tokens.div_ceil(TOKEN_TILE) * tile_bytes);
+        let build_tile = |tile: usize, block: &mut [u8]| {
+            let t0 = tile * TOKEN_TILE;
+            let nt = TOKEN_TILE.min(x.tokens - t0);
+            for j in 0..nt {
+                let xt = &x.codes[(t0 + j) * x.stride..(t0 + j + 1) * x.stride];
+                let out = &mut block[j * CHUNK_TABLE_BYTES..];
+                build_tables(path, xt, out, nt * CHUNK_TABLE_BYTES);
+            }
+        };
+        if x.tokens <= TOKEN_TILE {
+            build_tile(0, bytes.bytes_mut());
+        } else {
+            crate::parallel::for_each_row(bytes.bytes_mut(), tile_bytes, build_tile);
+        }
+        Tables { bytes, chunks }
+    }
+
+    /// Tables of token tile `tile` (`nt` tokens) for chunks `c0..c0 + n`.
+    fn tile(&self, tile: usize, nt: usize, c0: usize, n: usize) -> &[u8] {
+        let block = &self.bytes.bytes()[tile * Self::tile_bytes(self.chunks)..];
+        let stride = nt * CHUNK_TABLE_BYTES;
+        &block[c0 * stride..(c0 + n) * stride]
+    }
+}
+
+/// i32 sums `[tokens, rows.len()]` for `rows` (a range starting on a row-block boundary), with
+/// the tables of `x` built by [`Tables::build`].
 pub(super) fn dots(
     path: KernelPath,
     w: &LutPacked,
     x: &QuantizedActivations,
+    tables: &Tables,
     rows: Range<usize>,
 ) -> Vec<i32> {
     debug_assert_eq!(rows.start % LUT_ROW_BLOCK, 0);
+    debug_assert_eq!(tables.chunks, x.stride / LUT_CHUNK_COLS);
     let len = rows.len();
     let blocks = rows.start / LUT_ROW_BLOCK..rows.end.div_ceil(LUT_ROW_BLOCK);
     // Sums for whole row blocks (padding rows included), trimmed below.
     let padded_len = blocks.len() * LUT_ROW_BLOCK;
     let mut sums = vec![0i32; x.tokens * padded_len];
-    let tables_per_token = x.stride / 2 * TABLE_BYTES;
-    let mut tables = vec![0u8; TOKEN_TILE * tables_per_token];
     for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(x.tokens - t0);
-        for j in 0..nt {
-            let xt = &x.codes[(t0 + j) * x.stride..(t0 + j + 1) * x.stride];
-            let tab = &mut tables[j * tables_per_token..(j + 1) * tables_per_token];
-            build_tables(path, xt, tab);
-        }
         let col_block = ((LUT_L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2)) / K_ALIGN * K_ALIGN)
             .clamp(K_ALIGN, MAX_COL_BLOCK);
         // Several tokens: column blocks outside, so the tile's tables stay in L1 while every row
@@ -98,12 +174,9 @@ pub(super) fn dots(
             let chunks = col_block.min(x.stride - k0) / LUT_CHUNK_COLS;
             let c0 = k0 / LUT_CHUNK_COLS;
             let wb = &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
+            let tabs = tables.tile(t0 / TOKEN_TILE, nt, c0, chunks);
             let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
-            let tabs: [&[u8]; TOKEN_TILE] = std::array::from_fn(|j| {
-                let start = j.min(nt - 1) * tables_per_token + c0 * 4 * TABLE_BYTES;
-                &tables[start..start + chunks * 4 * TABLE_BYTES]
-            });
-            block_tile(path, wb, &tabs, nt, &mut acc);
+            block_tile(path, wb, tabs, nt, &mut acc);
             for (j, a) in acc.iter().enumerate().take(nt) {
                 let dst = &mut sums[(t0 + j) * padded_len + bi * LUT_ROW_BLOCK..][..LUT_ROW_BLOCK];
                 for (d, &v) in dst.iter_mut().zip(a) {
@@ -122,31 +195,47 @@ pub(super) fn dots(
     out
 }
 
-fn build_tables(path: KernelPath, x: &[i8], tables: &mut [u8]) {
+/// One token's tables, chunk `c` at `tables[c * chunk_stride..][..64]`.
+fn build_tables(path: KernelPath, x: &[i8], tables: &mut [u8], chunk_stride: usize) {
+    let chunks = x.len() / LUT_CHUNK_COLS;
+    assert!(
+        chunk_stride >= CHUNK_TABLE_BYTES
+            && chunks.is_multiple_of(2)
+            && tables.len() >= (chunks - 1) * chunk_stride + CHUNK_TABLE_BYTES,
+        "table buffer too small for {chunks} chunks at stride {chunk_stride}"
+    );
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 | KernelPath::Avx512 => {
             // SAFETY: the caller checked that the CPU runs `path`, which implies AVX2; `x.len()`
-            // is a multiple of K_ALIGN and `tables` holds x.len() / 2 tables.
-            unsafe { avx2::build_tables(x, tables) }
+            // is a multiple of K_ALIGN (so of 16), and the assert above bounds every chunk's
+            // 64 table bytes within `tables`.
+            unsafe { avx2::build_tables(x, tables, chunk_stride) }
         }
-        _ => build_tables_scalar(x, tables),
+        _ => build_tables_scalar(x, tables, chunk_stride),
     }
 }
 
 /// Biased sums of one row block over `wb`'s chunks for the first `nt` tokens: `acc[t][row]`.
+/// `tabs` holds the same chunks' tables, `[chunk][token < nt][64 bytes]`.
 fn block_tile(
     path: KernelPath,
     wb: &[u8],
-    tabs: &[&[u8]; TOKEN_TILE],
+    tabs: &[u8],
     nt: usize,
     acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
 ) {
+    let chunks = wb.len() / LUT_CHUNK_BYTES;
+    assert!(
+        (1..=TOKEN_TILE).contains(&nt) && tabs.len() == chunks * nt * CHUNK_TABLE_BYTES,
+        "tile operands: {chunks} chunks, {nt} tokens, {} table bytes",
+        tabs.len()
+    );
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 => {
-            // SAFETY: the caller checked AVX2; `wb` and every table slice cover the same chunks
-            // (32 weight bytes and 64 table bytes per chunk), as `avx2::block_tile` requires.
+            // SAFETY: the caller checked AVX2; the assert above gives 64 table bytes per chunk
+            // and token for every chunk of `wb`, as `avx2::block_tile` requires.
             unsafe { avx2::block_tile(wb, tabs, nt, acc) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -162,7 +251,7 @@ fn block_tile(
 /// Scalar path: the same table lookups, one byte at a time.
 fn block_tile_scalar(
     wb: &[u8],
-    tabs: &[&[u8]; TOKEN_TILE],
+    tabs: &[u8],
     nt: usize,
     acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
 ) {
@@ -170,11 +259,11 @@ fn block_tile_scalar(
         for (i, &byte) in chunk.iter().enumerate() {
             let (row, half) = (i % LUT_ROW_BLOCK, i / LUT_ROW_BLOCK);
             // Low nibble: k-group 4c + half; high nibble: k-group 4c + 2 + half.
-            let (g_lo, g_hi) = (4 * c + half, 4 * c + 2 + half);
+            let (g_lo, g_hi) = (half, 2 + half);
             let (lo, hi) = ((byte & 15) as usize, (byte >> 4) as usize);
-            for (t, tab) in tabs.iter().enumerate().take(nt) {
-                acc[t][row] +=
-                    tab[g_lo * TABLE_BYTES + lo] as i32 + tab[g_hi * TABLE_BYTES + hi] as i32;
+            for (t, a) in acc.iter_mut().enumerate().take(nt) {
+                let tab = &tabs[(c * nt + t) * CHUNK_TABLE_BYTES..][..CHUNK_TABLE_BYTES];
+                a[row] += tab[g_lo * TABLE_BYTES + lo] as i32 + tab[g_hi * TABLE_BYTES + hi] as i32;
             }
         }
     }
@@ -183,7 +272,7 @@ fn block_tile_scalar(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{
-        weight_of_code, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS, TABLE_BYTES, TOKEN_TILE,
+        weight_of_code, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS, TOKEN_TILE,
     };
     use std::arch::x86_64::*;
 
@@ -194,10 +283,10 @@ mod avx2 {
     /// entry = sign(wa)·xa + sign(wb)·xb + 16 via `vpsignb` on broadcast activations.
     ///
     /// # Safety
-    /// AVX2; `x.len()` is a multiple of 16 and `tables.len() == x.len() / 2 * 16`.
+    /// AVX2; `x.len()` is a multiple of 16; for every chunk `c < x.len() / 8`,
+    /// `tables[c * chunk_stride..][..64]` is in bounds.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn build_tables(x: &[i8], tables: &mut [u8]) {
-        debug_assert_eq!(tables.len(), x.len() / 2 * TABLE_BYTES);
+    pub(super) unsafe fn build_tables(x: &[i8], tables: &mut [u8], chunk_stride: usize) {
         let wa: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) & 3) as i8);
         let wb: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) >> 2) as i8);
         // SAFETY: 32-byte arrays.
@@ -218,14 +307,13 @@ mod avx2 {
         };
         let ctl_a = [sel(0, 0), sel(1, 0), sel(2, 0), sel(3, 0)];
         let ctl_b = [sel(0, 1), sel(1, 1), sel(2, 1), sel(3, 1)];
-        for (xs, out) in x
-            .chunks_exact(16)
-            .zip(tables.chunks_exact_mut(8 * TABLE_BYTES))
-        {
-            // SAFETY: 16 readable bytes; 128 writable bytes in `out`.
+        let out = tables.as_mut_ptr();
+        for (i, xs) in x.chunks_exact(16).enumerate() {
+            // SAFETY: 16 readable bytes.
             let xv = unsafe {
                 _mm256_broadcastsi128_si256(_mm_loadu_si128(xs.as_ptr() as *const __m128i))
             };
+            // 16 activations are 8 k-groups: chunks 2i (p = 0, 1) and 2i + 1 (p = 2, 3).
             for p in 0..4 {
                 let xa = _mm256_shuffle_epi8(xv, ctl_a[p]);
                 let xb = _mm256_shuffle_epi8(xv, ctl_b[p]);
@@ -233,16 +321,19 @@ mod avx2 {
                     _mm256_add_epi8(_mm256_sign_epi8(xa, wa), _mm256_sign_epi8(xb, wb)),
                     bias,
                 );
-                unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(32 * p) as *mut __m256i, t) };
+                let offset = (2 * i + p / 2) * chunk_stride + 32 * (p % 2);
+                // SAFETY: chunk 2i + p/2 < x.len() / 8, so its 64 bytes at
+                // (2i + p/2) · chunk_stride are in bounds (contract).
+                unsafe { _mm256_storeu_si256(out.add(offset) as *mut __m256i, t) };
             }
         }
     }
 
     /// # Safety
-    /// AVX2; `wb.len() == 32 · chunks` and each of the first `nt` tables holds `64 · chunks` bytes.
+    /// AVX2; `wb.len() == 32 · chunks`, `tabs.len() == 64 · nt · chunks`, `1 <= nt <= 4`.
     pub(super) unsafe fn block_tile(
         wb: &[u8],
-        tabs: &[&[u8]; TOKEN_TILE],
+        tabs: &[u8],
         nt: usize,
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
@@ -256,20 +347,18 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     unsafe fn tile_n<const NT: usize>(
         wb: &[u8],
-        tabs: &[&[u8]; TOKEN_TILE],
+        tabs: &[u8],
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
         let chunks = wb.len() / LUT_CHUNK_BYTES;
-        debug_assert!(tabs[..NT]
-            .iter()
-            .all(|t| t.len() >= chunks * 4 * TABLE_BYTES));
+        debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
         let nibble = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
         let pair_sum = _mm256_set1_epi8(1);
         // i8 pairs (1, -1): 0xFF01 per i16 lane.
         let pair_diff = _mm256_set1_epi16(-255);
         let w = wb.as_ptr();
-        let tp: [*const u8; NT] = std::array::from_fn(|t| tabs[t].as_ptr());
+        let tp = tabs.as_ptr();
         // i16 lanes j of each 128-bit half: rows 2j + 2j+1 (sum) and rows 2j - 2j+1 (diff); the
         // low half holds k-groups 4c, 4c+2, the high half 4c+1, 4c+3. Per window a lane gains at
         // most 2 · 192 = 384, so segments of at most 84 windows stay below 32768.
@@ -283,23 +372,25 @@ mod avx2 {
                 let c1 = (c0 + U8_WINDOW_CHUNKS).min(seg_end);
                 let mut acc8 = [zero; NT];
                 for c in c0..c1 {
-                    // SAFETY: c < chunks: 32 bytes at 32c in `wb`, 64 bytes at 64c in each table.
+                    // SAFETY: c < chunks: 32 bytes at 32c in `wb`; token t's 64 table bytes of
+                    // chunk c at 64 (c · NT + t) in `tabs`.
                     let v =
                         unsafe { _mm256_loadu_si256(w.add(LUT_CHUNK_BYTES * c) as *const __m256i) };
                     let lo = _mm256_and_si256(v, nibble);
                     let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                    for t in 0..NT {
+                    for (t, a8) in acc8.iter_mut().enumerate() {
                         let (tlo, thi) = unsafe {
+                            let base = tp.add(CHUNK_TABLE_BYTES * (c * NT + t));
                             (
-                                _mm256_loadu_si256(tp[t].add(64 * c) as *const __m256i),
-                                _mm256_loadu_si256(tp[t].add(64 * c + 32) as *const __m256i),
+                                _mm256_loadu_si256(base as *const __m256i),
+                                _mm256_loadu_si256(base.add(32) as *const __m256i),
                             )
                         };
                         let s = _mm256_add_epi8(
                             _mm256_shuffle_epi8(tlo, lo),
                             _mm256_shuffle_epi8(thi, hi),
                         );
-                        acc8[t] = _mm256_add_epi8(acc8[t], s);
+                        *a8 = _mm256_add_epi8(*a8, s);
                     }
                 }
                 for t in 0..NT {
@@ -337,7 +428,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BYTES, TOKEN_TILE};
+    use super::{CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TOKEN_TILE};
     use std::arch::x86_64::*;
 
     /// Each byte lane receives 2 lookups of ≤ 32 per step (from its own chunk of the pair), so
@@ -349,11 +440,11 @@ mod avx512 {
     /// gathered from the natural table order into one register each.
     ///
     /// # Safety
-    /// AVX-512 F+BW; `wb.len() == 32 · chunks` with `chunks` even; each of the first `nt` tables
-    /// holds `64 · chunks` bytes.
+    /// AVX-512 F+BW; `wb.len() == 32 · chunks` with `chunks` even; `tabs.len() == 64 · nt ·
+    /// chunks`, `1 <= nt <= 4`.
     pub(super) unsafe fn block_tile(
         wb: &[u8],
-        tabs: &[&[u8]; TOKEN_TILE],
+        tabs: &[u8],
         nt: usize,
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
@@ -364,18 +455,16 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn tile_n<const NT: usize>(
         wb: &[u8],
-        tabs: &[&[u8]; TOKEN_TILE],
+        tabs: &[u8],
         acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
     ) {
         let chunks = wb.len() / LUT_CHUNK_BYTES;
         debug_assert!(chunks.is_multiple_of(2));
-        debug_assert!(tabs[..NT]
-            .iter()
-            .all(|t| t.len() >= chunks * 4 * TABLE_BYTES));
+        debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
         let nibble = _mm512_set1_epi8(0x0F);
         let zero = _mm512_setzero_si512();
         let w = wb.as_ptr();
-        let tp: [*const u8; NT] = std::array::from_fn(|t| tabs[t].as_ptr());
+        let tp = tabs.as_ptr();
         let mut acc_lo = [zero; NT];
         let mut acc_hi = [zero; NT];
         let pairs = chunks / 2;
@@ -384,24 +473,26 @@ mod avx512 {
             let q1 = (q0 + U8_WINDOW_PAIRS).min(pairs);
             let mut acc8 = [zero; NT];
             for q in q0..q1 {
-                // SAFETY: q < pairs: 64 bytes at 64q in `wb`; 128 table bytes at 128q.
+                // SAFETY: q < pairs: 64 bytes at 64q in `wb`; token t's 64 table bytes of
+                // chunks 2q and 2q + 1 at 64 (2q · NT + t) and 64 ((2q + 1) · NT + t) in `tabs`.
                 let v = unsafe { _mm512_loadu_si512(w.add(64 * q) as *const _) };
                 let lo = _mm512_and_si512(v, nibble);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-                for t in 0..NT {
-                    // Natural order per chunk: T(4c), T(4c+1) | T(4c+2), T(4c+3).
+                for (t, a8) in acc8.iter_mut().enumerate() {
+                    // Per chunk: T(4c), T(4c+1) | T(4c+2), T(4c+3).
                     let (t_lo, t_hi) = unsafe {
-                        let base = tp[t].add(128 * q);
+                        let even = tp.add(CHUNK_TABLE_BYTES * (2 * q * NT + t));
+                        let odd = even.add(CHUNK_TABLE_BYTES * NT);
                         (
                             _mm512_inserti64x4::<1>(
-                                _mm512_castsi256_si512(_mm256_loadu_si256(base as *const __m256i)),
-                                _mm256_loadu_si256(base.add(64) as *const __m256i),
+                                _mm512_castsi256_si512(_mm256_loadu_si256(even as *const __m256i)),
+                                _mm256_loadu_si256(odd as *const __m256i),
                             ),
                             _mm512_inserti64x4::<1>(
                                 _mm512_castsi256_si512(_mm256_loadu_si256(
-                                    base.add(32) as *const __m256i
+                                    even.add(32) as *const __m256i
                                 )),
-                                _mm256_loadu_si256(base.add(96) as *const __m256i),
+                                _mm256_loadu_si256(odd.add(32) as *const __m256i),
                             ),
                         )
                     };
@@ -409,7 +500,7 @@ mod avx512 {
                         _mm512_shuffle_epi8(t_lo, lo),
                         _mm512_shuffle_epi8(t_hi, hi),
                     );
-                    acc8[t] = _mm512_add_epi8(acc8[t], s);
+                    *a8 = _mm512_add_epi8(*a8, s);
                 }
             }
             for t in 0..NT {

@@ -80,8 +80,12 @@ pub fn matmul_int8_with(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
-    let parts = split_rows(w.rows(), 1, |rows| mad::dots(path, w, x, rows));
-    write_output(&parts, w.rows(), w.alpha(), x, y);
+    let out = SharedOutput::new(y, w.rows());
+    split_rows(w.rows(), 1, x.tokens, |rows| {
+        let dots = mad::dots(path, w, x, rows.clone());
+        // SAFETY: `split_rows` hands each part a disjoint row range.
+        unsafe { out.write(rows, &dots, w.alpha(), x) };
+    });
     Ok(())
 }
 
@@ -102,8 +106,13 @@ pub fn matmul_int4_with(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
-    let parts = split_rows(w.rows(), LUT_ROW_BLOCK, |rows| lut::dots(path, w, x, rows));
-    write_output(&parts, w.rows(), w.alpha(), x, y);
+    let tables = lut::Tables::build(path, x);
+    let out = SharedOutput::new(y, w.rows());
+    split_rows(w.rows(), LUT_ROW_BLOCK, x.tokens, |rows| {
+        let dots = lut::dots(path, w, x, &tables, rows.clone());
+        // SAFETY: `split_rows` hands each part a disjoint row range.
+        unsafe { out.write(rows, &dots, w.alpha(), x) };
+    });
     Ok(())
 }
 
@@ -122,10 +131,16 @@ pub fn matmul_int8_many(
         check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
     }
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let parts = split_many(&rows, 1, |m, r| mad::dots(path, ws[m], x, r));
-    for (m, part) in parts {
-        write_output(&part, ws[m].rows(), ws[m].alpha(), x, ys[m]);
-    }
+    let outs: Vec<SharedOutput> = ys
+        .iter_mut()
+        .zip(&rows)
+        .map(|(y, &r)| SharedOutput::new(y, r))
+        .collect();
+    split_many(&rows, 1, x.tokens, |m, r| {
+        let dots = mad::dots(path, ws[m], x, r.clone());
+        // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
+        unsafe { outs[m].write(r, &dots, ws[m].alpha(), x) };
+    });
     Ok(())
 }
 
@@ -141,10 +156,17 @@ pub fn matmul_int4_many(
         check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
     }
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let parts = split_many(&rows, LUT_ROW_BLOCK, |m, r| lut::dots(path, ws[m], x, r));
-    for (m, part) in parts {
-        write_output(&part, ws[m].rows(), ws[m].alpha(), x, ys[m]);
-    }
+    let tables = lut::Tables::build(path, x);
+    let outs: Vec<SharedOutput> = ys
+        .iter_mut()
+        .zip(&rows)
+        .map(|(y, &r)| SharedOutput::new(y, r))
+        .collect();
+    split_many(&rows, LUT_ROW_BLOCK, x.tokens, |m, r| {
+        let dots = lut::dots(path, ws[m], x, &tables, r.clone());
+        // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
+        unsafe { outs[m].write(r, &dots, ws[m].alpha(), x) };
+    });
     Ok(())
 }
 
@@ -159,45 +181,48 @@ fn check_many(matrices: usize, outputs: usize) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Splits the rows of several matrices (`rows[m]` each, in units of `align` rows) into one
-/// contiguous share per thread of the current pool, runs `dots(m, range)` on each piece, and
-/// returns the pieces grouped by matrix.
-#[allow(clippy::type_complexity)]
-fn split_many<F>(
-    rows: &[usize],
-    align: usize,
-    dots: F,
-) -> Vec<(usize, Vec<(Range<usize>, Vec<i32>)>)>
+/// Row shares per thread of a product of `tokens` tokens. A GEMV gets one share per thread: each
+/// core then streams one contiguous run of weights, and finer splits measured no faster. A GEMM
+/// call lasts long enough that a core slowed by another tenant of the machine would leave the
+/// other waiting at the join (measured: 12% of a batch-32 INT4 call), so its rows are cut
+/// finer and the parts are claimed dynamically ([`crate::parallel`]).
+fn shares_per_thread(tokens: usize) -> usize {
+    if tokens <= 1 {
+        1
+    } else {
+        GEMM_SHARES_PER_THREAD
+    }
+}
+
+/// See [`shares_per_thread`].
+const GEMM_SHARES_PER_THREAD: usize = 4;
+
+/// Splits the rows of several matrices (`rows[m]` each, in units of `align` rows) into
+/// contiguous shares ([`shares_per_thread`] per thread of the current pool) and runs
+/// `work(m, range)` on each piece, in parallel. Pieces never overlap.
+fn split_many<F>(rows: &[usize], align: usize, tokens: usize, work: F)
 where
-    F: Fn(usize, Range<usize>) -> Vec<i32> + Sync,
+    F: Fn(usize, Range<usize>) + Sync,
 {
     // Units of `align` rows over all matrices, in order; share i takes units
     // [total·i/parts, total·(i+1)/parts), cut into one piece per matrix it touches.
     let units: Vec<usize> = rows.iter().map(|&r| r.div_ceil(align)).collect();
     let total: usize = units.iter().sum();
-    let parts = rayon::current_num_threads().clamp(1, total.max(1));
-    let run = |share: usize| -> Vec<(usize, Range<usize>, Vec<i32>)> {
+    let parts = (rayon::current_num_threads() * shares_per_thread(tokens)).clamp(1, total.max(1));
+    crate::parallel::run_parts(parts, &|share| {
         let (u0, u1) = (total * share / parts, total * (share + 1) / parts);
-        let mut pieces = Vec::new();
         let mut first = 0; // global index of matrix m's first unit
         for (m, (&r, &n)) in rows.iter().zip(&units).enumerate() {
             let (lo, hi) = (u0.max(first), u1.min(first + n));
             if lo < hi {
-                let range = ((lo - first) * align).min(r)..((hi - first) * align).min(r);
-                let d = dots(m, range.clone());
-                pieces.push((m, range, d));
+                work(
+                    m,
+                    ((lo - first) * align).min(r)..((hi - first) * align).min(r),
+                );
             }
             first += n;
         }
-        pieces
-    };
-    let results = crate::parallel::map_parts(parts, run);
-    let mut by_matrix: Vec<(usize, Vec<(Range<usize>, Vec<i32>)>)> =
-        (0..rows.len()).map(|m| (m, Vec::new())).collect();
-    for (m, r, d) in results.into_iter().flatten() {
-        by_matrix[m].1.push((r, d));
-    }
-    by_matrix
+    });
 }
 
 fn check_cols(cols: usize, x: &QuantizedActivations) -> Result<(), KernelError> {
@@ -244,36 +269,59 @@ fn check_operands(
     Ok(())
 }
 
-/// Runs `dots` on contiguous row ranges (multiples of `align` rows, except the last), one per
-/// thread of the current rayon pool, on the spinning kernel workers ([`crate::parallel`]). `dots(range)` returns i32 sums `[tokens, range.len()]`.
-fn split_rows<F>(rows: usize, align: usize, dots: F) -> Vec<(Range<usize>, Vec<i32>)>
+/// Runs `work` on contiguous row ranges (multiples of `align` rows, except the last),
+/// [`shares_per_thread`] per thread of the current rayon pool, on the spinning kernel workers
+/// ([`crate::parallel`]). Ranges never overlap.
+fn split_rows<F>(rows: usize, align: usize, tokens: usize, work: F)
 where
-    F: Fn(Range<usize>) -> Vec<i32> + Sync,
+    F: Fn(Range<usize>) + Sync,
 {
-    let units = rows.div_ceil(align);
-    let parts = rayon::current_num_threads().clamp(1, units);
-    let ranges: Vec<Range<usize>> = (0..parts)
-        .map(|i| {
-            let (u0, u1) = (units * i / parts, units * (i + 1) / parts);
-            (u0 * align).min(rows)..(u1 * align).min(rows)
-        })
-        .collect();
-    crate::parallel::map_parts(ranges.len(), |i| {
-        (ranges[i].clone(), dots(ranges[i].clone()))
-    })
+    split_many(&[rows], align, tokens, |_, range| work(range));
 }
 
-fn write_output(
-    parts: &[(Range<usize>, Vec<i32>)],
+/// A `[tokens, rows]` output that the parts of one product fill at once, each its own rows:
+/// the f32 epilogue then runs in parallel instead of after the join.
+struct SharedOutput {
+    ptr: *mut f32,
+    len: usize,
     rows: usize,
-    alpha: f32,
-    x: &QuantizedActivations,
-    y: &mut [f32],
-) {
-    for (range, dots) in parts {
+}
+
+// SAFETY: the pointer comes from a `&mut [f32]` that outlives the product (see `new`); parts
+// write disjoint elements (the contract of `write`), so sharing it between threads is sound.
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// `y` stays mutably borrowed by the caller for the product's duration, and the product
+    /// returns only after every part finished.
+    fn new(y: &mut [f32], rows: usize) -> Self {
+        debug_assert_eq!(y.len() % rows.max(1), 0);
+        SharedOutput {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            rows,
+        }
+    }
+
+    /// Writes `(alpha · s_x[t]) · dots[t, i]` to `y[t, range.start + i]` for every token.
+    ///
+    /// # Safety
+    /// No other thread reads or writes the rows in `range` during the call.
+    unsafe fn write(
+        &self,
+        range: Range<usize>,
+        dots: &[i32],
+        alpha: f32,
+        x: &QuantizedActivations,
+    ) {
         let len = range.len();
+        assert!(range.end <= self.rows && dots.len() == x.tokens * len);
         for t in 0..x.tokens {
-            let out = &mut y[t * rows + range.start..t * rows + range.end];
+            let start = t * self.rows + range.start;
+            assert!(start + len <= self.len);
+            // SAFETY: in bounds (asserted); rows `range` of token t belong to this caller alone
+            // (contract), and the slice lives only for this iteration.
+            let out = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
             for (o, &d) in out.iter_mut().zip(&dots[t * len..(t + 1) * len]) {
                 *o = epilogue(alpha, x.scales[t], d);
             }
