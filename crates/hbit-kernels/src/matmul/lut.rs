@@ -202,14 +202,13 @@ pub(super) fn dots(
             let c0 = k0 / LUT_CHUNK_COLS;
             let wb = &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
             let tabs = tables.tile(t0 / TOKEN_TILE, nt, c0, chunks);
-            let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
-            block_tile(path, wb, tabs, nt, &mut acc);
-            for (j, a) in acc.iter().enumerate().take(nt) {
-                let dst = &mut sums[(t0 + j) * padded_len + bi * LUT_ROW_BLOCK..][..LUT_ROW_BLOCK];
-                for (d, &v) in dst.iter_mut().zip(a) {
-                    *d += v - TABLE_BIAS * 4 * chunks as i32;
-                }
-            }
+            let out = TileOut {
+                sums: &mut sums,
+                first: t0 * padded_len + bi * LUT_ROW_BLOCK,
+                stride: padded_len,
+                bias: TABLE_BIAS * 4 * chunks as i32,
+            };
+            block_tile(path, wb, tabs, nt, out);
         }
     }
     if padded_len == len {
@@ -243,35 +242,67 @@ fn build_tables(path: KernelPath, x: &[i8], tables: &mut [u8], chunk_stride: usi
     }
 }
 
-/// Biased sums of one row block over `wb`'s chunks for the first `nt` tokens: `acc[t][row]`.
+/// Where a tile adds its row block's sums: token t's 16 rows at `sums[first + t · stride..]`,
+/// each less `bias` (the tables' bias times the lookups per row).
+struct TileOut<'a> {
+    sums: &'a mut [i32],
+    first: usize,
+    stride: usize,
+    bias: i32,
+}
+
+impl TileOut<'_> {
+    /// Token t's 16 destination sums.
+    fn rows(&mut self, t: usize) -> &mut [i32] {
+        &mut self.sums[self.first + t * self.stride..][..LUT_ROW_BLOCK]
+    }
+
+    /// Adds biased per-row sums for token t.
+    fn add(&mut self, t: usize, biased: &[i32; LUT_ROW_BLOCK]) {
+        let bias = self.bias;
+        for (d, &v) in self.rows(t).iter_mut().zip(biased) {
+            *d += v - bias;
+        }
+    }
+}
+
+/// Adds the sums of one row block over `wb`'s chunks for the first `nt` tokens to `out`.
 /// `tabs` holds the same chunks' tables, `[chunk][token < nt][64 bytes]`.
-fn block_tile(
-    path: KernelPath,
-    wb: &[u8],
-    tabs: &[u8],
-    nt: usize,
-    acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
-) {
+fn block_tile(path: KernelPath, wb: &[u8], tabs: &[u8], nt: usize, mut out: TileOut) {
     let chunks = wb.len() / LUT_CHUNK_BYTES;
     assert!(
         (1..=TOKEN_TILE).contains(&nt) && tabs.len() == chunks * nt * CHUNK_TABLE_BYTES,
         "tile operands: {chunks} chunks, {nt} tokens, {} table bytes",
         tabs.len()
     );
+    // Bounds-check every destination once, so the SIMD tile can write without checks.
+    for t in 0..nt {
+        out.rows(t);
+    }
     match path {
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx2 => {
             // SAFETY: the caller checked AVX2; the assert above gives 64 table bytes per chunk
             // and token for every chunk of `wb`, as `avx2::block_tile` requires.
-            unsafe { avx2::block_tile(wb, tabs, nt, acc) }
+            unsafe { avx2::block_tile(wb, tabs, nt, &mut out) }
         }
         #[cfg(target_arch = "x86_64")]
         KernelPath::Avx512 => {
+            let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
             // SAFETY: the caller checked AVX-512 F+BW; slices as above, with an even chunk count
             // (column blocks are multiples of K_ALIGN = 32 chunks).
-            unsafe { avx512::block_tile(wb, tabs, nt, acc) }
+            unsafe { avx512::block_tile(wb, tabs, nt, &mut acc) };
+            for (t, a) in acc.iter().enumerate().take(nt) {
+                out.add(t, a);
+            }
         }
-        _ => block_tile_scalar(wb, tabs, nt, acc),
+        _ => {
+            let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
+            block_tile_scalar(wb, tabs, nt, &mut acc);
+            for (t, a) in acc.iter().enumerate().take(nt) {
+                out.add(t, a);
+            }
+        }
     }
 }
 
@@ -298,9 +329,7 @@ fn block_tile_scalar(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{
-        weight_of_code, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS, TOKEN_TILE,
-    };
+    use super::{weight_of_code, TileOut, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, TABLE_BIAS};
     use std::arch::x86_64::*;
 
     /// Chunks whose byte sums cannot overflow: 2 lookups of ≤ 32 per byte and chunk.
@@ -358,28 +387,20 @@ mod avx2 {
 
     /// # Safety
     /// AVX2; `wb.len() == 32 · chunks`, `tabs.len() == 64 · nt · chunks`, `1 <= nt <= 4`.
-    pub(super) unsafe fn block_tile(
-        wb: &[u8],
-        tabs: &[u8],
-        nt: usize,
-        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
-    ) {
+    pub(super) unsafe fn block_tile(wb: &[u8], tabs: &[u8], nt: usize, out: &mut TileOut) {
         // SAFETY: forwarded contract.
-        unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
+        unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, out), 1, 2, 3; 4) }
     }
 
     /// The table lookups run on the shuffle ports; the widening of byte sums to i16 runs on the
     /// multiply ports instead (`vpmaddubsw` with (1, 1) and (1, -1) gives the sum and the
     /// difference of the adjacent rows 2j, 2j+1), leaving the shuffle ports to the lookups.
     #[target_feature(enable = "avx2")]
-    unsafe fn tile_n<const NT: usize>(
-        wb: &[u8],
-        tabs: &[u8],
-        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
-    ) {
+    unsafe fn tile_n<const NT: usize>(wb: &[u8], tabs: &[u8], out: &mut TileOut) {
         let chunks = wb.len() / LUT_CHUNK_BYTES;
         debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
         let nibble = _mm256_set1_epi8(0x0F);
+        debug_assert_eq!(out.bias, TABLE_BIAS * 4 * chunks as i32);
         let zero = _mm256_setzero_si256();
         let pair_sum = _mm256_set1_epi8(1);
         // i8 pairs (1, -1): 0xFF01 per i16 lane.
@@ -428,28 +449,47 @@ mod avx2 {
                 }
                 c0 = c1;
             }
+            // 4 biased lookups per row and chunk of this segment (the tile's `out.bias` summed
+            // over its segments).
+            let bias = _mm256_set1_epi32(TABLE_BIAS * 4 * (seg_end - c_seg) as i32);
             for t in 0..NT {
+                // Lane j of `sum` / `diff`: rows 2j + 2j+1 and 2j - 2j+1; (a + b) ± (a - b) =
+                // 2a, 2b exactly.
                 let sum = widen_halves(acc_sum[t]);
                 let diff = widen_halves(acc_diff[t]);
-                for j in 0..8 {
-                    // (a + b) ± (a - b) = 2a, 2b: exact.
-                    acc[t][2 * j] += (sum[j] + diff[j]) >> 1;
-                    acc[t][2 * j + 1] += (sum[j] - diff[j]) >> 1;
+                let even = _mm256_srai_epi32::<1>(_mm256_add_epi32(sum, diff));
+                let odd = _mm256_srai_epi32::<1>(_mm256_sub_epi32(sum, diff));
+                // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7] → rows 0..8, 8..16.
+                let (a, b) = (
+                    _mm256_unpacklo_epi32(even, odd),
+                    _mm256_unpackhi_epi32(even, odd),
+                );
+                let rows = out.rows(t).as_mut_ptr();
+                for (half, v) in [
+                    _mm256_permute2x128_si256::<0x20>(a, b),
+                    _mm256_permute2x128_si256::<0x31>(a, b),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    // SAFETY: `rows` points at 16 i32 (TileOut::rows), 8 per half.
+                    unsafe {
+                        let p = rows.add(8 * half) as *mut __m256i;
+                        let total = _mm256_add_epi32(_mm256_loadu_si256(p), v);
+                        _mm256_storeu_si256(p, _mm256_sub_epi32(total, bias));
+                    }
                 }
             }
             c_seg = seg_end;
         }
     }
 
-    /// Adds the two 128-bit halves of 16 i16 lanes as i32: 8 sums.
+    /// Adds the two 128-bit halves of 16 i16 lanes as 8 i32 sums.
     #[target_feature(enable = "avx2")]
-    fn widen_halves(v: __m256i) -> [i32; 8] {
+    fn widen_halves(v: __m256i) -> __m256i {
         let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v));
         let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1));
-        let mut out = [0i32; 8];
-        // SAFETY: 32 writable bytes.
-        unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(lo, hi)) };
-        out
+        _mm256_add_epi32(lo, hi)
     }
 }
 
