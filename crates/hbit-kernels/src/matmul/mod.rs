@@ -186,7 +186,7 @@ fn check_many(matrices: usize, outputs: usize) -> Result<(), KernelError> {
 /// measured no faster. A GEMM gets [`MAD_GEMM_SHARES_PER_THREAD`], claimed dynamically
 /// ([`crate::parallel`]): a share's weights then stay in L2 across its token tiles, and a core
 /// slowed by another tenant of the machine no longer leaves the other waiting at the join.
-/// Measured: batch 16 to 128 ran 1.20–1.28× faster than with one share per thread.
+/// Measured: batch 8 to 128 ran 1.20–1.28× faster than with one share per thread.
 fn mad_shares_per_thread(tokens: usize) -> usize {
     if tokens <= 1 {
         1
@@ -288,25 +288,27 @@ where
 
 /// A `[tokens, rows]` output that the parts of one product fill at once, each its own rows:
 /// the f32 epilogue then runs in parallel instead of after the join.
-struct SharedOutput {
+struct SharedOutput<'a> {
     ptr: *mut f32,
     len: usize,
     rows: usize,
+    /// Holds the exclusive borrow of `y` for as long as the parts may write through `ptr`.
+    _y: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: the pointer comes from a `&mut [f32]` that outlives the product (see `new`); parts
-// write disjoint elements (the contract of `write`), so sharing it between threads is sound.
-unsafe impl Sync for SharedOutput {}
+// SAFETY: the pointer comes from a `&mut [f32]` borrowed for the struct's lifetime (see `new`),
+// and parts write disjoint elements (the contract of `write`), so sharing it between threads is
+// sound.
+unsafe impl Sync for SharedOutput<'_> {}
 
-impl SharedOutput {
-    /// `y` stays mutably borrowed by the caller for the product's duration, and the product
-    /// returns only after every part finished.
-    fn new(y: &mut [f32], rows: usize) -> Self {
+impl<'a> SharedOutput<'a> {
+    fn new(y: &'a mut [f32], rows: usize) -> Self {
         debug_assert_eq!(y.len() % rows.max(1), 0);
         SharedOutput {
             ptr: y.as_mut_ptr(),
             len: y.len(),
             rows,
+            _y: std::marker::PhantomData,
         }
     }
 
