@@ -335,11 +335,12 @@ mod avx2 {
     /// Chunks whose byte sums cannot overflow: 2 lookups of ≤ 32 per byte and chunk.
     const U8_WINDOW_CHUNKS: usize = 3;
 
-    /// How far ahead of the current chunk a one-token tile prefetches its weights. A GEMV streams
-    /// its weights from memory once, row block after row block, and the hardware prefetcher alone
-    /// left it at 70–85% of the INT8 GEMV's speed on a 64 MiB matrix; 4 KiB ahead measured
-    /// +23% (1 KiB +10–14%, 2 KiB +22–34%, 8 KiB +18–26%; alternating runs). Batched tiles reuse
-    /// their weights from cache across token tiles and do not prefetch.
+    /// How far ahead of the current chunk a one-token tile prefetches its weights (a GEMV streams
+    /// them from memory once, row block after row block). Measured on a 64 MiB matrix with
+    /// alternating runs: +23–30% when the weight buffer starts 16 bytes past a cache line (as
+    /// glibc's allocations of that size do, and the weights of packed a4 files do by 8 bytes),
+    /// so that 32-byte loads straddle two lines; no difference on a 64-byte-aligned buffer.
+    /// Batched tiles reuse their weights from cache across token tiles and do not prefetch.
     const PREFETCH_BYTES: usize = 4096;
 
     /// Same tables as `build_tables_scalar`, two k-groups per 32-byte store:
