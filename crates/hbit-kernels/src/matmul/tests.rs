@@ -169,8 +169,10 @@ fn threads_do_not_change_results() {
 }
 
 /// A shape past every blocking boundary at once: several column blocks of the INT4 tile
-/// (1024 columns for four tokens), token tiles of 4, 4, 4 and 1 sharing one table buffer, and
-/// more row shares than threads (GEMM calls are cut into several shares per thread). One token
+/// (1024 columns for four tokens), token tiles of 4, 4, 4 and 1 sharing one table buffer, INT4
+/// tiles over pairs of row blocks and a single last one (34 row blocks, 17 per part on two
+/// threads), and more row shares than threads (GEMM calls are cut into several shares per
+/// thread). One token
 /// alone takes whole rows per tile call, longer than the AVX2 tile's 16-bit segment (2016
 /// columns) and the AVX-512 tile's column-block cap (2048).
 #[test]
