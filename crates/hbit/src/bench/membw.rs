@@ -17,33 +17,42 @@ impl ColdBuffer {
         Self { data }
     }
 
+    /// Bytes in the buffer.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 8
+    }
+
     /// Best of `reps` full reads with the current rayon pool, in bytes per second.
     pub fn read_bandwidth(&self, reps: usize) -> f64 {
-        let threads = rayon::current_num_threads();
-        let chunk = self.data.len().div_ceil(threads);
         let mut best = f64::INFINITY;
-        let mut sink = 0u64;
         for _ in 0..reps {
             let start = Instant::now();
-            // Eight independent xor lanes per chunk let the compiler use wide loads; the result
-            // is kept so the reads cannot be optimized away.
-            sink ^= self
-                .data
-                .par_chunks(chunk)
-                .map(|c| {
-                    let mut lanes = [0u64; 8];
-                    for block in c.chunks_exact(8) {
-                        for (l, v) in lanes.iter_mut().zip(block) {
-                            *l ^= v;
-                        }
-                    }
-                    lanes.iter().fold(0, |a, b| a ^ b)
-                })
-                .reduce(|| 0, |a, b| a ^ b);
+            self.read_once();
             best = best.min(start.elapsed().as_secs_f64());
         }
+        self.bytes() as f64 / best
+    }
+
+    /// One full read, split across the current rayon pool.
+    pub fn read_once(&self) {
+        let threads = rayon::current_num_threads();
+        let chunk = self.data.len().div_ceil(threads);
+        // Eight independent xor lanes per chunk let the compiler use wide loads; the result is
+        // kept so the reads cannot be optimized away.
+        let sink = self
+            .data
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut lanes = [0u64; 8];
+                for block in c.chunks_exact(8) {
+                    for (l, v) in lanes.iter_mut().zip(block) {
+                        *l ^= v;
+                    }
+                }
+                lanes.iter().fold(0, |a, b| a ^ b)
+            })
+            .reduce(|| 0, |a, b| a ^ b);
         std::hint::black_box(sink);
-        (self.data.len() * 8) as f64 / best
     }
 }
 
