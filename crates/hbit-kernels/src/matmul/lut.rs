@@ -24,7 +24,7 @@ use crate::quant::QuantizedActivations;
 use std::ops::Range;
 
 /// Tokens sharing each unpacked weight chunk.
-const TOKEN_TILE: usize = 4;
+pub(super) const TOKEN_TILE: usize = 4;
 /// Bias added to every table entry so the entries are unsigned bytes.
 const TABLE_BIAS: i32 = 16;
 /// Bytes of one k-group table.
@@ -186,24 +186,28 @@ fn col_block(path: KernelPath, nt: usize, stride: usize) -> usize {
     block.clamp(K_ALIGN, cap)
 }
 
-/// i32 sums `[tokens, rows.len()]` for `rows` (a range starting on a row-block boundary), with
-/// the tables of `x` built by [`Tables::build`].
+/// i32 sums `[tokens.len(), rows.len()]` for `rows` (a range starting on a row-block boundary)
+/// and `tokens` (a range starting on a token-tile boundary), with the tables of `x` built by
+/// [`Tables::build`].
 pub(super) fn dots(
     path: KernelPath,
     w: &LutPacked,
     x: &QuantizedActivations,
     tables: &Tables,
     rows: Range<usize>,
+    tokens: Range<usize>,
 ) -> Vec<i32> {
     debug_assert_eq!(rows.start % LUT_ROW_BLOCK, 0);
+    debug_assert_eq!(tokens.start % TOKEN_TILE, 0);
+    debug_assert!(tokens.end <= x.tokens);
     debug_assert_eq!(tables.chunks, x.stride / LUT_CHUNK_COLS);
     let len = rows.len();
     let blocks = rows.start / LUT_ROW_BLOCK..rows.end.div_ceil(LUT_ROW_BLOCK);
     // Sums for whole row blocks (padding rows included), trimmed below.
     let padded_len = blocks.len() * LUT_ROW_BLOCK;
-    let mut sums = vec![0i32; x.tokens * padded_len];
-    for t0 in (0..x.tokens).step_by(TOKEN_TILE) {
-        let nt = TOKEN_TILE.min(x.tokens - t0);
+    let mut sums = vec![0i32; tokens.len() * padded_len];
+    for t0 in tokens.clone().step_by(TOKEN_TILE) {
+        let nt = TOKEN_TILE.min(tokens.end - t0);
         let col_block = col_block(path, nt, x.stride);
         // Row blocks per tile call: pairs for several tokens, so each table load serves two
         // row blocks; one for one token, whose weights stream from memory in order.
@@ -235,7 +239,7 @@ pub(super) fn dots(
             let tabs = tables.tile(t0 / TOKEN_TILE, nt, c0, chunks);
             let out = TileOut {
                 sums: &mut sums,
-                first: t0 * padded_len + bi * LUT_ROW_BLOCK,
+                first: (t0 - tokens.start) * padded_len + bi * LUT_ROW_BLOCK,
                 stride: padded_len,
                 blocks: rbs.len(),
                 bias: TABLE_BIAS * 4 * chunks as i32,
@@ -253,8 +257,8 @@ pub(super) fn dots(
     if padded_len == len {
         return sums;
     }
-    let mut out = vec![0i32; x.tokens * len];
-    for t in 0..x.tokens {
+    let mut out = vec![0i32; tokens.len() * len];
+    for t in 0..tokens.len() {
         out[t * len..(t + 1) * len].copy_from_slice(&sums[t * padded_len..t * padded_len + len]);
     }
     out

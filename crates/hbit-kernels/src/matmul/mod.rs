@@ -84,7 +84,7 @@ pub fn matmul_int8_with(
     split_rows(w.rows(), 1, mad_shares_per_thread(x.tokens), |rows| {
         let dots = mad::dots(path, w, x, rows.clone());
         // SAFETY: `split_rows` hands each part a disjoint row range.
-        unsafe { out.write(rows, &dots, w.alpha(), x) };
+        unsafe { out.write(rows, 0..x.tokens, &dots, w.alpha(), x) };
     });
     Ok(())
 }
@@ -106,13 +106,7 @@ pub fn matmul_int4_with(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
-    let tables = lut::Tables::build(path, x);
-    let out = SharedOutput::new(y, w.rows());
-    split_rows(w.rows(), LUT_ROW_BLOCK, LUT_SHARES_PER_THREAD, |rows| {
-        let dots = lut::dots(path, w, x, &tables, rows.clone());
-        // SAFETY: `split_rows` hands each part a disjoint row range.
-        unsafe { out.write(rows, &dots, w.alpha(), x) };
-    });
+    matmul_int4_parts(path, &[w], x, &mut [y]);
     Ok(())
 }
 
@@ -139,10 +133,62 @@ pub fn matmul_int8_many(
     split_many(&rows, 1, mad_shares_per_thread(x.tokens), |m, r| {
         let dots = mad::dots(path, ws[m], x, r.clone());
         // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
-        unsafe { outs[m].write(r, &dots, ws[m].alpha(), x) };
+        unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
     });
     Ok(())
 }
+
+/// The parallel part of [`matmul_int4_with`] and [`matmul_int4_many`] (operands checked): the
+/// tables once, then the rows of all matrices split across the threads, or the token tiles when
+/// the tables outweigh the weights ([`lut_split_by_tokens`]).
+fn matmul_int4_parts(
+    path: KernelPath,
+    ws: &[&LutPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+) {
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let tables = lut::Tables::build(path, x);
+    let outs: Vec<SharedOutput> = ys
+        .iter_mut()
+        .zip(&rows)
+        .map(|(y, &r)| SharedOutput::new(y, r))
+        .collect();
+    if lut_split_by_tokens(rows.iter().sum(), x.tokens) {
+        let tiles = x.tokens.div_ceil(lut::TOKEN_TILE);
+        let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
+        crate::parallel::run_parts(parts, &|part| {
+            let tokens = (tiles * part / parts * lut::TOKEN_TILE).min(x.tokens)
+                ..(tiles * (part + 1) / parts * lut::TOKEN_TILE).min(x.tokens);
+            for (m, w) in ws.iter().enumerate() {
+                let dots = lut::dots(path, w, x, &tables, 0..rows[m], tokens.clone());
+                // SAFETY: parts take disjoint token ranges, so disjoint elements of every
+                // output.
+                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
+            }
+        });
+    } else {
+        split_many(&rows, LUT_ROW_BLOCK, LUT_SHARES_PER_THREAD, |m, r| {
+            let dots = lut::dots(path, ws[m], x, &tables, r.clone(), 0..x.tokens);
+            // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
+            unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
+        });
+    }
+}
+
+/// Whether a lookup-table product splits its token tiles, not its rows, across the threads.
+/// Every token's tables cost 8 bytes per column, the weights 2 bits per row and column: with
+/// more than `rows / 32` tokens the tables outweigh the weights, and a row split would have
+/// every part read all of them (at 768×3072 and 128 tokens, 3.1 MB of tables against 0.6 MB of
+/// weights, INT4 ran at 0.71× INT8). Splitting the token tiles reads each table once; every
+/// part then reads the smaller weights. Needs enough tiles to keep every thread busy.
+fn lut_split_by_tokens(rows: usize, tokens: usize) -> bool {
+    let tiles = tokens.div_ceil(lut::TOKEN_TILE);
+    tokens * 32 > rows && tiles >= 2 * rayon::current_num_threads()
+}
+
+/// Token-tile parts per thread of a token-split lookup-table product, claimed dynamically.
+const LUT_TOKEN_SHARES_PER_THREAD: usize = 2;
 
 /// As [`matmul_int8_many`] for ternary × INT4 ([`LutPacked`]).
 pub fn matmul_int4_many(
@@ -155,18 +201,7 @@ pub fn matmul_int4_many(
     for (w, y) in ws.iter().zip(ys.iter()) {
         check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
     }
-    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let tables = lut::Tables::build(path, x);
-    let outs: Vec<SharedOutput> = ys
-        .iter_mut()
-        .zip(&rows)
-        .map(|(y, &r)| SharedOutput::new(y, r))
-        .collect();
-    split_many(&rows, LUT_ROW_BLOCK, LUT_SHARES_PER_THREAD, |m, r| {
-        let dots = lut::dots(path, ws[m], x, &tables, r.clone());
-        // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
-        unsafe { outs[m].write(r, &dots, ws[m].alpha(), x) };
-    });
+    matmul_int4_parts(path, ws, x, ys);
     Ok(())
 }
 
@@ -314,26 +349,31 @@ impl<'a> SharedOutput<'a> {
         }
     }
 
-    /// Writes `(alpha · s_x[t]) · dots[t, i]` to `y[t, range.start + i]` for every token.
+    /// Writes `(alpha · s_x[t]) · dots[t − tokens.start, i]` to `y[t, range.start + i]` for
+    /// every token `t` in `tokens`.
     ///
     /// # Safety
-    /// No other thread reads or writes the rows in `range` during the call.
+    /// No other thread reads or writes the elements `(t, r)`, `t` in `tokens`, `r` in `range`,
+    /// during the call.
     unsafe fn write(
         &self,
         range: Range<usize>,
+        tokens: Range<usize>,
         dots: &[i32],
         alpha: f32,
         x: &QuantizedActivations,
     ) {
         let len = range.len();
-        assert!(range.end <= self.rows && dots.len() == x.tokens * len);
-        for t in 0..x.tokens {
+        assert!(
+            range.end <= self.rows && tokens.end <= x.tokens && dots.len() == tokens.len() * len
+        );
+        for (j, t) in tokens.enumerate() {
             let start = t * self.rows + range.start;
             assert!(start + len <= self.len);
-            // SAFETY: in bounds (asserted); rows `range` of token t belong to this caller alone
+            // SAFETY: in bounds (asserted); these elements belong to this caller alone
             // (contract), and the slice lives only for this iteration.
             let out = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
-            for (o, &d) in out.iter_mut().zip(&dots[t * len..(t + 1) * len]) {
+            for (o, &d) in out.iter_mut().zip(&dots[j * len..(j + 1) * len]) {
                 *o = epilogue(alpha, x.scales[t], d);
             }
         }

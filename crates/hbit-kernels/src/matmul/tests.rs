@@ -193,6 +193,37 @@ fn blocks_tiles_and_shares_cover_every_output() {
     }
 }
 
+/// INT4 products whose tables outweigh their weights split their token tiles across the threads
+/// instead of their rows: 70 rows and 37 tokens (ten tiles, the last of one token) take that
+/// split on 2 and 3 threads, alone and as a multi-matrix call, and equal the reference.
+#[test]
+fn token_split_covers_every_output() {
+    let mut g = Lcg(41);
+    let (cols, tokens) = (700, 37);
+    let ws = [g.ternary(70, cols), g.ternary(33, cols)];
+    let x8 = g.activations(tokens, cols, ActBits::Int8);
+    let x4 = g.activations(tokens, cols, ActBits::Int4);
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            assert!(lut_split_by_tokens(70, tokens) && lut_split_by_tokens(103, tokens));
+            assert!(!lut_split_by_tokens(70 * 32, tokens));
+            check_all_paths(&ws[0], &x8, &x4);
+            let packed: Vec<LutPacked> = ws.iter().map(LutPacked::pack).collect();
+            let refs: Vec<&LutPacked> = packed.iter().collect();
+            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
+            let [a, b] = &mut got;
+            matmul_int4_many(&refs, &x4, &mut [a.as_mut_slice(), b.as_mut_slice()]).unwrap();
+            for (y, w) in got.iter().zip(&ws) {
+                assert_bits_equal(y, &matmul_reference(w, &x4).unwrap(), "token split, many");
+            }
+        });
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
