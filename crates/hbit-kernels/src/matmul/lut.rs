@@ -136,6 +136,15 @@ impl Tables {
 
     /// Builds the tables of every token of `x`, token tiles in parallel.
     pub(super) fn build(path: KernelPath, x: &QuantizedActivations) -> Tables {
+        Self::build_with(path, x, true)
+    }
+
+    /// Builds the tables of every token of `x` on the calling thread (inside a parallel part).
+    pub(super) fn build_here(path: KernelPath, x: &QuantizedActivations) -> Tables {
+        Self::build_with(path, x, false)
+    }
+
+    fn build_with(path: KernelPath, x: &QuantizedActivations, parallel: bool) -> Tables {
         let chunks = x.stride / LUT_CHUNK_COLS;
         let tile_bytes = Self::tile_bytes(chunks);
         // Every byte a tile reads is written below: each token's 64 bytes per chunk.
@@ -149,7 +158,11 @@ impl Tables {
                 build_tables(path, xt, out, nt * CHUNK_TABLE_BYTES);
             }
         };
-        if x.tokens <= TOKEN_TILE {
+        if !parallel {
+            for (tile, block) in bytes.bytes_mut().chunks_mut(tile_bytes).enumerate() {
+                build_tile(tile, block);
+            }
+        } else if x.tokens <= TOKEN_TILE {
             build_tile(0, bytes.bytes_mut());
         } else {
             crate::parallel::for_each_row(bytes.bytes_mut(), tile_bytes, build_tile);

@@ -154,19 +154,18 @@ fn matmul_int4_parts(
         .zip(&rows)
         .map(|(y, &r)| SharedOutput::new(y, r))
         .collect();
-    if x.tokens == 1 {
-        // One token: every share builds its own tables (≈ 8 bytes per column, fast) on its own
-        // core. Tables built once by the caller had to cross to the other core's cache first:
-        // a 32×2560 GEMV took 10.9 µs on two threads against INT8's 3.4 µs.
+    if lut_own_tables(rows.iter().sum(), x.tokens) {
+        // Every share builds the tables (8 bytes per column and token) on its own core, rather
+        // than read the caller's from the other core's cache.
         split_many_with(
             &rows,
             LUT_ROW_BLOCK,
             LUT_SHARES_PER_THREAD,
-            || lut::Tables::build(path, x),
+            || lut::Tables::build_here(path, x),
             |tables, m, r| {
-                let dots = lut::dots(path, ws[m], x, tables, r.clone(), 0..1);
+                let dots = lut::dots(path, ws[m], x, tables, r.clone(), 0..x.tokens);
                 // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
-                unsafe { outs[m].write(r, 0..1, &dots, ws[m].alpha(), x) };
+                unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
             },
         );
         return;
@@ -203,6 +202,15 @@ fn matmul_int4_parts(
 fn lut_split_by_tokens(rows: usize, tokens: usize) -> bool {
     let tiles = tokens.div_ceil(lut::TOKEN_TILE);
     tokens * 32 > rows && tiles >= 2 * rayon::current_num_threads()
+}
+
+/// Whether every share of a lookup-table product builds its own tables instead of sharing one
+/// build. Alternating runs, 2 threads, own tables against shared: one token 1.08–1.20× on the
+/// bench shapes (cold weights); 8 tokens 1.22× at 640×2560 but 0.95× at 2560×2560 and
+/// 6912×2560, where the duplicated build weighs more than the tables' trip between cores. So:
+/// one token always, up to 8 while the tables are more than a sixteenth of the weights.
+fn lut_own_tables(rows: usize, tokens: usize) -> bool {
+    tokens == 1 || (tokens <= 8 && tokens * 128 > rows)
 }
 
 /// Token-tile parts per thread of a token-split lookup-table product, claimed dynamically.
