@@ -125,11 +125,7 @@ pub fn matmul_int8_many(
         check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
     }
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let outs: Vec<SharedOutput> = ys
-        .iter_mut()
-        .zip(&rows)
-        .map(|(y, &r)| SharedOutput::new(y, r))
-        .collect();
+    let outs = SharedOutput::each(ys, &rows);
     split_many(&rows, 1, mad_shares_per_thread(x.tokens), |m, r| {
         let dots = mad::dots(path, ws[m], x, r.clone());
         // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
@@ -140,8 +136,8 @@ pub fn matmul_int8_many(
 
 /// The parallel part of [`matmul_int4_with`] and [`matmul_int4_many`] (operands checked): the
 /// tables once, then the rows of all matrices split across the threads, or the token tiles when
-/// the tables outweigh the weights ([`lut_split_by_tokens`]). A single token's tables are built
-/// by each share instead.
+/// the tables outweigh the weights ([`lut_split_by_tokens`]). For one or a few tokens over few
+/// rows, each share builds its own tables instead ([`lut_own_tables`]).
 fn matmul_int4_parts(
     path: KernelPath,
     ws: &[&LutPacked],
@@ -149,11 +145,7 @@ fn matmul_int4_parts(
     ys: &mut [&mut [f32]],
 ) {
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let outs: Vec<SharedOutput> = ys
-        .iter_mut()
-        .zip(&rows)
-        .map(|(y, &r)| SharedOutput::new(y, r))
-        .collect();
+    let outs = SharedOutput::each(ys, &rows);
     if lut_own_tables(rows.iter().sum(), x.tokens) {
         // Every share builds the tables (8 bytes per column and token) on its own core, rather
         // than read the caller's from the other core's cache.
@@ -377,6 +369,14 @@ struct SharedOutput<'a> {
 unsafe impl Sync for SharedOutput<'_> {}
 
 impl<'a> SharedOutput<'a> {
+    /// One shared output per matrix: `ys[m]` is `[tokens, rows[m]]`.
+    fn each<'b>(ys: &'b mut [&'a mut [f32]], rows: &[usize]) -> Vec<SharedOutput<'b>> {
+        ys.iter_mut()
+            .zip(rows)
+            .map(|(y, &r)| SharedOutput::new(y, r))
+            .collect()
+    }
+
     fn new(y: &'a mut [f32], rows: usize) -> Self {
         debug_assert_eq!(y.len() % rows.max(1), 0);
         SharedOutput {

@@ -44,6 +44,13 @@ fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
 fn check_all_paths(w: &TernaryWeights, x8: &QuantizedActivations, x4: &QuantizedActivations) {
     let row = RowPacked::pack(w);
     let lut = LutPacked::pack(w);
@@ -154,11 +161,7 @@ fn threads_do_not_change_results() {
     let want8 = matmul_reference(&w, &x8).unwrap();
     let want4 = matmul_reference(&w, &x4).unwrap();
     for threads in [1, 2, 3, 7] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        pool(threads).install(|| {
             let mut y = vec![0.0; 13 * 100];
             matmul_int8(&RowPacked::pack(&w), &x8, &mut y).unwrap();
             assert_bits_equal(&y, &want8, &format!("int8 threads {threads}"));
@@ -184,11 +187,7 @@ fn blocks_tiles_and_shares_cover_every_output() {
         let x8 = g.activations(tokens, cols, ActBits::Int8);
         let x4 = g.activations(tokens, cols, ActBits::Int4);
         for threads in [2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| check_all_paths(&w, &x8, &x4));
+            pool(threads).install(|| check_all_paths(&w, &x8, &x4));
         }
     }
 }
@@ -204,11 +203,7 @@ fn token_split_covers_every_output() {
     let x8 = g.activations(tokens, cols, ActBits::Int8);
     let x4 = g.activations(tokens, cols, ActBits::Int4);
     for threads in [2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        pool(threads).install(|| {
             assert!(lut_split_by_tokens(70, tokens) && lut_split_by_tokens(103, tokens));
             assert!(!lut_split_by_tokens(70 * 32, tokens));
             check_all_paths(&ws[0], &x8, &x4);
@@ -252,7 +247,7 @@ proptest! {
     ) {
         let mut g = Lcg(seed);
         let ws: Vec<TernaryWeights> = rows.iter().map(|&r| g.ternary(r, cols)).collect();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = pool(threads);
         for bits in [ActBits::Int8, ActBits::Int4] {
             let x = g.activations(tokens, cols, bits);
             let want: Vec<Vec<f32>> = ws.iter().map(|w| matmul_reference(w, &x).unwrap()).collect();
