@@ -473,44 +473,14 @@ mod avx2 {
         // SAFETY: forwarded contract.
         unsafe {
             if out.blocks == 2 {
-                dispatch_tokens!(nt, tile_pair, (w, chunks, tabs, out), 1, 2, 3; 4)
+                dispatch_tokens!(nt, tile_n[2], (w, chunks, tabs, out), 1, 2, 3; 4)
             } else {
-                dispatch_tokens!(nt, tile_single, (w, chunks, tabs, out), 1, 2, 3; 4)
+                dispatch_tokens!(nt, tile_n[1], (w, chunks, tabs, out), 1, 2, 3; 4)
             }
         }
     }
 
-    /// [`tile_n`] over one row block.
-    ///
-    /// # Safety
-    /// As [`tile_n`] with `RB = 1`.
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile_single<const NT: usize>(
-        w: [*const u8; 2],
-        chunks: usize,
-        tabs: &[u8],
-        out: &mut TileOut,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { tile_n::<NT, 1>([w[0]], chunks, tabs, out) }
-    }
-
-    /// [`tile_n`] over two row blocks.
-    ///
-    /// # Safety
-    /// As [`tile_n`] with `RB = 2`.
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile_pair<const NT: usize>(
-        w: [*const u8; 2],
-        chunks: usize,
-        tabs: &[u8],
-        out: &mut TileOut,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { tile_n::<NT, 2>(w, chunks, tabs, out) }
-    }
-
-    /// `RB` row blocks (weights `w[b]`, 32 bytes per chunk) × `NT` tokens. Each table load
+    /// `RB` row blocks (weights `w[b]`, `b < RB`, 32 bytes per chunk) × `NT` tokens. Each table load
     /// serves every row block: with two row blocks and four tokens, a tile-only loop ran
     /// ≈ 1.2× faster than with one row block (the tables' loads, not the lookups, held it back).
     ///
@@ -519,11 +489,11 @@ mod avx2 {
     /// difference of the adjacent rows 2j, 2j+1), leaving the shuffle ports to the lookups.
     ///
     /// # Safety
-    /// AVX2; each `w[b]` points at `32 · chunks` readable bytes; `tabs.len() == 64 · NT ·
-    /// chunks`; `out.rows(t)` holds `16 · RB` sums for every `t < NT`.
+    /// AVX2; `RB` is 1 or 2; each `w[b]`, `b < RB`, points at `32 · chunks` readable bytes;
+    /// `tabs.len() == 64 · NT · chunks`; `out.rows(t)` holds `16 · RB` sums for every `t < NT`.
     #[target_feature(enable = "avx2")]
     unsafe fn tile_n<const NT: usize, const RB: usize>(
-        w: [*const u8; RB],
+        w: [*const u8; 2],
         chunks: usize,
         tabs: &[u8],
         out: &mut TileOut,

@@ -14,11 +14,18 @@
 
 /// Calls `f::<N>(args..)` for the token count `n` (one of the listed constants; the constant
 /// after `;` takes everything else), so each token-tile size gets its own unrolled tile.
+/// `f[C]` passes a second const argument: `f::<N, C>(args..)`.
 macro_rules! dispatch_tokens {
     ($n:expr, $f:ident, $args:tt, $($k:literal),*; $last:literal) => {
         match $n {
             $($k => $f::<$k> $args,)*
             _ => $f::<$last> $args,
+        }
+    };
+    ($n:expr, $f:ident [$c:expr], $args:tt, $($k:literal),*; $last:literal) => {
+        match $n {
+            $($k => $f::<$k, $c> $args,)*
+            _ => $f::<$last, $c> $args,
         }
     };
 }
