@@ -8,11 +8,11 @@
 //! once: 64 multiply-accumulates per instruction, twice a `vpmaddubsw`. INT8 codes would need
 //! 16-bit entries and two lookups.
 //!
-//! Accumulation: byte sums of 3 chunks (6 lookups ≤ 192) are widened to 16 bits — on AVX2 by
-//! `vpmaddubsw` into the sum and the difference of adjacent rows (multiply ports, leaving the
-//! shuffle ports to the lookups), on AVX-512 by unpacking with zero into u16 lanes that hold at
-//! most 64 per chunk (hence column blocks of ≤ 2048 columns). The bias (16 per lookup, 4 lookups
-//! per row and chunk) is subtracted at the end.
+//! Accumulation: byte sums of at most 6 lookups (≤ 192) are widened to 16 bits — on AVX2 by
+//! adding each byte pair as one 16-bit number and the odd byte alone (three operations per byte
+//! sum; the even bytes are recovered exactly at the end), on AVX-512 by unpacking with zero into
+//! u16 lanes that hold at most 64 per chunk (hence column blocks of ≤ 2048 columns). The bias
+//! (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
 //!
 //! Tiling: up to 4 tokens share each unpacked weight chunk; with several tokens the AVX2 tile
 //! takes two row blocks at once, so each table load serves both.
@@ -489,9 +489,9 @@ mod avx2 {
     /// serves every row block: with two row blocks and four tokens, a tile-only loop ran
     /// ≈ 1.2× faster than with one row block (the tables' loads, not the lookups, held it back).
     ///
-    /// The table lookups run on the shuffle ports; the widening of byte sums to i16 runs on the
-    /// multiply ports instead (`vpmaddubsw` with (1, 1) and (1, -1) gives the sum and the
-    /// difference of the adjacent rows 2j, 2j+1), leaving the shuffle ports to the lookups.
+    /// Every 3 chunks each byte sum is widened by three operations (see the sums below). The
+    /// four this replaced, `vpmaddubsw` into the sum and the difference of adjacent rows with
+    /// their adds, measured 1.03–1.17× slower (alternating runs, batch 8–128).
     ///
     /// # Safety
     /// AVX2; `RB` is 1 or 2; each `w[b]`, `b < RB`, points at `32 · chunks` readable bytes;
@@ -508,18 +508,17 @@ mod avx2 {
         let nibble = _mm256_set1_epi8(0x0F);
         debug_assert_eq!(out.bias, TABLE_BIAS * 4 * chunks as i32);
         let zero = _mm256_setzero_si256();
-        let pair_sum = _mm256_set1_epi8(1);
-        // i8 pairs (1, -1): 0xFF01 per i16 lane.
-        let pair_diff = _mm256_set1_epi16(-255);
         let tp = tabs.as_ptr();
-        // i16 lanes j of each 128-bit half: rows 2j + 2j+1 (sum) and rows 2j - 2j+1 (diff); the
-        // low half holds k-groups 4c, 4c+2, the high half 4c+1, 4c+3. Per window a lane gains at
-        // most 2 · 192 = 384, so segments of at most 84 windows stay below 32768.
+        // i16 lane j of each 128-bit half (the low half holds k-groups 4c, 4c+2, the high half
+        // 4c+1, 4c+3): `acc_all` adds the byte pair (rows 2j, 2j+1) as one 16-bit number,
+        // 256 · odd + even, modulo 2^16; `acc_odd` adds the odd byte alone. Per window each
+        // byte gains at most 192, so after at most 84 windows the even and odd sums are
+        // ≤ 16128 and `acc_all − 256 · acc_odd` recovers the even sum exactly ([`store_rows`]).
         let mut c_seg = 0;
         while c_seg < chunks {
             let seg_end = (c_seg + 84 * U8_WINDOW_CHUNKS).min(chunks);
-            let mut acc_sum = [[zero; NT]; RB];
-            let mut acc_diff = [[zero; NT]; RB];
+            let mut acc_all = [[zero; NT]; RB];
+            let mut acc_odd = [[zero; NT]; RB];
             let mut c0 = c_seg;
             while c0 < seg_end {
                 let c1 = (c0 + U8_WINDOW_CHUNKS).min(seg_end);
@@ -556,14 +555,9 @@ mod avx2 {
                 }
                 for b in 0..RB {
                     for t in 0..NT {
-                        acc_sum[b][t] = _mm256_add_epi16(
-                            acc_sum[b][t],
-                            _mm256_maddubs_epi16(acc8[b][t], pair_sum),
-                        );
-                        acc_diff[b][t] = _mm256_add_epi16(
-                            acc_diff[b][t],
-                            _mm256_maddubs_epi16(acc8[b][t], pair_diff),
-                        );
+                        acc_all[b][t] = _mm256_add_epi16(acc_all[b][t], acc8[b][t]);
+                        acc_odd[b][t] =
+                            _mm256_add_epi16(acc_odd[b][t], _mm256_srli_epi16::<8>(acc8[b][t]));
                     }
                 }
                 c0 = c1;
@@ -577,8 +571,8 @@ mod avx2 {
                     // SAFETY: `rows` points at 16 · RB i32 (contract), 16 per row block.
                     unsafe {
                         store_rows(
-                            acc_sum[b][t],
-                            acc_diff[b][t],
+                            acc_all[b][t],
+                            acc_odd[b][t],
                             bias,
                             rows.add(LUT_ROW_BLOCK * b),
                         )
@@ -609,8 +603,6 @@ mod avx2 {
         debug_assert_eq!(out.blocks, 1);
         let nibble = _mm256_set1_epi8(0x0F);
         let zero = _mm256_setzero_si256();
-        let pair_sum = _mm256_set1_epi8(1);
-        let pair_diff = _mm256_set1_epi16(-255);
         let tp = tabs.as_ptr();
         // One chunk's lookups into the two byte sums.
         let step = |c: usize, lo8: &mut __m256i, hi8: &mut __m256i| {
@@ -626,13 +618,13 @@ mod avx2 {
                 *hi8 = _mm256_add_epi8(*hi8, _mm256_shuffle_epi8(thi, hi));
             }
         };
-        // Per window an i16 lane gains at most 4 · 192 = 768 (two byte sums, each a pair of
-        // bytes): 42 windows stay below 32768.
+        // Sums as in `tile_n`: per window each byte of the two byte sums gains at most 192, so
+        // after at most 42 windows the even and odd sums of a lane are ≤ 16128.
         const SEGMENT: usize = 42 * GEMV_WINDOW;
         let mut c_seg = 0;
         while c_seg < chunks {
             let seg_end = (c_seg + SEGMENT).min(chunks);
-            let (mut acc_sum, mut acc_diff) = (zero, zero);
+            let (mut acc_all, mut acc_odd) = (zero, zero);
             let mut c0 = c_seg;
             while c0 < seg_end {
                 let (mut lo8, mut hi8) = (zero, zero);
@@ -652,41 +644,31 @@ mod avx2 {
                     }
                     c0 = seg_end;
                 }
-                acc_sum = _mm256_add_epi16(
-                    acc_sum,
-                    _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo8, pair_sum),
-                        _mm256_maddubs_epi16(hi8, pair_sum),
-                    ),
-                );
-                acc_diff = _mm256_add_epi16(
-                    acc_diff,
-                    _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo8, pair_diff),
-                        _mm256_maddubs_epi16(hi8, pair_diff),
-                    ),
+                acc_all = _mm256_add_epi16(acc_all, _mm256_add_epi16(lo8, hi8));
+                acc_odd = _mm256_add_epi16(
+                    acc_odd,
+                    _mm256_add_epi16(_mm256_srli_epi16::<8>(lo8), _mm256_srli_epi16::<8>(hi8)),
                 );
             }
             let bias = _mm256_set1_epi32(TABLE_BIAS * 4 * (seg_end - c_seg) as i32);
             // SAFETY: `out.rows(0)` holds 16 sums (contract).
-            unsafe { store_rows(acc_sum, acc_diff, bias, out.rows(0).as_mut_ptr()) };
+            unsafe { store_rows(acc_all, acc_odd, bias, out.rows(0).as_mut_ptr()) };
             c_seg = seg_end;
         }
     }
 
-    /// Adds to `rows[0..16]` the row sums held as the sums (`sum`) and differences (`diff`) of
-    /// adjacent rows in i16 lanes, less `bias`.
+    /// Adds to `rows[0..16]` the row sums held in i16 lanes as `all` (lane j: 256 · odd + even
+    /// modulo 2^16, for rows 2j and 2j+1) and `odd`, each of the even and odd sums ≤ 16128, less
+    /// `bias`.
     ///
     /// # Safety
     /// AVX2; `rows` points at 16 writable i32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn store_rows(sum: __m256i, diff: __m256i, bias: __m256i, rows: *mut i32) {
-        let sum = widen_halves(sum);
-        let diff = widen_halves(diff);
-        // Lane j: rows 2j + 2j+1 and 2j - 2j+1; (a + b) ± (a - b) = 2a, 2b exactly.
-        let even = _mm256_srai_epi32::<1>(_mm256_add_epi32(sum, diff));
-        let odd = _mm256_srai_epi32::<1>(_mm256_sub_epi32(sum, diff));
+    unsafe fn store_rows(all: __m256i, odd: __m256i, bias: __m256i, rows: *mut i32) {
+        // Exact: the even sum is the only value in [0, 2^16) congruent to all − 256 · odd.
+        let even = widen_halves(_mm256_sub_epi16(all, _mm256_slli_epi16::<8>(odd)));
+        let odd = widen_halves(odd);
         // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7] → rows 0..8, 8..16.
         let (lo, hi) = (
             _mm256_unpacklo_epi32(even, odd),
