@@ -57,6 +57,15 @@ impl FloatWeights<'_> {
     }
 
     /// Per-row scale applied after the dot product (1 for float weights).
+    /// Bytes per stored weight.
+    fn element_bytes(&self) -> usize {
+        match self {
+            FloatWeights::F32(_) => 4,
+            FloatWeights::F16(_) => 2,
+            FloatWeights::I8 { .. } => 1,
+        }
+    }
+
     fn row_scale(&self, r: usize) -> f32 {
         match self {
             FloatWeights::I8 { scales, .. } => scales[r],
@@ -90,6 +99,14 @@ pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<
 const TOKEN_TILE: usize = 4;
 /// Rows per parallel work unit: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 256;
+/// Weight bytes of the rows that every token tile passes over in turn. Rows outermost, one row
+/// for all token tiles, read the whole activation batch per row: at 16 tokens × 1536 columns that
+/// is 96 KiB per row from L2, and the f16 head ran at 16.5 GFMA/s on one thread. Groups of 64 KiB
+/// keep each tile's activations in L1 over the group: 24–27 GFMA/s on one thread, 31 → 36 on
+/// two (32002×1536, 16 tokens). At 2560 columns, where a 4-token tile (40 KiB) no longer fits L1,
+/// it gained little (30.4 → 32.4 on two threads). Each dot product is computed as before, so
+/// results are unchanged.
+const ROW_GROUP_BYTES: usize = 64 * 1024;
 
 /// `y` `[tokens, rows]` from `w` `[rows, cols]` and `x` `[tokens, cols]`, on the active path.
 pub fn float_matmul(
@@ -196,19 +213,24 @@ fn rows_block(
     out: &mut [f32],
 ) {
     let n = r1 - r0;
-    for r in r0..r1 {
+    // Rows per group: the group's weights stay in L2 while every token tile passes over them.
+    let group = (ROW_GROUP_BYTES / (cols * w.element_bytes())).max(1);
+    for g0 in (r0..r1).step_by(group) {
+        let g1 = (g0 + group).min(r1);
         for t0 in (0..tokens).step_by(TOKEN_TILE) {
             let tile = (tokens - t0).min(TOKEN_TILE);
             let xs: [&[f32]; TOKEN_TILE] =
                 std::array::from_fn(|i| &x[(t0 + i.min(tile - 1)) * cols..][..cols]);
-            let mut sums = [0.0f32; TOKEN_TILE];
-            dot_tile(path, w, r, cols, &xs, tile, &mut sums);
-            let scale = w.row_scale(r);
-            for (i, s) in sums.iter().take(tile).enumerate() {
-                out[(t0 + i) * n + (r - r0)] = match w {
-                    FloatWeights::I8 { .. } => *s * scale,
-                    _ => *s,
-                };
+            for r in g0..g1 {
+                let mut sums = [0.0f32; TOKEN_TILE];
+                dot_tile(path, w, r, cols, &xs, tile, &mut sums);
+                let scale = w.row_scale(r);
+                for (i, s) in sums.iter().take(tile).enumerate() {
+                    out[(t0 + i) * n + (r - r0)] = match w {
+                        FloatWeights::I8 { .. } => *s * scale,
+                        _ => *s,
+                    };
+                }
             }
         }
     }
