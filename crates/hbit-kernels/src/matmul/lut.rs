@@ -489,9 +489,9 @@ mod avx2 {
     /// serves every row block: with two row blocks and four tokens, a tile-only loop ran
     /// ≈ 1.2× faster than with one row block (the tables' loads, not the lookups, held it back).
     ///
-    /// Every 3 chunks each byte sum is widened by three operations (see the sums below). The
-    /// four this replaced, `vpmaddubsw` into the sum and the difference of adjacent rows with
-    /// their adds, measured 1.03–1.17× slower (alternating runs, batch 8–128).
+    /// Every 3 chunks each byte sum is widened by three operations (see the sums below). They
+    /// replaced four (`vpmaddubsw` into the sum and the difference of adjacent rows, and two
+    /// adds) and measured 1.03–1.17× faster (alternating runs, batch 8–128).
     ///
     /// # Safety
     /// AVX2; `RB` is 1 or 2; each `w[b]`, `b < RB`, points at `32 · chunks` readable bytes;
@@ -618,8 +618,8 @@ mod avx2 {
                 *hi8 = _mm256_add_epi8(*hi8, _mm256_shuffle_epi8(thi, hi));
             }
         };
-        // Sums as in `tile_n`: per window each byte of the two byte sums gains at most 192, so
-        // after at most 42 windows the even and odd sums of a lane are ≤ 16128.
+        // Sums as in `tile_n`, fed by both byte sums: per window a lane's even (and odd) sum
+        // gains at most 2 · 192 = 384, so after at most 42 windows it is ≤ 16128.
         const SEGMENT: usize = 42 * GEMV_WINDOW;
         let mut c_seg = 0;
         while c_seg < chunks {
