@@ -16,6 +16,14 @@ use hbit_train::{BitnetModel, ModelConfig};
 /// in i32, and norms, softmax and attention sum in different orders (measured: ≤ 5e-7).
 const PARITY_REL_TOL: f32 = 1e-5;
 
+/// Largest difference allowed at any one position of a long sequence, relative to that
+/// position's largest |logit|. Over many positions, the framework's float sums and the engine's
+/// integer ones now and then put one activation on the other side of a rounding boundary, and
+/// its code differs by one. Measured at 150 positions over seeds 1–12: 6 of 12 seeds had such a
+/// flip, which moved 1 to 57 positions by up to 1.0e-2, while the median position stayed within
+/// 3.8e-6. A real error (a wrong scale, a wrong cache row) moves every position.
+const FLIP_REL_TOL: f32 = 2e-2;
+
 fn variants() -> Vec<(Variant, ActBits)> {
     vec![
         (Variant::BitnetB158, ActBits::Int8),
@@ -196,15 +204,36 @@ fn cached_decode_equals_full_recomputation_across_attention_chunks() {
     // 150-row prefill takes the one-task-per-query-head split).
     let mut config = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
     config.max_position_embeddings = 160;
-    let (model, engine) = model_and_engine(&config, 9);
-    let toks = tokens(150, config.vocab_size, 9);
-    // Over the whole span, the engine (exact f32 cache) still equals the framework.
-    let mut cache = engine.new_cache(KvBits::F32);
-    let got = engine
-        .forward(&mut [&mut cache], &[&toks], Logits::All)
-        .unwrap();
-    let diff = max_rel_diff(&got[0], &framework_logits(&model, &toks));
-    assert!(diff < PARITY_REL_TOL, "150 positions: {diff}");
+    let v = config.vocab_size;
+    // Over the whole span, the engine (exact f32 cache) still equals the framework, up to rare
+    // rounding flips (see `FLIP_REL_TOL`). Several seeds, so that passing is not a matter of
+    // picking one without a flip.
+    for seed in [3u64, 8, 9, 12] {
+        let (model, engine) = model_and_engine(&config, seed);
+        let toks = tokens(150, v, seed as u32);
+        let mut cache = engine.new_cache(KvBits::F32);
+        let got = engine
+            .forward(&mut [&mut cache], &[&toks], Logits::All)
+            .unwrap();
+        let want = framework_logits(&model, &toks);
+        let mut per_position: Vec<f32> = got[0]
+            .chunks_exact(v)
+            .zip(want.chunks_exact(v))
+            .map(|(a, b)| max_rel_diff(a, b))
+            .collect();
+        per_position.sort_by(f32::total_cmp);
+        let (median, worst) = (per_position[per_position.len() / 2], per_position[149]);
+        assert!(
+            median < PARITY_REL_TOL,
+            "seed {seed}, 150 positions: median position differs by {median}"
+        );
+        assert!(
+            worst < FLIP_REL_TOL,
+            "seed {seed}, 150 positions: worst position differs by {worst}"
+        );
+    }
+    let (_, engine) = model_and_engine(&config, 9);
+    let toks = tokens(150, v, 9);
     for bits in [KvBits::F16, KvBits::Int4] {
         let (full, stepwise) = full_and_stepwise(&engine, &toks, 70, bits);
         assert!(full == stepwise, "{}: cached decode differs", bits.name());

@@ -11,6 +11,7 @@
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
 //! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
+//! * [`norm`] — RMSNorm's per-row factor in a fixed summation order, shared by trainer and engine.
 //! * [`scan`] — the vectorizing first-bad-value scan behind every validation of a large slice.
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
@@ -42,6 +43,7 @@ pub mod float_gemv;
 pub mod hadamard;
 pub mod mapped;
 pub mod matmul;
+pub mod norm;
 pub mod pack;
 pub mod paley;
 pub mod parallel;

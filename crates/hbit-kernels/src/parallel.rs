@@ -259,10 +259,12 @@ pub fn map_parts<T: Send>(parts: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T>
         .collect()
 }
 
-/// `f(i, row_i)` for every `cols`-wide row of `x`, the rows split into contiguous shares run
-/// through [`run_parts`] (one share per thread of the caller's pool).
+/// `f(i, row_i)` for every `cols`-wide row of `x` (the last row shorter if `x.len()` is not a
+/// multiple of `cols`), the rows split into contiguous shares run through [`run_parts`] (one
+/// share per thread of the caller's pool).
 pub fn for_each_row<T: Send>(x: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let rows = x.len() / cols.max(1);
+    let cols = cols.max(1);
+    let rows = x.len().div_ceil(cols);
     let parts = rayon::current_num_threads().clamp(1, rows.max(1));
     let share = rows.div_ceil(parts).max(1);
     let chunks: Vec<Mutex<(usize, &mut [T])>> = x
@@ -274,7 +276,7 @@ pub fn for_each_row<T: Send>(x: &mut [T], cols: usize, f: impl Fn(usize, &mut [T
         // Each part locks only its own chunk: never contended.
         let mut guard = chunks[p].lock().unwrap_or_else(|e| e.into_inner());
         let (first, chunk) = &mut *guard;
-        for (j, row) in chunk.chunks_exact_mut(cols).enumerate() {
+        for (j, row) in chunk.chunks_mut(cols).enumerate() {
             f(*first + j, row);
         }
     });
@@ -307,8 +309,9 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for rows in [1usize, 2, 3, 7, 64] {
-            let mut x = vec![0u32; rows * 5];
+        // Lengths that are and are not a multiple of the row width (a short last row).
+        for len in [5usize, 10, 15, 35, 320, 3, 17, 321] {
+            let mut x = vec![0u32; len];
             pool.install(|| {
                 for_each_row(&mut x, 5, |i, row| {
                     row.iter_mut().for_each(|v| *v += i as u32 + 1)
@@ -317,7 +320,7 @@ mod tests {
             for (i, row) in x.chunks(5).enumerate() {
                 assert!(
                     row.iter().all(|&v| v == i as u32 + 1),
-                    "{rows} rows: row {i} = {row:?}"
+                    "{len} values: row {i} = {row:?}"
                 );
             }
         }

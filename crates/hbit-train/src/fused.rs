@@ -30,10 +30,10 @@ fn u32_input<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&
     }
 }
 
-/// `1 / sqrt(mean(x²) + eps)` of one row.
+/// `1 / sqrt(mean(x²) + eps)` of one row, summed in the kernel layer's fixed order, which the
+/// engine uses too (`hbit_kernels::norm`).
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let mean = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-    1.0 / (mean + eps).sqrt()
+    hbit_kernels::norm::inv_rms(row, eps)
 }
 
 /// RMSNorm with a learned gain over the last dimension: `y = x · r · g`, `r = 1/sqrt(mean(x²)+eps)`.
