@@ -12,6 +12,7 @@
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
 //! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
 //! * [`norm`] — RMSNorm's per-row factor in a fixed summation order, shared by trainer and engine.
+//! * [`peak`] — the machine's `vpmaddubsw` peak: the compute roofline the bench reports.
 //! * [`scan`] — the vectorizing first-bad-value scan behind every validation of a large slice.
 //!
 //! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
@@ -47,6 +48,7 @@ pub mod norm;
 pub mod pack;
 pub mod paley;
 pub mod parallel;
+pub mod peak;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_avx2;

@@ -12,7 +12,9 @@ use super::membw::{last_level_cache_bytes, ColdBuffer};
 use anyhow::{bail, Context, Result};
 use hbit_kernels::dense::dense_matmul_f32;
 use hbit_kernels::matmul::{matmul_int4, matmul_int8};
-use hbit_kernels::{active_path, quantize_activations, ActBits, Hadamard, LutPacked, RowPacked};
+use hbit_kernels::{
+    active_path, quantize_activations, ActBits, Hadamard, KernelPath, LutPacked, RowPacked,
+};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -380,6 +382,44 @@ fn cycle_warm<T>(copies: &[T], mut call: impl FnMut(&T) -> Result<()>) -> Result
     copies.iter().try_for_each(&mut call)
 }
 
+/// Seconds one timed `vpmaddubsw` peak run lasts.
+const PEAK_SECONDS: f64 = 0.05;
+
+/// The `vpmaddubsw` peak (`hbit_kernels::peak`) on every thread of the current pool at once:
+/// the compute roofline beside the GEMMs, as the memory read is the GEMVs'. Best of three runs
+/// of about [`PEAK_SECONDS`]; a multiply-add counts as 2 operations, as in the kernels' GOPS.
+fn madd_peak(path: KernelPath, threads: usize) -> Result<Record> {
+    let timed = |rounds: usize| -> Result<f64> {
+        let start = Instant::now();
+        let sums = rayon::broadcast(|_| hbit_kernels::peak::madd_chains(path, rounds));
+        let seconds = start.elapsed().as_secs_f64();
+        for sum in sums {
+            std::hint::black_box(sum?);
+        }
+        Ok(seconds)
+    };
+    let probe = 1 << 16;
+    let per_round = timed(probe)?.max(1e-9) / probe as f64;
+    let rounds = ((PEAK_SECONDS / per_round) as usize).max(probe);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(timed(rounds)?);
+    }
+    let ops = 2.0 * (threads * rounds * hbit_kernels::peak::byte_macs_per_round(path)) as f64;
+    Ok(Record {
+        kernel: "madd_peak",
+        path: path.to_string(),
+        act_bits: 8,
+        batch: 0,
+        rows: 0,
+        cols: 0,
+        threads,
+        seconds: best,
+        gops: ops / best / 1e9,
+        gbps: 0.0,
+    })
+}
+
 pub fn run(args: &KernelsArgs) -> Result<()> {
     let path = active_path().context("choosing the kernel path")?;
     let cores = std::thread::available_parallelism()
@@ -449,6 +489,8 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
                 gops: 0.0,
                 gbps: bw / 1e9,
             });
+            emit(args.json, bench.records.last().unwrap());
+            bench.records.push(madd_peak(path, threads)?);
             emit(args.json, bench.records.last().unwrap());
             let mut rng = Rng(0x5EED_1234_ABCD_0001);
             for &shape in shapes {
