@@ -274,19 +274,22 @@ impl Engine {
             &xq,
             &mut [&mut gate, &mut up],
         )?;
-        let act = c.hidden_act;
+        let (act, path) = (c.hidden_act, hbit_kernels::active_path()?);
         // Element-wise, so cut into equal runs regardless of rows: a decode step's one row of
-        // `I` values (a scalar `exp` each) is split across the threads too.
-        let glu = |i: usize, run: &mut [f32]| {
-            for (g, u) in run.iter_mut().zip(&up[i * GLU_RUN..]) {
-                let a = match act {
-                    HiddenAct::Silu => *g / (1.0 + (-*g).exp()),
-                    HiddenAct::Relu2 => g.max(0.0) * g.max(0.0),
-                };
-                *g = a * u;
+        // `I` values is split across the threads too.
+        for_runs(&mut gate, GLU_RUN, |i, run| {
+            let up = &up[i * GLU_RUN..i * GLU_RUN + run.len()];
+            match act {
+                // The trainer's SiLU, vectorized (`hbit_kernels::act`).
+                HiddenAct::Silu => hbit_kernels::act::silu_times(path, run, up)
+                    .expect("the active path is supported and the lengths match"),
+                HiddenAct::Relu2 => {
+                    for (g, u) in run.iter_mut().zip(up) {
+                        *g = g.max(0.0) * g.max(0.0) * u;
+                    }
+                }
             }
-        };
-        for_runs(&mut gate, GLU_RUN, glu);
+        });
         rms_norm_rows(&mut gate, &w.ffn_sub_norm, eps); // the LN of eq. (7)
         observe(Site::Down, &gate);
         let gq = w

@@ -10,6 +10,7 @@
 //! * [`matmul`] — `y[t, o] = alpha · s_x[t] · Σ_k Wq[o, k] · xq[t, k]` for one or many tokens,
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
+//! * [`act`] — the GLU's SiLU with a vectorizing `exp`, shared by trainer and engine.
 //! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
 //! * [`norm`] — RMSNorm's per-row factor in a fixed summation order, shared by trainer and engine.
 //! * [`peak`] — the machine's `vpmaddubsw` peak: the compute roofline the bench reports.
@@ -33,6 +34,7 @@
 //! assert_eq!(y, vec![s * 8.0, s * -8.0]);
 //! ```
 
+pub mod act;
 #[cfg(feature = "allocator")]
 pub mod allocator;
 pub mod attention;

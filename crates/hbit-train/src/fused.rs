@@ -343,8 +343,12 @@ impl Glu {
                 (r * r, 2.0 * r)
             }
             HiddenAct::Silu => {
-                let sigmoid = 1.0 / (1.0 + (-g).exp());
-                (g * sigmoid, sigmoid * (1.0 + g * (1.0 - sigmoid)))
+                // The engine's SiLU and `exp` (`hbit_kernels::act`), so both agree bit for bit.
+                let sigmoid = 1.0 / (1.0 + hbit_kernels::act::exp_f32(-g));
+                (
+                    hbit_kernels::act::silu(g),
+                    sigmoid * (1.0 + g * (1.0 - sigmoid)),
+                )
             }
         }
     }
@@ -376,14 +380,21 @@ impl CustomOp2 for Glu {
         same_shape(self.name(), gl, ul)?;
         let g = f32_input(self.name(), gs, gl)?;
         let u = f32_input(self.name(), us, ul)?;
-        let mut out = vec![0.0f32; g.len()];
+        let path = hbit_kernels::active_path().map_err(|e| Error::Msg(format!("glu: {e}")))?;
+        let mut out = g.to_vec();
         out.par_chunks_mut(4096)
-            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = self.act(g).0 * u;
+            .zip(u.par_chunks(4096))
+            .try_for_each(|(o, u)| match self.act {
+                // The kernel layer's vectorized SiLU, which the engine runs too.
+                HiddenAct::Silu => hbit_kernels::act::silu_times(path, o, u),
+                HiddenAct::Relu2 => {
+                    for (o, &u) in o.iter_mut().zip(u) {
+                        *o = self.act(*o).0 * u;
+                    }
+                    Ok(())
                 }
-            });
+            })
+            .map_err(|e| Error::Msg(format!("glu: {e}")))?;
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
