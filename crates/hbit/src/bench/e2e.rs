@@ -4,7 +4,8 @@
 //!
 //! Prefill: one sequence of `--prefill-tokens` tokens in one forward call (llama-bench's pp).
 //! Decode: `--batch` sequences, each after a 1-token prompt, advanced `--decode-tokens` steps
-//! together (llama-bench's tg at batch 1), greedy. Each case is the best of `--rounds`.
+//! together (llama-bench's tg at batch 1), greedy. Each case is the best of `--rounds`, with the
+//! median of the rounds beside it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,7 +48,7 @@ pub struct E2eArgs {
     prefill_tokens: usize,
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
-    /// Measurements per case; the best is reported.
+    /// Measurements per case; the best is reported, and the median beside it.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// A fast subset: b125m, 2 threads, batch 1, KV f16, 64 prefill and 16 decode tokens.
@@ -103,27 +104,54 @@ struct Measured {
     kv_bytes: usize,
 }
 
+/// A case over its rounds: the best (reported as `prefill_tok_s` / `decode_tok_s`) and the
+/// median, for comparisons against tools that report a mean (llama-bench).
+struct Rounds {
+    best: Measured,
+    prefill_median: f64,
+    decode_median: f64,
+}
+
+/// Median of `v` (the mean of the middle two for an even count); `v` is not empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn random_tokens(n: usize, vocab: usize, rng: &mut SplitMix64) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
 
-/// Best of `rounds` measurements (this machine's speed varies between runs; the best round is
-/// the one least disturbed).
-fn measure_best(
+/// Best and median of `rounds` measurements (this machine's speed varies between runs; the best
+/// round is the one least disturbed).
+fn measure_rounds(
     engine: &Engine,
     batch: usize,
     kv: KvBits,
     prefill: usize,
     decode: usize,
     rounds: usize,
-) -> Result<Measured> {
-    let mut best = measure(engine, batch, kv, prefill, decode)?;
-    for _ in 1..rounds {
-        let m = measure(engine, batch, kv, prefill, decode)?;
-        best.prefill_tok_s = best.prefill_tok_s.max(m.prefill_tok_s);
-        best.decode_tok_s = best.decode_tok_s.max(m.decode_tok_s);
-    }
-    Ok(best)
+) -> Result<Rounds> {
+    let all: Vec<Measured> = (0..rounds.max(1))
+        .map(|_| measure(engine, batch, kv, prefill, decode))
+        .collect::<Result<_>>()?;
+    let prefill_median = median(all.iter().map(|m| m.prefill_tok_s).collect());
+    let decode_median = median(all.iter().map(|m| m.decode_tok_s).collect());
+    let best = Measured {
+        prefill_tok_s: all.iter().map(|m| m.prefill_tok_s).fold(0.0, f64::max),
+        decode_tok_s: all.iter().map(|m| m.decode_tok_s).fold(0.0, f64::max),
+        kv_bytes: all[0].kv_bytes,
+    };
+    Ok(Rounds {
+        best,
+        prefill_median,
+        decode_median,
+    })
 }
 
 fn measure(
@@ -205,7 +233,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     if !args.json {
         println!(
-            "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8}",
+            "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>11}",
             "shape",
             "load",
             "act",
@@ -217,7 +245,9 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             "decode t/s",
             "file MB",
             "RSS MB",
-            "KV MB"
+            "KV MB",
+            "prefill med",
+            "decode med"
         );
     }
     for shape in &shapes {
@@ -244,9 +274,10 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
                     for &batch in &batches {
                         for &kv in &kvs {
-                            let m = pool.install(|| {
-                                measure_best(&engine, batch, kv, prefill, decode, rounds)
+                            let r = pool.install(|| {
+                                measure_rounds(&engine, batch, kv, prefill, decode, rounds)
                             })?;
+                            let m = &r.best;
                             let rss = resident_bytes().unwrap_or(0).saturating_sub(before);
                             if args.json {
                                 println!(
@@ -257,13 +288,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                         "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                         "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
                                         "rss_bytes": rss, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
+                                        "prefill_tok_s_median": r.prefill_median,
+                                        "decode_tok_s_median": r.decode_median,
                                     })
                                 );
                             } else {
                                 println!(
-                                "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2}",
+                                "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2} {:>11.1} {:>11.1}",
                                 shape, load.name(), b, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
-                                file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6
+                                file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6,
+                                r.prefill_median, r.decode_median
                             );
                             }
                         }
@@ -273,4 +307,16 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+    }
 }
