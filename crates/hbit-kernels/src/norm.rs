@@ -9,15 +9,22 @@
 
 /// `Σ x²` in the fixed order described in the module documentation.
 pub fn square_sum_f32(x: &[f32]) -> f32 {
+    sum_in_lanes(x, |v| v * v)
+}
+
+/// `Σ f(x)` in eight interleaved f32 lanes (lane i takes x[j] for j ≡ i mod 8), then the fixed
+/// pairwise tree `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`: the order that this
+/// module's and [`crate::quant::abs_sum_f32`]'s SIMD-friendly sums share.
+pub(crate) fn sum_in_lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut chunks = x.chunks_exact(8);
     for chunk in &mut chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v * v;
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
         }
     }
-    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v * v;
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += f(v);
     }
     let l4 = [
         lanes[0] + lanes[4],

@@ -181,24 +181,7 @@ impl ActBits {
 /// then a fixed pairwise tree. A SIMD version reproduces this order exactly, and eight lanes keep
 /// the rounding error of a per-token sum small.
 pub fn abs_sum_f32(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let mut chunks = x.chunks_exact(8);
-    for chunk in &mut chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += v.abs();
-        }
-    }
-    for (lane, v) in lanes.iter_mut().zip(chunks.remainder()) {
-        *lane += v.abs();
-    }
-    let l4 = [
-        lanes[0] + lanes[4],
-        lanes[1] + lanes[5],
-        lanes[2] + lanes[6],
-        lanes[3] + lanes[7],
-    ];
-    let l2 = [l4[0] + l4[2], l4[1] + l4[3]];
-    l2[0] + l2[1]
+    crate::norm::sum_in_lanes(x, f32::abs)
 }
 
 /// INT8 absmax quantization of one token, eq. (5):
