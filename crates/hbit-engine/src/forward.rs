@@ -281,8 +281,7 @@ impl Engine {
             &mut [gate, up],
         )?;
         let (act, path) = (c.hidden_act, hbit_kernels::active_path()?);
-        // Element-wise, so cut into equal runs regardless of rows: a decode step's one row of
-        // `I` values is split across the threads too.
+        // Element-wise, so cut into equal runs regardless of rows ([`GLU_RUN`]).
         for_runs(gate, GLU_RUN, |i, run| {
             let up = &up[i * GLU_RUN..i * GLU_RUN + run.len()];
             match act {
@@ -553,12 +552,14 @@ const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
 /// Below this many values, row-wise work stays on the calling thread.
 const PARALLEL_ROW_VALUES: usize = 1 << 14;
 
-/// Values per run of the GLU activation ([`for_runs`]): 4096 values at one decode token cost
-/// ≈ 15 µs of scalar `exp` on the calling thread alone, while the other core waited.
+/// Values per run of the GLU activation ([`for_runs`]). Split by runs, a single decode row
+/// (4096 values at ≈700M) is shared by the threads too: with glibc's scalar `expf` that gained
+/// 1.02–1.04× in ≈700M decode. With the vectorized SiLU (`hbit_kernels::act`) the row costs
+/// about a microsecond, and splitting it or not measured the same (0.994–1.002×).
 const GLU_RUN: usize = 512;
 
-/// Below this many values, element-wise work stays on the calling thread: a fork-join costs
-/// about a microsecond, the `exp` of this many values several.
+/// Below this many values, element-wise work stays on the calling thread, where a fork-join
+/// (about a microsecond) would cost more than the work.
 const PARALLEL_RUN_VALUES: usize = 2048;
 
 /// `f(i, run_i)` for consecutive runs of `run` values of `x` (the last may be shorter; run `i`

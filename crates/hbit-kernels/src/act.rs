@@ -57,7 +57,8 @@ pub fn silu_times(path: KernelPath, gate: &mut [f32], up: &[f32]) -> Result<(), 
     }
     match path {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `check_supported` confirmed AVX2 (and FMA, unused here); lengths are equal.
+        // SAFETY: `check_supported` confirmed AVX2 (the AVX-512 path requires it as well, see
+        // `cpu`); the lengths were checked equal above.
         KernelPath::Avx2 | KernelPath::Avx512 => unsafe { avx2::silu_times(gate, up) },
         _ => silu_times_scalar(gate, up),
     }
