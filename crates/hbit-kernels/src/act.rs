@@ -42,7 +42,13 @@ pub fn exp_f32(x: f32) -> f32 {
 
 /// `silu(g) = g / (1 + e^(-g))` on [`exp_f32`].
 pub fn silu(g: f32) -> f32 {
-    g / (1.0 + exp_f32(-g))
+    silu_and_sigmoid(g).0
+}
+
+/// `(silu(g), sigmoid(g))` from one [`exp_f32`]: the GLU's backward needs both.
+pub fn silu_and_sigmoid(g: f32) -> (f32, f32) {
+    let denominator = 1.0 + exp_f32(-g);
+    (g / denominator, 1.0 / denominator)
 }
 
 /// `gate[i] = silu(gate[i]) · up[i]`: the GLU product, on `path`.

@@ -56,7 +56,6 @@ impl FloatWeights<'_> {
         }
     }
 
-    /// Per-row scale applied after the dot product (1 for float weights).
     /// Bytes per stored weight.
     fn element_bytes(&self) -> usize {
         match self {
@@ -66,6 +65,7 @@ impl FloatWeights<'_> {
         }
     }
 
+    /// Per-row scale applied after the dot product (1 for float weights).
     fn row_scale(&self, r: usize) -> f32 {
         match self {
             FloatWeights::I8 { scales, .. } => scales[r],

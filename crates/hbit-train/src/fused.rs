@@ -344,11 +344,8 @@ impl Glu {
             }
             HiddenAct::Silu => {
                 // The engine's SiLU and `exp` (`hbit_kernels::act`), so both agree bit for bit.
-                let sigmoid = 1.0 / (1.0 + hbit_kernels::act::exp_f32(-g));
-                (
-                    hbit_kernels::act::silu(g),
-                    sigmoid * (1.0 + g * (1.0 - sigmoid)),
-                )
+                let (silu, sigmoid) = hbit_kernels::act::silu_and_sigmoid(g);
+                (silu, sigmoid * (1.0 + g * (1.0 - sigmoid)))
             }
         }
     }
