@@ -15,9 +15,9 @@
 //! (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
 //!
 //! Tiling: up to 4 tokens share each unpacked weight chunk; with several tokens the AVX2 tile
-//! takes two row blocks at once, so each table load serves both.
+//! takes two row blocks at once, so each table load serves both. Each tile call covers whole rows
+//! (AVX-512: up to 2048 columns), so the weights stream without a break.
 
-use super::LUT_L1_BUDGET_BYTES;
 use crate::cpu::KernelPath;
 use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
 use crate::quant::QuantizedActivations;
@@ -178,25 +178,22 @@ impl Tables {
     }
 }
 
-/// Columns per tile call for a tile of `nt` tokens over rows of `stride` columns, a multiple of
-/// K_ALIGN. Several tokens: as many columns as their tables fit in the L1 budget (8 bytes per
-/// column and token). One token: whole rows, so each row block is one call that streams its
-/// weights without a break; its tables come from L2 either way. Against 2048-column blocks
-/// (alternating cold GEMV runs, 2 threads) whole rows measured 1.10–1.19× at 2048×8192,
+/// Columns per tile call over rows of `stride` columns, a multiple of K_ALIGN: whole rows, so
+/// each row block's weights stream from memory without a break, for one token and for several.
+/// A token tile's tables (8 bytes per column and token) then come from L2 rather than L1; the
+/// weights, which a large matrix streams from L3 or memory once per token tile, are what count.
+/// Against column blocks that kept 4 tokens' tables in a 32 KiB L1 (1024 columns), alternating
+/// runs on 2 threads measured whole rows at 1.02–1.30× (median per shape) for 12 weight shapes
+/// at batches 8, 32 and 128; for one token, against 2048-column blocks, 1.10–1.19× at 2048×8192,
 /// 4096×8192, 2560×6912 and 6912×2560, and 1.04–1.14× at 2560 columns.
-fn col_block(path: KernelPath, nt: usize, stride: usize) -> usize {
-    let block = if nt == 1 {
-        stride
-    } else {
-        LUT_L1_BUDGET_BYTES / (nt * TABLE_BYTES / 2) / K_ALIGN * K_ALIGN
-    };
+fn col_block(path: KernelPath, stride: usize) -> usize {
     // Only the AVX-512 tile's u16 accumulators bound the block; the others widen as they go.
     let cap = if path == KernelPath::Avx512 {
         MAX_COL_BLOCK
     } else {
         usize::MAX
     };
-    block.clamp(K_ALIGN, cap)
+    stride.clamp(K_ALIGN, cap)
 }
 
 /// i32 sums `[tokens.len(), rows.len()]` for `rows` (a range starting on a row-block boundary)
@@ -221,7 +218,7 @@ pub(super) fn dots(
     let mut sums = vec![0i32; tokens.len() * padded_len];
     for t0 in tokens.clone().step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(tokens.end - t0);
-        let col_block = col_block(path, nt, x.stride);
+        let col_block = col_block(path, x.stride);
         // Row blocks per tile call: pairs for several tokens, so each table load serves two
         // row blocks; one for one token, whose weights stream from memory in order.
         let run = if nt == 1 { 1 } else { 2 };
@@ -230,19 +227,12 @@ pub(super) fn dots(
             .map(|rb| rb..(rb + run).min(blocks.end))
             .collect();
         let col_starts: Vec<usize> = (0..x.stride).step_by(col_block).collect();
-        // Several tokens: column blocks outside, so the tile's tables stay in L1 while every row
-        // block streams past. One token: row blocks outside, so the weights stream from memory
-        // sequentially (its tables, 8 bytes per column, are read from L2).
-        let steps: Vec<(usize, Range<usize>)> = if nt == 1 {
-            runs.iter()
-                .flat_map(|rbs| col_starts.iter().map(move |&k0| (k0, rbs.clone())))
-                .collect()
-        } else {
-            col_starts
-                .iter()
-                .flat_map(|&k0| runs.iter().map(move |rbs| (k0, rbs.clone())))
-                .collect()
-        };
+        // Row blocks outside, so the weights stream from memory sequentially (a token tile's
+        // tables, 8 bytes per column and token, are read from L2).
+        let steps: Vec<(usize, Range<usize>)> = runs
+            .iter()
+            .flat_map(|rbs| col_starts.iter().map(move |&k0| (k0, rbs.clone())))
+            .collect();
         for (k0, rbs) in steps {
             let bi = rbs.start - blocks.start;
             let chunks = col_block.min(x.stride - k0) / LUT_CHUNK_COLS;

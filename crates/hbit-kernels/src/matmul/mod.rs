@@ -42,9 +42,6 @@ use std::ops::Range;
 /// Budget for the activations of a multiply-add token tile within one column block: half of a
 /// 32 KiB L1 leaves room for the weight stream.
 const MAD_L1_BUDGET_BYTES: usize = 16 * 1024;
-/// Budget for the lookup tables of a token tile within one column block. Tables cost 8 bytes per
-/// column and token, so a full L1's worth measured faster than half (fewer tile epilogues).
-const LUT_L1_BUDGET_BYTES: usize = 32 * 1024;
 
 /// The f32 epilogue, identical on every path: `(alpha · s_x) · dot`.
 #[inline]
