@@ -182,9 +182,10 @@ impl Tables {
 /// each row block's weights stream from memory without a break, for one token and for several.
 /// A token tile's tables (8 bytes per column and token) then come from L2 rather than L1; the
 /// weights, which a large matrix streams from L3 or memory once per token tile, are what count.
-/// Against column blocks that kept 4 tokens' tables in a 32 KiB L1 (1024 columns), alternating
-/// runs on 2 threads measured whole rows at 1.02–1.30× (median per shape) for 12 weight shapes
-/// at batches 8, 32 and 128; for one token, against 2048-column blocks, 1.10–1.19× at 2048×8192,
+/// Against 1024-column blocks, which kept 4 tokens' tables in a 32 KiB L1, alternating runs on
+/// 2 threads (12 weight shapes at batches 8, 32 and 128, 10 pairs each) put whole rows ahead in
+/// 24 of 27 cases, medians 1.00–1.31×; the three behind (0.85–0.96×) measured 1.03–1.09× when
+/// rerun with 14 pairs. For one token, against 2048-column blocks: 1.10–1.19× at 2048×8192,
 /// 4096×8192, 2560×6912 and 6912×2560, and 1.04–1.14× at 2560 columns.
 fn col_block(path: KernelPath, stride: usize) -> usize {
     // Only the AVX-512 tile's u16 accumulators bound the block; the others widen as they go.
