@@ -21,6 +21,7 @@
 use crate::cpu::KernelPath;
 use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
 use crate::quant::QuantizedActivations;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Tokens sharing each unpacked weight chunk.
@@ -54,65 +55,51 @@ const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
 
 /// Reference table builder for one token: the 64 table bytes of chunk `c` (k-groups 4c..4c+4,
 /// 16 bytes each) start at `tables[c * chunk_stride]`, so a token tile's tables interleave by chunk.
-fn build_tables_scalar(x: &[i8], tables: &mut [u8], chunk_stride: usize) {
+fn build_tables_scalar(x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: usize) {
     for c in 0..x.len() / LUT_CHUNK_COLS {
         let chunk_tables = &mut tables[c * chunk_stride..][..CHUNK_TABLE_BYTES];
         for (j, table) in chunk_tables.chunks_exact_mut(TABLE_BYTES).enumerate() {
             let g = 4 * c + j;
             for (idx, e) in table.iter_mut().enumerate() {
-                *e = table_entry(idx, x[2 * g], x[2 * g + 1]);
+                e.write(table_entry(idx, x[2 * g], x[2 * g + 1]));
             }
         }
     }
 }
 
-/// A byte buffer of `len` bytes whose start is 64-byte aligned: table rows then never straddle
-/// two cache lines (a 32-byte load across a line boundary costs two).
-struct CacheAligned {
-    store: Vec<u8>,
+/// Table storage: `len` bytes from a 64-byte aligned start (table rows then never straddle two
+/// cache lines: a 32-byte load across a line boundary costs two), left uninitialized because the
+/// builders write every byte a tile reads. Zeroing it first, megabytes per batched call, took a
+/// tenth of a batch-128 INT4 call; a per-thread spare buffer that avoided the zeroing held the
+/// largest product's tables for the life of the process (≈ 3 MB per thread after a 128-token
+/// ≈125M prefill, 4% of that model's resident memory).
+struct TableStore {
+    store: Vec<MaybeUninit<u8>>,
     offset: usize,
     len: usize,
 }
 
-thread_local! {
-    /// The last product's table storage on this thread, reused by the next: zeroing megabytes
-    /// of fresh memory on every batched call took a tenth of a batch-128 INT4 call, serially.
-    static SPARE_STORE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl CacheAligned {
-    /// `len` bytes of unspecified (initialized) content, from this thread's spare storage when
-    /// it is large enough.
-    fn reused(len: usize) -> Self {
-        let mut store = SPARE_STORE.with(|s| s.take());
-        if store.len() < len + 63 {
-            store = vec![0u8; len + 63];
-        }
+impl TableStore {
+    fn new(len: usize) -> Self {
+        let mut store = Vec::with_capacity(len + 63);
+        store.resize_with(len + 63, MaybeUninit::uninit);
         let offset = store.as_ptr().align_offset(64).min(63);
-        CacheAligned { store, offset, len }
+        TableStore { store, offset, len }
     }
 
-    fn bytes(&self) -> &[u8] {
-        &self.store[self.offset..self.offset + self.len]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    fn uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
         &mut self.store[self.offset..self.offset + self.len]
     }
-}
 
-impl Drop for CacheAligned {
-    fn drop(&mut self) {
-        let store = std::mem::take(&mut self.store);
-        SPARE_STORE.with(|s| {
-            // Keep the larger of the two buffers.
-            let spare = s.take();
-            s.set(if spare.len() >= store.len() {
-                spare
-            } else {
-                store
-            });
-        });
+    /// Bytes `range` of the store.
+    ///
+    /// # Safety
+    /// Every byte in `range` has been written.
+    unsafe fn written(&self, range: Range<usize>) -> &[u8] {
+        let bytes = &self.store[self.offset..self.offset + self.len][range];
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the caller guarantees that these
+        // bytes are initialized.
+        unsafe { &*(bytes as *const [MaybeUninit<u8>] as *const [u8]) }
     }
 }
 
@@ -123,9 +110,11 @@ impl Drop for CacheAligned {
 /// contiguous run per chunk (per-token buffers would sit a multiple of 4 KiB apart for many
 /// widths and compete for the same L1 sets).
 pub(super) struct Tables {
-    bytes: CacheAligned,
+    bytes: TableStore,
     /// Chunks per token (padded columns / 8).
     chunks: usize,
+    /// Tokens whose tables were built.
+    tokens: usize,
 }
 
 impl Tables {
@@ -148,8 +137,8 @@ impl Tables {
         let chunks = x.stride / LUT_CHUNK_COLS;
         let tile_bytes = Self::tile_bytes(chunks);
         // Every byte a tile reads is written below: each token's 64 bytes per chunk.
-        let mut bytes = CacheAligned::reused(x.tokens.div_ceil(TOKEN_TILE) * tile_bytes);
-        let build_tile = |tile: usize, block: &mut [u8]| {
+        let mut bytes = TableStore::new(x.tokens.div_ceil(TOKEN_TILE) * tile_bytes);
+        let build_tile = |tile: usize, block: &mut [MaybeUninit<u8>]| {
             let t0 = tile * TOKEN_TILE;
             let nt = TOKEN_TILE.min(x.tokens - t0);
             for j in 0..nt {
@@ -159,22 +148,37 @@ impl Tables {
             }
         };
         if !parallel {
-            for (tile, block) in bytes.bytes_mut().chunks_mut(tile_bytes).enumerate() {
+            for (tile, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
                 build_tile(tile, block);
             }
         } else if x.tokens <= TOKEN_TILE {
-            build_tile(0, bytes.bytes_mut());
+            build_tile(0, bytes.uninit_mut());
         } else {
-            crate::parallel::for_each_row(bytes.bytes_mut(), tile_bytes, build_tile);
+            crate::parallel::for_each_row(bytes.uninit_mut(), tile_bytes, build_tile);
         }
-        Tables { bytes, chunks }
+        Tables {
+            bytes,
+            chunks,
+            tokens: x.tokens,
+        }
     }
 
     /// Tables of token tile `tile` (`nt` tokens) for chunks `c0..c0 + n`.
     fn tile(&self, tile: usize, nt: usize, c0: usize, n: usize) -> &[u8] {
-        let block = &self.bytes.bytes()[tile * Self::tile_bytes(self.chunks)..];
+        assert!(
+            tile * TOKEN_TILE + nt <= self.tokens && c0 + n <= self.chunks,
+            "tables of token tile {tile} ({nt} tokens), chunks {c0}..{}",
+            c0 + n
+        );
+        let block = tile * Self::tile_bytes(self.chunks);
         let stride = nt * CHUNK_TABLE_BYTES;
-        &block[c0 * stride..(c0 + n) * stride]
+        // SAFETY: `build_with` wrote the first `nt · chunks · 64` bytes of every token tile's
+        // block (`[chunk][token < nt][64]`, `nt` the tile's tokens, checked above), of which this
+        // range is part.
+        unsafe {
+            self.bytes
+                .written(block + c0 * stride..block + (c0 + n) * stride)
+        }
     }
 }
 
@@ -269,7 +273,7 @@ pub(super) fn dots(
 }
 
 /// One token's tables, chunk `c` at `tables[c * chunk_stride..][..64]`.
-fn build_tables(path: KernelPath, x: &[i8], tables: &mut [u8], chunk_stride: usize) {
+fn build_tables(path: KernelPath, x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: usize) {
     let chunks = x.len() / LUT_CHUNK_COLS;
     assert!(
         chunk_stride >= CHUNK_TABLE_BYTES
@@ -393,6 +397,7 @@ mod avx2 {
         weight_of_code, TileOut, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS,
     };
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// Chunks whose byte sums cannot overflow: 2 lookups of ≤ 32 per byte and chunk.
     const U8_WINDOW_CHUNKS: usize = 3;
@@ -412,7 +417,11 @@ mod avx2 {
     /// AVX2; `x.len()` is a multiple of 16; for every chunk `c < x.len() / 8`,
     /// `tables[c * chunk_stride..][..64]` is in bounds.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn build_tables(x: &[i8], tables: &mut [u8], chunk_stride: usize) {
+    pub(super) unsafe fn build_tables(
+        x: &[i8],
+        tables: &mut [MaybeUninit<u8>],
+        chunk_stride: usize,
+    ) {
         let wa: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) & 3) as i8);
         let wb: [i8; 32] = std::array::from_fn(|i| weight_of_code((i % 16) >> 2) as i8);
         // SAFETY: 32-byte arrays.
@@ -433,7 +442,7 @@ mod avx2 {
         };
         let ctl_a = [sel(0, 0), sel(1, 0), sel(2, 0), sel(3, 0)];
         let ctl_b = [sel(0, 1), sel(1, 1), sel(2, 1), sel(3, 1)];
-        let out = tables.as_mut_ptr();
+        let out = tables.as_mut_ptr().cast::<u8>();
         for (i, xs) in x.chunks_exact(16).enumerate() {
             // SAFETY: 16 readable bytes.
             let xv = unsafe {

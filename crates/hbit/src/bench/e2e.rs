@@ -62,13 +62,19 @@ pub struct E2eArgs {
     json: bool,
 }
 
-/// Resident set size of this process (Linux `/proc/self/statm`), bytes, after the allocator has
-/// handed back what was freed (its retained pages are not the engine's memory).
+/// Resident set size of this process (Linux `/proc/self/statm`), bytes.
 fn resident_bytes() -> Option<u64> {
-    hbit_kernels::allocator::release_freed_pages();
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// Resident bytes once the allocator has handed back what was freed (its retained pages are not
+/// the engine's memory): on this thread at once, on the kernel workers as they park.
+fn resident_bytes_in_use() -> Option<u64> {
+    hbit_kernels::allocator::release_freed_pages();
+    std::thread::sleep(hbit_kernels::parallel::PARKED_AFTER);
+    resident_bytes()
 }
 
 /// The dummy model file of a shape, written by a child `hbit init --dummy` (so its build-time
@@ -102,6 +108,11 @@ struct Measured {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     kv_bytes: usize,
+    /// The process's resident bytes at the end of the decode, every cache alive, freed memory
+    /// handed back ([`resident_bytes_in_use`]).
+    resident: u64,
+    /// The same, read first, with the allocator's freed pages still counted.
+    resident_uncollected: u64,
 }
 
 /// A case over its rounds: the best (reported as `prefill_tok_s` / `decode_tok_s`) and the
@@ -146,6 +157,12 @@ fn measure_rounds(
         prefill_tok_s: all.iter().map(|m| m.prefill_tok_s).fold(0.0, f64::max),
         decode_tok_s: all.iter().map(|m| m.decode_tok_s).fold(0.0, f64::max),
         kv_bytes: all[0].kv_bytes,
+        resident: all.iter().map(|m| m.resident).max().unwrap_or(0),
+        resident_uncollected: all
+            .iter()
+            .map(|m| m.resident_uncollected)
+            .max()
+            .unwrap_or(0),
     };
     Ok(Rounds {
         best,
@@ -191,10 +208,15 @@ fn measure(
         }
     }
     let decode_tok_s = (batch * decode) as f64 / t.elapsed().as_secs_f64();
+    // Read while every cache is alive: the KV bytes reported beside it are these caches'.
+    let resident_uncollected = resident_bytes().unwrap_or(0);
+    let resident = resident_bytes_in_use().unwrap_or(0);
     Ok(Measured {
         prefill_tok_s,
         decode_tok_s,
         kv_bytes: caches.iter().map(KvCache::bytes).sum::<usize>() + cache.bytes(),
+        resident,
+        resident_uncollected,
     })
 }
 
@@ -259,7 +281,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             let bits = ActBits::from_bits(b)
                 .with_context(|| format!("--act-bits {b}: expected 8 or 4"))?;
             let path = dummy_model(&args.cache_dir, shape, bits)?;
-            let before = resident_bytes().unwrap_or(0);
+            let before = resident_bytes_in_use().unwrap_or(0);
             let packed = load_packed_with(&path, load)?;
             let file_bytes = packed.file_bytes;
             let mut engine = Engine::new(packed.weights);
@@ -278,7 +300,8 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                 measure_rounds(&engine, batch, kv, prefill, decode, rounds)
                             })?;
                             let m = &r.best;
-                            let rss = resident_bytes().unwrap_or(0).saturating_sub(before);
+                            let rss = m.resident.saturating_sub(before);
+                            let rss_uncollected = m.resident_uncollected.saturating_sub(before);
                             if args.json {
                                 println!(
                                     "{}",
@@ -287,7 +310,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                         "kv_bits": kv.name(), "prefill_tokens": prefill,
                                         "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                         "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
-                                        "rss_bytes": rss, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
+                                        "rss_bytes": rss, "rss_uncollected_bytes": rss_uncollected, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
                                         "prefill_tok_s_median": r.prefill_median,
                                         "decode_tok_s_median": r.decode_median,
                                     })
