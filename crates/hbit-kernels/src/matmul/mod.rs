@@ -181,7 +181,7 @@ fn matmul_int4_parts(
             }
         });
     } else {
-        split_many(&rows, LUT_ROW_BLOCK, LUT_SHARES_PER_THREAD, |m, r| {
+        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
             let dots = lut::dots(path, ws[m], x, &tables, r.clone(), 0..x.tokens);
             // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
             unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
@@ -257,11 +257,18 @@ fn mad_shares_per_thread(tokens: usize) -> usize {
 /// See [`mad_shares_per_thread`].
 const MAD_GEMM_SHARES_PER_THREAD: usize = 4;
 
-/// Row shares per thread of a lookup-table (INT4) product: one. A share reads each token tile's
-/// tables once per column block and reuses them over all its row blocks, so finer shares
-/// multiply the table traffic. Measured with alternating runs, 4 shares against 1: 0.94× at
-/// 640×2560 batch 128, and no better on 2560×2560, 4096×1536 or 1536×4096.
+/// Row shares per thread of a lookup-table (INT4) product whose parts build their own tables (a
+/// GEMV, or a few tokens against few rows): one, since every share builds the tables again.
 const LUT_SHARES_PER_THREAD: usize = 1;
+
+/// Row shares per thread of a lookup-table product over shared tables, claimed dynamically, so a
+/// core slowed by another tenant does not hold the other back. Since each tile call reads its
+/// token tile's tables over whole rows, finer shares add no table traffic (with tables held in L1
+/// per column block, 4 shares had measured 0.94× at 640×2560, batch 128). Alternating runs, 4
+/// against 1, 2 threads, 12 shapes from batch 8 to 128: medians 0.97–1.14×, 7 of them ≥ 1.02×;
+/// in-process ≈700M a4 prefill of 128 tokens 1.03× and 1.10×, ≈125M 1.03×, batch-16 decode
+/// 0.96× and 1.02× (within its noise).
+const LUT_GEMM_SHARES_PER_THREAD: usize = 4;
 
 /// Splits the rows of several matrices (`rows[m]` each, in units of `align` rows) into
 /// contiguous shares (`shares` per thread of the current pool) and runs `work(m, range)` on
