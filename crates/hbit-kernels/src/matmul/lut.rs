@@ -172,9 +172,10 @@ impl Tables {
         );
         let block = tile * Self::tile_bytes(self.chunks);
         let stride = nt * CHUNK_TABLE_BYTES;
-        // SAFETY: `build_with` wrote the first `nt · chunks · 64` bytes of every token tile's
-        // block (`[chunk][token < nt][64]`, `nt` the tile's tokens, checked above), of which this
-        // range is part.
+        // SAFETY: `build_with` wrote the first `t · chunks · 64` bytes of every token tile's
+        // block (`[chunk][token < t][64]`, `t` the tile's token count). The assert above gives
+        // `nt ≤ t` and `c0 + n ≤ chunks`, so this range, which ends at `(c0 + n) · nt · 64`,
+        // lies within that prefix.
         unsafe {
             self.bytes
                 .written(block + c0 * stride..block + (c0 + n) * stride)
