@@ -222,9 +222,10 @@ pub(super) fn dots(
     // Sums for whole row blocks (padding rows included), trimmed below.
     let padded_len = blocks.len() * LUT_ROW_BLOCK;
     let mut sums = vec![0i32; tokens.len() * padded_len];
+    let col_block = col_block(path, x.stride);
+    let col_starts: Vec<usize> = (0..x.stride).step_by(col_block).collect();
     for t0 in tokens.clone().step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(tokens.end - t0);
-        let col_block = col_block(path, x.stride);
         // Row blocks per tile call: pairs for several tokens, so each table load serves two
         // row blocks; one for one token, whose weights stream from memory in order.
         let run = if nt == 1 { 1 } else { 2 };
@@ -232,7 +233,6 @@ pub(super) fn dots(
             .step_by(run)
             .map(|rb| rb..(rb + run).min(blocks.end))
             .collect();
-        let col_starts: Vec<usize> = (0..x.stride).step_by(col_block).collect();
         // Row blocks outside, so the weights stream from memory sequentially (a token tile's
         // tables, 8 bytes per column and token, are read from L2).
         let steps: Vec<(usize, Range<usize>)> = runs
