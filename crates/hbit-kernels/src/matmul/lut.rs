@@ -14,9 +14,15 @@
 //! u16 lanes that hold at most 64 per chunk (hence column blocks of ≤ 2048 columns). The bias
 //! (16 per lookup, 4 lookups per row and chunk) is subtracted at the end.
 //!
-//! Tiling: up to 4 tokens share each unpacked weight chunk; with several tokens the AVX2 tile
-//! takes two row blocks at once, so each table load serves both. Each tile call covers whole rows
-//! (AVX-512: up to 2048 columns), so the weights stream without a break.
+//! Where the CPU has AVX-512 VBMI and VNNI, a third tile replaces the byte sums: `vpermb` looks
+//! up 64 entries at once out of a chunk's whole 64 table bytes (its 4 k-groups), so one lookup
+//! serves four k-groups of 16 rows, arranged so that each row's four lookups share a dword, and
+//! `vpdpbusd` against ones adds them into that row's i32 lane. Per token and chunk (128
+//! multiply-accumulates) that is one `vpermb` and one `vpdpbusd`, on different ports.
+//!
+//! Tiling: up to 4 tokens (8 on the `vpermb` tile) share each unpacked weight chunk; with several
+//! tokens the tiles take two row blocks at once, so each table load serves both. Each tile call
+//! covers whole rows (AVX-512 F+BW: up to 2048 columns), so the weights stream without a break.
 
 use crate::cpu::KernelPath;
 use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
@@ -24,8 +30,8 @@ use crate::quant::QuantizedActivations;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// Tokens sharing each unpacked weight chunk.
-pub(super) const TOKEN_TILE: usize = 4;
+/// Most tokens one tile call takes (the `vpermb` tile's; the others take 4).
+const MAX_TOKEN_TILE: usize = 8;
 /// Bias added to every table entry so the entries are unsigned bytes.
 const TABLE_BIAS: i32 = 16;
 /// Bytes of one k-group table.
@@ -64,6 +70,70 @@ fn build_tables_scalar(x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: u
                 e.write(table_entry(idx, x[2 * g], x[2 * g + 1]));
             }
         }
+    }
+}
+
+/// The lookup tile a kernel path runs, and with it the token tile and the column blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LutTile {
+    Scalar,
+    /// `vpshufb` on 256-bit registers, 16-bit sums widened as they go.
+    Avx2,
+    /// `vpshufb` on 512-bit registers with u16 sums (AVX-512 F+BW only).
+    Avx512Bw,
+    /// `vpermb` over a chunk's 64 table bytes, summed by `vpdpbusd` (AVX-512 VBMI and VNNI).
+    Avx512Vbmi,
+}
+
+impl LutTile {
+    /// The tile of `path`: the AVX-512 path takes the `vpermb` tile where the CPU has VBMI and
+    /// VNNI.
+    pub(super) fn for_path(path: KernelPath) -> LutTile {
+        match path {
+            KernelPath::Scalar => LutTile::Scalar,
+            KernelPath::Avx2 => LutTile::Avx2,
+            KernelPath::Avx512 if cpu_has_vbmi_vnni() => LutTile::Avx512Vbmi,
+            KernelPath::Avx512 => LutTile::Avx512Bw,
+        }
+    }
+
+    /// Every tile this CPU runs, whatever path the environment forces (for tests).
+    #[cfg(test)]
+    pub(super) fn supported() -> Vec<LutTile> {
+        let mut tiles = vec![LutTile::Scalar];
+        if KernelPath::Avx2.is_supported() {
+            tiles.push(LutTile::Avx2);
+        }
+        if KernelPath::Avx512.is_supported() {
+            tiles.push(LutTile::Avx512Bw);
+            if cpu_has_vbmi_vnni() {
+                tiles.push(LutTile::Avx512Vbmi);
+            }
+        }
+        tiles
+    }
+
+    /// Tokens sharing each unpacked weight chunk. The `vpermb` tile spends one `vpermb` and two
+    /// other operations to turn a chunk into lookup indices, then one `vpermb` and one
+    /// `vpdpbusd` per token: 8 tokens spread that preparation over twice the lookups of 4.
+    pub(super) fn token_tile(self) -> usize {
+        match self {
+            LutTile::Avx512Vbmi => MAX_TOKEN_TILE,
+            _ => 4,
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512 VBMI and VNNI (the `vpermb` tile).
+fn cpu_has_vbmi_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vbmi")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -115,62 +185,94 @@ pub(super) struct Tables {
     chunks: usize,
     /// Tokens whose tables were built.
     tokens: usize,
+    /// Tokens per token tile.
+    tile_tokens: usize,
 }
 
 impl Tables {
     /// Bytes of one token tile's block.
-    fn tile_bytes(chunks: usize) -> usize {
-        TOKEN_TILE * chunks * CHUNK_TABLE_BYTES
+    fn tile_bytes(&self) -> usize {
+        self.tile_tokens * self.chunks * CHUNK_TABLE_BYTES
     }
 
     /// Builds the tables of every token of `x`, token tiles in parallel.
-    pub(super) fn build(path: KernelPath, x: &QuantizedActivations) -> Tables {
-        Self::build_with(path, x, true)
+    pub(super) fn build(tile: LutTile, x: &QuantizedActivations) -> Tables {
+        Self::build_with(tile, x, true)
     }
 
     /// Builds the tables of every token of `x` on the calling thread (inside a parallel part).
-    pub(super) fn build_here(path: KernelPath, x: &QuantizedActivations) -> Tables {
-        Self::build_with(path, x, false)
+    pub(super) fn build_here(tile: LutTile, x: &QuantizedActivations) -> Tables {
+        Self::build_with(tile, x, false)
     }
 
-    fn build_with(path: KernelPath, x: &QuantizedActivations, parallel: bool) -> Tables {
+    fn build_with(lut_tile: LutTile, x: &QuantizedActivations, parallel: bool) -> Tables {
+        let tile_tokens = lut_tile.token_tile();
         let chunks = x.stride / LUT_CHUNK_COLS;
-        let tile_bytes = Self::tile_bytes(chunks);
+        let tile_bytes = tile_tokens * chunks * CHUNK_TABLE_BYTES;
         // Every byte a tile reads is written below: each token's 64 bytes per chunk.
-        let mut bytes = TableStore::new(x.tokens.div_ceil(TOKEN_TILE) * tile_bytes);
-        let build_tile = |tile: usize, block: &mut [MaybeUninit<u8>]| {
-            let t0 = tile * TOKEN_TILE;
-            let nt = TOKEN_TILE.min(x.tokens - t0);
+        let mut bytes = TableStore::new(x.tokens.div_ceil(tile_tokens) * tile_bytes);
+        let tiles = x.tokens.div_ceil(tile_tokens);
+        // Pieces: every tile's block cut into chunk ranges (even lengths, as the builders step
+        // two chunks at a time), enough of them to keep every thread busy when the tiles are
+        // few (one 8-token tile of 4096 columns is 256 KiB of tables).
+        let cuts = if parallel {
+            (2 * rayon::current_num_threads())
+                .div_ceil(tiles)
+                .clamp(1, chunks / 2)
+        } else {
+            1
+        };
+        let mut pieces = Vec::with_capacity(tiles * cuts);
+        for (tile, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
+            let nt = tile_tokens.min(x.tokens - tile * tile_tokens);
+            let mut rest = &mut block[..chunks * nt * CHUNK_TABLE_BYTES];
+            let mut c0 = 0;
+            for cut in 0..cuts {
+                let c1 = 2 * ((chunks / 2) * (cut + 1) / cuts);
+                let (piece, tail) = rest.split_at_mut((c1 - c0) * nt * CHUNK_TABLE_BYTES);
+                pieces.push(std::sync::Mutex::new((tile, c0..c1, piece)));
+                (rest, c0) = (tail, c1);
+            }
+        }
+        let build_piece = |p: usize| {
+            // Each piece is locked by its one part only: never contended.
+            let mut guard = pieces[p].lock().unwrap_or_else(|e| e.into_inner());
+            let (tile, ref cols, ref mut out) = *guard;
+            let t0 = tile * tile_tokens;
+            let nt = tile_tokens.min(x.tokens - t0);
+            let k = cols.start * LUT_CHUNK_COLS..cols.end * LUT_CHUNK_COLS;
             for j in 0..nt {
-                let xt = &x.codes[(t0 + j) * x.stride..(t0 + j + 1) * x.stride];
-                let out = &mut block[j * CHUNK_TABLE_BYTES..];
-                build_tables(path, xt, out, nt * CHUNK_TABLE_BYTES);
+                let xt = &x.codes[(t0 + j) * x.stride..][k.clone()];
+                build_tables(
+                    lut_tile,
+                    xt,
+                    &mut out[j * CHUNK_TABLE_BYTES..],
+                    nt * CHUNK_TABLE_BYTES,
+                );
             }
         };
-        if !parallel {
-            for (tile, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
-                build_tile(tile, block);
-            }
-        } else if x.tokens <= TOKEN_TILE {
-            build_tile(0, bytes.uninit_mut());
+        if parallel && pieces.len() > 1 {
+            crate::parallel::run_parts(pieces.len(), &build_piece);
         } else {
-            crate::parallel::for_each_row(bytes.uninit_mut(), tile_bytes, build_tile);
+            (0..pieces.len()).for_each(build_piece);
         }
+        drop(pieces);
         Tables {
             bytes,
             chunks,
             tokens: x.tokens,
+            tile_tokens,
         }
     }
 
     /// Tables of token tile `tile` (`nt` tokens) for chunks `c0..c0 + n`.
     fn tile(&self, tile: usize, nt: usize, c0: usize, n: usize) -> &[u8] {
         assert!(
-            tile * TOKEN_TILE + nt <= self.tokens && c0 + n <= self.chunks,
+            tile * self.tile_tokens + nt <= self.tokens && c0 + n <= self.chunks,
             "tables of token tile {tile} ({nt} tokens), chunks {c0}..{}",
             c0 + n
         );
-        let block = tile * Self::tile_bytes(self.chunks);
+        let block = tile * self.tile_bytes();
         let stride = nt * CHUNK_TABLE_BYTES;
         // SAFETY: `build_with` wrote the first `t · chunks · 64` bytes of every token tile's
         // block (`[chunk][token < t][64]`, `t` the tile's token count). The assert above gives
@@ -192,9 +294,10 @@ impl Tables {
 /// 24 of 27 cases, medians 1.00–1.31×; the three behind (0.85–0.96×) measured 1.03–1.09× when
 /// rerun with 14 pairs. For one token, against 2048-column blocks: 1.10–1.19× at 2048×8192,
 /// 4096×8192, 2560×6912 and 6912×2560, and 1.04–1.14× at 2560 columns.
-fn col_block(path: KernelPath, stride: usize) -> usize {
-    // Only the AVX-512 tile's u16 accumulators bound the block; the others widen as they go.
-    let cap = if path == KernelPath::Avx512 {
+fn col_block(tile: LutTile, stride: usize) -> usize {
+    // Only the AVX-512 F+BW tile's u16 accumulators bound the block; the others widen as they
+    // go or sum in i32.
+    let cap = if tile == LutTile::Avx512Bw {
         MAX_COL_BLOCK
     } else {
         usize::MAX
@@ -206,7 +309,7 @@ fn col_block(path: KernelPath, stride: usize) -> usize {
 /// and `tokens` (a range starting on a token-tile boundary), with the tables of `x` built by
 /// [`Tables::build`].
 pub(super) fn dots(
-    path: KernelPath,
+    tile: LutTile,
     w: &LutPacked,
     x: &QuantizedActivations,
     tables: &Tables,
@@ -214,7 +317,8 @@ pub(super) fn dots(
     tokens: Range<usize>,
 ) -> Vec<i32> {
     debug_assert_eq!(rows.start % LUT_ROW_BLOCK, 0);
-    debug_assert_eq!(tokens.start % TOKEN_TILE, 0);
+    let token_tile = tile.token_tile();
+    debug_assert_eq!(tokens.start % token_tile, 0);
     debug_assert!(tokens.end <= x.tokens);
     debug_assert_eq!(tables.chunks, x.stride / LUT_CHUNK_COLS);
     let len = rows.len();
@@ -222,10 +326,10 @@ pub(super) fn dots(
     // Sums for whole row blocks (padding rows included), trimmed below.
     let padded_len = blocks.len() * LUT_ROW_BLOCK;
     let mut sums = vec![0i32; tokens.len() * padded_len];
-    let col_block = col_block(path, x.stride);
+    let col_block = col_block(tile, x.stride);
     let col_starts: Vec<usize> = (0..x.stride).step_by(col_block).collect();
-    for t0 in tokens.clone().step_by(TOKEN_TILE) {
-        let nt = TOKEN_TILE.min(tokens.end - t0);
+    for t0 in tokens.clone().step_by(token_tile) {
+        let nt = token_tile.min(tokens.end - t0);
         // Row blocks per tile call: pairs for several tokens, so each table load serves two
         // row blocks; one for one token, whose weights stream from memory in order.
         let run = if nt == 1 { 1 } else { 2 };
@@ -245,7 +349,7 @@ pub(super) fn dots(
             let c0 = k0 / LUT_CHUNK_COLS;
             let cols_of =
                 |rb: usize| &w.block(rb)[c0 * LUT_CHUNK_BYTES..(c0 + chunks) * LUT_CHUNK_BYTES];
-            let tabs = tables.tile(t0 / TOKEN_TILE, nt, c0, chunks);
+            let tabs = tables.tile(t0 / token_tile, nt, c0, chunks);
             let out = TileOut {
                 sums: &mut sums,
                 first: (t0 - tokens.start) * padded_len + bi * LUT_ROW_BLOCK,
@@ -255,7 +359,7 @@ pub(super) fn dots(
             };
             let second = (rbs.len() == 2).then(|| cols_of(rbs.start + 1));
             block_tile(
-                path,
+                tile,
                 [cols_of(rbs.start), second.unwrap_or(&[])],
                 tabs,
                 nt,
@@ -274,7 +378,7 @@ pub(super) fn dots(
 }
 
 /// One token's tables, chunk `c` at `tables[c * chunk_stride..][..64]`.
-fn build_tables(path: KernelPath, x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: usize) {
+fn build_tables(tile: LutTile, x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: usize) {
     let chunks = x.len() / LUT_CHUNK_COLS;
     assert!(
         chunk_stride >= CHUNK_TABLE_BYTES
@@ -282,10 +386,11 @@ fn build_tables(path: KernelPath, x: &[i8], tables: &mut [MaybeUninit<u8>], chun
             && tables.len() >= (chunks - 1) * chunk_stride + CHUNK_TABLE_BYTES,
         "table buffer too small for {chunks} chunks at stride {chunk_stride}"
     );
-    match path {
+    match tile {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 | KernelPath::Avx512 => {
-            // SAFETY: the caller checked that the CPU runs `path`, which implies AVX2; `x.len()`
+        LutTile::Avx2 | LutTile::Avx512Bw | LutTile::Avx512Vbmi => {
+            // SAFETY: the caller checked that the CPU runs the tile's path, which implies AVX2;
+            // `x.len()`
             // is a multiple of K_ALIGN (so of 16), and the assert above bounds every chunk's
             // 64 table bytes within `tables`.
             unsafe { avx2::build_tables(x, tables, chunk_stride) }
@@ -324,11 +429,11 @@ impl TileOut<'_> {
 /// Adds the sums of `out.blocks` (1 or 2) consecutive row blocks, whose bytes over the tile's
 /// chunks are `wbs[0]` and `wbs[1]` (empty for one block), for the first `nt` tokens to `out`.
 /// `tabs` holds the same chunks' tables, `[chunk][token < nt][64 bytes]`.
-fn block_tile(path: KernelPath, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: TileOut) {
+fn block_tile(tile: LutTile, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: TileOut) {
     let chunks = wbs[0].len() / LUT_CHUNK_BYTES;
     let blocks = out.blocks;
     assert!(
-        (1..=TOKEN_TILE).contains(&nt)
+        (1..=tile.token_tile()).contains(&nt)
             && tabs.len() == chunks * nt * CHUNK_TABLE_BYTES
             && (1..=2).contains(&blocks)
             && wbs[1].len() == if blocks == 2 { wbs[0].len() } else { 0 },
@@ -339,18 +444,24 @@ fn block_tile(path: KernelPath, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out
     for t in 0..nt {
         out.rows(t);
     }
-    match path {
+    match tile {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 => {
+        LutTile::Avx2 => {
             // SAFETY: the caller checked AVX2; the assert above gives 64 table bytes per chunk
             // and token for every chunk of the row blocks, equal lengths for a pair, and
             // `out.rows` covers every row block of every token, as `avx2::block_tile` requires.
             unsafe { avx2::block_tile(wbs, tabs, nt, &mut out) }
         }
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => {
+        LutTile::Avx512Vbmi => {
+            // SAFETY: the tile is chosen only where the CPU has AVX-512 VBMI and VNNI beside the
+            // caller's AVX-512 check; operands as for the AVX2 tile, with up to 8 tokens.
+            unsafe { avx512_vbmi::block_tile(wbs, tabs, nt, &mut out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        LutTile::Avx512Bw => {
             for (b, wb) in wbs.iter().take(blocks).enumerate() {
-                let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; 4];
                 // SAFETY: the caller checked AVX-512 F+BW; slices as above, with an even chunk
                 // count (column blocks are multiples of K_ALIGN = 32 chunks).
                 unsafe { avx512::block_tile(wb, tabs, nt, &mut acc) };
@@ -361,7 +472,7 @@ fn block_tile(path: KernelPath, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out
         }
         _ => {
             for (b, wb) in wbs.iter().take(blocks).enumerate() {
-                let mut acc = [[0i32; LUT_ROW_BLOCK]; TOKEN_TILE];
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; 4];
                 block_tile_scalar(wb, tabs, nt, &mut acc);
                 for (t, a) in acc.iter().enumerate().take(nt) {
                     out.add(b, t, a);
@@ -372,12 +483,7 @@ fn block_tile(path: KernelPath, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out
 }
 
 /// Scalar path: the same table lookups, one byte at a time.
-fn block_tile_scalar(
-    wb: &[u8],
-    tabs: &[u8],
-    nt: usize,
-    acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
-) {
+fn block_tile_scalar(wb: &[u8], tabs: &[u8], nt: usize, acc: &mut [[i32; LUT_ROW_BLOCK]; 4]) {
     for (c, chunk) in wb.chunks_exact(LUT_CHUNK_BYTES).enumerate() {
         for (i, &byte) in chunk.iter().enumerate() {
             let (row, half) = (i % LUT_ROW_BLOCK, i / LUT_ROW_BLOCK);
@@ -702,7 +808,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TOKEN_TILE};
+    use super::{CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK};
     use std::arch::x86_64::*;
 
     /// Each byte lane receives 2 lookups of ≤ 32 per step (from its own chunk of the pair), so
@@ -720,18 +826,14 @@ mod avx512 {
         wb: &[u8],
         tabs: &[u8],
         nt: usize,
-        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; 4],
     ) {
         // SAFETY: forwarded contract.
         unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn tile_n<const NT: usize>(
-        wb: &[u8],
-        tabs: &[u8],
-        acc: &mut [[i32; LUT_ROW_BLOCK]; TOKEN_TILE],
-    ) {
+    unsafe fn tile_n<const NT: usize>(wb: &[u8], tabs: &[u8], acc: &mut [[i32; LUT_ROW_BLOCK]; 4]) {
         let chunks = wb.len() / LUT_CHUNK_BYTES;
         debug_assert!(chunks.is_multiple_of(2));
         debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
@@ -796,6 +898,135 @@ mod avx512 {
                 unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, wide) };
                 for (a, l) in acc[t][8 * half..8 * half + 8].iter_mut().zip(lanes) {
                     *a += l;
+                }
+            }
+        }
+    }
+}
+
+/// AVX-512 with VBMI (`vpermb`) and VNNI (`vpdpbusd`): one 64-entry lookup per token and chunk.
+#[cfg(target_arch = "x86_64")]
+mod avx512_vbmi {
+    use super::{TileOut, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, TABLE_BIAS};
+    use std::arch::x86_64::*;
+
+    /// How far ahead a one-token tile prefetches its weights, which a GEMV streams from memory
+    /// once. Cold 2-thread GEMVs (`bench kernels --batches 1`, 4 shapes, two runs): 12.1–14.1
+    /// GB/s without, 16.8–21.4 with 4 KiB.
+    const PREFETCH_BYTES: usize = 4096;
+
+    /// # Safety
+    /// AVX-512 F+BW+VBMI+VNNI; `wbs[0].len() == 32 · chunks`, and as long for `wbs[1]` when
+    /// `out.blocks == 2`; `tabs.len() == 64 · nt · chunks`, `1 <= nt <= 4`; `out.rows(t)` in
+    /// bounds for `t < nt`.
+    pub(super) unsafe fn block_tile(wbs: [&[u8]; 2], tabs: &[u8], nt: usize, out: &mut TileOut) {
+        let chunks = wbs[0].len() / LUT_CHUNK_BYTES;
+        let w = [wbs[0].as_ptr(), wbs[1].as_ptr()];
+        // SAFETY: forwarded contract.
+        unsafe {
+            match (out.blocks, nt) {
+                (1, 1) => tile_n::<1, 1, 4>(w, chunks, tabs, out),
+                (1, 2) => tile_n::<2, 1, 2>(w, chunks, tabs, out),
+                (1, 3) => tile_n::<3, 1, 2>(w, chunks, tabs, out),
+                (1, 4) => tile_n::<4, 1, 1>(w, chunks, tabs, out),
+                (1, 5) => tile_n::<5, 1, 1>(w, chunks, tabs, out),
+                (1, 6) => tile_n::<6, 1, 1>(w, chunks, tabs, out),
+                (1, 7) => tile_n::<7, 1, 1>(w, chunks, tabs, out),
+                (1, _) => tile_n::<8, 1, 1>(w, chunks, tabs, out),
+                (_, 1) => tile_n::<1, 2, 2>(w, chunks, tabs, out),
+                (_, 2) => tile_n::<2, 2, 1>(w, chunks, tabs, out),
+                (_, 3) => tile_n::<3, 2, 1>(w, chunks, tabs, out),
+                (_, 4) => tile_n::<4, 2, 1>(w, chunks, tabs, out),
+                (_, 5) => tile_n::<5, 2, 1>(w, chunks, tabs, out),
+                (_, 6) => tile_n::<6, 2, 1>(w, chunks, tabs, out),
+                (_, 7) => tile_n::<7, 2, 1>(w, chunks, tabs, out),
+                (_, _) => tile_n::<8, 2, 1>(w, chunks, tabs, out),
+            }
+        }
+    }
+
+    /// Chunk c's 32 weight bytes become 64 lookup indices, row r's four k-groups in dword r:
+    /// `[lo(w[r]), lo(w[16 + r]), hi(w[r]), hi(w[16 + r])]`, each ORed with `16 · j` (j the byte
+    /// within the dword) so that `vpermb` reads k-group 4c + j's 16 entries out of the chunk's
+    /// 64 table bytes. `vpdpbusd` against ones then adds each row's four lookups into its i32
+    /// lane: no byte sums to widen, no windows. `RB` row blocks share each table load; `U`
+    /// accumulator sets take alternate chunks, so that few tokens and row blocks still keep
+    /// enough `vpdpbusd` chains in flight to hide its latency.
+    ///
+    /// # Safety
+    /// AVX-512 F+BW+VBMI+VNNI; `RB` is 1 or 2; each `w[b]`, `b < RB`, points at `32 · chunks`
+    /// readable bytes; `tabs.len() == 64 · NT · chunks`; `out.rows(t)` holds `16 · RB` sums for
+    /// every `t < NT`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    unsafe fn tile_n<const NT: usize, const RB: usize, const U: usize>(
+        w: [*const u8; 2],
+        chunks: usize,
+        tabs: &[u8],
+        out: &mut TileOut,
+    ) {
+        debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
+        debug_assert_eq!(out.blocks, RB);
+        // Byte 4r + j of the gathered weights: w[r] for j even, w[16 + r] for j odd.
+        let gather: [u8; 64] = std::array::from_fn(|i| ((i / 4) + 16 * (i % 2)) as u8);
+        // SAFETY: 64-byte arrays.
+        let gather = unsafe { _mm512_loadu_si512(gather.as_ptr() as *const _) };
+        // Words 2r + 1 (bytes j = 2, 3) shift right by 4: their bytes then hold the high nibbles.
+        let shifts = _mm512_set1_epi32(4 << 16);
+        let selector = _mm512_set1_epi32(0x3020_1000);
+        let nibble = _mm512_set1_epi8(0x0F);
+        let ones = _mm512_set1_epi8(1);
+        let zero = _mm512_setzero_si512();
+        let tp = tabs.as_ptr();
+        let mut accs = [[[zero; RB]; NT]; U];
+        for c in 0..chunks {
+            if NT == 1 && c % 2 == 0 {
+                // The next line of weights, a few KiB ahead (a hint: never dereferenced).
+                for wb in &w[..RB] {
+                    let ahead = wb.wrapping_add(LUT_CHUNK_BYTES * c + PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+            }
+            let acc = &mut accs[c % U];
+            let idx: [__m512i; RB] = std::array::from_fn(|b| {
+                // SAFETY: c < chunks: 32 bytes at 32c behind `w[b]` (contract).
+                let v = unsafe {
+                    _mm512_castsi256_si512(_mm256_loadu_si256(
+                        w[b].add(LUT_CHUNK_BYTES * c) as *const __m256i
+                    ))
+                };
+                let v = _mm512_srlv_epi16(_mm512_permutexvar_epi8(gather, v), shifts);
+                // (v & 0x0F) | selector.
+                _mm512_ternarylogic_epi32::<0xEA>(v, nibble, selector)
+            });
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                // SAFETY: token t's 64 table bytes of chunk c at 64 (c · NT + t).
+                let table = unsafe {
+                    _mm512_loadu_si512(tp.add(CHUNK_TABLE_BYTES * (c * NT + t)) as *const _)
+                };
+                for (a, &ix) in acc_t.iter_mut().zip(&idx) {
+                    let looked = _mm512_permutexvar_epi8(ix, table);
+                    *a = _mm512_dpbusd_epi32(*a, looked, ones);
+                }
+            }
+        }
+        let mut acc = accs[0];
+        for more in &accs[1..] {
+            for (acc_t, more_t) in acc.iter_mut().zip(more) {
+                for (a, &m) in acc_t.iter_mut().zip(more_t) {
+                    *a = _mm512_add_epi32(*a, m);
+                }
+            }
+        }
+        // 4 biased lookups per row and chunk.
+        let bias = _mm512_set1_epi32(TABLE_BIAS * 4 * chunks as i32);
+        for (t, acc_t) in acc.iter().enumerate() {
+            let rows = out.rows(t).as_mut_ptr();
+            for (b, &a) in acc_t.iter().enumerate() {
+                // SAFETY: `rows` points at 16 · RB i32 (contract), 16 per row block.
+                unsafe {
+                    let p = rows.add(LUT_ROW_BLOCK * b) as *mut __m512i;
+                    let total = _mm512_add_epi32(_mm512_loadu_si512(p as *const _), a);
+                    _mm512_storeu_si512(p as *mut _, _mm512_sub_epi32(total, bias));
                 }
             }
         }

@@ -148,6 +148,7 @@ fn matmul_int4_parts(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) {
+    let tile = lut::LutTile::for_path(path);
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
     let outs = SharedOutput::each(ys, &rows);
     if lut_own_tables(rows.iter().sum(), x.tokens) {
@@ -157,24 +158,25 @@ fn matmul_int4_parts(
             &rows,
             LUT_ROW_BLOCK,
             LUT_SHARES_PER_THREAD,
-            || lut::Tables::build_here(path, x),
+            || lut::Tables::build_here(tile, x),
             |tables, m, r| {
-                let dots = lut::dots(path, ws[m], x, tables, r.clone(), 0..x.tokens);
+                let dots = lut::dots(tile, ws[m], x, tables, r.clone(), 0..x.tokens);
                 // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
                 unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
             },
         );
         return;
     }
-    let tables = lut::Tables::build(path, x);
-    if lut_split_by_tokens(rows.iter().sum(), x.tokens) {
-        let tiles = x.tokens.div_ceil(lut::TOKEN_TILE);
+    let tables = lut::Tables::build(tile, x);
+    let token_tile = tile.token_tile();
+    if lut_split_by_tokens(rows.iter().sum(), x.tokens, token_tile) {
+        let tiles = x.tokens.div_ceil(token_tile);
         let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
         crate::parallel::run_parts(parts, &|part| {
-            let tokens = (tiles * part / parts * lut::TOKEN_TILE).min(x.tokens)
-                ..(tiles * (part + 1) / parts * lut::TOKEN_TILE).min(x.tokens);
+            let tokens = (tiles * part / parts * token_tile).min(x.tokens)
+                ..(tiles * (part + 1) / parts * token_tile).min(x.tokens);
             for (m, w) in ws.iter().enumerate() {
-                let dots = lut::dots(path, w, x, &tables, 0..rows[m], tokens.clone());
+                let dots = lut::dots(tile, w, x, &tables, 0..rows[m], tokens.clone());
                 // SAFETY: parts take disjoint token ranges, so disjoint elements of every
                 // output.
                 unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
@@ -182,7 +184,7 @@ fn matmul_int4_parts(
         });
     } else {
         split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
-            let dots = lut::dots(path, ws[m], x, &tables, r.clone(), 0..x.tokens);
+            let dots = lut::dots(tile, ws[m], x, &tables, r.clone(), 0..x.tokens);
             // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
             unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
         });
@@ -195,8 +197,8 @@ fn matmul_int4_parts(
 /// every part read all of them (at 768×3072 and 128 tokens, 3.1 MB of tables against 0.6 MB of
 /// weights, INT4 ran at 0.71× INT8). Splitting the token tiles reads each table once; every
 /// part then reads the smaller weights. Needs enough tiles to keep every thread busy.
-fn lut_split_by_tokens(rows: usize, tokens: usize) -> bool {
-    let tiles = tokens.div_ceil(lut::TOKEN_TILE);
+fn lut_split_by_tokens(rows: usize, tokens: usize, token_tile: usize) -> bool {
+    let tiles = tokens.div_ceil(token_tile);
     tokens * 32 > rows && tiles >= 2 * rayon::current_num_threads()
 }
 

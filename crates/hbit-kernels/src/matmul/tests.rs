@@ -193,19 +193,23 @@ fn blocks_tiles_and_shares_cover_every_output() {
 }
 
 /// INT4 products whose tables outweigh their weights split their token tiles across the threads
-/// instead of their rows: 70 rows and 37 tokens (ten tiles, the last of one token) take that
-/// split on 2 and 3 threads, alone and as a multi-matrix call, and equal the reference.
+/// instead of their rows: 70 rows and 49 tokens (13 tiles of 4 or 7 of 8, the last of one
+/// token) take that split on 2 and 3 threads, alone and as a multi-matrix call, and equal the
+/// reference.
 #[test]
 fn token_split_covers_every_output() {
     let mut g = Lcg(41);
-    let (cols, tokens) = (700, 37);
+    let (cols, tokens) = (700, 49);
     let ws = [g.ternary(70, cols), g.ternary(33, cols)];
     let x8 = g.activations(tokens, cols, ActBits::Int8);
     let x4 = g.activations(tokens, cols, ActBits::Int4);
     for threads in [2, 3] {
         pool(threads).install(|| {
-            assert!(lut_split_by_tokens(70, tokens) && lut_split_by_tokens(103, tokens));
-            assert!(!lut_split_by_tokens(70 * 32, tokens));
+            for token_tile in [4, 8] {
+                assert!(lut_split_by_tokens(70, tokens, token_tile));
+                assert!(lut_split_by_tokens(103, tokens, token_tile));
+                assert!(!lut_split_by_tokens(70 * 32, tokens, token_tile));
+            }
             check_all_paths(&ws[0], &x8, &x4);
             let packed: Vec<LutPacked> = ws.iter().map(LutPacked::pack).collect();
             let refs: Vec<&LutPacked> = packed.iter().collect();
@@ -216,6 +220,61 @@ fn token_split_covers_every_output() {
                 assert_bits_equal(y, &matmul_reference(w, &x4).unwrap(), "token split, many");
             }
         });
+    }
+}
+
+/// Every lookup tile this CPU runs, whatever path the environment forces (the AVX-512 path has
+/// two: `vpshufb` with F+BW alone, `vpermb` where VBMI and VNNI are present), gives the exact
+/// i32 sums of the definition: token counts that fill, split and leave partial token tiles of 4
+/// and of 8, row ranges that start on a later row block and end inside one, one column block
+/// and several (the F+BW tile's 2048-column cap).
+#[test]
+fn every_lut_tile_equals_reference_sums() {
+    let mut g = Lcg(77);
+    let tiles = lut::LutTile::supported();
+    assert!(tiles.contains(&lut::LutTile::Scalar));
+    for (rows, cols) in [(40, 300), (33, 2600), (16, 256), (70, 4100)] {
+        let w = g.ternary(rows, cols);
+        let packed = LutPacked::pack(&w);
+        for tokens in [1, 3, 4, 5, 8, 9, 17] {
+            let x = g.activations(tokens, cols, ActBits::Int4);
+            let want = |t: usize, r: usize| -> i32 {
+                let wr = &w.codes[r * cols..(r + 1) * cols];
+                wr.iter()
+                    .zip(x.token(t))
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum()
+            };
+            for &tile in &tiles {
+                let tables = lut::Tables::build(tile, &x);
+                let token_tile = tile.token_tile();
+                let first_tokens = if tokens > token_tile { token_tile } else { 0 };
+                let first_row = if rows > 16 { 16 } else { 0 };
+                for (row_range, token_range) in [
+                    (0..rows, 0..tokens),
+                    (first_row..rows, first_tokens..tokens),
+                ] {
+                    let got = lut::dots(
+                        tile,
+                        &packed,
+                        &x,
+                        &tables,
+                        row_range.clone(),
+                        token_range.clone(),
+                    );
+                    assert_eq!(got.len(), row_range.len() * token_range.len());
+                    for (ti, t) in token_range.clone().enumerate() {
+                        for (ri, r) in row_range.clone().enumerate() {
+                            assert_eq!(
+                                got[ti * row_range.len() + ri],
+                                want(t, r),
+                                "{tile:?}: {rows}x{cols}, {tokens} tokens, token {t}, row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
