@@ -30,8 +30,10 @@ use crate::quant::QuantizedActivations;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// Most tokens one tile call takes (the `vpermb` tile's; the others take 4).
-const MAX_TOKEN_TILE: usize = 8;
+/// Tokens per tile call of the `vpshufb` tiles (AVX2, AVX-512 F+BW) and the scalar one.
+const SHUFFLE_TOKEN_TILE: usize = 4;
+/// Tokens per tile call of the `vpermb` tile.
+const VPERMB_TOKEN_TILE: usize = 8;
 /// Bias added to every table entry so the entries are unsigned bytes.
 const TABLE_BIAS: i32 = 16;
 /// Bytes of one k-group table.
@@ -118,8 +120,8 @@ impl LutTile {
     /// `vpdpbusd` per token: 8 tokens spread that preparation over twice the lookups of 4.
     pub(super) fn token_tile(self) -> usize {
         match self {
-            LutTile::Avx512Vbmi => MAX_TOKEN_TILE,
-            _ => 4,
+            LutTile::Avx512Vbmi => VPERMB_TOKEN_TILE,
+            _ => SHUFFLE_TOKEN_TILE,
         }
     }
 }
@@ -390,9 +392,8 @@ fn build_tables(tile: LutTile, x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_s
         #[cfg(target_arch = "x86_64")]
         LutTile::Avx2 | LutTile::Avx512Bw | LutTile::Avx512Vbmi => {
             // SAFETY: the caller checked that the CPU runs the tile's path, which implies AVX2;
-            // `x.len()`
-            // is a multiple of K_ALIGN (so of 16), and the assert above bounds every chunk's
-            // 64 table bytes within `tables`.
+            // `x.len()` is a multiple of 16 (whole chunk pairs, asserted above), and the assert
+            // above bounds every chunk's 64 table bytes within `tables`.
             unsafe { avx2::build_tables(x, tables, chunk_stride) }
         }
         _ => build_tables_scalar(x, tables, chunk_stride),
@@ -461,7 +462,7 @@ fn block_tile(tile: LutTile, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: T
         #[cfg(target_arch = "x86_64")]
         LutTile::Avx512Bw => {
             for (b, wb) in wbs.iter().take(blocks).enumerate() {
-                let mut acc = [[0i32; LUT_ROW_BLOCK]; 4];
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE];
                 // SAFETY: the caller checked AVX-512 F+BW; slices as above, with an even chunk
                 // count (column blocks are multiples of K_ALIGN = 32 chunks).
                 unsafe { avx512::block_tile(wb, tabs, nt, &mut acc) };
@@ -472,7 +473,7 @@ fn block_tile(tile: LutTile, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: T
         }
         _ => {
             for (b, wb) in wbs.iter().take(blocks).enumerate() {
-                let mut acc = [[0i32; LUT_ROW_BLOCK]; 4];
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE];
                 block_tile_scalar(wb, tabs, nt, &mut acc);
                 for (t, a) in acc.iter().enumerate().take(nt) {
                     out.add(b, t, a);
@@ -483,7 +484,12 @@ fn block_tile(tile: LutTile, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: T
 }
 
 /// Scalar path: the same table lookups, one byte at a time.
-fn block_tile_scalar(wb: &[u8], tabs: &[u8], nt: usize, acc: &mut [[i32; LUT_ROW_BLOCK]; 4]) {
+fn block_tile_scalar(
+    wb: &[u8],
+    tabs: &[u8],
+    nt: usize,
+    acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
+) {
     for (c, chunk) in wb.chunks_exact(LUT_CHUNK_BYTES).enumerate() {
         for (i, &byte) in chunk.iter().enumerate() {
             let (row, half) = (i % LUT_ROW_BLOCK, i / LUT_ROW_BLOCK);
@@ -808,7 +814,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK};
+    use super::{CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, SHUFFLE_TOKEN_TILE};
     use std::arch::x86_64::*;
 
     /// Each byte lane receives 2 lookups of ≤ 32 per step (from its own chunk of the pair), so
@@ -826,14 +832,18 @@ mod avx512 {
         wb: &[u8],
         tabs: &[u8],
         nt: usize,
-        acc: &mut [[i32; LUT_ROW_BLOCK]; 4],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
     ) {
         // SAFETY: forwarded contract.
         unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn tile_n<const NT: usize>(wb: &[u8], tabs: &[u8], acc: &mut [[i32; LUT_ROW_BLOCK]; 4]) {
+    unsafe fn tile_n<const NT: usize>(
+        wb: &[u8],
+        tabs: &[u8],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
+    ) {
         let chunks = wb.len() / LUT_CHUNK_BYTES;
         debug_assert!(chunks.is_multiple_of(2));
         debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);

@@ -43,6 +43,19 @@ pub(super) fn dots(
     out
 }
 
+/// [`dots`] on the AVX-512 F+BW tile (`vpmaddubsw`), which a CPU with VNNI never takes: for
+/// tests on such a CPU. The caller checked AVX-512 F and BW.
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(super) fn dots_avx512_bw(
+    w: &RowPacked,
+    x: &QuantizedActivations,
+    rows: Range<usize>,
+) -> Vec<i32> {
+    let mut out = vec![0i32; x.tokens * rows.len()];
+    tiled(w, x, rows, &mut out, avx512::tile_bw);
+    out
+}
+
 /// Scalar path: the same offset-code arithmetic as the SIMD tiles, one weight at a time.
 fn dots_scalar(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32]) {
     let len = rows.len();

@@ -278,6 +278,43 @@ fn every_lut_tile_equals_reference_sums() {
     }
 }
 
+/// The AVX-512 INT8 tile without VNNI (`vpmaddubsw`) gives the definition's i32 sums on any
+/// AVX-512 CPU, including the VNNI ones whose path never takes it: odd row counts, 1..=17
+/// tokens (full and partial 8-token tiles), several column blocks.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_int8_tile_without_vnni_equals_reference_sums() {
+    if !KernelPath::Avx512.is_supported() {
+        return;
+    }
+    let mut g = Lcg(78);
+    for (rows, cols) in [(37, 300), (70, 2600), (65, 1024)] {
+        let w = g.ternary(rows, cols);
+        let packed = RowPacked::pack(&w);
+        for tokens in [1, 7, 8, 9, 17] {
+            let x = g.activations(tokens, cols, ActBits::Int8);
+            for row_range in [0..rows, 5..rows] {
+                let got = mad::dots_avx512_bw(&packed, &x, row_range.clone());
+                for t in 0..tokens {
+                    for (i, r) in row_range.clone().enumerate() {
+                        let wr = &w.codes[r * cols..(r + 1) * cols];
+                        let want: i32 = wr
+                            .iter()
+                            .zip(x.token(t))
+                            .map(|(&a, &b)| a as i32 * b as i32)
+                            .sum();
+                        assert_eq!(
+                            got[t * row_range.len() + i],
+                            want,
+                            "{rows}x{cols}, {tokens} tokens, token {t}, row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
