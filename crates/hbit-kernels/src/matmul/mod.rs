@@ -5,8 +5,9 @@
 //! * [`matmul_int8`] multiplies [`RowPacked`] weights by INT8 activations with multiply-add
 //!   instructions (`vpmaddubsw`, `vpdpbusd`) on 2-bit codes `w + 1`, then subtracts `Σ_k xq[t, k]`.
 //! * [`matmul_int4`] multiplies [`LutPacked`] weights by INT4 activations with 16-entry lookup
-//!   tables of k-group partial sums (`vpshufb`): INT4 codes keep every table entry within one byte,
-//!   which INT8 codes cannot (the reason native 4-bit activations pay off on a CPU).
+//!   tables of k-group partial sums (`vpshufb`, or `vpermb` over four tables at once where the CPU
+//!   has AVX-512 VBMI): INT4 codes keep every table entry within one byte, which INT8 codes cannot
+//!   (the reason native 4-bit activations pay off on a CPU).
 //!
 //! One token is a GEMV, 2..N tokens a GEMM; rows are split across the current rayon pool's
 //! threads. Every path computes the same i32 sums and the same f32 epilogue, so every path gives
