@@ -484,10 +484,10 @@ mod simd {
     /// row, token and block does both, and `a + b` is the sum of the register's two halves: the
     /// same operations on the same values as the AVX2 tile and the scalar reference.
     macro_rules! wide_kernel {
-        ($name:ident, $t:ty, $load:expr) => {
+        ($name:ident, $t:ty, $features:literal, $load:expr) => {
             /// `sums[j][i] = Σ_k rows[j][k]·xs[i][k]` for the first `R` rows and `N` tokens, in
             /// the defined order.
-            #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+            #[target_feature(enable = $features)]
             unsafe fn $name<const R: usize, const N: usize>(
                 rows: [&[$t]; WIDE_ROWS],
                 xs: &[&[f32]; TOKEN_TILE],
@@ -526,11 +526,13 @@ mod simd {
     }
 
     // SAFETY (for the loads): callers pass pointers with 16 readable values.
-    wide_kernel!(wide_f32, f32, |p: *const f32| _mm512_loadu_ps(p));
-    wide_kernel!(wide_f16, f16, |p: *const f16| {
+    wide_kernel!(wide_f32, f32, "avx512f,avx2,fma", |p: *const f32| {
+        _mm512_loadu_ps(p)
+    });
+    wide_kernel!(wide_f16, f16, "avx512f,avx2,fma,f16c", |p: *const f16| {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     });
-    wide_kernel!(wide_i8, i8, |p: *const i8| {
+    wide_kernel!(wide_i8, i8, "avx512f,avx2,fma", |p: *const i8| {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
     });
 }
