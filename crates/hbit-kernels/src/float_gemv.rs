@@ -224,27 +224,8 @@ fn rows_block(
             let tile = (tokens - t0).min(TOKEN_TILE);
             let xs: [&[f32]; TOKEN_TILE] =
                 std::array::from_fn(|i| &x[(t0 + i.min(tile - 1)) * cols..][..cols]);
-            #[cfg(target_arch = "x86_64")]
-            if path == KernelPath::Avx512 && simd::available(w) {
-                for r in (g0..g1).step_by(WIDE_ROWS) {
-                    let nr = (g1 - r).min(WIDE_ROWS);
-                    let mut sums = [[0.0f32; TOKEN_TILE]; WIDE_ROWS];
-                    simd::wide_tile(w, r, nr, cols, &xs, tile, &mut sums);
-                    for (j, row_sums) in sums.iter().take(nr).enumerate() {
-                        let scale = w.row_scale(r + j);
-                        for (i, s) in row_sums.iter().take(tile).enumerate() {
-                            out[(t0 + i) * n + (r + j - r0)] = match w {
-                                FloatWeights::I8 { .. } => *s * scale,
-                                _ => *s,
-                            };
-                        }
-                    }
-                }
-                continue;
-            }
-            for r in g0..g1 {
-                let mut sums = [0.0f32; TOKEN_TILE];
-                dot_tile(path, w, r, cols, &xs, tile, &mut sums);
+            // Row r's sums for this token tile into `out`, scaled for 8-bit rows.
+            let mut store = |r: usize, sums: &[f32; TOKEN_TILE]| {
                 let scale = w.row_scale(r);
                 for (i, s) in sums.iter().take(tile).enumerate() {
                     out[(t0 + i) * n + (r - r0)] = match w {
@@ -252,6 +233,23 @@ fn rows_block(
                         _ => *s,
                     };
                 }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if path == KernelPath::Avx512 && simd::available(w) {
+                for r in (g0..g1).step_by(WIDE_ROWS) {
+                    let nr = (g1 - r).min(WIDE_ROWS);
+                    let mut sums = [[0.0f32; TOKEN_TILE]; WIDE_ROWS];
+                    simd::wide_tile(w, r, nr, cols, &xs, tile, &mut sums);
+                    for (j, row_sums) in sums.iter().take(nr).enumerate() {
+                        store(r + j, row_sums);
+                    }
+                }
+                continue;
+            }
+            for r in g0..g1 {
+                let mut sums = [0.0f32; TOKEN_TILE];
+                dot_tile(path, w, r, cols, &xs, tile, &mut sums);
+                store(r, &sums);
             }
         }
     }

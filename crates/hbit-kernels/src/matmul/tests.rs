@@ -37,6 +37,15 @@ impl Lcg {
     }
 }
 
+/// `Σ_k Wq[r, k] · xq[t, k]` in i32: the sum every kernel's integer part must produce.
+fn reference_dot(w: &TernaryWeights, x: &QuantizedActivations, t: usize, r: usize) -> i32 {
+    let wr = &w.codes[r * w.cols..(r + 1) * w.cols];
+    wr.iter()
+        .zip(x.token(t))
+        .map(|(&a, &b)| a as i32 * b as i32)
+        .sum()
+}
+
 fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -238,13 +247,6 @@ fn every_lut_tile_equals_reference_sums() {
         let packed = LutPacked::pack(&w);
         for tokens in [1, 3, 4, 5, 8, 9, 17] {
             let x = g.activations(tokens, cols, ActBits::Int4);
-            let want = |t: usize, r: usize| -> i32 {
-                let wr = &w.codes[r * cols..(r + 1) * cols];
-                wr.iter()
-                    .zip(x.token(t))
-                    .map(|(&a, &b)| a as i32 * b as i32)
-                    .sum()
-            };
             for &tile in &tiles {
                 let tables = lut::Tables::build(tile, &x);
                 let token_tile = tile.token_tile();
@@ -267,7 +269,7 @@ fn every_lut_tile_equals_reference_sums() {
                         for (ri, r) in row_range.clone().enumerate() {
                             assert_eq!(
                                 got[ti * row_range.len() + ri],
-                                want(t, r),
+                                reference_dot(&w, &x, t, r),
                                 "{tile:?}: {rows}x{cols}, {tokens} tokens, token {t}, row {r}"
                             );
                         }
@@ -297,15 +299,9 @@ fn avx512_int8_tile_without_vnni_equals_reference_sums() {
                 let got = mad::dots_avx512_bw(&packed, &x, row_range.clone());
                 for t in 0..tokens {
                     for (i, r) in row_range.clone().enumerate() {
-                        let wr = &w.codes[r * cols..(r + 1) * cols];
-                        let want: i32 = wr
-                            .iter()
-                            .zip(x.token(t))
-                            .map(|(&a, &b)| a as i32 * b as i32)
-                            .sum();
                         assert_eq!(
                             got[t * row_range.len() + i],
-                            want,
+                            reference_dot(&w, &x, t, r),
                             "{rows}x{cols}, {tokens} tokens, token {t}, row {r}"
                         );
                     }
