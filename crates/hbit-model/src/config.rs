@@ -495,24 +495,34 @@ impl ModelConfig {
 
     /// cos / sin tables `[max_position_embeddings, head_dim]` of rotate-half RoPE (HF LLaMA):
     /// frequency i of `rope_theta^(-2i/hd)`, repeated for both halves, computed in f64. Training
-    /// and the engine both rotate with these, so their positions cannot drift apart.
+    /// rotates with these; the engine computes the rows it needs with [`Self::rope_at`], the
+    /// same arithmetic, so their positions cannot drift apart.
     pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
         let (hd, half) = (self.head_dim, self.head_dim / 2);
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| self.rope_theta.powf(-(2.0 * i as f64) / hd as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(self.max_position_embeddings * hd);
-        let mut sin = Vec::with_capacity(self.max_position_embeddings * hd);
-        for p in 0..self.max_position_embeddings {
-            for _half in 0..2 {
-                for &f in &inv_freq {
-                    let angle = p as f64 * f;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
+        let mut cos = vec![0.0f32; self.max_position_embeddings * hd];
+        let mut sin = vec![0.0f32; self.max_position_embeddings * hd];
+        for (p, (c, s)) in cos
+            .chunks_exact_mut(hd)
+            .zip(sin.chunks_exact_mut(hd))
+            .enumerate()
+        {
+            self.rope_at(p, &mut c[..half], &mut s[..half]);
+            c.copy_within(..half, half);
+            s.copy_within(..half, half);
         }
         (cos, sin)
+    }
+
+    /// cos / sin of position `pos` for the `head_dim / 2` frequencies (one half of a
+    /// [`Self::rope_tables`] row; the other half repeats it).
+    pub fn rope_at(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let hd = self.head_dim;
+        for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+            let inv_freq = self.rope_theta.powf(-(2.0 * i as f64) / hd as f64);
+            let angle = pos as f64 * inv_freq;
+            *c = angle.cos() as f32;
+            *s = angle.sin() as f32;
+        }
     }
 
     /// The input treatment of one projection under this config's variant (DESIGN.md §2 table).
@@ -669,6 +679,31 @@ mod tests {
         let p7 = preset("7b", Variant::BitnetV2, ActBits::Int4).unwrap();
         let n7 = p7.parameter_count();
         assert!((6_000_000_000..8_000_000_000).contains(&n7), "7b has {n7}");
+    }
+
+    #[test]
+    fn rope_angles_by_hand() {
+        // head_dim 4, theta 10000: frequencies 10000^0 = 1 and 10000^(-2/4) = 0.01.
+        let mut c = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+        c.head_dim = 4;
+        c.rope_theta = 10_000.0;
+        c.max_position_embeddings = 5;
+        let (mut cos, mut sin) = ([0.0f32; 2], [0.0f32; 2]);
+        c.rope_at(3, &mut cos, &mut sin);
+        let want_cos = [3.0f64.cos() as f32, 0.03f64.cos() as f32];
+        let want_sin = [3.0f64.sin() as f32, 0.03f64.sin() as f32];
+        for i in 0..2 {
+            assert!((cos[i] - want_cos[i]).abs() <= 1e-7, "cos[{i}] {}", cos[i]);
+            assert!((sin[i] - want_sin[i]).abs() <= 1e-7, "sin[{i}] {}", sin[i]);
+        }
+        // The tables repeat each position's frequencies in both halves; position 0 is the
+        // identity rotation.
+        let (tc, ts) = c.rope_tables();
+        assert_eq!(tc.len(), 5 * 4);
+        assert_eq!(&tc[12..16], &[cos[0], cos[1], cos[0], cos[1]]);
+        assert_eq!(&ts[12..16], &[sin[0], sin[1], sin[0], sin[1]]);
+        assert_eq!(&tc[..4], &[1.0; 4]);
+        assert_eq!(&ts[..4], &[0.0; 4]);
     }
 
     #[test]
