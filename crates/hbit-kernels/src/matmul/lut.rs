@@ -61,6 +61,21 @@ fn table_entry(idx: usize, xa: i8, xb: i8) -> u8 {
 /// Bytes of one chunk's tables (its 4 k-groups) for one token.
 const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
 
+/// One token's tables from `tile`'s builder at `chunk_stride`, over a buffer first filled with
+/// 0xA5, so tests can compare builders byte for byte, the gaps between chunks included.
+#[cfg(test)]
+pub(super) fn token_tables(tile: LutTile, x: &[i8], chunk_stride: usize) -> Vec<u8> {
+    let chunks = x.len() / LUT_CHUNK_COLS;
+    let len = (chunks - 1) * chunk_stride + CHUNK_TABLE_BYTES;
+    let mut tables = vec![MaybeUninit::new(0xA5u8); len];
+    build_tables(tile, x, &mut tables, chunk_stride);
+    tables
+        .iter()
+        // SAFETY: every byte was initialized by the fill above (and perhaps rewritten).
+        .map(|b| unsafe { b.assume_init() })
+        .collect()
+}
+
 /// Reference table builder for one token: the 64 table bytes of chunk `c` (k-groups 4c..4c+4,
 /// 16 bytes each) start at `tables[c * chunk_stride]`, so a token tile's tables interleave by chunk.
 fn build_tables_scalar(x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_stride: usize) {

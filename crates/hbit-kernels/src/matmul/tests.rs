@@ -280,6 +280,32 @@ fn every_lut_tile_equals_reference_sums() {
     }
 }
 
+/// The table builder of every lookup tile the CPU has writes the scalar builder's bytes and
+/// nothing else: the gaps between chunks at a wider stride keep their fill. The activations
+/// include codes at the INT4 clip limit −8.
+#[test]
+fn every_table_builder_equals_the_scalar_one() {
+    let mut g = Lcg(79);
+    for cols in [16, 48, 1024, 4112] {
+        let x = g.activations(3, cols, ActBits::Int4);
+        let codes = &x.codes[..x.stride];
+        assert!(
+            codes.contains(&-8) || cols < 1024,
+            "no -8 among {cols} codes"
+        );
+        for stride in [64, 3 * 64, 8 * 64] {
+            let want = lut::token_tables(lut::LutTile::Scalar, codes, stride);
+            for tile in lut::LutTile::supported() {
+                assert_eq!(
+                    lut::token_tables(tile, codes, stride),
+                    want,
+                    "{tile:?}: {cols} columns, chunk stride {stride}"
+                );
+            }
+        }
+    }
+}
+
 /// The AVX-512 INT8 tile without VNNI (`vpmaddubsw`) gives the definition's i32 sums on any
 /// AVX-512 CPU, including the VNNI ones whose path never takes it: odd row counts, 1..=17
 /// tokens (full and partial 8-token tiles), several column blocks.
