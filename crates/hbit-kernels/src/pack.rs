@@ -1,5 +1,5 @@
-//! Packed ternary weight layouts. Both store each weight as a 2-bit code `w + 1` in {0, 1, 2}
-//! (3 is never written), so both cost exactly **2 bits per weight**, plus one f32 scale
+//! Packed ternary weight layouts. The two main ones store each weight as a 2-bit code `w + 1` in
+//! {0, 1, 2} (3 is never written), so both cost exactly **2 bits per weight**, plus one f32 scale
 //! (`alpha`) per tensor and zero-weight padding of the input dimension to a multiple of
 //! [`K_ALIGN`] (and, for [`LutPacked`], of the output dimension to a multiple of 16).
 //! Per-tensor overhead in bits per weight: `(32 + padding bits) / (rows * cols)`.
@@ -19,6 +19,12 @@
 //!   byte `i < 16` holds row `i`'s index for k-group `4c` (low nibble) and `4c+2` (high nibble);
 //!   byte `16 + i` holds k-groups `4c+1` and `4c+3`. A `vpshufb` of a 16-entry table of
 //!   k-group partial sums by the low (or high) nibbles then yields 16 rows × 2 k-groups at once.
+//!
+//! A third layout, [`TriplePacked`], is not a 2-bit one: three weights share one 4-bit folded
+//! index and a sign bit (bitnet.cpp TL2's grouping), **1.67 bits per weight** plus one i32 per
+//! row, so that each INT4 table lookup covers three weights instead of two. Its kernel
+//! (`matmul_int4_triples`) runs the `vpermb` tile on AVX-512 VBMI + VNNI CPUs; model files do
+//! not use it yet.
 
 use std::fmt;
 use std::ops::{Deref, Range};
@@ -426,6 +432,166 @@ impl LutPacked {
     }
 }
 
+/// Columns covered by one [`TriplePacked`] chunk: four groups of three.
+pub const TRIPLE_CHUNK_COLS: usize = 12;
+/// Index bytes of one [`TriplePacked`] chunk: 16 rows × 4 groups × 4 bits.
+pub const TRIPLE_CHUNK_BYTES: usize = 32;
+/// Folded index of three zero weights (and of padding).
+pub const TRIPLE_ZERO: u8 = 13;
+
+/// Folds three ternary weights into bitnet.cpp TL2's form: their combination index
+/// `9(w0+1) + 3(w1+1) + (w2+1)` lies in 0..27, and index `i > 13` is the negation of index
+/// `26 − i`, so a 4-bit index in 0..=13 and a sign cover all 27. Returns (index, negated).
+pub fn triple_fold(w: [i8; 3]) -> (u8, bool) {
+    let idx = 9 * (w[0] + 1) + 3 * (w[1] + 1) + (w[2] + 1);
+    if idx > TRIPLE_ZERO as i8 {
+        ((26 - idx) as u8, true)
+    } else {
+        (idx as u8, false)
+    }
+}
+
+/// The three weights of a folded index in 0..=13 (before its sign).
+pub fn triple_weights(folded: u8) -> [i8; 3] {
+    debug_assert!(folded <= TRIPLE_ZERO);
+    let f = folded as i8;
+    [f / 9 - 1, (f / 3) % 3 - 1, f % 3 - 1]
+}
+
+/// Ternary weights for INT4 lookups of **three weights at once** (bitnet.cpp TL2's grouping):
+/// each group of three columns is one folded 4-bit index ([`triple_fold`]) plus a sign bit, so
+/// **5 bits per 3 weights (1.67 bits per weight)**, plus one i32 per row (the sum of its signs,
+/// which the kernels' table bias needs) and one f32 scale per tensor.
+///
+/// Layout: rows in blocks of 16, columns in chunks of [`TRIPLE_CHUNK_COLS`] (groups `4c..4c+4`
+/// of chunk `c`), zero weights padding both. Per row block and chunk, 32 index bytes in
+/// [`LutPacked`]'s nibble order (byte `i < 16`: row `i`'s groups `4c` low and `4c+2` high;
+/// byte `16 + i`: groups `4c+1` and `4c+3`) and one u64 of signs, bit `4i + j` for row `i`'s
+/// group `4c + j` (set: negated).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TriplePacked {
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    chunks: usize,
+    /// `[row_blocks, chunks, 32]`.
+    indices: Vec<u8>,
+    /// `[row_blocks, chunks]`.
+    signs: Vec<u64>,
+    /// `[row_blocks · 16]`: Σ over the row's groups (padding included) of ±1.
+    sign_sums: Vec<i32>,
+}
+
+impl TriplePacked {
+    pub fn pack(w: &TernaryWeights) -> Self {
+        let chunks = w.cols.div_ceil(TRIPLE_CHUNK_COLS).max(1);
+        let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
+        let zero_pair = TRIPLE_ZERO | TRIPLE_ZERO << 4;
+        let mut indices = vec![zero_pair; row_blocks * chunks * TRIPLE_CHUNK_BYTES];
+        let mut signs = vec![0u64; row_blocks * chunks];
+        let mut sign_sums = vec![4 * chunks as i32; row_blocks * LUT_ROW_BLOCK];
+        for (r, (row, sign_sum)) in w
+            .codes
+            .chunks_exact(w.cols)
+            .zip(sign_sums.iter_mut())
+            .enumerate()
+        {
+            let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+            for g in 0..w.cols.div_ceil(3) {
+                let at = |m: usize| row.get(3 * g + m).copied().unwrap_or(0);
+                let (folded, negated) = triple_fold([at(0), at(1), at(2)]);
+                let (c, j) = (g / 4, g % 4);
+                let byte = (rb * chunks + c) * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i;
+                let shift = 4 * (j / 2);
+                indices[byte] = (indices[byte] & !(0xF << shift)) | folded << shift;
+                if negated {
+                    signs[rb * chunks + c] |= 1 << (4 * i + j);
+                    *sign_sum -= 2;
+                }
+            }
+        }
+        Self {
+            rows: w.rows,
+            cols: w.cols,
+            alpha: w.alpha,
+            chunks,
+            indices,
+            signs,
+            sign_sums,
+        }
+    }
+
+    pub fn unpack(&self) -> TernaryWeights {
+        let mut codes = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+            codes.extend((0..self.cols).map(|k| {
+                let (g, m) = (k / 3, k % 3);
+                let (c, j) = (g / 4, g % 4);
+                let byte =
+                    self.indices[(rb * self.chunks + c) * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i];
+                let folded = (byte >> (4 * (j / 2))) & 0xF;
+                let negated = self.signs[rb * self.chunks + c] >> (4 * i + j) & 1 == 1;
+                let w = triple_weights(folded)[m];
+                if negated {
+                    -w
+                } else {
+                    w
+                }
+            }));
+        }
+        TernaryWeights {
+            rows: self.rows,
+            cols: self.cols,
+            alpha: self.alpha,
+            codes,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The per-tensor scale alpha of eq. (1).
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    pub fn row_blocks(&self) -> usize {
+        self.rows.div_ceil(LUT_ROW_BLOCK)
+    }
+
+    /// Chunks per row block (`cols / 12`, rounded up).
+    pub fn chunks(&self) -> usize {
+        self.chunks
+    }
+
+    /// Index bytes of row block `rb`, `[chunks, 32]`.
+    pub fn block_indices(&self, rb: usize) -> &[u8] {
+        let n = self.chunks * TRIPLE_CHUNK_BYTES;
+        &self.indices[rb * n..(rb + 1) * n]
+    }
+
+    /// Sign masks of row block `rb`, one per chunk.
+    pub fn block_signs(&self, rb: usize) -> &[u64] {
+        &self.signs[rb * self.chunks..(rb + 1) * self.chunks]
+    }
+
+    /// Σ of signs (±1 per group) of the 16 rows of block `rb`.
+    pub fn block_sign_sums(&self, rb: usize) -> &[i32] {
+        &self.sign_sums[rb * LUT_ROW_BLOCK..(rb + 1) * LUT_ROW_BLOCK]
+    }
+
+    /// Bytes held: indices, signs and sign sums.
+    pub fn bytes(&self) -> usize {
+        self.indices.len() + 8 * self.signs.len() + 4 * self.sign_sums.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +610,61 @@ mod tests {
             })
             .collect();
         TernaryWeights::from_codes(rows, cols, 0.75, codes).unwrap()
+    }
+
+    #[test]
+    fn triple_fold_covers_all_27_triples_by_hand() {
+        // (−1, −1, −1) is index 0; (0, 0, 0) is 13; (1, 1, 1) is 26, the negation of 0.
+        assert_eq!(triple_fold([-1, -1, -1]), (0, false));
+        assert_eq!(triple_fold([0, 0, 0]), (TRIPLE_ZERO, false));
+        assert_eq!(triple_fold([1, 1, 1]), (0, true));
+        // (1, 0, −1): 9·2 + 3·1 + 0 = 21 > 13, so the negation of 26 − 21 = 5 = (−1, 0, 1).
+        assert_eq!(triple_fold([1, 0, -1]), (5, true));
+        assert_eq!(triple_weights(5), [-1, 0, 1]);
+        for a in -1..=1i8 {
+            for b in -1..=1i8 {
+                for c in -1..=1i8 {
+                    let (folded, negated) = triple_fold([a, b, c]);
+                    assert!(folded <= TRIPLE_ZERO);
+                    let w = triple_weights(folded);
+                    let back = if negated { w.map(|v| -v) } else { w };
+                    assert_eq!(back, [a, b, c]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn triple_layout_known_bits_and_sign_sums() {
+        // One row of 15 weights: groups (1, 0, −1) → index 5 negated, then (0, 0, 0) → 13,
+        // (−1, −1, −1) → 0, (0, 1, 0) → 9·1 + 3·2 + 1 = 16 > 13 → 10 negated; group 4 (chunk
+        // 1, group 0) is (1, −1, −1) → 9·2 + 0 + 0 = 18 → 8 negated.
+        let codes = vec![1, 0, -1, 0, 0, 0, -1, -1, -1, 0, 1, 0, 1, -1, -1];
+        let w = TernaryWeights::from_codes(1, 15, 0.5, codes).unwrap();
+        let p = TriplePacked::pack(&w);
+        assert_eq!((p.row_blocks(), p.chunks()), (1, 2));
+        let idx = p.block_indices(0);
+        // Row 0: byte 0 = group 0 (low) | group 2 (high); byte 16 = group 1 | group 3.
+        assert_eq!(idx[0], 5); // group 2 (high nibble) is index 0
+        assert_eq!(idx[16], 13 | 10 << 4);
+        assert_eq!(idx[32], 8 | 13 << 4); // chunk 1: group 4, then padding (group 6)
+        assert_eq!(idx[1], 13 | 13 << 4); // row 1 is padding
+                                          // Signs: row 0, groups 0 and 3 of chunk 0 (bits 0, 3); group 0 of chunk 1 (bit 0).
+        assert_eq!(p.block_signs(0), &[0b1001, 0b1]);
+        // 8 groups per row, three negated: 8 − 2·3 = 2; padding rows: 8.
+        assert_eq!(p.block_sign_sums(0)[0], 2);
+        assert_eq!(p.block_sign_sums(0)[1], 8);
+        assert_eq!(p.unpack(), w);
+        // 5 bits per 3 weights: 40 bytes per chunk of 16 rows × 12 columns.
+        assert_eq!(p.bytes(), 2 * 40 + 16 * 4);
+    }
+
+    #[test]
+    fn triple_round_trips_odd_shapes() {
+        for (rows, cols) in [(1, 1), (17, 13), (33, 300), (64, 4096), (5, 25)] {
+            let w = random_ternary(rows, cols, (rows * cols) as u64);
+            assert_eq!(TriplePacked::pack(&w).unpack(), w, "{rows}x{cols}");
+        }
     }
 
     #[test]

@@ -141,8 +141,8 @@ impl LutTile {
     }
 }
 
-/// Whether this CPU has AVX-512 VBMI and VNNI (the `vpermb` tile).
-fn cpu_has_vbmi_vnni() -> bool {
+/// Whether this CPU has AVX-512 VBMI and VNNI (the `vpermb` tiles).
+pub(super) fn cpu_has_vbmi_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512vbmi")

@@ -8,6 +8,10 @@
 //!   tables of k-group partial sums (`vpshufb`, or `vpermb` over four tables at once where the CPU
 //!   has AVX-512 VBMI): INT4 codes keep every table entry within one byte, which INT8 codes cannot
 //!   (the reason native 4-bit activations pay off on a CPU).
+//! * [`matmul_int4_triples`] multiplies [`TriplePacked`] weights by INT4 activations with one
+//!   lookup per **three** weights (folded 4-bit index plus sign, as bitnet.cpp's TL2): 192
+//!   multiply-adds per `vpermb` and `vpdpbusd` instead of 128. The `vpermb` tile needs AVX-512
+//!   VBMI and VNNI; other CPUs run its scalar tile.
 //!
 //! One token is a GEMV, 2..N tokens a GEMM; rows are split across the current rayon pool's
 //! threads. Every path computes the same i32 sums and the same f32 epilogue, so every path gives
@@ -33,10 +37,11 @@ macro_rules! dispatch_tokens {
 
 mod lut;
 mod mad;
+mod triple;
 
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
-use crate::pack::{LutPacked, RowPacked, LUT_ROW_BLOCK};
+use crate::pack::{LutPacked, RowPacked, TriplePacked, LUT_ROW_BLOCK};
 use crate::quant::{ActBits, QuantizedActivations, TernaryWeights};
 use std::ops::Range;
 
@@ -190,6 +195,30 @@ fn matmul_int4_parts(
             unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
         });
     }
+}
+
+/// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
+/// weight (see `triple.rs`). The `vpermb` tile where the CPU has AVX-512 VBMI and VNNI (and the
+/// AVX-512 path is active); the scalar tile everywhere else. Tables once (in pieces over the
+/// threads), then the rows split across the threads.
+pub fn matmul_int4_triples(
+    w: &TriplePacked,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let path = active_path()?;
+    check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
+    let tile = triple::TripleTile::for_path(path);
+    let tables = triple::TripleTables::build(tile, x, w.chunks());
+    let rows = [w.rows()];
+    let mut ys = [y];
+    let outs = SharedOutput::each(&mut ys, &rows);
+    split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |_, r| {
+        let dots = triple::dots(tile, w, &tables, r.clone(), 0..x.tokens);
+        // SAFETY: `split_many` hands each part a disjoint row range.
+        unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
+    });
+    Ok(())
 }
 
 /// Whether a lookup-table product splits its token tiles, not its rows, across the threads.

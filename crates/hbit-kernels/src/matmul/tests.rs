@@ -1,7 +1,7 @@
 //! Every kernel path against the reference definition, bit for bit.
 
 use super::*;
-use crate::pack::{LutPacked, RowPacked};
+use crate::pack::{LutPacked, RowPacked, TriplePacked};
 use crate::quant::{quantize_activations, ActBits, TernaryWeights};
 use proptest::prelude::*;
 
@@ -304,6 +304,87 @@ fn every_table_builder_equals_the_scalar_one() {
             }
         }
     }
+}
+
+/// Every three-weight tile the CPU has gives the definition's i32 sums: odd row counts (partial
+/// row blocks), widths that are no multiple of 12 (partial groups and chunks), 1..=17 tokens
+/// (partial 8-token tiles), and row / token ranges that start past the first block and tile.
+/// The tables of every builder are byte-identical to the scalar builder's.
+#[test]
+fn every_triple_tile_equals_reference_sums() {
+    let mut g = Lcg(80);
+    for (rows, cols) in [(40, 300), (33, 2600), (16, 256), (70, 4100), (17, 13)] {
+        let w = g.ternary(rows, cols);
+        let packed = TriplePacked::pack(&w);
+        for tokens in [1, 3, 8, 9, 17] {
+            let x = g.activations(tokens, cols, ActBits::Int4);
+            let scalar =
+                triple::TripleTables::build(triple::TripleTile::Scalar, &x, packed.chunks());
+            for tile in triple::TripleTile::supported() {
+                let tables = triple::TripleTables::build(tile, &x, packed.chunks());
+                assert!(
+                    tables.bytes() == scalar.bytes(),
+                    "{tile:?} tables, {rows}x{cols}"
+                );
+                let first_row = if rows > 16 { 16 } else { 0 };
+                let first_token = if tokens > 8 { 8 } else { 0 };
+                for (row_range, token_range) in
+                    [(0..rows, 0..tokens), (first_row..rows, first_token..tokens)]
+                {
+                    let got = triple::dots(
+                        tile,
+                        &packed,
+                        &tables,
+                        row_range.clone(),
+                        token_range.clone(),
+                    );
+                    for (ti, t) in token_range.clone().enumerate() {
+                        for (ri, r) in row_range.clone().enumerate() {
+                            assert_eq!(
+                                got[ti * row_range.len() + ri],
+                                reference_dot(&w, &x, t, r),
+                                "{tile:?}: {rows}x{cols}, {tokens} tokens, token {t}, row {r}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The three-weight product equals the definition bit for bit on the active path, at the
+/// extremes of the INT4 range, and refuses INT8 activations and mismatched shapes.
+#[test]
+fn matmul_int4_triples_equals_reference_and_checks_operands() {
+    let mut g = Lcg(81);
+    let (rows, cols) = (50, 777);
+    let w = g.ternary(rows, cols);
+    let packed = TriplePacked::pack(&w);
+    for tokens in [1, 8, 13] {
+        let x = g.activations(tokens, cols, ActBits::Int4);
+        let mut y = vec![0.0f32; tokens * rows];
+        matmul_int4_triples(&packed, &x, &mut y).unwrap();
+        let want = matmul_reference(&w, &x).unwrap();
+        assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    let x8 = g.activations(2, cols, ActBits::Int8);
+    let mut y = vec![0.0f32; 2 * rows];
+    assert!(matches!(
+        matmul_int4_triples(&packed, &x8, &mut y),
+        Err(KernelError::ActivationBitsMismatch { .. })
+    ));
+    let narrow = g.activations(2, cols - 1, ActBits::Int4);
+    assert!(matches!(
+        matmul_int4_triples(&packed, &narrow, &mut y),
+        Err(KernelError::ShapeMismatch { .. })
+    ));
+    let x = g.activations(2, cols, ActBits::Int4);
+    let mut short = vec![0.0f32; 2 * rows - 1];
+    assert!(matches!(
+        matmul_int4_triples(&packed, &x, &mut short),
+        Err(KernelError::LengthMismatch { .. })
+    ));
 }
 
 /// The AVX-512 INT8 tile without VNNI (`vpmaddubsw`) gives the definition's i32 sums on any

@@ -11,9 +11,10 @@
 use super::membw::{last_level_cache_bytes, ColdBuffer};
 use anyhow::{bail, Context, Result};
 use hbit_kernels::dense::dense_matmul_f32;
-use hbit_kernels::matmul::{matmul_int4, matmul_int8};
+use hbit_kernels::matmul::{matmul_int4, matmul_int4_triples, matmul_int8};
 use hbit_kernels::{
     active_path, quantize_activations, ActBits, Hadamard, KernelPath, LutPacked, RowPacked,
+    TriplePacked,
 };
 use serde::Serialize;
 use std::time::Instant;
@@ -239,6 +240,8 @@ impl Bench {
         let row_bytes = rows * cols / 4;
         let row = RowPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
         let lut = LutPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
+        // The three-weights-per-lookup layout of the same weights (batched products only).
+        let triples = TriplePacked::pack(&lut.unpack());
         let flops = |b: usize| 2.0 * (rows * cols * b) as f64;
         for &batch in batches {
             let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
@@ -297,14 +300,23 @@ impl Bench {
                     (flops(batch), bytes),
                 );
             } else {
-                let mut y4 = y.clone();
+                let (mut y4, mut y3) = (y.clone(), y.clone());
                 let seconds = measure_alternating(
                     self.min_time,
-                    &mut [&mut || Ok(matmul_int8(&row, &x8, &mut y)?), &mut || {
-                        Ok(matmul_int4(&lut, &x4, &mut y4)?)
-                    }],
+                    &mut [
+                        &mut || Ok(matmul_int8(&row, &x8, &mut y)?),
+                        &mut || Ok(matmul_int4(&lut, &x4, &mut y4)?),
+                        &mut || Ok(matmul_int4_triples(&triples, &x4, &mut y3)?),
+                    ],
                 )?;
                 let (s8, s4) = (seconds[0], seconds[1]);
+                self.push(
+                    ("ternary_int4_triples", 4),
+                    batch,
+                    (rows, cols),
+                    seconds[2],
+                    (flops(batch), triples.bytes() as f64),
+                );
                 self.push(
                     ("ternary_int8", 8),
                     batch,
@@ -639,6 +651,17 @@ fn summarize(records: &[Record], threads: usize) -> Vec<Summary> {
         })
         .collect();
     out.extend(worst("batch8plus_int4_vs_int8", 1.3, pairs));
+    let pairs = records
+        .iter()
+        .filter(|r| r.kernel == "ternary_int4_triples" && r.batch >= 8)
+        .filter_map(|r| {
+            Some((
+                find("ternary_int8", r.batch, r.rows, r.cols)?.seconds / r.seconds,
+                format!("worst {}x{} batch {}", r.rows, r.cols, r.batch),
+            ))
+        })
+        .collect();
+    out.extend(worst("batch8plus_int4_triples_vs_int8", 1.3, pairs));
     if let (Some(h), Some(g)) = (
         find("hadamard", 1, 1, 8192),
         find("ternary_int8", 1, 8192, 2048),

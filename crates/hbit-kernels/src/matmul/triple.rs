@@ -1,0 +1,417 @@
+//! Ternary × INT4 products over [`TriplePacked`] weights: one table lookup covers **three**
+//! weights (bitnet.cpp TL2's grouping), where [`super::lut`] covers two.
+//!
+//! For each token and group `g = (3g, 3g+1, 3g+2)` of activations `(a, b, c)`, a 16-byte table
+//! holds `w·(a, b, c) + 24` for the 14 folded weight triples of [`triple_weights`] (entries 14
+//! and 15 are unused). A row's group contributes `sign · table[index]`, and the bias comes back
+//! out as `24 · Σ signs`, a per-row constant of the packed weights. INT4 codes bound an entry by
+//! `3 · 8 = 24`, so every entry is a byte in 0..=48.
+//!
+//! On AVX-512 with VBMI and VNNI, a chunk's four group tables (64 bytes) serve one `vpermb` of
+//! 64 indices, 16 rows × 4 groups with each row's groups in one dword, and `vpdpbusd` against
+//! ±1 sign bytes adds each row's four signed lookups into its i32 lane: 12 weights per row,
+//! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. Every
+//! other path runs the scalar tile, the same lookups one byte at a time.
+
+use super::lut::cpu_has_vbmi_vnni;
+use crate::cpu::KernelPath;
+use crate::pack::{
+    triple_weights, TriplePacked, LUT_ROW_BLOCK, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
+};
+use crate::quant::QuantizedActivations;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Tokens sharing each chunk's unpacked indices and signs.
+pub(super) const TOKEN_TILE: usize = 8;
+/// Bias added to every table entry so entries are unsigned bytes.
+const BIAS: i32 = 24;
+/// Bytes of one group's table.
+const TABLE_BYTES: usize = 16;
+/// Bytes of one chunk's tables (its 4 groups) for one token.
+const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
+/// Padding past a token's last chunk, so a 16-byte load at any chunk start stays in bounds.
+const X_PAD: usize = 16;
+
+/// The tile a kernel path runs over [`TriplePacked`] weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TripleTile {
+    Scalar,
+    /// `vpermb` over a chunk's 64 table bytes, summed by `vpdpbusd` against signs.
+    Avx512Vbmi,
+}
+
+impl TripleTile {
+    pub(super) fn for_path(path: KernelPath) -> TripleTile {
+        match path {
+            KernelPath::Avx512 if cpu_has_vbmi_vnni() => TripleTile::Avx512Vbmi,
+            _ => TripleTile::Scalar,
+        }
+    }
+
+    /// Every tile this CPU runs, whatever path the environment forces (for tests).
+    #[cfg(test)]
+    pub(super) fn supported() -> Vec<TripleTile> {
+        let mut tiles = vec![TripleTile::Scalar];
+        if KernelPath::Avx512.is_supported() && cpu_has_vbmi_vnni() {
+            tiles.push(TripleTile::Avx512Vbmi);
+        }
+        tiles
+    }
+}
+
+/// Table entry `e` of a group with activations `x`, biased.
+fn entry(e: usize, x: &[i8]) -> u8 {
+    if e > TRIPLE_ZERO as usize {
+        return BIAS as u8;
+    }
+    let w = triple_weights(e as u8);
+    let v: i32 = w.iter().zip(x).map(|(&w, &x)| w as i32 * x as i32).sum();
+    (v + BIAS) as u8
+}
+
+/// Reference builder: chunks `cols` of one token (activations `x`, zero past its columns,
+/// readable to `12 · cols.end + X_PAD`), chunk `c`'s 64 bytes at `out[(c − cols.start) ·
+/// stride..]`.
+fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+    for (n, c) in cols.enumerate() {
+        for j in 0..4 {
+            let group = &x[TRIPLE_CHUNK_COLS * c + 3 * j..][..3];
+            for (e, b) in out[n * stride + TABLE_BYTES * j..][..TABLE_BYTES]
+                .iter_mut()
+                .enumerate()
+            {
+                *b = entry(e, group);
+            }
+        }
+    }
+}
+
+/// Every token's tables, `[token tile][chunk][token < nt][64]`.
+pub(super) struct TripleTables {
+    bytes: Vec<u8>,
+    chunks: usize,
+    tokens: usize,
+}
+
+impl TripleTables {
+    /// Builds every token's tables for weights of `chunks` chunks, pieces of every token tile's
+    /// chunks spread over the threads.
+    pub(super) fn build(tile: TripleTile, x: &QuantizedActivations, chunks: usize) -> Self {
+        // Activations zero-padded to whole chunks plus a load's overrun.
+        let width = TRIPLE_CHUNK_COLS * chunks + X_PAD;
+        let mut padded = vec![0i8; x.tokens * width];
+        for (t, row) in padded.chunks_exact_mut(width).enumerate() {
+            let n = x.cols.min(TRIPLE_CHUNK_COLS * chunks);
+            row[..n].copy_from_slice(&x.token(t)[..n]);
+        }
+        let tile_bytes = TOKEN_TILE * chunks * CHUNK_TABLE_BYTES;
+        let tiles = x.tokens.div_ceil(TOKEN_TILE);
+        let mut bytes = vec![0u8; tiles * tile_bytes];
+        let cuts = (2 * rayon::current_num_threads())
+            .div_ceil(tiles)
+            .clamp(1, chunks);
+        let mut pieces = Vec::with_capacity(tiles * cuts);
+        for (ti, block) in bytes.chunks_mut(tile_bytes).enumerate() {
+            let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
+            let mut rest = &mut block[..chunks * nt * CHUNK_TABLE_BYTES];
+            let mut c0 = 0;
+            for cut in 0..cuts {
+                let c1 = chunks * (cut + 1) / cuts;
+                let (piece, tail) = rest.split_at_mut((c1 - c0) * nt * CHUNK_TABLE_BYTES);
+                pieces.push(Mutex::new((ti, c0..c1, piece)));
+                (rest, c0) = (tail, c1);
+            }
+        }
+        let build_piece = |p: usize| {
+            // Each piece is locked by its one part only: never contended.
+            let mut guard = pieces[p].lock().unwrap_or_else(|e| e.into_inner());
+            let (ti, ref cols, ref mut out) = *guard;
+            let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
+            for j in 0..nt {
+                let xt = &padded[(ti * TOKEN_TILE + j) * width..][..width];
+                let out = &mut out[j * CHUNK_TABLE_BYTES..];
+                let stride = nt * CHUNK_TABLE_BYTES;
+                match tile {
+                    #[cfg(target_arch = "x86_64")]
+                    TripleTile::Avx512Vbmi => {
+                        // SAFETY: the tile's path implies AVX-512 F+BW; `xt` is readable to
+                        // 12 · cols.end + 16 and `out` holds (cols.len() − 1) · stride + 64
+                        // bytes (the piece's chunks for this token).
+                        unsafe { avx512::build(xt, cols.clone(), out, stride) }
+                    }
+                    _ => build_scalar(xt, cols.clone(), out, stride),
+                }
+            }
+        };
+        if pieces.len() > 1 {
+            crate::parallel::run_parts(pieces.len(), &build_piece);
+        } else {
+            (0..pieces.len()).for_each(build_piece);
+        }
+        drop(pieces);
+        TripleTables {
+            bytes,
+            chunks,
+            tokens: x.tokens,
+        }
+    }
+
+    /// Every table byte (tests compare builders).
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Token tile `ti`'s tables, `[chunk][token < nt][64]`.
+    fn tile(&self, ti: usize) -> &[u8] {
+        let nt = TOKEN_TILE.min(self.tokens - ti * TOKEN_TILE);
+        let start = ti * TOKEN_TILE * self.chunks * CHUNK_TABLE_BYTES;
+        &self.bytes[start..start + nt * self.chunks * CHUNK_TABLE_BYTES]
+    }
+}
+
+/// `Σ_k Wq[r, k] · xq[t, k]` for `r` in `rows` (starting on a row block) and `t` in `tokens`
+/// (starting on a token tile), `[t − tokens.start][r − rows.start]`.
+pub(super) fn dots(
+    tile: TripleTile,
+    w: &TriplePacked,
+    tables: &TripleTables,
+    rows: Range<usize>,
+    tokens: Range<usize>,
+) -> Vec<i32> {
+    assert!(
+        rows.start.is_multiple_of(LUT_ROW_BLOCK)
+            && rows.end <= w.rows()
+            && tokens.start.is_multiple_of(TOKEN_TILE)
+            && tokens.end <= tables.tokens
+            && tables.chunks == w.chunks(),
+        "triple dots: rows {rows:?} of {}, tokens {tokens:?} of {}",
+        w.rows(),
+        tables.tokens
+    );
+    let n = rows.len();
+    let mut out = vec![0i32; tokens.len() * n];
+    let blocks = rows.start / LUT_ROW_BLOCK..rows.end.div_ceil(LUT_ROW_BLOCK);
+    let mut sums = [[0i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE];
+    for t0 in tokens.clone().step_by(TOKEN_TILE) {
+        let nt = TOKEN_TILE.min(tokens.end - t0);
+        let tabs = tables.tile(t0 / TOKEN_TILE);
+        let mut rb = blocks.start;
+        while rb < blocks.end {
+            let pair = usize::from(rb + 1 < blocks.end) + 1;
+            match tile {
+                #[cfg(target_arch = "x86_64")]
+                TripleTile::Avx512Vbmi => {
+                    // SAFETY: the tile's path implies AVX-512 F+BW+VBMI+VNNI; `rb + pair` row
+                    // blocks exist, `tabs` holds nt tokens' tables of every chunk.
+                    unsafe { avx512::tile(w, rb, pair, tabs, nt, &mut sums) }
+                }
+                _ => scalar_tile(w, rb, pair, tabs, nt, &mut sums),
+            }
+            for (j, s) in sums[..nt].iter().enumerate() {
+                let r0 = rb * LUT_ROW_BLOCK;
+                let r1 = ((rb + pair) * LUT_ROW_BLOCK).min(rows.end);
+                let row = &mut out[(t0 - tokens.start + j) * n..][..n];
+                row[r0 - rows.start..r1 - rows.start].copy_from_slice(&s[..r1 - r0]);
+            }
+            rb += pair;
+        }
+    }
+    out
+}
+
+/// The lookups one byte at a time: row block `rb` and the next `pair − 1`, `nt` tokens;
+/// `sums[t][16b + i]` for row `i` of block `rb + b`.
+fn scalar_tile(
+    w: &TriplePacked,
+    rb: usize,
+    pair: usize,
+    tabs: &[u8],
+    nt: usize,
+    sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
+) {
+    for b in 0..pair {
+        let (indices, signs) = (w.block_indices(rb + b), w.block_signs(rb + b));
+        let sign_sums = w.block_sign_sums(rb + b);
+        for (t, sums_t) in sums[..nt].iter_mut().enumerate() {
+            for i in 0..LUT_ROW_BLOCK {
+                let mut sum = 0i32;
+                for (c, &mask) in signs.iter().enumerate() {
+                    let table = &tabs[(c * nt + t) * CHUNK_TABLE_BYTES..][..CHUNK_TABLE_BYTES];
+                    for j in 0..4 {
+                        let byte = indices[c * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i];
+                        let index = (byte >> (4 * (j / 2))) & 0xF;
+                        let looked = table[TABLE_BYTES * j + index as usize] as i32;
+                        let negated = mask >> (4 * i + j) & 1 == 1;
+                        sum += if negated { -looked } else { looked };
+                    }
+                }
+                sums_t[LUT_ROW_BLOCK * b + i] = sum - BIAS * sign_sums[i];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{
+        triple_weights, TriplePacked, BIAS, CHUNK_TABLE_BYTES, LUT_ROW_BLOCK, TOKEN_TILE,
+        TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
+    };
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// The tables of `build_scalar`, one chunk (4 groups, 64 bytes) per store: `vpshufb`
+    /// broadcasts each group's three activations across its 128-bit lane, and masked byte adds
+    /// and subtracts apply them to the entries whose weight is +1 or −1.
+    ///
+    /// # Safety
+    /// AVX-512 F+BW; `x` is readable to `12 · cols.end + 16`; `out` holds `(cols.len() − 1) ·
+    /// stride + 64` bytes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn build(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+        assert!(
+            x.len() >= TRIPLE_CHUNK_COLS * cols.end + 16
+                && (cols.is_empty() || out.len() >= (cols.len() - 1) * stride + CHUNK_TABLE_BYTES)
+        );
+        // Bit e of a mask: entry e % 16 has weight `w` on activation `m` of its group.
+        let mask = |m: usize, w: i8| -> __mmask64 {
+            (0..64)
+                .filter(|&e| {
+                    e % 16 <= TRIPLE_ZERO as usize && triple_weights((e % 16) as u8)[m] == w
+                })
+                .fold(0, |acc, e| acc | 1 << e)
+        };
+        let masks: [[__mmask64; 2]; 3] = std::array::from_fn(|m| [mask(m, 1), mask(m, -1)]);
+        let bias = _mm512_set1_epi8(BIAS as i8);
+        // Lane j takes activation 3j + m of the chunk's 12.
+        let controls: [__m512i; 3] = std::array::from_fn(|m| {
+            let bytes: [i8; 64] = std::array::from_fn(|i| (3 * (i / 16) + m) as i8);
+            // SAFETY: a 64-byte array.
+            unsafe { _mm512_loadu_si512(bytes.as_ptr() as *const _) }
+        });
+        for (n, c) in cols.enumerate() {
+            // SAFETY: 16 bytes at 12c are readable (asserted).
+            let xv = _mm512_broadcast_i32x4(unsafe {
+                _mm_loadu_si128(x.as_ptr().add(TRIPLE_CHUNK_COLS * c) as *const __m128i)
+            });
+            let mut v = bias;
+            for (control, [plus, minus]) in controls.iter().zip(masks) {
+                let a = _mm512_shuffle_epi8(xv, *control);
+                v = _mm512_mask_add_epi8(v, plus, v, a);
+                v = _mm512_mask_sub_epi8(v, minus, v, a);
+            }
+            // SAFETY: chunk n's 64 bytes at n · stride are within `out` (asserted).
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(n * stride) as *mut _, v) };
+        }
+    }
+
+    /// Row blocks `rb..rb + pair` (`pair` 1 or 2) × `nt` tokens (1..=8).
+    ///
+    /// # Safety
+    /// AVX-512 F+BW+VBMI+VNNI; row blocks `rb..rb + pair` exist in `w`; `tabs.len() == 64 · nt ·
+    /// w.chunks()`.
+    pub(super) unsafe fn tile(
+        w: &TriplePacked,
+        rb: usize,
+        pair: usize,
+        tabs: &[u8],
+        nt: usize,
+        sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        assert!(rb + pair <= w.row_blocks() && (1..=TOKEN_TILE).contains(&nt));
+        assert_eq!(tabs.len(), CHUNK_TABLE_BYTES * nt * w.chunks());
+        // SAFETY: forwarded contract.
+        unsafe {
+            match (pair, nt) {
+                (1, 1) => tile_n::<1, 1>(w, rb, tabs, sums),
+                (1, 2) => tile_n::<2, 1>(w, rb, tabs, sums),
+                (1, 3) => tile_n::<3, 1>(w, rb, tabs, sums),
+                (1, 4) => tile_n::<4, 1>(w, rb, tabs, sums),
+                (1, 5) => tile_n::<5, 1>(w, rb, tabs, sums),
+                (1, 6) => tile_n::<6, 1>(w, rb, tabs, sums),
+                (1, 7) => tile_n::<7, 1>(w, rb, tabs, sums),
+                (1, _) => tile_n::<8, 1>(w, rb, tabs, sums),
+                (_, 1) => tile_n::<1, 2>(w, rb, tabs, sums),
+                (_, 2) => tile_n::<2, 2>(w, rb, tabs, sums),
+                (_, 3) => tile_n::<3, 2>(w, rb, tabs, sums),
+                (_, 4) => tile_n::<4, 2>(w, rb, tabs, sums),
+                (_, 5) => tile_n::<5, 2>(w, rb, tabs, sums),
+                (_, 6) => tile_n::<6, 2>(w, rb, tabs, sums),
+                (_, 7) => tile_n::<7, 2>(w, rb, tabs, sums),
+                (_, _) => tile_n::<8, 2>(w, rb, tabs, sums),
+            }
+        }
+    }
+
+    /// A chunk's 32 index bytes become 64 `vpermb` indices, row r's four groups in dword r
+    /// (`[lo(w[r]), lo(w[16 + r]), hi(w[r]), hi(w[16 + r])]`, each ORed with `16 · j` to pick
+    /// group j's table out of the chunk's 64 bytes), as in the two-weight tile; the sign mask
+    /// becomes ±1 bytes for `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`tile`], with `pair == RB` and `nt == NT`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    unsafe fn tile_n<const NT: usize, const RB: usize>(
+        w: &TriplePacked,
+        rb: usize,
+        tabs: &[u8],
+        sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        let chunks = w.chunks();
+        let gather: [u8; 64] = std::array::from_fn(|i| ((i / 4) + 16 * (i % 2)) as u8);
+        // SAFETY: a 64-byte array.
+        let gather = unsafe { _mm512_loadu_si512(gather.as_ptr() as *const _) };
+        // Words 2r + 1 (bytes j = 2, 3) shift right by 4: their bytes then hold the high nibbles.
+        let shifts = _mm512_set1_epi32(4 << 16);
+        let selector = _mm512_set1_epi32(0x3020_1000);
+        let nibble = _mm512_set1_epi8(0x0F);
+        let (plus, minus) = (_mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+        let indices: [&[u8]; RB] = std::array::from_fn(|b| w.block_indices(rb + b));
+        let signs: [&[u64]; RB] = std::array::from_fn(|b| w.block_signs(rb + b));
+        let mut acc = [[_mm512_setzero_si512(); RB]; NT];
+        let tp = tabs.as_ptr();
+        for c in 0..chunks {
+            let idx: [__m512i; RB] = std::array::from_fn(|b| {
+                let bytes = &indices[b][c * TRIPLE_CHUNK_BYTES..][..TRIPLE_CHUNK_BYTES];
+                // SAFETY: 32 readable bytes.
+                let v = unsafe {
+                    _mm512_castsi256_si512(_mm256_loadu_si256(bytes.as_ptr() as *const __m256i))
+                };
+                let v = _mm512_srlv_epi16(_mm512_permutexvar_epi8(gather, v), shifts);
+                // (v & 0x0F) | selector.
+                _mm512_ternarylogic_epi32::<0xEA>(v, nibble, selector)
+            });
+            let sign: [__m512i; RB] =
+                std::array::from_fn(|b| _mm512_mask_blend_epi8(signs[b][c], plus, minus));
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                // SAFETY: token t's 64 table bytes of chunk c at 64 (c · NT + t) < tabs.len()
+                // (contract: tabs holds NT tokens' tables of every chunk).
+                let table = unsafe {
+                    _mm512_loadu_si512(tp.add(CHUNK_TABLE_BYTES * (c * NT + t)) as *const _)
+                };
+                for ((a, &ix), &s) in acc_t.iter_mut().zip(&idx).zip(&sign) {
+                    let looked = _mm512_permutexvar_epi8(ix, table);
+                    *a = _mm512_dpbusd_epi32(*a, looked, s);
+                }
+            }
+        }
+        for b in 0..RB {
+            let sign_sums = w.block_sign_sums(rb + b);
+            // SAFETY: 16 i32.
+            let s = unsafe { _mm512_loadu_si512(sign_sums.as_ptr() as *const _) };
+            let bias = _mm512_mullo_epi32(s, _mm512_set1_epi32(BIAS));
+            for (t, acc_t) in acc.iter().enumerate() {
+                let out = &mut sums[t][LUT_ROW_BLOCK * b..][..LUT_ROW_BLOCK];
+                // SAFETY: 16 writable i32.
+                unsafe {
+                    _mm512_storeu_si512(
+                        out.as_mut_ptr() as *mut _,
+                        _mm512_sub_epi32(acc_t[b], bias),
+                    )
+                };
+            }
+        }
+    }
+}
