@@ -209,15 +209,44 @@ pub fn matmul_int4_triples(
     let path = active_path()?;
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
     let tile = triple::TripleTile::for_path(path);
-    let tables = triple::TripleTables::build(tile, x, w.chunks());
     let rows = [w.rows()];
     let mut ys = [y];
     let outs = SharedOutput::each(&mut ys, &rows);
-    split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |_, r| {
-        let dots = triple::dots(tile, w, &tables, r.clone(), 0..x.tokens);
-        // SAFETY: `split_many` hands each part a disjoint row range.
-        unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
-    });
+    if lut_own_tables(w.rows(), x.tokens) {
+        // One fork-join instead of two: every share builds the (few) tables itself.
+        split_many_with(
+            &rows,
+            LUT_ROW_BLOCK,
+            LUT_SHARES_PER_THREAD,
+            || triple::TripleTables::build_here(tile, x, w.chunks()),
+            |tables, _, r| {
+                let dots = triple::dots(tile, w, tables, r.clone(), 0..x.tokens);
+                // SAFETY: `split_many_with` hands each piece a disjoint row range.
+                unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
+            },
+        );
+        return Ok(());
+    }
+    let tables = triple::TripleTables::build(tile, x, w.chunks());
+    if lut_split_by_tokens(w.rows(), x.tokens, triple::TOKEN_TILE) {
+        // The tables (5.3 bytes per column and token) outweigh the weights (0.21 per column
+        // and row): each part reads its token tiles' tables once, over every row.
+        let tiles = x.tokens.div_ceil(triple::TOKEN_TILE);
+        let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
+        crate::parallel::run_parts(parts, &|part| {
+            let tile_tokens = |i: usize| (tiles * i / parts * triple::TOKEN_TILE).min(x.tokens);
+            let tokens = tile_tokens(part)..tile_tokens(part + 1);
+            let dots = triple::dots(tile, w, &tables, 0..w.rows(), tokens.clone());
+            // SAFETY: parts take disjoint token ranges, so disjoint elements of the output.
+            unsafe { outs[0].write(0..w.rows(), tokens, &dots, w.alpha(), x) };
+        });
+    } else {
+        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |_, r| {
+            let dots = triple::dots(tile, w, &tables, r.clone(), 0..x.tokens);
+            // SAFETY: `split_many` hands each part a disjoint row range.
+            unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
+        });
+    }
     Ok(())
 }
 

@@ -313,7 +313,15 @@ fn every_table_builder_equals_the_scalar_one() {
 #[test]
 fn every_triple_tile_equals_reference_sums() {
     let mut g = Lcg(80);
-    for (rows, cols) in [(40, 300), (33, 2600), (16, 256), (70, 4100), (17, 13)] {
+    // 256 and 4096 columns: the last chunk reaches past the activations' padded row.
+    for (rows, cols) in [
+        (40, 300),
+        (33, 2600),
+        (16, 256),
+        (70, 4100),
+        (17, 13),
+        (20, 4096),
+    ] {
         let w = g.ternary(rows, cols);
         let packed = TriplePacked::pack(&w);
         for tokens in [1, 3, 8, 9, 17] {
@@ -353,15 +361,16 @@ fn every_triple_tile_equals_reference_sums() {
     }
 }
 
-/// The three-weight product equals the definition bit for bit on the active path, at the
-/// extremes of the INT4 range, and refuses INT8 activations and mismatched shapes.
+/// The three-weight product equals the definition bit for bit on the active path, split by
+/// rows (few tokens) and by token tiles (40 tokens over 50 rows), and refuses INT8 activations
+/// and mismatched shapes.
 #[test]
 fn matmul_int4_triples_equals_reference_and_checks_operands() {
     let mut g = Lcg(81);
     let (rows, cols) = (50, 777);
     let w = g.ternary(rows, cols);
     let packed = TriplePacked::pack(&w);
-    for tokens in [1, 8, 13] {
+    for tokens in [1, 8, 13, 40] {
         let x = g.activations(tokens, cols, ActBits::Int4);
         let mut y = vec![0.0f32; tokens * rows];
         matmul_int4_triples(&packed, &x, &mut y).unwrap();

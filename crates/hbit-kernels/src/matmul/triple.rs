@@ -71,8 +71,7 @@ fn entry(e: usize, x: &[i8]) -> u8 {
 }
 
 /// Reference builder: chunks `cols` of one token (activations `x`, zero past its columns,
-/// readable to `12 · cols.end + X_PAD`), chunk `c`'s 64 bytes at `out[(c − cols.start) ·
-/// stride..]`.
+/// readable to `12 · cols.end`), chunk `c`'s 64 bytes at `out[(c − cols.start) · stride..]`.
 fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
     for (n, c) in cols.enumerate() {
         for j in 0..4 {
@@ -87,6 +86,20 @@ fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
     }
 }
 
+/// One token's tables of chunks `cols` with `tile`'s builder (16 readable bytes of `x` at each
+/// chunk's 12c; chunk `c` at `out[(c − cols.start) · stride..]`).
+fn build_chunks(tile: TripleTile, x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+    match tile {
+        #[cfg(target_arch = "x86_64")]
+        TripleTile::Avx512Vbmi => {
+            // SAFETY: the tile's path implies AVX-512 F+BW; the bounds are the builder's
+            // contract, which it asserts.
+            unsafe { avx512::build(x, cols, out, stride) }
+        }
+        _ => build_scalar(x, cols, out, stride),
+    }
+}
+
 /// Every token's tables, `[token tile][chunk][token < nt][64]`.
 pub(super) struct TripleTables {
     bytes: Vec<u8>,
@@ -98,19 +111,37 @@ impl TripleTables {
     /// Builds every token's tables for weights of `chunks` chunks, pieces of every token tile's
     /// chunks spread over the threads.
     pub(super) fn build(tile: TripleTile, x: &QuantizedActivations, chunks: usize) -> Self {
-        // Activations zero-padded to whole chunks plus a load's overrun.
-        let width = TRIPLE_CHUNK_COLS * chunks + X_PAD;
-        let mut padded = vec![0i8; x.tokens * width];
-        for (t, row) in padded.chunks_exact_mut(width).enumerate() {
-            let n = x.cols.min(TRIPLE_CHUNK_COLS * chunks);
-            row[..n].copy_from_slice(&x.token(t)[..n]);
-        }
+        Self::build_with(tile, x, chunks, true)
+    }
+
+    /// Builds every token's tables on the calling thread (inside a parallel part).
+    pub(super) fn build_here(tile: TripleTile, x: &QuantizedActivations, chunks: usize) -> Self {
+        Self::build_with(tile, x, chunks, false)
+    }
+
+    fn build_with(
+        tile: TripleTile,
+        x: &QuantizedActivations,
+        chunks: usize,
+        parallel: bool,
+    ) -> Self {
+        // Chunks whose 16-byte activation load stays within a token's padded row; the last one
+        // or two read from a zero-padded copy of the row's tail instead.
+        let direct = if x.stride >= X_PAD {
+            ((x.stride - X_PAD) / TRIPLE_CHUNK_COLS + 1).min(chunks)
+        } else {
+            0
+        };
         let tile_bytes = TOKEN_TILE * chunks * CHUNK_TABLE_BYTES;
         let tiles = x.tokens.div_ceil(TOKEN_TILE);
         let mut bytes = vec![0u8; tiles * tile_bytes];
-        let cuts = (2 * rayon::current_num_threads())
-            .div_ceil(tiles)
-            .clamp(1, chunks);
+        let cuts = if parallel {
+            (2 * rayon::current_num_threads())
+                .div_ceil(tiles)
+                .clamp(1, chunks)
+        } else {
+            1
+        };
         let mut pieces = Vec::with_capacity(tiles * cuts);
         for (ti, block) in bytes.chunks_mut(tile_bytes).enumerate() {
             let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
@@ -128,23 +159,27 @@ impl TripleTables {
             let mut guard = pieces[p].lock().unwrap_or_else(|e| e.into_inner());
             let (ti, ref cols, ref mut out) = *guard;
             let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
+            let stride = nt * CHUNK_TABLE_BYTES;
             for j in 0..nt {
-                let xt = &padded[(ti * TOKEN_TILE + j) * width..][..width];
+                let row = &x.codes[(ti * TOKEN_TILE + j) * x.stride..][..x.stride];
                 let out = &mut out[j * CHUNK_TABLE_BYTES..];
-                let stride = nt * CHUNK_TABLE_BYTES;
-                match tile {
-                    #[cfg(target_arch = "x86_64")]
-                    TripleTile::Avx512Vbmi => {
-                        // SAFETY: the tile's path implies AVX-512 F+BW; `xt` is readable to
-                        // 12 · cols.end + 16 and `out` holds (cols.len() − 1) · stride + 64
-                        // bytes (the piece's chunks for this token).
-                        unsafe { avx512::build(xt, cols.clone(), out, stride) }
-                    }
-                    _ => build_scalar(xt, cols.clone(), out, stride),
+                let head = cols.start..cols.end.min(direct);
+                if !head.is_empty() {
+                    build_chunks(tile, row, head.clone(), out, stride);
+                }
+                let tail = cols.start.max(direct)..cols.end;
+                if !tail.is_empty() {
+                    // At most 3 chunks past `direct`: 36 columns plus the load's overrun.
+                    let mut padded = [0i8; 4 * TRIPLE_CHUNK_COLS + X_PAD];
+                    let from = TRIPLE_CHUNK_COLS * tail.start;
+                    let n = x.stride.saturating_sub(from).min(padded.len());
+                    padded[..n].copy_from_slice(&row[from..from + n]);
+                    let out = &mut out[(tail.start - cols.start) * stride..];
+                    build_chunks(tile, &padded, 0..tail.len(), out, stride);
                 }
             }
         };
-        if pieces.len() > 1 {
+        if parallel && pieces.len() > 1 {
             crate::parallel::run_parts(pieces.len(), &build_piece);
         } else {
             (0..pieces.len()).for_each(build_piece);
@@ -267,13 +302,16 @@ mod avx512 {
     /// and subtracts apply them to the entries whose weight is +1 or −1.
     ///
     /// # Safety
-    /// AVX-512 F+BW; `x` is readable to `12 · cols.end + 16`; `out` holds `(cols.len() − 1) ·
-    /// stride + 64` bytes.
+    /// AVX-512 F+BW (the bounds are asserted: 16 readable bytes of `x` at each chunk's 12c,
+    /// `(cols.len() − 1) · stride + 64` bytes of `out`).
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn build(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+        if cols.is_empty() {
+            return;
+        }
         assert!(
-            x.len() >= TRIPLE_CHUNK_COLS * cols.end + 16
-                && (cols.is_empty() || out.len() >= (cols.len() - 1) * stride + CHUNK_TABLE_BYTES)
+            x.len() >= TRIPLE_CHUNK_COLS * (cols.end - 1) + 16
+                && out.len() >= (cols.len() - 1) * stride + CHUNK_TABLE_BYTES
         );
         // Bit e of a mask: entry e % 16 has weight `w` on activation `m` of its group.
         let mask = |m: usize, w: i8| -> __mmask64 {
