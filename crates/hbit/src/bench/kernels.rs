@@ -240,7 +240,7 @@ impl Bench {
         let row_bytes = rows * cols / 4;
         let row = RowPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
         let lut = LutPacked::from_parts(rows, cols, 0.7, random_codes(row_bytes, rng))?;
-        // The three-weights-per-lookup layout of the same weights (batched products only).
+        // The three-weights-per-lookup layout of the same weights (1.67 bits per weight).
         let triples = TriplePacked::pack(&lut.unpack());
         let flops = |b: usize| 2.0 * (rows * cols * b) as f64;
         for &batch in batches {
@@ -255,10 +255,12 @@ impl Bench {
                 // once at the start of a run varied 16.8–31.5 GB/s between runs).
                 let copies8 = cold_copies(row.clone(), row_bytes, self.cold_bytes);
                 let copies4 = cold_copies(lut.clone(), row_bytes, self.cold_bytes);
+                let copies3 = cold_copies(triples.clone(), triples.bytes(), self.cold_bytes);
                 cycle_warm(&copies8, |w| Ok(matmul_int8(w, &x8, &mut y)?))?;
                 cycle_warm(&copies4, |w| Ok(matmul_int4(w, &x4, &mut y)?))?;
-                let (mut i8, mut i4) = (0usize, 0usize);
-                let mut y4 = y.clone();
+                cycle_warm(&copies3, |w| Ok(matmul_int4_triples(w, &x4, &mut y)?))?;
+                let (mut i8, mut i4, mut i3) = (0usize, 0usize, 0usize);
+                let (mut y4, mut y3) = (y.clone(), y.clone());
                 let seconds = measure_alternating(
                     self.min_time,
                     &mut [
@@ -274,9 +276,14 @@ impl Bench {
                             membw.read_once();
                             Ok(())
                         },
+                        &mut || {
+                            i3 += 1;
+                            let w = &copies3[i3 % copies3.len()];
+                            Ok(matmul_int4_triples(w, &x4, &mut y3)?)
+                        },
                     ],
                 )?;
-                drop((copies8, copies4));
+                drop((copies8, copies4, copies3));
                 let read_bytes = membw.bytes() as f64;
                 self.push(
                     ("memory_read", 0),
@@ -298,6 +305,13 @@ impl Bench {
                     (rows, cols),
                     seconds[1],
                     (flops(batch), bytes),
+                );
+                self.push(
+                    ("ternary_int4_triples", 4),
+                    batch,
+                    (rows, cols),
+                    seconds[3],
+                    (flops(batch), triples.bytes() as f64),
                 );
             } else {
                 let (mut y4, mut y3) = (y.clone(), y.clone());
@@ -600,6 +614,10 @@ fn summarize(records: &[Record], threads: usize) -> Vec<Summary> {
     for (kernel, name) in [
         ("ternary_int8", "batch1_int8_fraction_of_bandwidth"),
         ("ternary_int4", "batch1_int4_fraction_of_bandwidth"),
+        (
+            "ternary_int4_triples",
+            "batch1_int4_triples_fraction_of_bandwidth",
+        ),
     ] {
         let pairs = gemv(kernel)
             .filter_map(|r| {
@@ -618,6 +636,7 @@ fn summarize(records: &[Record], threads: usize) -> Vec<Summary> {
     for (kernel, name) in [
         ("ternary_int8", "batch1_int8_vs_dense_f32"),
         ("ternary_int4", "batch1_int4_vs_dense_f32"),
+        ("ternary_int4_triples", "batch1_int4_triples_vs_dense_f32"),
     ] {
         let pairs = gemv(kernel)
             .filter_map(|r| {
