@@ -199,8 +199,10 @@ fn matmul_int4_parts(
 
 /// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
 /// weight (see `triple.rs`). The `vpermb` tile where the CPU has AVX-512 VBMI and VNNI (and the
-/// AVX-512 path is active); the scalar tile everywhere else. Tables once (in pieces over the
-/// threads), then the rows split across the threads.
+/// AVX-512 path is active); the scalar tile everywhere else. For one or a few tokens each
+/// share builds its own tables ([`triple_own_tables`]); otherwise the tables are built once,
+/// in pieces over the threads, then the rows or, for many tokens, the token tiles
+/// ([`triple_split_by_tokens`]) are split across the threads.
 pub fn matmul_int4_triples(
     w: &TriplePacked,
     x: &QuantizedActivations,
@@ -212,7 +214,7 @@ pub fn matmul_int4_triples(
     let rows = [w.rows()];
     let mut ys = [y];
     let outs = SharedOutput::each(&mut ys, &rows);
-    if lut_own_tables(w.rows(), x.tokens) {
+    if triple_own_tables(w.rows(), x.tokens) {
         // One fork-join instead of two: every share builds the (few) tables itself.
         split_many_with(
             &rows,
@@ -228,9 +230,7 @@ pub fn matmul_int4_triples(
         return Ok(());
     }
     let tables = triple::TripleTables::build(tile, x, w.chunks());
-    if lut_split_by_tokens(w.rows(), x.tokens, triple::TOKEN_TILE) {
-        // The tables (5.3 bytes per column and token) outweigh the weights (0.21 per column
-        // and row): each part reads its token tiles' tables once, over every row.
+    if triple_split_by_tokens(w.rows(), x.tokens) {
         let tiles = x.tokens.div_ceil(triple::TOKEN_TILE);
         let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
         crate::parallel::run_parts(parts, &|part| {
@@ -248,6 +248,25 @@ pub fn matmul_int4_triples(
         });
     }
     Ok(())
+}
+
+/// Whether every share of a three-weight product builds its own tables (one fork-join, the
+/// build done once per thread) instead of sharing one build (two fork-joins). Tables cost 5.3
+/// bytes per column and token, and build faster than the two-weight ones, so the crossover
+/// sits at more rows: `hbit bench kernels --shapes 1024x4096 --batches 8`, two runs each,
+/// 1.15–1.24× INT8 with [`lut_own_tables`]'s rule, 1.46–1.50× with this one.
+fn triple_own_tables(rows: usize, tokens: usize) -> bool {
+    tokens == 1 || (tokens <= triple::TOKEN_TILE && tokens * 256 > rows)
+}
+
+/// Whether a three-weight product splits its token tiles, not its rows, across the threads:
+/// once the tables (5.3 bytes per column and token) weigh more than about a quarter of the
+/// weights (0.21 bytes per column and row), and there are tiles enough for every thread.
+/// `hbit bench kernels --shapes 1024x4096,640x2560 --batches 32`: 1.22–1.36× INT8 with
+/// [`lut_split_by_tokens`]'s rule, 1.38–1.59× with this one.
+fn triple_split_by_tokens(rows: usize, tokens: usize) -> bool {
+    let tiles = tokens.div_ceil(triple::TOKEN_TILE);
+    tokens * 48 > rows && tiles >= 2 * rayon::current_num_threads()
 }
 
 /// Whether a lookup-table product splits its token tiles, not its rows, across the threads.
