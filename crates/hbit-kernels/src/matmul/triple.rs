@@ -297,6 +297,11 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    /// How far ahead a one-token tile prefetches its index bytes (as the two-weight tile does).
+    const PREFETCH_BYTES: usize = 4096;
+    /// The same distance in chunks, for the sign masks.
+    const PREFETCH_CHUNKS: usize = PREFETCH_BYTES / TRIPLE_CHUNK_BYTES;
+
     /// The tables of `build_scalar`, one chunk (4 groups, 64 bytes) per store: `vpshufb`
     /// broadcasts each group's three activations across its 128-bit lane, and masked byte adds
     /// and subtracts apply them to the entries whose weight is +1 or −1.
@@ -411,6 +416,21 @@ mod avx512 {
         let mut acc = [[_mm512_setzero_si512(); RB]; NT];
         let tp = tabs.as_ptr();
         for c in 0..chunks {
+            if NT == 1 && c % 2 == 0 {
+                // A GEMV streams its weights from memory once: ask for the index bytes a few
+                // KiB ahead, and for the signs as far ahead in chunks (hints, never
+                // dereferenced).
+                for b in 0..RB {
+                    let ahead = indices[b]
+                        .as_ptr()
+                        .wrapping_add(TRIPLE_CHUNK_BYTES * c + PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    if c % 8 == 0 {
+                        let ahead = signs[b].as_ptr().wrapping_add(c + PREFETCH_CHUNKS);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
+                }
+            }
             let idx: [__m512i; RB] = std::array::from_fn(|b| {
                 let bytes = &indices[b][c * TRIPLE_CHUNK_BYTES..][..TRIPLE_CHUNK_BYTES];
                 // SAFETY: 32 readable bytes.
