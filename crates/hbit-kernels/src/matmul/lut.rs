@@ -160,21 +160,21 @@ pub(super) fn cpu_has_vbmi_vnni() -> bool {
 /// tenth of a batch-128 INT4 call; a per-thread spare buffer that avoided the zeroing held the
 /// largest product's tables for the life of the process (≈ 3 MB per thread after a 128-token
 /// ≈125M prefill, 4% of that model's resident memory).
-struct TableStore {
+pub(super) struct TableStore {
     store: Vec<MaybeUninit<u8>>,
     offset: usize,
     len: usize,
 }
 
 impl TableStore {
-    fn new(len: usize) -> Self {
+    pub(super) fn new(len: usize) -> Self {
         let mut store = Vec::with_capacity(len + 63);
         store.resize_with(len + 63, MaybeUninit::uninit);
         let offset = store.as_ptr().align_offset(64).min(63);
         TableStore { store, offset, len }
     }
 
-    fn uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+    pub(super) fn uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
         &mut self.store[self.offset..self.offset + self.len]
     }
 
@@ -182,7 +182,7 @@ impl TableStore {
     ///
     /// # Safety
     /// Every byte in `range` has been written.
-    unsafe fn written(&self, range: Range<usize>) -> &[u8] {
+    pub(super) unsafe fn written(&self, range: Range<usize>) -> &[u8] {
         let bytes = &self.store[self.offset..self.offset + self.len][range];
         // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the caller guarantees that these
         // bytes are initialized.

@@ -13,12 +13,13 @@
 //! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. Every
 //! other path runs the scalar tile, the same lookups one byte at a time.
 
-use super::lut::cpu_has_vbmi_vnni;
+use super::lut::{cpu_has_vbmi_vnni, TableStore};
 use crate::cpu::KernelPath;
 use crate::pack::{
     triple_weights, TriplePacked, LUT_ROW_BLOCK, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
 };
 use crate::quant::QuantizedActivations;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -72,7 +73,7 @@ fn entry(e: usize, x: &[i8]) -> u8 {
 
 /// Reference builder: chunks `cols` of one token (activations `x`, zero past its columns,
 /// readable to `12 · cols.end`), chunk `c`'s 64 bytes at `out[(c − cols.start) · stride..]`.
-fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [MaybeUninit<u8>], stride: usize) {
     for (n, c) in cols.enumerate() {
         for j in 0..4 {
             let group = &x[TRIPLE_CHUNK_COLS * c + 3 * j..][..3];
@@ -80,7 +81,7 @@ fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
                 .iter_mut()
                 .enumerate()
             {
-                *b = entry(e, group);
+                b.write(entry(e, group));
             }
         }
     }
@@ -88,7 +89,13 @@ fn build_scalar(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
 
 /// One token's tables of chunks `cols` with `tile`'s builder (16 readable bytes of `x` at each
 /// chunk's 12c; chunk `c` at `out[(c − cols.start) · stride..]`).
-fn build_chunks(tile: TripleTile, x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+fn build_chunks(
+    tile: TripleTile,
+    x: &[i8],
+    cols: Range<usize>,
+    out: &mut [MaybeUninit<u8>],
+    stride: usize,
+) {
     match tile {
         #[cfg(target_arch = "x86_64")]
         TripleTile::Avx512Vbmi => {
@@ -100,9 +107,10 @@ fn build_chunks(tile: TripleTile, x: &[i8], cols: Range<usize>, out: &mut [u8], 
     }
 }
 
-/// Every token's tables, `[token tile][chunk][token < nt][64]`.
+/// Every token's tables, `[token tile][chunk][token < nt][64]`, from a 64-byte aligned start
+/// and never zeroed first (the builders write every byte a tile reads; see `TableStore`).
 pub(super) struct TripleTables {
-    bytes: Vec<u8>,
+    bytes: TableStore,
     chunks: usize,
     tokens: usize,
 }
@@ -134,7 +142,7 @@ impl TripleTables {
         };
         let tile_bytes = TOKEN_TILE * chunks * CHUNK_TABLE_BYTES;
         let tiles = x.tokens.div_ceil(TOKEN_TILE);
-        let mut bytes = vec![0u8; tiles * tile_bytes];
+        let mut bytes = TableStore::new(tiles * tile_bytes);
         let cuts = if parallel {
             (2 * rayon::current_num_threads())
                 .div_ceil(tiles)
@@ -143,7 +151,7 @@ impl TripleTables {
             1
         };
         let mut pieces = Vec::with_capacity(tiles * cuts);
-        for (ti, block) in bytes.chunks_mut(tile_bytes).enumerate() {
+        for (ti, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
             let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
             let mut rest = &mut block[..chunks * nt * CHUNK_TABLE_BYTES];
             let mut c0 = 0;
@@ -192,17 +200,25 @@ impl TripleTables {
         }
     }
 
-    /// Every table byte (tests compare builders).
+    /// Every token tile's tables, one after another (tests compare builders).
     #[cfg(test)]
-    pub(super) fn bytes(&self) -> &[u8] {
-        &self.bytes
+    pub(super) fn bytes(&self) -> Vec<u8> {
+        (0..self.tokens.div_ceil(TOKEN_TILE))
+            .flat_map(|ti| self.tile(ti).to_vec())
+            .collect()
     }
 
     /// Token tile `ti`'s tables, `[chunk][token < nt][64]`.
     fn tile(&self, ti: usize) -> &[u8] {
         let nt = TOKEN_TILE.min(self.tokens - ti * TOKEN_TILE);
         let start = ti * TOKEN_TILE * self.chunks * CHUNK_TABLE_BYTES;
-        &self.bytes[start..start + nt * self.chunks * CHUNK_TABLE_BYTES]
+        // SAFETY: `build_with` wrote every byte of each token tile's first `nt · chunks · 64`
+        // bytes: its pieces cover chunks 0..chunks of every tile, and a piece's builders write
+        // 64 bytes per chunk for each of the tile's nt tokens.
+        unsafe {
+            self.bytes
+                .written(start..start + nt * self.chunks * CHUNK_TABLE_BYTES)
+        }
     }
 }
 
@@ -295,6 +311,7 @@ mod avx512 {
         TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
     };
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
     use std::ops::Range;
 
     /// How far ahead a one-token tile prefetches its index bytes (as the two-weight tile does).
@@ -310,7 +327,12 @@ mod avx512 {
     /// AVX-512 F+BW (the bounds are asserted: 16 readable bytes of `x` at each chunk's 12c,
     /// `(cols.len() − 1) · stride + 64` bytes of `out`).
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn build(x: &[i8], cols: Range<usize>, out: &mut [u8], stride: usize) {
+    pub(super) unsafe fn build(
+        x: &[i8],
+        cols: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+        stride: usize,
+    ) {
         if cols.is_empty() {
             return;
         }
@@ -346,7 +368,7 @@ mod avx512 {
                 v = _mm512_mask_sub_epi8(v, minus, v, a);
             }
             // SAFETY: chunk n's 64 bytes at n · stride are within `out` (asserted).
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(n * stride) as *mut _, v) };
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(n * stride).cast(), v) };
         }
     }
 
