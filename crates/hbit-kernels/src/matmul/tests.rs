@@ -46,6 +46,28 @@ fn reference_dot(w: &TernaryWeights, x: &QuantizedActivations, t: usize, r: usiz
         .sum()
 }
 
+/// `got[(t − tokens.start) · rows.len() + (r − rows.start)]` equals [`reference_dot`] for every
+/// row and token of the ranges.
+fn assert_dots_are_reference(
+    got: &[i32],
+    w: &TernaryWeights,
+    x: &QuantizedActivations,
+    rows: Range<usize>,
+    tokens: Range<usize>,
+    what: &str,
+) {
+    assert_eq!(got.len(), rows.len() * tokens.len(), "{what}: length");
+    for (ti, t) in tokens.enumerate() {
+        for (ri, r) in rows.clone().enumerate() {
+            assert_eq!(
+                got[ti * rows.len() + ri],
+                reference_dot(w, x, t, r),
+                "{what}, token {t}, row {r}"
+            );
+        }
+    }
+}
+
 fn assert_bits_equal(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -264,16 +286,8 @@ fn every_lut_tile_equals_reference_sums() {
                         row_range.clone(),
                         token_range.clone(),
                     );
-                    assert_eq!(got.len(), row_range.len() * token_range.len());
-                    for (ti, t) in token_range.clone().enumerate() {
-                        for (ri, r) in row_range.clone().enumerate() {
-                            assert_eq!(
-                                got[ti * row_range.len() + ri],
-                                reference_dot(&w, &x, t, r),
-                                "{tile:?}: {rows}x{cols}, {tokens} tokens, token {t}, row {r}"
-                            );
-                        }
-                    }
+                    let what = format!("{tile:?}: {rows}x{cols}, {tokens} tokens");
+                    assert_dots_are_reference(&got, &w, &x, row_range, token_range, &what);
                 }
             }
         }
@@ -346,15 +360,8 @@ fn every_triple_tile_equals_reference_sums() {
                         row_range.clone(),
                         token_range.clone(),
                     );
-                    for (ti, t) in token_range.clone().enumerate() {
-                        for (ri, r) in row_range.clone().enumerate() {
-                            assert_eq!(
-                                got[ti * row_range.len() + ri],
-                                reference_dot(&w, &x, t, r),
-                                "{tile:?}: {rows}x{cols}, {tokens} tokens, token {t}, row {r}"
-                            );
-                        }
-                    }
+                    let what = format!("{tile:?}: {rows}x{cols}, {tokens} tokens");
+                    assert_dots_are_reference(&got, &w, &x, row_range, token_range, &what);
                 }
             }
         }
