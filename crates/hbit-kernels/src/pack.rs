@@ -245,7 +245,7 @@ impl RowPacked {
         let mut data = vec![0b0101_0101u8; w.rows * row_bytes];
         for (row, out) in w
             .codes
-            .chunks_exact(w.cols)
+            .chunks_exact(w.cols.max(1))
             .zip(data.chunks_exact_mut(row_bytes))
         {
             for (k, &wk) in row.iter().enumerate() {
@@ -492,7 +492,7 @@ impl TriplePacked {
         let mut sign_sums = vec![4 * chunks as i32; row_blocks * LUT_ROW_BLOCK];
         for (r, (row, sign_sum)) in w
             .codes
-            .chunks_exact(w.cols)
+            .chunks_exact(w.cols.max(1))
             .zip(sign_sums.iter_mut())
             .enumerate()
         {
