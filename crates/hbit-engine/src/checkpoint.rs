@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{EngineError, Result};
 use crate::format::write_packed;
+use crate::weights::Int4Layout;
 use crate::weights::Weights;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -142,9 +143,16 @@ pub fn load_checkpoint_dir(dir: &Path, half_embeddings: bool) -> Result<(Weights
 }
 
 /// `hbit pack`: quantizes a checkpoint directory ([`load_checkpoint_dir`]) and writes the
-/// packed model file. Returns the packed weights.
-pub fn pack_checkpoint(dir: &Path, out: &Path, half_embeddings: bool) -> Result<Weights> {
+/// packed model file, projections with INT4 inputs in `int4_layout`. Returns the packed
+/// weights.
+pub fn pack_checkpoint(
+    dir: &Path,
+    out: &Path,
+    half_embeddings: bool,
+    int4_layout: Int4Layout,
+) -> Result<Weights> {
     let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
+    let weights = weights.with_int4_layout(int4_layout);
     write_packed(out, &weights, tokenizer.as_deref())?;
     Ok(weights)
 }

@@ -1,20 +1,31 @@
-//! The packed inference model file (`hbit pack`, DESIGN.md §3), version 1.
+//! The packed inference model file (`hbit pack`, DESIGN.md §3), version 2 (version 1 files
+//! still load).
 //!
 //! One file, a [safetensors](https://github.com/huggingface/safetensors) container, so any
 //! safetensors reader can list it. Loading ([`LoadMode`]) reads it into private memory (the
 //! default, faster to decode from) or memory-maps it, and uses the weights in place either way
-//! (safetensors orders tensors by dtype alignment, so f32 and f16 data are naturally aligned).
+//! (safetensors orders tensors by dtype alignment, so u64, f32 and f16 data are naturally
+//! aligned; words that are not are copied).
 //!
 //! Header metadata (`__metadata__`, strings):
-//! * `format` = `hbit-packed`, `format_version` = `1`;
+//! * `format` = `hbit-packed`, `format_version` = `2` (or `1`);
 //! * `config` — the model's `config.json` (variant, activation bits, architecture);
+//! * `int4_layout` — `pairs` or `triples`, the layout of the projections with INT4 inputs
+//!   (present when the model has any; version 1 files are `pairs`);
 //! * `tokenizer` — the HF `tokenizer.json`, when the checkpoint had one.
 //!
 //! Tensors (HF names, DESIGN.md §3):
 //! * `model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj}.weight` — U8, ternary
-//!   codes at **2 bits per weight** in the kernel layout of the projection's input width
-//!   (`hbit_kernels::pack`): INT8 inputs → row layout `[rows, ceil(in/256)·64]`; INT4 inputs →
-//!   lookup-table layout `[ceil(rows/16), ceil(in/256)·256/8·32]`. Padding weights are zero.
+//!   codes in the kernel layout of the projection's input width (`hbit_kernels::pack`):
+//!   * INT8 inputs → row layout, 2 bits per weight, `[rows, ceil(in/256)·64]`;
+//!   * INT4 inputs, `pairs` → lookup-table layout, 2 bits per weight,
+//!     `[ceil(rows/16), ceil(in/256)·256/8·32]`;
+//!   * INT4 inputs, `triples` → the folded indices of three weights each,
+//!     `[ceil(rows/16), ceil(in/12)·32]`, with `….weight_signs` U64 `[ceil(rows/16),
+//!     ceil(in/12)]` (one sign bit per three weights) and `….weight_sign_sums` I32
+//!     `[ceil(rows/16)·16]` (each row's Σ of ±1 signs): 1.67 bits per weight.
+//!
+//!   Padding weights are zero.
 //! * `….weight_scale` — F32 `[1]`: the absmean scale alpha; the weight is `alpha · code`
 //!   (multiplied, eq. 2).
 //! * norms (`…norm.weight`) — F32 `[n]`;
@@ -26,8 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hbit_kernels::mapped::{map_read_only, read_into_memory};
-use hbit_kernels::pack::{K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
-use hbit_kernels::{ActBits, LutPacked, PackedBytes, RowPacked};
+use hbit_kernels::pack::{
+    K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS,
+};
+use hbit_kernels::{ActBits, LutPacked, PackedBytes, RowPacked, TriplePacked};
 use hbit_model::config::ConfigFile;
 use hbit_model::{InputQuant, ModelConfig, Proj};
 use safetensors::tensor::{Dtype, Metadata, TensorView};
@@ -35,10 +48,15 @@ use safetensors::SafeTensors;
 
 use crate::checkpoint::check_finite;
 use crate::error::{EngineError, Result};
-use crate::weights::{FloatMatrix, TensorSource, TernaryMatrix, Weights};
+use crate::weights::{FloatMatrix, Int4Layout, TensorSource, TernaryMatrix, Weights};
 
 pub const FORMAT_TAG: &str = "hbit-packed";
-pub const FORMAT_VERSION: &str = "1";
+/// The version written; [`FORMAT_VERSION_PAIRS_ONLY`] files load too.
+pub const FORMAT_VERSION: &str = "2";
+/// The first version: INT4 projections always in the `pairs` layout, no `int4_layout` key.
+pub const FORMAT_VERSION_PAIRS_ONLY: &str = "1";
+/// Metadata key naming the INT4 projections' layout.
+pub const INT4_LAYOUT_KEY: &str = "int4_layout";
 
 /// A loaded packed model: weights (in the mapped file) and the tokenizer text.
 pub struct PackedModel {
@@ -53,16 +71,54 @@ pub fn scale_name(weight: &str) -> String {
     format!("{weight}_scale")
 }
 
-/// Shape `[a, b]` of the U8 tensor holding a projection's packed codes.
-pub fn packed_shape(rows: usize, cols: usize, bits: ActBits) -> [usize; 2] {
+/// `….weight` → `….weight_signs` (three-weight layout).
+pub fn signs_name(weight: &str) -> String {
+    format!("{weight}_signs")
+}
+
+/// `….weight` → `….weight_sign_sums` (three-weight layout).
+pub fn sign_sums_name(weight: &str) -> String {
+    format!("{weight}_sign_sums")
+}
+
+/// Shape `[a, b]` of the U8 tensor holding a projection's packed codes (for INT4 inputs, in
+/// `layout`).
+pub fn packed_shape(rows: usize, cols: usize, bits: ActBits, layout: Int4Layout) -> [usize; 2] {
     let padded = cols.div_ceil(K_ALIGN) * K_ALIGN;
-    match bits {
-        ActBits::Int8 => [rows, padded / 4],
-        ActBits::Int4 => [
-            rows.div_ceil(LUT_ROW_BLOCK),
-            padded / LUT_CHUNK_COLS * LUT_CHUNK_BYTES,
+    let row_blocks = rows.div_ceil(LUT_ROW_BLOCK);
+    match (bits, layout) {
+        (ActBits::Int8, _) => [rows, padded / 4],
+        (ActBits::Int4, Int4Layout::Pairs) => {
+            [row_blocks, padded / LUT_CHUNK_COLS * LUT_CHUNK_BYTES]
+        }
+        (ActBits::Int4, Int4Layout::Triples) => [
+            row_blocks,
+            cols.div_ceil(TRIPLE_CHUNK_COLS) * TRIPLE_CHUNK_BYTES,
         ],
     }
+}
+
+/// The one layout of `weights`' INT4 projections (`None` when it has none).
+fn int4_layout_of(path: &Path, weights: &Weights) -> Result<Option<Int4Layout>> {
+    let mut found = None;
+    for layer in &weights.layers {
+        for proj in Proj::ALL {
+            let layout = layer.projection(proj).weight.int4_layout();
+            match (found, layout) {
+                (_, None) => {}
+                (None, Some(l)) => found = Some(l),
+                (Some(a), Some(b)) if a != b => {
+                    return Err(EngineError::format(
+                        path,
+                        "INT4 projections in both the pairs and the triples layout: a model \
+                         file holds one",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `weights` (and the tokenizer text) to `path` atomically: a temporary file in the same
@@ -72,6 +128,9 @@ pub fn write_packed(path: &Path, weights: &Weights, tokenizer_json: Option<&str>
     metadata.insert("format".to_string(), FORMAT_TAG.to_string());
     metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     metadata.insert("config".to_string(), weights.config.to_json());
+    if let Some(layout) = int4_layout_of(path, weights)? {
+        metadata.insert(INT4_LAYOUT_KEY.to_string(), layout.name().to_string());
+    }
     if let Some(t) = tokenizer_json {
         metadata.insert("tokenizer".to_string(), t.to_string());
     }
@@ -120,10 +179,24 @@ pub fn write_packed(path: &Path, weights: &Weights, tokenizer_json: Option<&str>
             let name = hbit_model::tensors::proj_weight(l, proj);
             let w = &layer.projection(proj).weight;
             let bits = weights.config.input_quant(proj).bits;
-            let shape = packed_shape(w.rows(), w.cols(), bits).to_vec();
-            let view =
-                TensorView::new(Dtype::U8, shape, w.data()).map_err(|e| view_err(&name, e))?;
-            views.push((name, view));
+            let layout = w.int4_layout().unwrap_or(Int4Layout::Pairs);
+            let [a, b] = packed_shape(w.rows(), w.cols(), bits, layout);
+            let mut tensor = |name: String, dtype, shape, bytes| -> Result<()> {
+                let view = TensorView::new(dtype, shape, bytes).map_err(|e| view_err(&name, e))?;
+                views.push((name, view));
+                Ok(())
+            };
+            match w {
+                TernaryMatrix::Row(m) => tensor(name, Dtype::U8, vec![a, b], m.data())?,
+                TernaryMatrix::Lut(m) => tensor(name, Dtype::U8, vec![a, b], m.data())?,
+                TernaryMatrix::Triple(m) => {
+                    let signs = bytemuck::cast_slice(m.signs());
+                    let sums = bytemuck::cast_slice(m.sign_sums());
+                    tensor(signs_name(&name), Dtype::U64, vec![a, b / 32], signs)?;
+                    tensor(sign_sums_name(&name), Dtype::I32, vec![16 * a], sums)?;
+                    tensor(name, Dtype::U8, vec![a, b], m.indices())?;
+                }
+            }
         }
     }
     let mut matrices = vec![(hbit_model::tensors::EMBED_TOKENS, &weights.embed_tokens)];
@@ -236,17 +309,31 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
             ))
         }
     }
-    match meta.get("format_version").map(String::as_str) {
-        Some(FORMAT_VERSION) => {}
+    let int4_layout = match meta.get("format_version").map(String::as_str) {
+        Some(FORMAT_VERSION_PAIRS_ONLY) => Int4Layout::Pairs,
+        Some(FORMAT_VERSION) => match meta.get(INT4_LAYOUT_KEY).map(String::as_str) {
+            Some("pairs") | None => Int4Layout::Pairs,
+            Some("triples") => Int4Layout::Triples,
+            Some(other) => {
+                return Err(EngineError::format(
+                    path,
+                    format!(
+                        "metadata `{INT4_LAYOUT_KEY}`: expected \"pairs\" or \"triples\", found \
+                         {other:?}"
+                    ),
+                ))
+            }
+        },
         other => {
             return Err(EngineError::format(
                 path,
                 format!(
-                    "metadata `format_version`: expected \"{FORMAT_VERSION}\", found {other:?}"
+                    "metadata `format_version`: expected \"{FORMAT_VERSION}\" or \
+                     \"{FORMAT_VERSION_PAIRS_ONLY}\", found {other:?}"
                 ),
             ))
         }
-    }
+    };
     let config_text = meta
         .get("config")
         .ok_or_else(|| EngineError::format(path, "metadata `config` is missing"))?;
@@ -260,6 +347,7 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
         buffer,
         data_start: 8 + header_len,
         metadata: &metadata,
+        int4_layout,
         used: Vec::new(),
     };
     let weights = Weights::assemble(&config, &mut source)?;
@@ -284,6 +372,7 @@ struct MappedSource<'a> {
     buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
     data_start: usize,
     metadata: &'a Metadata,
+    int4_layout: Int4Layout,
     used: Vec<String>,
 }
 
@@ -340,16 +429,24 @@ impl TensorSource for MappedSource<'_> {
         quant: InputQuant,
     ) -> Result<TernaryMatrix> {
         let alpha = self.f32s(&scale_name(name), &[1])?[0];
-        let shape = packed_shape(rows, cols, quant.bits);
+        let layout = self.int4_layout;
+        let shape = packed_shape(rows, cols, quant.bits, layout);
         let bytes = self.bytes(name, Dtype::U8, &shape)?;
-        let wrap =
-            |e: hbit_kernels::KernelError| EngineError::tensor(self.path, name, e.to_string());
-        Ok(match quant.bits {
-            ActBits::Int8 => {
+        let path = self.path;
+        let wrap = |e: hbit_kernels::KernelError| EngineError::tensor(path, name, e.to_string());
+        Ok(match (quant.bits, layout) {
+            (ActBits::Int8, _) => {
                 TernaryMatrix::Row(RowPacked::from_parts(rows, cols, alpha, bytes).map_err(wrap)?)
             }
-            ActBits::Int4 => {
+            (ActBits::Int4, Int4Layout::Pairs) => {
                 TernaryMatrix::Lut(LutPacked::from_parts(rows, cols, alpha, bytes).map_err(wrap)?)
+            }
+            (ActBits::Int4, Int4Layout::Triples) => {
+                let [blocks, _] = shape;
+                let signs = self.bytes(&signs_name(name), Dtype::U64, &[blocks, shape[1] / 32])?;
+                let sums = self.bytes(&sign_sums_name(name), Dtype::I32, &[16 * blocks])?;
+                let m = TriplePacked::from_parts(rows, cols, alpha, bytes, signs, sums);
+                TernaryMatrix::Triple(m.map_err(wrap)?)
             }
         })
     }

@@ -19,4 +19,4 @@ pub use forward::{Engine, Logits, Observer, Site};
 pub use generate::{generate, Finish, GenerateOptions, GenerateStats, Generation};
 pub use kv::{KvBits, KvCache};
 pub use sample::{Sampler, SamplingParams};
-pub use weights::Weights;
+pub use weights::{Int4Layout, Weights};

@@ -13,7 +13,7 @@ use half::f16;
 use hbit_kernels::quant::{quantize_activations, sparsify_topk_token, topk_count};
 use hbit_kernels::{
     matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, QuantizedActivations,
-    RowPacked,
+    RowPacked, TriplePacked,
 };
 use hbit_model::tensors::{layer_norm, proj_weight, EMBED_TOKENS, FINAL_NORM, LM_HEAD};
 use hbit_model::{InputQuant, ModelConfig, Proj};
@@ -25,8 +25,49 @@ use crate::error::{EngineError, Result};
 pub enum TernaryMatrix {
     /// For INT8 inputs: multiply-add kernels.
     Row(RowPacked),
-    /// For INT4 inputs: lookup-table kernels.
+    /// For INT4 inputs: lookup tables of two weights.
     Lut(LutPacked),
+    /// For INT4 inputs: lookup tables of three weights (1.67 bits per weight).
+    Triple(TriplePacked),
+}
+
+/// Which of the two INT4 layouts a matrix for INT4 inputs is packed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int4Layout {
+    /// [`LutPacked`]: two weights per lookup, 2 bits per weight.
+    Pairs,
+    /// [`TriplePacked`]: three weights per lookup, 1.67 bits per weight.
+    Triples,
+}
+
+impl Int4Layout {
+    /// The layout this CPU multiplies fastest: three weights per lookup where the kernels have a
+    /// vector tile for them (AVX-512 VBMI + VNNI), else two.
+    pub fn native() -> Int4Layout {
+        match matmul::int4_triples_native() {
+            true => Int4Layout::Triples,
+            false => Int4Layout::Pairs,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int4Layout::Pairs => "pairs",
+            Int4Layout::Triples => "triples",
+        }
+    }
+
+    /// `pairs`, `triples`, or `native` ([`Int4Layout::native`]).
+    pub fn parse(s: &str) -> Result<Int4Layout> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pairs" => Ok(Int4Layout::Pairs),
+            "triples" => Ok(Int4Layout::Triples),
+            "native" => Ok(Int4Layout::native()),
+            other => Err(EngineError::Input(format!(
+                "INT4 weight layout: expected pairs, triples or native, found {other:?}"
+            ))),
+        }
+    }
 }
 
 impl TernaryMatrix {
@@ -34,6 +75,7 @@ impl TernaryMatrix {
         match self {
             TernaryMatrix::Row(w) => w.rows(),
             TernaryMatrix::Lut(w) => w.rows(),
+            TernaryMatrix::Triple(w) => w.rows(),
         }
     }
 
@@ -41,6 +83,7 @@ impl TernaryMatrix {
         match self {
             TernaryMatrix::Row(w) => w.cols(),
             TernaryMatrix::Lut(w) => w.cols(),
+            TernaryMatrix::Triple(w) => w.cols(),
         }
     }
 
@@ -48,32 +91,54 @@ impl TernaryMatrix {
         match self {
             TernaryMatrix::Row(w) => w.alpha(),
             TernaryMatrix::Lut(w) => w.alpha(),
+            TernaryMatrix::Triple(w) => w.alpha(),
         }
     }
 
-    /// The packed bytes (what a GEMV streams from memory).
-    pub fn data(&self) -> &[u8] {
+    /// Bytes of packed weights (what a GEMV streams from memory).
+    pub fn bytes(&self) -> usize {
         match self {
-            TernaryMatrix::Row(w) => w.data(),
-            TernaryMatrix::Lut(w) => w.data(),
+            TernaryMatrix::Row(w) => w.data().len(),
+            TernaryMatrix::Lut(w) => w.data().len(),
+            TernaryMatrix::Triple(w) => w.bytes(),
         }
     }
 
-    /// The layout a projection whose input is quantized to `bits` needs.
+    /// The INT4 layout, if the matrix is packed for INT4 inputs.
+    pub fn int4_layout(&self) -> Option<Int4Layout> {
+        match self {
+            TernaryMatrix::Row(_) => None,
+            TernaryMatrix::Lut(_) => Some(Int4Layout::Pairs),
+            TernaryMatrix::Triple(_) => Some(Int4Layout::Triples),
+        }
+    }
+
+    /// The layout a projection whose input is quantized to `bits` needs, INT4 in this CPU's
+    /// fastest layout ([`Int4Layout::native`]).
     pub fn pack(w: &hbit_kernels::TernaryWeights, bits: ActBits) -> TernaryMatrix {
-        match bits {
-            ActBits::Int8 => TernaryMatrix::Row(RowPacked::pack(w)),
-            ActBits::Int4 => TernaryMatrix::Lut(LutPacked::pack(w)),
+        TernaryMatrix::pack_with(w, bits, Int4Layout::native())
+    }
+
+    /// As [`TernaryMatrix::pack`], INT4 in `layout`.
+    pub fn pack_with(
+        w: &hbit_kernels::TernaryWeights,
+        bits: ActBits,
+        layout: Int4Layout,
+    ) -> TernaryMatrix {
+        match (bits, layout) {
+            (ActBits::Int8, _) => TernaryMatrix::Row(RowPacked::pack(w)),
+            (ActBits::Int4, Int4Layout::Pairs) => TernaryMatrix::Lut(LutPacked::pack(w)),
+            (ActBits::Int4, Int4Layout::Triples) => TernaryMatrix::Triple(TriplePacked::pack(w)),
         }
     }
 
-    /// The same ternary weights in the layout for `bits`-wide inputs.
-    pub fn repacked(&self, bits: ActBits) -> TernaryMatrix {
-        let w = match self {
+    /// The ternary weights, unpacked.
+    pub fn unpack(&self) -> hbit_kernels::TernaryWeights {
+        match self {
             TernaryMatrix::Row(w) => w.unpack(),
             TernaryMatrix::Lut(w) => w.unpack(),
-        };
-        TernaryMatrix::pack(&w, bits)
+            TernaryMatrix::Triple(w) => w.unpack(),
+        }
     }
 
     /// `y` `[tokens, rows]` = BitLinear's integer form on quantized inputs.
@@ -81,6 +146,7 @@ impl TernaryMatrix {
         match self {
             TernaryMatrix::Row(w) => matmul::matmul_int8(w, x, y)?,
             TernaryMatrix::Lut(w) => matmul::matmul_int4(w, x, y)?,
+            TernaryMatrix::Triple(w) => matmul::matmul_int4_triples(w, x, y)?,
         }
         Ok(())
     }
@@ -93,28 +159,41 @@ pub fn matmul_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<()> {
-    let rows: Option<Vec<&RowPacked>> = ws
-        .iter()
-        .map(|w| match w {
-            TernaryMatrix::Row(r) => Some(r),
-            TernaryMatrix::Lut(_) => None,
-        })
-        .collect();
-    if let Some(rows) = rows {
-        return Ok(matmul::matmul_int8_many(&rows, x, ys)?);
+    /// `Some` when every matrix is of the variant `pick` takes.
+    fn all<'a, T: 'a>(
+        ws: &[&'a TernaryMatrix],
+        pick: fn(&'a TernaryMatrix) -> Option<&'a T>,
+    ) -> Option<Vec<&'a T>> {
+        ws.iter().map(|w| pick(w)).collect()
     }
-    let luts: Option<Vec<&LutPacked>> = ws
-        .iter()
-        .map(|w| match w {
+    fn row(w: &TernaryMatrix) -> Option<&RowPacked> {
+        match w {
+            TernaryMatrix::Row(r) => Some(r),
+            _ => None,
+        }
+    }
+    fn lut(w: &TernaryMatrix) -> Option<&LutPacked> {
+        match w {
             TernaryMatrix::Lut(l) => Some(l),
-            TernaryMatrix::Row(_) => None,
-        })
-        .collect();
-    match luts {
-        Some(luts) => Ok(matmul::matmul_int4_many(&luts, x, ys)?),
-        None => Err(EngineError::Input(
+            _ => None,
+        }
+    }
+    fn triple(w: &TernaryMatrix) -> Option<&TriplePacked> {
+        match w {
+            TernaryMatrix::Triple(t) => Some(t),
+            _ => None,
+        }
+    }
+    if let Some(rows) = all(ws, row) {
+        Ok(matmul::matmul_int8_many(&rows, x, ys)?)
+    } else if let Some(luts) = all(ws, lut) {
+        Ok(matmul::matmul_int4_many(&luts, x, ys)?)
+    } else if let Some(triples) = all(ws, triple) {
+        Ok(matmul::matmul_int4_triples_many(&triples, x, ys)?)
+    } else {
+        Err(EngineError::Input(
             "matmul_many: matrices of one input must share one layout".into(),
-        )),
+        ))
     }
 }
 
@@ -424,12 +503,35 @@ impl Weights {
         for layer in &mut out.layers {
             for proj in Proj::ALL {
                 let p = layer.projection_mut(proj);
-                p.weight = p.weight.repacked(bits);
+                p.weight = TernaryMatrix::pack(&p.weight.unpack(), bits);
                 p.quant = config.input_quant(proj);
             }
         }
         out.config = config;
         Ok(out)
+    }
+
+    /// The same model with its INT4 projections in `layout` (repacked where they are not):
+    /// products are the same integers either way, only the kernel differs.
+    pub fn with_int4_layout(mut self, layout: Int4Layout) -> Weights {
+        for layer in &mut self.layers {
+            for proj in Proj::ALL {
+                let w = &mut layer.projection_mut(proj).weight;
+                if w.int4_layout().is_some_and(|l| l != layout) {
+                    *w = TernaryMatrix::pack_with(&w.unpack(), ActBits::Int4, layout);
+                }
+            }
+        }
+        self
+    }
+
+    /// The layout of the INT4 projections (`None` when there are none).
+    pub fn int4_layout(&self) -> Option<Int4Layout> {
+        self.layers
+            .iter()
+            .flat_map(|l| Proj::ALL.map(|p| l.projection(p).weight.int4_layout()))
+            .flatten()
+            .next()
     }
 
     pub fn head(&self) -> &FloatMatrix {
@@ -440,7 +542,7 @@ impl Weights {
     pub fn ternary_bytes(&self) -> usize {
         self.layers
             .iter()
-            .flat_map(|l| Proj::ALL.map(|p| l.projection(p).weight.data().len()))
+            .flat_map(|l| Proj::ALL.map(|p| l.projection(p).weight.bytes()))
             .sum()
     }
 }

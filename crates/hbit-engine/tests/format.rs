@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use hbit_engine::format::{load_packed, load_packed_with, write_packed, LoadMode};
-use hbit_engine::{Engine, KvBits, Logits, Weights};
+use hbit_engine::{Engine, Int4Layout, KvBits, Logits, Weights};
 use hbit_kernels::ActBits;
 use hbit_train::config::{preset, Variant};
 use hbit_train::BitnetModel;
@@ -61,6 +61,78 @@ fn packed_file_round_trips_exactly() {
             assert!(logits(mapped.weights, &TOKENS) == want, "mapped");
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Both INT4 layouts round trip and give the same logits (the same integer products); the
+/// three-weight file is smaller; a version-1 file (pairs, no layout key) still loads.
+#[test]
+fn both_int4_layouts_round_trip_and_version_1_loads() {
+    let dir = tempdir();
+    let base = weights(Variant::BitnetV2, ActBits::Int4, true);
+    let want = logits(base.clone(), &TOKENS);
+    let mut sizes = Vec::new();
+    for layout in [Int4Layout::Pairs, Int4Layout::Triples] {
+        let w = base.clone().with_int4_layout(layout);
+        assert_eq!(w.int4_layout(), Some(layout));
+        assert!(logits(w.clone(), &TOKENS) == want, "{layout:?} in memory");
+        let path = dir.join(format!("{}.hbit", layout.name()));
+        write_packed(&path, &w, None).unwrap();
+        for mode in [LoadMode::Read, LoadMode::Map] {
+            let loaded = load_packed_with(&path, mode).unwrap();
+            assert_eq!(loaded.weights.int4_layout(), Some(layout));
+            assert!(
+                logits(loaded.weights, &TOKENS) == want,
+                "{layout:?} {mode:?}"
+            );
+        }
+        sizes.push(std::fs::metadata(&path).unwrap().len());
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "triples {} vs pairs {} bytes",
+        sizes[1],
+        sizes[0]
+    );
+
+    // Version 1: the same header with the version digit changed (its layout key is ignored).
+    let as_version_1 = |from: &str, to: &str| {
+        let mut bytes = std::fs::read(dir.join(from)).unwrap();
+        let key = b"\"format_version\":\"2\"";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
+        bytes[at + key.len() - 2] = b'1';
+        std::fs::write(dir.join(to), bytes).unwrap();
+        load_packed(&dir.join(to))
+    };
+    let v1 = as_version_1("pairs.hbit", "v1.hbit").unwrap();
+    assert_eq!(v1.weights.int4_layout(), Some(Int4Layout::Pairs));
+    assert!(logits(v1.weights, &TOKENS) == want, "version 1");
+    // A version-1 file holds pairs: three-weight tensors are refused by name and shape.
+    let e = as_version_1("triples.hbit", "v1-triples.hbit")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("v1-triples.hbit") && e.contains("expected shape"),
+        "{e}"
+    );
+
+    // A three-weight sign sum that does not match its signs names the tensor.
+    let good = std::fs::read(dir.join("triples.hbit")).unwrap();
+    let (header, meta) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let name = "model.layers.0.mlp.down_proj.weight_sign_sums";
+    let info = meta.info(name).unwrap();
+    let mut bad = good.clone();
+    bad[8 + header + info.data_offsets.0] ^= 2;
+    std::fs::write(dir.join("bad-sums.hbit"), &bad).unwrap();
+    let e = load_packed(&dir.join("bad-sums.hbit"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.mlp.down_proj.weight") && e.contains("sign sum"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -23,8 +23,7 @@
 //! A third layout, [`TriplePacked`], is not a 2-bit one: three weights share one 4-bit folded
 //! index and a sign bit (bitnet.cpp TL2's grouping), **1.67 bits per weight** plus one i32 per
 //! row, so that each INT4 table lookup covers three weights instead of two. Its kernel
-//! (`matmul_int4_triples`) runs the `vpermb` tile on AVX-512 VBMI + VNNI CPUs; model files do
-//! not use it yet.
+//! (`matmul_int4_triples`) runs the `vpermb` tile on AVX-512 VBMI + VNNI CPUs.
 
 use std::fmt;
 use std::ops::{Deref, Range};
@@ -474,12 +473,83 @@ pub struct TriplePacked {
     cols: usize,
     alpha: f32,
     chunks: usize,
-    /// `[row_blocks, chunks, 32]`.
-    indices: Vec<u8>,
+    /// `[row_blocks, chunks, 32]`; every nibble in 0..=13.
+    indices: PackedBytes,
     /// `[row_blocks, chunks]`.
-    signs: Vec<u64>,
+    signs: Words<u64>,
     /// `[row_blocks · 16]`: Σ over the row's groups (padding included) of ±1.
-    sign_sums: Vec<i32>,
+    sign_sums: Words<i32>,
+}
+
+/// A slice of plain words (`u64` sign masks, `i32` sums) owned or in place in a shared buffer
+/// (a model file), so that a packed model's words are not copied at load.
+#[derive(Clone)]
+enum Words<T: bytemuck::Pod> {
+    Owned(Vec<T>),
+    /// Bytes aligned for `T` and a whole number of words (checked by [`Words::from_bytes`]).
+    Shared(PackedBytes),
+}
+
+impl<T: bytemuck::Pod> Words<T> {
+    /// Uses `bytes` in place when aligned for `T`, else copies them (little-endian words).
+    fn from_bytes(what: &'static str, bytes: PackedBytes) -> Result<Self, KernelError> {
+        let size = std::mem::size_of::<T>();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(KernelError::LengthMismatch {
+                what,
+                expected: bytes.len().next_multiple_of(size),
+                found: bytes.len(),
+            });
+        }
+        if bytemuck::try_cast_slice::<u8, T>(&bytes).is_ok() {
+            return Ok(Words::Shared(bytes));
+        }
+        Ok(Words::Owned(
+            bytes
+                .chunks_exact(size)
+                .map(bytemuck::pod_read_unaligned)
+                .collect(),
+        ))
+    }
+}
+
+impl<T: bytemuck::Pod> Deref for Words<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Words::Owned(v) => v,
+            // Alignment and length were checked when the words were wrapped.
+            Words::Shared(bytes) => bytemuck::cast_slice(bytes),
+        }
+    }
+}
+
+impl<T: bytemuck::Pod + fmt::Debug> fmt::Debug for Words<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Words({} words)", self.len())
+    }
+}
+
+impl<T: bytemuck::Pod + PartialEq> PartialEq for Words<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+/// Σ of each row's ±1 group signs, `[row_blocks · 16]`, from the sign masks.
+fn triple_sign_sums(signs: &[u64], chunks: usize) -> Vec<i32> {
+    let mut sums = Vec::with_capacity(signs.len() / chunks.max(1) * LUT_ROW_BLOCK);
+    for block in signs.chunks_exact(chunks.max(1)) {
+        let mut negated = [0i32; LUT_ROW_BLOCK];
+        for &mask in block {
+            for (i, n) in negated.iter_mut().enumerate() {
+                *n += (mask >> (4 * i) & 0xF).count_ones() as i32;
+            }
+        }
+        sums.extend(negated.map(|n| 4 * chunks as i32 - 2 * n));
+    }
+    sums
 }
 
 impl TriplePacked {
@@ -489,13 +559,7 @@ impl TriplePacked {
         let zero_pair = TRIPLE_ZERO | TRIPLE_ZERO << 4;
         let mut indices = vec![zero_pair; row_blocks * chunks * TRIPLE_CHUNK_BYTES];
         let mut signs = vec![0u64; row_blocks * chunks];
-        let mut sign_sums = vec![4 * chunks as i32; row_blocks * LUT_ROW_BLOCK];
-        for (r, (row, sign_sum)) in w
-            .codes
-            .chunks_exact(w.cols.max(1))
-            .zip(sign_sums.iter_mut())
-            .enumerate()
-        {
+        for (r, row) in w.codes.chunks_exact(w.cols.max(1)).enumerate() {
             let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
             for g in 0..w.cols.div_ceil(3) {
                 let at = |m: usize| row.get(3 * g + m).copied().unwrap_or(0);
@@ -506,19 +570,120 @@ impl TriplePacked {
                 indices[byte] = (indices[byte] & !(0xF << shift)) | folded << shift;
                 if negated {
                     signs[rb * chunks + c] |= 1 << (4 * i + j);
-                    *sign_sum -= 2;
                 }
             }
         }
+        let sign_sums = triple_sign_sums(&signs, chunks);
         Self {
             rows: w.rows,
             cols: w.cols,
             alpha: w.alpha,
             chunks,
+            indices: indices.into(),
+            signs: Words::Owned(signs),
+            sign_sums: Words::Owned(sign_sums),
+        }
+    }
+
+    /// Wraps the three parts of this layout (read from a file: index bytes, sign masks and sign
+    /// sums as little-endian words), in place where aligned, after checking their lengths,
+    /// that every index is a folded one (≤ 13), and that the sign sums match the signs.
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        alpha: f32,
+        indices: impl Into<PackedBytes>,
+        signs: impl Into<PackedBytes>,
+        sign_sums: impl Into<PackedBytes>,
+    ) -> Result<Self, KernelError> {
+        let (indices, signs, sign_sums) = (indices.into(), signs.into(), sign_sums.into());
+        if rows == 0 || cols == 0 {
+            return Err(KernelError::InvalidSize {
+                what: "three-weight packed ternary weights",
+                found: rows.min(cols),
+                reason: "rows and columns must be non-zero",
+            });
+        }
+        if !alpha.is_finite() {
+            return Err(KernelError::NonFinite {
+                what: "ternary weight scale alpha",
+                index: 0,
+            });
+        }
+        let chunks = cols.div_ceil(TRIPLE_CHUNK_COLS);
+        let row_blocks = rows.div_ceil(LUT_ROW_BLOCK);
+        let expect = |what, expected: usize, found: usize| match expected == found {
+            true => Ok(()),
+            false => Err(KernelError::LengthMismatch {
+                what,
+                expected,
+                found,
+            }),
+        };
+        expect(
+            "three-weight index bytes",
+            row_blocks * chunks * TRIPLE_CHUNK_BYTES,
+            indices.len(),
+        )?;
+        expect(
+            "three-weight sign bytes",
+            8 * row_blocks * chunks,
+            signs.len(),
+        )?;
+        expect(
+            "three-weight sign-sum bytes",
+            4 * row_blocks * LUT_ROW_BLOCK,
+            sign_sums.len(),
+        )?;
+        let folded_max = TRIPLE_ZERO;
+        if let Some(index) =
+            crate::scan::first_where(&indices, |b: u8| (b & 0xF).max(b >> 4) > folded_max)
+        {
+            let b = indices[index];
+            return Err(KernelError::InvalidCode {
+                what: "three-weight folded index (0..=13)",
+                code: i32::from((b & 0xF).max(b >> 4)),
+                index,
+            });
+        }
+        let signs: Words<u64> = Words::from_bytes("three-weight sign bytes", signs)?;
+        let sign_sums: Words<i32> = Words::from_bytes("three-weight sign-sum bytes", sign_sums)?;
+        let computed = triple_sign_sums(&signs, chunks);
+        if let Some(index) = computed
+            .iter()
+            .zip(sign_sums.iter())
+            .position(|(a, b)| a != b)
+        {
+            return Err(KernelError::InvalidCode {
+                what: "three-weight sign sum (does not match the row's signs)",
+                code: sign_sums[index],
+                index,
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            alpha,
+            chunks,
             indices,
             signs,
             sign_sums,
-        }
+        })
+    }
+
+    /// The index bytes, `[row_blocks, chunks, 32]` (what a model file stores).
+    pub fn indices(&self) -> &[u8] {
+        &self.indices
+    }
+
+    /// The sign masks, `[row_blocks, chunks]`.
+    pub fn signs(&self) -> &[u64] {
+        &self.signs
+    }
+
+    /// Each row's Σ of group signs, `[row_blocks · 16]`.
+    pub fn sign_sums(&self) -> &[i32] {
+        &self.sign_sums
     }
 
     pub fn unpack(&self) -> TernaryWeights {
@@ -657,6 +822,56 @@ mod tests {
         assert_eq!(p.unpack(), w);
         // 5 bits per 3 weights: 40 bytes per chunk of 16 rows × 12 columns.
         assert_eq!(p.bytes(), 2 * 40 + 16 * 4);
+    }
+
+    /// The parts a file stores rebuild the same matrix; a bad index, a sign sum that does not
+    /// match the signs, or a wrong length is refused with its name.
+    #[test]
+    fn triple_from_parts_round_trips_and_rejects_bad_parts() {
+        let w = random_ternary(33, 300, 7);
+        let p = TriplePacked::pack(&w);
+        let words = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let sums = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let parts = |indices: Vec<u8>, signs: Vec<u8>, sign_sums: Vec<u8>| {
+            TriplePacked::from_parts(33, 300, 0.75, indices, signs, sign_sums)
+        };
+        let (idx, sg, ss) = (p.indices().to_vec(), words(p.signs()), sums(p.sign_sums()));
+        let back = parts(idx.clone(), sg.clone(), ss.clone()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.unpack(), w);
+        // Words at an odd offset of a shared buffer are copied, not misread.
+        let mut shifted = vec![0u8];
+        shifted.extend(&sg);
+        let buffer: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(shifted);
+        let odd = PackedBytes::shared(buffer, 1..1 + sg.len()).unwrap();
+        assert_eq!(
+            TriplePacked::from_parts(33, 300, 0.75, idx.clone(), odd, ss.clone()).unwrap(),
+            p
+        );
+        let mut bad = idx.clone();
+        bad[5] = 0xE0 | (bad[5] & 0xF); // high nibble 14
+        assert!(matches!(
+            parts(bad, sg.clone(), ss.clone()),
+            Err(KernelError::InvalidCode {
+                code: 14,
+                index: 5,
+                ..
+            })
+        ));
+        let mut flipped = sg.clone();
+        flipped[0] ^= 1; // row 0, group 0 negated without its sum changing
+        assert!(matches!(
+            parts(idx.clone(), flipped, ss.clone()),
+            Err(KernelError::InvalidCode { index: 0, .. })
+        ));
+        assert!(matches!(
+            parts(idx[1..].to_vec(), sg.clone(), ss.clone()),
+            Err(KernelError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            parts(idx.clone(), sg, ss[4..].to_vec()),
+            Err(KernelError::LengthMismatch { .. })
+        ));
     }
 
     #[test]

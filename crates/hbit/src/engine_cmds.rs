@@ -53,11 +53,29 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         });
     }
     let packed = load_packed_with(path, LoadMode::from_env()?)?;
+    // Which INT4 layout a file holds matters for speed only; say so where the weights are
+    // large enough for it to show (not for the bundled tiny model).
+    let native = hbit_engine::Int4Layout::native();
+    let large = packed.weights.ternary_bytes() > LAYOUT_NOTE_MIN_BYTES;
+    if let Some(layout) = packed.weights.int4_layout().filter(|&l| l != native && large) {
+        eprintln!(
+            "note: {} holds its INT4 projections in the {} layout; this CPU multiplies the {} \
+             layout faster (`hbit pack --int4-layout {}` writes it)",
+            path.display(),
+            layout.name(),
+            native.name(),
+            native.name()
+        );
+    }
     Ok(LoadedModel {
         engine: Engine::new(packed.weights),
         tokenizer_json: packed.tokenizer_json,
     })
 }
+
+/// Ternary bytes above which loading a model whose INT4 layout is not this CPU's faster one
+/// prints a note.
+const LAYOUT_NOTE_MIN_BYTES: usize = 16 << 20;
 
 #[derive(Args)]
 pub struct PackArgs {
@@ -70,6 +88,11 @@ pub struct PackArgs {
     /// Storage of the embedding and LM head: f16 (half the bytes a decode step reads) or f32.
     #[arg(long, default_value = "f16")]
     embed_dtype: String,
+    /// Layout of projections with INT4 inputs: pairs (2 bits per weight, two weights per table
+    /// lookup; fastest on AVX2), triples (1.67 bits per weight, three per lookup; fastest on
+    /// AVX-512 with VBMI and VNNI) or native (the faster one on this CPU).
+    #[arg(long, default_value = "native")]
+    int4_layout: String,
 }
 
 pub fn pack(args: &PackArgs) -> Result<()> {
@@ -78,13 +101,18 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         "f32" => false,
         other => bail!("--embed-dtype {other:?}: expected f16 or f32"),
     };
-    let weights = pack_checkpoint(&args.model, &args.out, half)?;
+    let layout = hbit_engine::Int4Layout::parse(&args.int4_layout)?;
+    let weights = pack_checkpoint(&args.model, &args.out, half, layout)?;
     let size = std::fs::metadata(&args.out)
         .with_context(|| args.out.display().to_string())?
         .len();
     let c = &weights.config;
+    let layout = match weights.int4_layout() {
+        Some(l) => format!(", INT4 layout {}", l.name()),
+        None => String::new(),
+    };
     println!(
-        "wrote {} ({} a{}, {:.2} MB: {:.2} MB ternary weights at 2 bits, embeddings {})",
+        "wrote {} ({} a{}, {:.2} MB: {:.2} MB ternary weights, embeddings {}{layout})",
         args.out.display(),
         c.variant.name(),
         c.activation_bits.bits(),

@@ -42,6 +42,10 @@ pub struct InitArgs {
     /// Replace an existing checkpoint at --out.
     #[arg(long)]
     force: bool,
+    /// With --dummy and --act-bits 4: layout of the INT4 projections, pairs (2 bits per
+    /// weight), triples (1.67 bits, three weights per lookup) or native (this CPU's faster one).
+    #[arg(long, default_value = "native")]
+    int4_layout: String,
 }
 
 pub fn init(args: &InitArgs) -> Result<()> {
@@ -49,7 +53,8 @@ pub fn init(args: &InitArgs) -> Result<()> {
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
     if args.dummy {
         let shape = args.shape.as_deref().unwrap_or_default();
-        return init_dummy(shape, bits, args.seed, &args.out, args.force);
+        let layout = hbit_engine::Int4Layout::parse(&args.int4_layout)?;
+        return init_dummy(shape, bits, layout, args.seed, &args.out, args.force);
     }
     let preset_name = args.preset.as_deref().unwrap_or_default();
     let variant = Variant::parse(&args.variant)?;
@@ -152,6 +157,7 @@ pub fn logits(args: &LogitsArgs) -> Result<()> {
 pub fn init_dummy(
     shape: &str,
     bits: ActBits,
+    int4_layout: hbit_engine::Int4Layout,
     seed: u64,
     out: &std::path::Path,
     force: bool,
@@ -160,7 +166,7 @@ pub fn init_dummy(
     if out.exists() && !force {
         bail!("{}: exists (pass --force to replace it)", out.display());
     }
-    let weights = hbit_engine::Weights::random(&config, seed, true)?;
+    let weights = hbit_engine::Weights::random(&config, seed, true)?.with_int4_layout(int4_layout);
     hbit_engine::format::write_packed(out, &weights, None)?;
     let size = std::fs::metadata(out)
         .with_context(|| out.display().to_string())?

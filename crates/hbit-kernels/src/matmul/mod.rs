@@ -199,55 +199,82 @@ fn matmul_int4_parts(
 
 /// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
 /// weight (see `triple.rs`). The `vpermb` tile where the CPU has AVX-512 VBMI and VNNI (and the
-/// AVX-512 path is active); the scalar tile everywhere else. For one or a few tokens each
-/// share builds its own tables ([`triple_own_tables`]); otherwise the tables are built once,
-/// in pieces over the threads, then the rows or, for many tokens, the token tiles
-/// ([`triple_split_by_tokens`]) are split across the threads.
+/// AVX-512 path is active, [`int4_triples_native`]); the scalar tile everywhere else. For one or
+/// a few tokens each share builds its own tables ([`triple_own_tables`]); otherwise the tables
+/// are built once, in pieces over the threads, then the rows or, for many tokens, the token
+/// tiles ([`triple_split_by_tokens`]) are split across the threads.
 pub fn matmul_int4_triples(
     w: &TriplePacked,
     x: &QuantizedActivations,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_int4_triples_many(&[w], x, &mut [y])
+}
+
+/// Whether [`matmul_int4_triples`] runs a vector tile on this CPU and active path (the `vpermb`
+/// tile of AVX-512 VBMI + VNNI); elsewhere it runs the scalar tile, and [`matmul_int4`]'s
+/// two-weight layout is the faster INT4 one.
+pub fn int4_triples_native() -> bool {
+    active_path().is_ok_and(|p| triple::TripleTile::for_path(p) != triple::TripleTile::Scalar)
+}
+
+/// As [`matmul_int8_many`] for ternary × INT4 over [`TriplePacked`] weights: results equal
+/// [`matmul_int4_triples`] on each matrix.
+pub fn matmul_int4_triples_many(
+    ws: &[&TriplePacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+) -> Result<(), KernelError> {
     let path = active_path()?;
-    check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
+    check_many(ws.len(), ys.len())?;
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
+    }
+    let Some(chunks) = ws.first().map(|w| w.chunks()) else {
+        return Ok(());
+    };
     if x.tokens == 0 {
         return Ok(());
     }
+    // Same input width, so the same chunks: one set of tables serves every matrix.
     let tile = triple::TripleTile::for_path(path);
-    let rows = [w.rows()];
-    let mut ys = [y];
-    let outs = SharedOutput::each(&mut ys, &rows);
-    if triple_own_tables(w.rows(), x.tokens) {
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let total_rows = rows.iter().sum();
+    let outs = SharedOutput::each(ys, &rows);
+    if triple_own_tables(total_rows, x.tokens) {
         // One fork-join instead of two: every share builds the (few) tables itself.
         split_many_with(
             &rows,
             LUT_ROW_BLOCK,
             LUT_SHARES_PER_THREAD,
-            || triple::TripleTables::build_here(tile, x, w.chunks()),
-            |tables, _, r| {
-                let dots = triple::dots(tile, w, tables, r.clone(), 0..x.tokens);
-                // SAFETY: `split_many_with` hands each piece a disjoint row range.
-                unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
+            || triple::TripleTables::build_here(tile, x, chunks),
+            |tables, m, r| {
+                let dots = triple::dots(tile, ws[m], tables, r.clone(), 0..x.tokens);
+                // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
+                unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
             },
         );
         return Ok(());
     }
-    let tables = triple::TripleTables::build(tile, x, w.chunks());
-    if triple_split_by_tokens(w.rows(), x.tokens) {
+    let tables = triple::TripleTables::build(tile, x, chunks);
+    if triple_split_by_tokens(total_rows, x.tokens) {
         let tiles = x.tokens.div_ceil(triple::TOKEN_TILE);
         let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
         crate::parallel::run_parts(parts, &|part| {
             let tile_tokens = |i: usize| (tiles * i / parts * triple::TOKEN_TILE).min(x.tokens);
             let tokens = tile_tokens(part)..tile_tokens(part + 1);
-            let dots = triple::dots(tile, w, &tables, 0..w.rows(), tokens.clone());
-            // SAFETY: parts take disjoint token ranges, so disjoint elements of the output.
-            unsafe { outs[0].write(0..w.rows(), tokens, &dots, w.alpha(), x) };
+            for (m, w) in ws.iter().enumerate() {
+                let dots = triple::dots(tile, w, &tables, 0..rows[m], tokens.clone());
+                // SAFETY: parts take disjoint token ranges, so disjoint elements of every
+                // output.
+                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
+            }
         });
     } else {
-        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |_, r| {
-            let dots = triple::dots(tile, w, &tables, r.clone(), 0..x.tokens);
-            // SAFETY: `split_many` hands each part a disjoint row range.
-            unsafe { outs[0].write(r, 0..x.tokens, &dots, w.alpha(), x) };
+        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
+            let dots = triple::dots(tile, ws[m], &tables, r.clone(), 0..x.tokens);
+            // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
+            unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
         });
     }
     Ok(())

@@ -484,5 +484,17 @@ proptest! {
                 assert_bits_equal(g, w, "many");
             }
         }
+        // Three-weight layout: few tokens (own tables, row split) and 36 more (token split).
+        let packed: Vec<TriplePacked> = ws.iter().map(TriplePacked::pack).collect();
+        let refs: Vec<&TriplePacked> = packed.iter().collect();
+        for tokens in [tokens, tokens + 36] {
+            let x = g.activations(tokens, cols, ActBits::Int4);
+            let mut got: Vec<Vec<f32>> = rows.iter().map(|&r| vec![0.0; r * tokens]).collect();
+            let mut ys: Vec<&mut [f32]> = got.iter_mut().map(|y| y.as_mut_slice()).collect();
+            pool.install(|| matmul_int4_triples_many(&refs, &x, &mut ys).unwrap());
+            for (g, w) in got.iter().zip(&ws) {
+                assert_bits_equal(g, &matmul_reference(w, &x).unwrap(), "triples, many");
+            }
+        }
     }
 }

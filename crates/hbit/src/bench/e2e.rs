@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hbit_engine::format::{load_packed_with, LoadMode};
 use hbit_engine::sample::argmax;
-use hbit_engine::{Engine, KvBits, KvCache, Logits};
+use hbit_engine::{Engine, Int4Layout, KvBits, KvCache, Logits};
 use hbit_kernels::ActBits;
 use hbit_model::rng::SplitMix64;
 
@@ -41,6 +41,10 @@ pub struct E2eArgs {
     /// LM head widths: 16 (as stored, f16) and/or 8 (an 8-bit absmax copy made at load).
     #[arg(long, value_delimiter = ',', default_value = "16")]
     head_bits: Vec<u8>,
+    /// Layouts of the a4 models' projections: pairs (two weights per table lookup), triples
+    /// (three), native (this CPU's faster one).
+    #[arg(long, value_delimiter = ',', default_value = "native")]
+    int4_layout: Vec<String>,
     /// How the model file comes into memory: read (a private copy, the default) and/or map.
     #[arg(long, value_delimiter = ',', default_value = "read")]
     load: Vec<String>,
@@ -79,8 +83,16 @@ fn resident_bytes_in_use() -> Option<u64> {
 
 /// The dummy model file of a shape, written by a child `hbit init --dummy` (so its build-time
 /// allocations never count toward this process's resident memory).
-fn dummy_model(dir: &Path, shape: &str, bits: ActBits) -> Result<PathBuf> {
-    let path = dir.join(format!("{shape}-v2-a{}.hbit", bits.bits()));
+fn dummy_model(
+    dir: &Path,
+    shape: &str,
+    bits: ActBits,
+    layout: Option<Int4Layout>,
+) -> Result<PathBuf> {
+    let path = match layout {
+        Some(l) => dir.join(format!("{shape}-v2-a{}-{}.hbit", bits.bits(), l.name())),
+        None => dir.join(format!("{shape}-v2-a{}.hbit", bits.bits())),
+    };
     if path.exists() {
         return Ok(path);
     }
@@ -89,6 +101,7 @@ fn dummy_model(dir: &Path, shape: &str, bits: ActBits) -> Result<PathBuf> {
     let out = std::process::Command::new(exe)
         .args(["init", "--dummy", "--shape", shape, "--act-bits"])
         .arg(bits.bits().to_string())
+        .args(["--int4-layout", layout.map_or("native", Int4Layout::name)])
         .arg("--out")
         .arg(&path)
         .output()
@@ -255,10 +268,11 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     if !args.json {
         println!(
-            "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>11}",
+            "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>11}",
             "shape",
             "load",
             "act",
+            "int4",
             "head",
             "thr",
             "batch",
@@ -272,15 +286,27 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             "decode med"
         );
     }
+    let layouts: Vec<Int4Layout> = args
+        .int4_layout
+        .iter()
+        .map(|l| Int4Layout::parse(l))
+        .collect::<hbit_engine::error::Result<_>>()?;
+    // Each a4 model once per layout; a8 models have none.
+    let mut models: Vec<(ActBits, Option<Int4Layout>)> = Vec::new();
+    for &b in &args.act_bits {
+        match ActBits::from_bits(b).with_context(|| format!("--act-bits {b}: expected 8 or 4"))? {
+            ActBits::Int8 => models.push((ActBits::Int8, None)),
+            ActBits::Int4 => models.extend(layouts.iter().map(|&l| (ActBits::Int4, Some(l)))),
+        }
+    }
     for shape in &shapes {
-        for (&b, &load) in args
-            .act_bits
+        for (&(bits, layout), &load) in models
             .iter()
-            .flat_map(|b| loads.iter().map(move |l| (b, l)))
+            .flat_map(|m| loads.iter().map(move |l| (m, l)))
         {
-            let bits = ActBits::from_bits(b)
-                .with_context(|| format!("--act-bits {b}: expected 8 or 4"))?;
-            let path = dummy_model(&args.cache_dir, shape, bits)?;
+            let b = bits.bits();
+            let layout_name = layout.map_or("-", Int4Layout::name);
+            let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
             let before = resident_bytes_in_use().unwrap_or(0);
             let packed = load_packed_with(&path, load)?;
             let file_bytes = packed.file_bytes;
@@ -306,7 +332,8 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                 println!(
                                     "{}",
                                     serde_json::json!({
-                                        "shape": shape, "load": load.name(), "act_bits": b, "threads": t, "batch": batch,
+                                        "shape": shape, "load": load.name(), "act_bits": b,
+                                        "int4_layout": layout.map(Int4Layout::name), "threads": t, "batch": batch,
                                         "kv_bits": kv.name(), "prefill_tokens": prefill,
                                         "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                         "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
@@ -317,8 +344,8 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                 );
                             } else {
                                 println!(
-                                "{:<6} {:>4} {:>3} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2} {:>11.1} {:>11.1}",
-                                shape, load.name(), b, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
+                                "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2} {:>11.1} {:>11.1}",
+                                shape, load.name(), b, layout_name, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
                                 file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6,
                                 r.prefill_median, r.decode_median
                             );
