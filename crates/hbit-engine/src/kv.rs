@@ -9,7 +9,6 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 use hbit_kernels::attention::{self, HistoryRows};
-use hbit_kernels::quant::round_clip;
 use hbit_kernels::KernelPath;
 use hbit_model::ModelConfig;
 
@@ -84,38 +83,17 @@ impl KvBits {
 }
 
 /// Absmax-quantizes `x` to `bits`-bit codes, bit-packed into `out` (`ceil(len·bits/8)` bytes,
-/// zeroed by the caller). Returns the scale.
+/// zeroed by the caller). Returns the scale. The kernel layer's [`attention::quantize_row`]
+/// on the active path (the same codes on every path; the append of every decode step runs
+/// this per head).
 pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
-    let q_max = ((1u32 << (bits - 1)) - 1) as f32;
-    let offset = 1i32 << (bits - 1);
-    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = absmax / q_max;
-    // round_clip is round-half-away-from-zero then clamp, without a `roundf` call per value.
-    let code = |v: f32| -> u32 {
-        let c = if scale > 0.0 {
-            round_clip(v / scale, -q_max, q_max) as i32
-        } else {
-            0
-        };
-        (c + offset) as u32
-    };
-    // Whole bytes and nibbles directly (the append of every decode step runs this per head);
-    // other widths bit by bit.
-    match bits {
-        8 => out.iter_mut().zip(x).for_each(|(o, &v)| *o = code(v) as u8),
-        4 => {
-            for (o, pair) in out.iter_mut().zip(x.chunks(2)) {
-                let hi = pair.get(1).map_or(0, |&v| code(v) << 4);
-                *o = (code(pair[0]) | hi) as u8;
-            }
-        }
-        _ => {
-            for (i, &v) in x.iter().enumerate() {
-                put_bits(out, i * bits as usize, bits, code(v));
-            }
-        }
+    let path = hbit_kernels::active_path().unwrap_or(KernelPath::Scalar);
+    match attention::quantize_row(path, bits, x, out) {
+        Ok(scale) => scale,
+        // Widths and lengths are the cache's own (2..=8 bits, `head_bytes`), so this is
+        // unreachable; the reference gives the same codes regardless.
+        Err(_) => attention::quantize_row_reference(bits, x, out),
     }
-    scale
 }
 
 /// Inverse of [`quantize_head`] into `out` (`len` values).
@@ -157,14 +135,6 @@ pub fn fake_quantize_head(x: &mut [f32], bits: u32) {
     let mut codes = vec![0u8; (x.len() * bits as usize).div_ceil(8)];
     let scale = quantize_head(x, bits, &mut codes);
     dequantize_head(&codes, bits, scale, x);
-}
-
-fn put_bits(out: &mut [u8], bit: usize, width: u32, value: u32) {
-    for j in 0..width as usize {
-        if value >> j & 1 == 1 {
-            out[(bit + j) / 8] |= 1 << ((bit + j) % 8);
-        }
-    }
 }
 
 fn get_bits(data: &[u8], bit: usize, width: u32) -> u32 {
@@ -475,6 +445,15 @@ mod tests {
             );
             assert!(err < last);
             last = err;
+        }
+    }
+
+    /// The bitstream definition: `width` bits of `value` at bit `bit`, LSB first.
+    fn put_bits(out: &mut [u8], bit: usize, width: u32, value: u32) {
+        for j in 0..width as usize {
+            if value >> j & 1 == 1 {
+                out[(bit + j) / 8] |= 1 << ((bit + j) % 8);
+            }
         }
     }
 

@@ -11,13 +11,16 @@
 //!   multiplies by `scale`;
 //! * the weighted sum updates `out[i] = out[i] + w_p·v_p[i]` position by position, in order.
 //!
-//! Integer KV caches (absmax codes, DESIGN.md §1) are widened to f32 rows first by
+//! Integer KV caches (absmax codes, DESIGN.md §1) are written by [`quantize_row`] (`s = max|x| /
+//! q_max`, codes `RoundClip(x / s)` stored as `code + 2^(b−1)`: one correctly rounded division
+//! per value, so every path gives the same codes) and widened to f32 rows by
 //! [`dequantize_rows`]: `(code − 2^(b−1)) · scale`, exactly, on every path.
 
 use half::f16;
 
 use crate::cpu::KernelPath;
 use crate::error::KernelError;
+use crate::quant::round_clip;
 
 /// Keys or values of consecutive positions, `[positions, hd]` row-major.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +147,88 @@ pub fn weighted_sum_reference(weights: &[f32], values: HistoryRows, out: &mut [f
             *o += w * values.value(p * hd + i);
         }
     }
+}
+
+/// Absmax-quantizes one head vector `x` to `bits`-bit codes (2..=8), stored unsigned as `code +
+/// 2^(bits−1)` and bit-packed LSB-first into `out` (`ceil(len·bits/8)` bytes, zeroed by the
+/// caller); returns the scale `max|x| / (2^(bits−1) − 1)`. 8- and 4-bit codes take the vector
+/// path (a KV cache appends one such row per token, layer and KV head); other widths and the
+/// scalar path run [`quantize_row_reference`]. The same codes on every path.
+pub fn quantize_row(
+    path: KernelPath,
+    bits: u32,
+    x: &[f32],
+    out: &mut [u8],
+) -> Result<f32, KernelError> {
+    if !(2..=8).contains(&bits) {
+        return Err(KernelError::InvalidSize {
+            what: "quantize_row bits",
+            found: bits as usize,
+            reason: "expected 2 to 8 bits",
+        });
+    }
+    let bytes = (x.len() * bits as usize).div_ceil(8);
+    if out.len() != bytes {
+        return Err(KernelError::LengthMismatch {
+            what: "quantized row bytes (ceil(len · bits / 8))",
+            expected: bytes,
+            found: out.len(),
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar && (bits == 8 || bits == 4) {
+        path.check_supported()?;
+        // SAFETY: a non-scalar path is supported (checked), so AVX2 is present; `out` holds
+        // ceil(len · bits / 8) bytes (checked).
+        return Ok(unsafe { simd::quantize_row(bits, x, out) });
+    }
+    let _ = path;
+    Ok(quantize_row_reference(bits, x, out))
+}
+
+/// [`quantize_row`], one value at a time (round half away from zero, [`round_clip`]).
+pub fn quantize_row_reference(bits: u32, x: &[f32], out: &mut [u8]) -> f32 {
+    let (q_max, offset) = row_code_range(bits);
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = absmax / q_max;
+    let code = |v: f32| -> u32 { row_code(v, scale, q_max, offset) };
+    match bits {
+        8 => out.iter_mut().zip(x).for_each(|(o, &v)| *o = code(v) as u8),
+        4 => {
+            for (o, pair) in out.iter_mut().zip(x.chunks(2)) {
+                let hi = pair.get(1).map_or(0, |&v| code(v) << 4);
+                *o = (code(pair[0]) | hi) as u8;
+            }
+        }
+        _ => {
+            for (i, &v) in x.iter().enumerate() {
+                let (bit, value) = (i * bits as usize, code(v));
+                for j in 0..bits as usize {
+                    if value >> j & 1 == 1 {
+                        out[(bit + j) / 8] |= 1 << ((bit + j) % 8);
+                    }
+                }
+            }
+        }
+    }
+    scale
+}
+
+/// `(q_max, offset)` of `bits`-bit codes: `2^(bits−1) − 1` and `2^(bits−1)`.
+fn row_code_range(bits: u32) -> (f32, u32) {
+    (((1u32 << (bits - 1)) - 1) as f32, 1u32 << (bits - 1))
+}
+
+/// The stored (unsigned) code of `v`: `RoundClip(v / scale, −q_max, q_max) + offset`; all
+/// codes are `offset` when the row is zero (scale 0).
+#[inline]
+fn row_code(v: f32, scale: f32, q_max: f32, offset: u32) -> u32 {
+    let c = if scale > 0.0 {
+        round_clip(v / scale, -q_max, q_max) as i32
+    } else {
+        0
+    };
+    (c + offset as i32) as u32
 }
 
 /// Widens absmax-quantized rows to f32: `out[p·hd + i] = (code_p[i] − 2^(bits−1)) · scales[p]`,
@@ -289,6 +374,103 @@ mod simd {
                 HistoryRows::F16(v) => weighted_sum_typed_f16(weights, v, out),
             }
         }
+    }
+
+    /// `super::quantize_row_reference` for 8- or 4-bit codes, 16 values per step: the absmax
+    /// by `vmaxps` (a NaN lane keeps the running maximum, as `f32::max` does), the division
+    /// correctly rounded, and `round_clip`'s arithmetic lane by lane (clamp one beyond the
+    /// range, truncate, compare the exact fraction with ±0.5, clamp).
+    ///
+    /// # Safety
+    /// AVX2 present; `bits` is 8 or 4; `out.len() == ceil(x.len() · bits / 8)`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_row(bits: u32, x: &[f32], out: &mut [u8]) -> f32 {
+        let (q_max, offset) = super::row_code_range(bits);
+        let n = x.len();
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: values i..i+8 of x exist.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            // max(|v|, m): when |v| is NaN the second operand, m, is kept.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: 8 writable floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+        // max is exact and order-free on non-NaN values, so the lanes fold in any order.
+        let absmax = x[i..]
+            .iter()
+            .fold(lanes.iter().fold(0.0f32, |a, &b| a.max(b)), |a, v| {
+                a.max(v.abs())
+            });
+        let scale = absmax / q_max;
+        let step = 16;
+        let mut i = 0;
+        if scale > 0.0 {
+            let s = _mm256_set1_ps(scale);
+            let (lo, hi) = (_mm256_set1_ps(-q_max), _mm256_set1_ps(q_max));
+            let (lo1, hi1) = (_mm256_set1_ps(-q_max - 1.0), _mm256_set1_ps(q_max + 1.0));
+            let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+            let off = _mm256_set1_epi32(offset as i32);
+            // Eight codes, offset, as i32 lanes.
+            let codes8 = |p: *const f32| -> __m256i {
+                // SAFETY: AVX2 enabled; the caller passes 8 readable values.
+                unsafe {
+                    let q = _mm256_div_ps(_mm256_loadu_ps(p), s);
+                    // max(q, lo1): a NaN quotient becomes lo1, as `f32::max` gives.
+                    let q = _mm256_min_ps(_mm256_max_ps(q, lo1), hi1);
+                    let t = _mm256_cvtepi32_ps(_mm256_cvttps_epi32(q));
+                    let frac = _mm256_sub_ps(q, t);
+                    let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
+                    let down =
+                        _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)), one);
+                    let r = _mm256_sub_ps(_mm256_add_ps(t, up), down);
+                    let r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+                    _mm256_add_epi32(_mm256_cvttps_epi32(r), off)
+                }
+            };
+            let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            while i + step <= n {
+                // SAFETY: values i..i+16 exist; codes are in 0..=255, so the saturating packs
+                // are exact.
+                let bytes = unsafe {
+                    let a = codes8(x.as_ptr().add(i));
+                    let b = codes8(x.as_ptr().add(i + 8));
+                    // Words a0..3 b0..3 | a4..7 b4..7, then bytes; dwords 0, 4, 1, 5 are the
+                    // codes in order.
+                    let w = _mm256_packs_epi32(a, b);
+                    let p = _mm256_packus_epi16(w, w);
+                    _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(p, order))
+                };
+                if bits == 8 {
+                    // SAFETY: bytes i..i+16 of out exist (out.len() == n).
+                    unsafe { _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, bytes) };
+                } else {
+                    // Word k = c_2k | c_2k+1 << 8; OR-ing it shifted right by 4 puts c_2k+1 in
+                    // the low byte's high nibble (codes < 16).
+                    let pairs = _mm_or_si128(bytes, _mm_srli_epi16(bytes, 4));
+                    let packed =
+                        _mm_packus_epi16(_mm_and_si128(pairs, _mm_set1_epi16(0xFF)), pairs);
+                    // SAFETY: bytes i/2..i/2+8 of out exist (out.len() == ceil(n/2)).
+                    unsafe {
+                        _mm_storel_epi64(out.as_mut_ptr().add(i / 2) as *mut __m128i, packed)
+                    };
+                }
+                i += step;
+            }
+        }
+        // The rest (and every value of a zero row) one at a time, as the reference does.
+        for k in i..n {
+            let c = super::row_code(x[k], scale, q_max, offset);
+            match bits {
+                8 => out[k] = c as u8,
+                _ => out[k / 2] |= (c as u8) << (4 * (k % 2)),
+            }
+        }
+        scale
     }
 
     /// # Safety
@@ -478,6 +660,53 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
             })
             .collect()
+    }
+
+    /// By hand: max|x| = 7 at 4 bits gives scale 1 and codes round(x) + 8, half away from
+    /// zero; every path writes the reference's codes, bit for bit, for rows of every length
+    /// (vector body and tail), exact ties, zero rows, and rows with an infinity or a NaN.
+    #[test]
+    fn quantize_row_known_answer_and_every_path_equals_reference() {
+        let x = [7.0, -3.5, 2.5, 0.49, -7.0, 0.0];
+        let mut out = [0u8; 3];
+        assert_eq!(quantize_row_reference(4, &x, &mut out), 1.0);
+        // Codes 15, 4 (−3.5 → −4), 11 (2.5 → 3), 8, 1, 8.
+        assert_eq!(out, [15 | 4 << 4, 11 | 8 << 4, 1 | 8 << 4]);
+        let mut rows: Vec<Vec<f32>> = (0..40).map(|n| values(n * 7 % 131, n as u64)).collect();
+        // Exact ties: max 63.5 gives scale 0.5 at 8 bits, max 3.5 scale 0.5 at 4 bits, and
+        // the values k/4 then divide to k/2.
+        for max in [63.5f32, 3.5] {
+            let k_max = (4.0 * max) as i32;
+            let mut row = vec![max];
+            row.extend((-k_max..k_max).map(|k| k as f32 * 0.25));
+            rows.push(row);
+        }
+        rows.push(vec![0.0; 48]);
+        let mut special = values(37, 9);
+        special[3] = f32::NAN;
+        rows.push(special.clone());
+        special[20] = f32::INFINITY;
+        rows.push(special);
+        for path in KernelPath::supported() {
+            for bits in [8, 4, 3] {
+                for x in &rows {
+                    let n = (x.len() * bits as usize).div_ceil(8);
+                    let (mut want, mut got) = (vec![0u8; n], vec![0u8; n]);
+                    let s0 = quantize_row_reference(bits, x, &mut want);
+                    let s1 = quantize_row(path, bits, x, &mut got).unwrap();
+                    assert_eq!(
+                        s0.to_bits(),
+                        s1.to_bits(),
+                        "{path} {bits} bits, {} values",
+                        x.len()
+                    );
+                    assert_eq!(want, got, "{path} {bits} bits, {} values", x.len());
+                }
+            }
+        }
+        let mut short = [0u8; 2];
+        assert!(quantize_row(KernelPath::Scalar, 4, &x, &mut short).is_err());
+        assert!(quantize_row(KernelPath::Scalar, 9, &x, &mut out).is_err());
     }
 
     #[test]

@@ -57,7 +57,11 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     // large enough for it to show (not for the bundled tiny model).
     let native = hbit_engine::Int4Layout::native();
     let large = packed.weights.ternary_bytes() > LAYOUT_NOTE_MIN_BYTES;
-    if let Some(layout) = packed.weights.int4_layout().filter(|&l| l != native && large) {
+    if let Some(layout) = packed
+        .weights
+        .int4_layout()
+        .filter(|&l| l != native && large)
+    {
         eprintln!(
             "note: {} holds its INT4 projections in the {} layout; this CPU multiplies the {} \
              layout faster (`hbit pack --int4-layout {}` writes it)",
