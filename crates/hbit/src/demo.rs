@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams, Site};
+use hbit_engine::{
+    generate, Engine, GenerateOptions, Int4Layout, KvBits, Logits, SamplingParams, Site,
+};
 use hbit_eval::activations::{ActivationCollector, Summary};
 use hbit_kernels::ActBits;
 
@@ -118,19 +120,34 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         ActBits::Int4 => ActBits::Int8,
         ActBits::Int8 => ActBits::Int4,
     };
-    let mut speeds = vec![(c.activation_bits, decode_speed(engine, &prompt[0], args)?)];
+    // INT4 weights in this CPU's faster layout (the bundled file holds two weights per lookup).
+    let native = Int4Layout::native();
+    let relaid = match engine.weights.int4_layout() {
+        Some(layout) if layout != native => {
+            Some(Engine::new(engine.weights.clone().with_int4_layout(native)))
+        }
+        _ => None,
+    };
+    let engine_native = relaid.as_ref().unwrap_or(engine);
+    let mut speeds = vec![(
+        c.activation_bits,
+        decode_speed(engine_native, &prompt[0], args)?,
+    )];
     match engine.weights.with_activation_bits(other) {
         Ok(twin) => speeds.push((other, decode_speed(&Engine::new(twin), &prompt[0], args)?)),
         Err(e) => println!("(no INT{} twin of this variant: {e})", other.bits()),
     }
     for (bits, tps) in &speeds {
         println!(
-            "INT{} activations ({} kernels): {tps:.1} tokens/s",
+            "INT{} activations ({}): {tps:.1} tokens/s",
             bits.bits(),
-            if *bits == ActBits::Int4 {
-                "lookup-table"
-            } else {
-                "multiply-add"
+            match (bits, native) {
+                (ActBits::Int4, Int4Layout::Triples) => {
+                    "lookup-table kernels, three weights per lookup"
+                }
+                (ActBits::Int4, Int4Layout::Pairs) =>
+                    "lookup-table kernels, two weights per lookup",
+                (ActBits::Int8, _) => "multiply-add kernels",
             }
         );
     }
