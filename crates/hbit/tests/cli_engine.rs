@@ -82,8 +82,24 @@ fn init_pack_logits_generate() {
         "f32",
     ]);
     assert!(packed.contains("bitnet_v2 a4"), "{packed}");
+    // Either INT4 layout on request (the default is this CPU's faster one).
+    let layouts = [dir.join("pairs.hbit"), dir.join("triples.hbit")];
+    for (path, layout) in layouts.iter().zip(["pairs", "triples"]) {
+        let out = ok(&[
+            "pack",
+            "--model",
+            s(&ckpt),
+            "--out",
+            s(path),
+            "--embed-dtype",
+            "f32",
+            "--int4-layout",
+            layout,
+        ]);
+        assert!(out.contains(&format!("INT4 layout {layout}")), "{out}");
+    }
 
-    // Framework and engine (from the checkpoint and from the packed file) agree.
+    // Framework and engine (from the checkpoint and from the packed files) agree.
     let tokens = "5,17,300,2,99,45";
     let framework = logits(&ok(&[
         "logits",
@@ -93,7 +109,7 @@ fn init_pack_logits_generate() {
         tokens,
         "--json",
     ]));
-    for m in [&ckpt, &model] {
+    for m in [&ckpt, &model, &layouts[0], &layouts[1]] {
         let engine = logits(&ok(&[
             "logits",
             "--model",
@@ -232,6 +248,25 @@ fn bad_models_and_prompts_are_clear_errors() {
     // No tokenizer inside a dummy model.
     let e = err(&["generate", "--model", s(&model), "--prompt", "hi"]);
     assert!(e.contains("no tokenizer"), "{e}");
+    // An unknown INT4 layout is named, and nothing is written.
+    let quads = dir.join("quads.hbit");
+    let e = err(&[
+        "init",
+        "--dummy",
+        "--shape",
+        "b125m",
+        "--act-bits",
+        "4",
+        "--int4-layout",
+        "quads",
+        "--out",
+        s(&quads),
+    ]);
+    assert!(
+        e.contains("INT4 weight layout") && e.contains("quads"),
+        "{e}"
+    );
+    assert!(!quads.exists());
     // Token ids outside the vocabulary.
     let e = err(&[
         "logits",
