@@ -237,8 +237,9 @@ fn temporary_path(path: &Path) -> PathBuf {
 /// How a packed model's bytes come into memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadMode {
-    /// Read into private memory (with transparent huge pages where granted): decode measured
-    /// 4–30% faster than from a map on the development VM (ten comparisons) (`hbit bench e2e --load read,map`).
+    /// Read into private memory (with transparent huge pages where granted and not turned off):
+    /// decode measured 4–30% faster than from a map on the AMD EPYC VM with huge pages (ten
+    /// comparisons; `hbit bench e2e --load read,map`), alike without them on the Intel Xeon.
     #[default]
     Read,
     /// Map the file: no copy at start-up, pages shared with the page cache and other processes.

@@ -114,6 +114,11 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         KEEP_FREED_PAGES_MS
     });
+    if !trains {
+        // Inference holds one big model buffer and many small allocations; huge pages only
+        // inflate the latter's resident memory (see the function's note).
+        hbit_kernels::allocator::no_transparent_huge_pages();
+    }
     match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Demo(args) => demo::demo(&args),
