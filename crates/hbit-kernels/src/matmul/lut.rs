@@ -226,8 +226,9 @@ impl Tables {
         let tile_tokens = lut_tile.token_tile();
         let chunks = x.stride / LUT_CHUNK_COLS;
         let tile_bytes = tile_tokens * chunks * CHUNK_TABLE_BYTES;
-        // Every byte a tile reads is written below: each token's 64 bytes per chunk.
-        let mut bytes = TableStore::new(x.tokens.div_ceil(tile_tokens) * tile_bytes);
+        // Every byte a tile reads is written below: each token's 64 bytes per chunk. Whole
+        // token tiles but the last, which holds only its tokens (see `TripleTables`).
+        let mut bytes = TableStore::new(x.tokens * chunks * CHUNK_TABLE_BYTES);
         let tiles = x.tokens.div_ceil(tile_tokens);
         // Pieces: every tile's block cut into chunk ranges (even lengths, as the builders step
         // two chunks at a time), enough of them to keep every thread busy when the tiles are
