@@ -184,16 +184,26 @@ pub fn matmul_many(
             _ => None,
         }
     }
-    if let Some(rows) = all(ws, row) {
-        Ok(matmul::matmul_int8_many(&rows, x, ys)?)
-    } else if let Some(luts) = all(ws, lut) {
-        Ok(matmul::matmul_int4_many(&luts, x, ys)?)
-    } else if let Some(triples) = all(ws, triple) {
-        Ok(matmul::matmul_int4_triples_many(&triples, x, ys)?)
-    } else {
-        Err(EngineError::Input(
-            "matmul_many: matrices of one input must share one layout".into(),
-        ))
+    let mixed =
+        || EngineError::Input("matmul_many: matrices of one input must share one layout".into());
+    // The first matrix names the layout; the rest must share it.
+    match ws.first() {
+        Some(TernaryMatrix::Lut(_)) => Ok(matmul::matmul_int4_many(
+            &all(ws, lut).ok_or_else(mixed)?,
+            x,
+            ys,
+        )?),
+        Some(TernaryMatrix::Triple(_)) => Ok(matmul::matmul_int4_triples_many(
+            &all(ws, triple).ok_or_else(mixed)?,
+            x,
+            ys,
+        )?),
+        // INT8, or no matrices (the kernel then checks that there are no outputs either).
+        _ => Ok(matmul::matmul_int8_many(
+            &all(ws, row).ok_or_else(mixed)?,
+            x,
+            ys,
+        )?),
     }
 }
 

@@ -130,10 +130,13 @@ pub fn matmul_int8_many(
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
     let path = active_path()?;
-    check_many(ws.len(), ys.len())?;
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
-    }
+    check_many(
+        path,
+        ws.iter().map(|w| (w.rows(), w.cols())),
+        x,
+        ActBits::Int8,
+        ys,
+    )?;
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
     let outs = SharedOutput::each(ys, &rows);
     split_many(&rows, 1, mad_shares_per_thread(x.tokens), |m, r| {
@@ -226,10 +229,13 @@ pub fn matmul_int4_triples_many(
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
     let path = active_path()?;
-    check_many(ws.len(), ys.len())?;
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
-    }
+    check_many(
+        path,
+        ws.iter().map(|w| (w.rows(), w.cols())),
+        x,
+        ActBits::Int4,
+        ys,
+    )?;
     let Some(chunks) = ws.first().map(|w| w.chunks()) else {
         return Ok(());
     };
@@ -329,21 +335,35 @@ pub fn matmul_int4_many(
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
     let path = active_path()?;
-    check_many(ws.len(), ys.len())?;
-    for (w, y) in ws.iter().zip(ys.iter()) {
-        check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
-    }
+    check_many(
+        path,
+        ws.iter().map(|w| (w.rows(), w.cols())),
+        x,
+        ActBits::Int4,
+        ys,
+    )?;
     matmul_int4_parts(path, ws, x, ys);
     Ok(())
 }
 
-fn check_many(matrices: usize, outputs: usize) -> Result<(), KernelError> {
-    if matrices != outputs {
+/// The operands of a multi-matrix product: one output per matrix, and each matrix (`(rows,
+/// cols)`) with its output as [`check_operands`] wants them.
+fn check_many(
+    path: KernelPath,
+    shapes: impl ExactSizeIterator<Item = (usize, usize)>,
+    x: &QuantizedActivations,
+    bits: ActBits,
+    ys: &[&mut [f32]],
+) -> Result<(), KernelError> {
+    if shapes.len() != ys.len() {
         return Err(KernelError::LengthMismatch {
             what: "outputs of a multi-matrix product (one per matrix)",
-            expected: matrices,
-            found: outputs,
+            expected: shapes.len(),
+            found: ys.len(),
         });
+    }
+    for ((rows, cols), y) in shapes.zip(ys) {
+        check_operands(path, rows, cols, x, bits, y)?;
     }
     Ok(())
 }
