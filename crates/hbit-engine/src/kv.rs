@@ -9,6 +9,7 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::attention_int4::Int4Rows;
 use hbit_kernels::KernelPath;
 use hbit_model::ModelConfig;
 
@@ -298,6 +299,35 @@ impl KvCache {
             KvBits::F16 => Some(HistoryRows::F16(&store.half[span])),
             _ => None,
         }
+    }
+
+    /// Layer `layer`'s 4-bit keys (or values) of KV head `head` at `positions`, the codes and
+    /// scales in place. Position 0 is kept apart at 8 bits ([`KvCache::read`] widens it), so
+    /// `positions` must start at 1 or later; a 4-bit cache only.
+    pub(crate) fn int4_codes(
+        &self,
+        layer: usize,
+        values: bool,
+        head: usize,
+        positions: std::ops::Range<usize>,
+    ) -> Result<Int4Rows<'_>> {
+        let store = &self.layers[layer][values as usize][head];
+        // Positions stored: position 0 apart, then one slot each (appended rows included).
+        let stored = store.scales.len() + 1;
+        if self.bits != KvBits::Int4 || positions.start == 0 || positions.end > stored {
+            return Err(EngineError::Input(format!(
+                "4-bit KV codes of positions {positions:?}: the cache is {} with {stored} \
+                 positions stored, and position 0 is kept apart",
+                self.bits.name(),
+            )));
+        }
+        let head_bytes = KvBits::Int4.head_bytes(self.hd);
+        // Integer slot of position p is p − 1 (position 0 kept apart).
+        let slots = positions.start - 1..positions.end - 1;
+        Ok(Int4Rows {
+            codes: &store.data[slots.start * head_bytes..slots.end * head_bytes],
+            scales: &store.scales[slots],
+        })
     }
 
     /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`

@@ -38,6 +38,7 @@ pub mod act;
 #[cfg(feature = "allocator")]
 pub mod allocator;
 pub mod attention;
+pub mod attention_int4;
 pub mod cpu;
 #[cfg(feature = "dense-baseline")]
 pub mod dense;
