@@ -568,45 +568,11 @@ mod simd {
         }
     }
 
-    /// Positions whose scores are summed side by side. One position's sum is a chain of
-    /// dependent adds (12 of them at `hd` = 96, 4 cycles each), so one at a time the adds'
-    /// latency, not their throughput, set the pace: 39 cycles a position. Eight independent
-    /// chains fill the adders; each position still sums its own products in the defined order.
-    const SCORE_POSITIONS: usize = 8;
-
     #[inline(always)]
     unsafe fn scores_body<T: Load + Copy>(q: &[f32], k: &[T], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let body = hd / 8 * 8;
-        let positions = out.len();
-        let mut p0 = 0;
-        while p0 + SCORE_POSITIONS <= positions {
-            // SAFETY: every load reads 8 values at i < body <= hd within `q` and within the
-            // rows p0..p0 + SCORE_POSITIONS of `k` (`positions` rows of `hd`); the enclosing
-            // function enables the needed features.
-            let lanes = unsafe {
-                let mut lanes = [_mm256_setzero_ps(); SCORE_POSITIONS];
-                for i in (0..body).step_by(8) {
-                    let qv = _mm256_loadu_ps(q.as_ptr().add(i));
-                    for (j, l) in lanes.iter_mut().enumerate() {
-                        let kv = T::load8(k.as_ptr().add((p0 + j) * hd + i));
-                        *l = _mm256_add_ps(*l, _mm256_mul_ps(qv, kv));
-                    }
-                }
-                lanes
-            };
-            for (j, l) in lanes.into_iter().enumerate() {
-                let row = &k[(p0 + j) * hd..(p0 + j + 1) * hd];
-                // SAFETY: the enclosing function enables AVX2.
-                let mut sum = unsafe { reduce(l) };
-                for i in body..hd {
-                    sum += q[i] * row[i].widen();
-                }
-                out[p0 + j] = sum * scale;
-            }
-            p0 += SCORE_POSITIONS;
-        }
-        for p in p0..positions {
+        for (p, score) in out.iter_mut().enumerate() {
             let row = &k[p * hd..(p + 1) * hd];
             // SAFETY: every load reads 8 values at i < body <= hd within `q` and `row`; the
             // enclosing function enables the needed features.
@@ -624,7 +590,7 @@ mod simd {
             for i in body..hd {
                 sum += q[i] * row[i].widen();
             }
-            out[p] = sum * scale;
+            *score = sum * scale;
         }
     }
 
