@@ -242,16 +242,21 @@ fn cached_decode_equals_full_recomputation_across_attention_chunks() {
 
 #[test]
 fn decode_reading_4bit_codes_in_place_equals_full_recomputation() {
-    // One query head per KV head and hd 16: a decode step's 4-bit attention reads the codes in
-    // place (where the CPU has the kernel), while the prefill of the full recomputation widens
-    // them chunk by chunk. The two must agree bit for bit, on every kernel path.
-    let mut config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
-    config.num_kv_heads = config.num_heads;
-    assert_eq!(config.head_dim, 16);
-    let (_, engine) = model_and_engine(&config, 5);
-    let toks = tokens(60, config.vocab_size, 5);
-    let (full, stepwise) = full_and_stepwise(&engine, &toks, 3, KvBits::Int4);
-    assert!(full == stepwise, "int4: cached decode differs");
+    // hd 16 with 1, 2 and 4 query heads per KV head: a decode step's 4-bit attention reads the
+    // codes in place (where the CPU has the kernel), while the prefill of the full recomputation
+    // widens them chunk by chunk. The two must agree bit for bit, on every kernel path.
+    for kv_heads in [4, 2, 1] {
+        let mut config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+        assert_eq!((config.num_heads, config.head_dim), (4, 16));
+        config.num_kv_heads = kv_heads;
+        let (_, engine) = model_and_engine(&config, 5);
+        let toks = tokens(60, config.vocab_size, 5);
+        let (full, stepwise) = full_and_stepwise(&engine, &toks, 3, KvBits::Int4);
+        assert!(
+            full == stepwise,
+            "{kv_heads} KV heads: cached decode differs"
+        );
+    }
 }
 
 #[test]

@@ -34,106 +34,145 @@ pub struct Int4Rows<'a> {
 /// Rows widened at a time by the fallback.
 const FALLBACK_ROWS: usize = 16;
 
-/// Whether [`scores_int4`] and [`weighted_sum_int4`] read the codes in place on `path` for heads
-/// of `hd` values (else they widen rows into a buffer first, which a caller holding a whole
-/// chunk widened already can do more cheaply for several heads at once).
-pub fn reads_codes_in_place(path: KernelPath, hd: usize) -> bool {
+/// Most query heads sharing one KV head that the in-place kernels take at once (grouped-query
+/// attention: 4 at ≈2B and in BitNet b1.58 2B4T).
+pub const MAX_HEADS: usize = 4;
+
+/// Whether [`scores_int4`] and [`weighted_sum_int4`] read the codes in place on `path` for
+/// `heads` query heads of `hd` values (else they widen rows into a buffer first, as a caller
+/// holding a chunk widened already for many rows can do more cheaply).
+pub fn reads_codes_in_place(path: KernelPath, hd: usize, heads: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        path == KernelPath::Avx512 && avx512::available() && avx512::fits(hd)
+        path == KernelPath::Avx512
+            && (1..=MAX_HEADS).contains(&heads)
+            && avx512::available()
+            && avx512::fits(hd)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (path, hd);
+        let _ = (path, hd, heads);
         false
     }
 }
 
-fn check(hd: usize, rows: &Int4Rows, positions: usize) -> Result<(), KernelError> {
-    if !hd.is_multiple_of(2) {
+/// Checks the shapes; returns the query heads (`per_head.len() / per_head_len`).
+fn check(
+    hd: usize,
+    rows: &Int4Rows,
+    per_head: (&'static str, usize, usize),
+    results: (&'static str, usize, usize),
+) -> Result<usize, KernelError> {
+    if hd == 0 || !hd.is_multiple_of(2) {
         return Err(KernelError::InvalidSize {
             what: "4-bit attention head size",
             found: hd,
-            reason: "must be even (two codes per byte)",
+            reason: "must be even and non-zero (two codes per byte)",
         });
     }
-    if rows.scales.len() != positions {
-        return Err(KernelError::LengthMismatch {
-            what: "4-bit KV scales [positions]",
-            expected: positions,
-            found: rows.scales.len(),
-        });
-    }
+    let positions = rows.scales.len();
     if rows.codes.len() != positions * hd / 2 {
         return Err(KernelError::LengthMismatch {
-            what: "4-bit KV codes [positions, hd / 2]",
+            what: "4-bit KV codes [positions, hd / 2] (one scale per position)",
             expected: positions * hd / 2,
             found: rows.codes.len(),
         });
     }
-    Ok(())
+    let (what, len, unit) = per_head;
+    if len == 0 || !len.is_multiple_of(unit) {
+        return Err(KernelError::LengthMismatch {
+            what,
+            expected: unit * len.div_ceil(unit).max(1),
+            found: len,
+        });
+    }
+    let heads = len / unit;
+    let (what, len, unit) = results;
+    if len != heads * unit {
+        return Err(KernelError::LengthMismatch {
+            what,
+            expected: heads * unit,
+            found: len,
+        });
+    }
+    Ok(heads)
 }
 
-/// `scores[p] = scale · q·k_p`, `k_p` row `p` of `rows` widened: equal to
-/// [`attention::dequantize_rows`] then [`attention::scores`].
+/// `scores[j·P + p] = scale · q_j·k_p` for the query heads `q` `[heads, hd]` and the `P`
+/// positions of `rows`, `k_p` row `p` widened: equal to [`attention::dequantize_rows`] then
+/// [`attention::scores`] head by head.
 pub fn scores_int4(
     path: KernelPath,
     q: &[f32],
+    hd: usize,
     rows: Int4Rows,
     scale: f32,
     scores: &mut [f32],
 ) -> Result<(), KernelError> {
-    let hd = q.len();
-    check(hd, &rows, scores.len())?;
+    let positions = rows.scales.len();
+    let heads = check(
+        hd,
+        &rows,
+        ("queries [heads, hd]", q.len(), hd),
+        ("scores [heads, positions]", scores.len(), positions),
+    )?;
     path.check_supported()?;
     #[cfg(target_arch = "x86_64")]
-    if reads_codes_in_place(path, hd) {
-        // SAFETY: `reads_codes_in_place` checked AVX-512 F/BW/VBMI and `fits(hd)`; `check`
-        // checked the lengths.
-        unsafe { avx512::scores(q, rows, scale, scores) };
+    if reads_codes_in_place(path, hd, heads) {
+        // SAFETY: `reads_codes_in_place` checked AVX-512 F/BW/VBMI, `fits(hd)` and 1..=4
+        // heads; `check` checked the lengths.
+        unsafe { avx512::scores(q, hd, rows, scale, scores) };
         return Ok(());
     }
     let mut widened = vec![0.0f32; FALLBACK_ROWS * hd];
-    for (p0, out) in (0..scores.len())
-        .step_by(FALLBACK_ROWS)
-        .zip(scores.chunks_mut(FALLBACK_ROWS))
-    {
-        let n = out.len();
+    for p0 in (0..positions).step_by(FALLBACK_ROWS) {
+        let n = FALLBACK_ROWS.min(positions - p0);
         let buf = &mut widened[..n * hd];
         let codes = &rows.codes[p0 * hd / 2..(p0 + n) * hd / 2];
         attention::dequantize_rows(path, 4, hd, codes, &rows.scales[p0..p0 + n], buf)?;
-        attention::scores(path, q, HistoryRows::F32(buf), scale, out)?;
+        for (qh, out) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(positions)) {
+            attention::scores(path, qh, HistoryRows::F32(buf), scale, &mut out[p0..p0 + n])?;
+        }
     }
     Ok(())
 }
 
-/// `out[i] += Σ_p weights[p] · v_p[i]` in position order, `v_p` row `p` of `rows` widened: equal
-/// to [`attention::dequantize_rows`] then [`attention::weighted_sum`].
+/// `out_j[i] += Σ_p weights[j·P + p] · v_p[i]` in position order, for the heads `j` of `out`
+/// `[heads, hd]`, `v_p` row `p` of `rows` widened: equal to [`attention::dequantize_rows`]
+/// then [`attention::weighted_sum`] head by head.
 pub fn weighted_sum_int4(
     path: KernelPath,
     weights: &[f32],
+    hd: usize,
     rows: Int4Rows,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    let hd = out.len();
-    check(hd, &rows, weights.len())?;
+    let positions = rows.scales.len();
+    let heads = check(
+        hd,
+        &rows,
+        ("outputs [heads, hd]", out.len(), hd),
+        ("weights [heads, positions]", weights.len(), positions),
+    )?;
     path.check_supported()?;
     #[cfg(target_arch = "x86_64")]
-    if reads_codes_in_place(path, hd) {
+    if reads_codes_in_place(path, hd, heads) {
         // SAFETY: as in `scores_int4`.
-        unsafe { avx512::weighted_sum(weights, rows, out) };
+        unsafe { avx512::weighted_sum(weights, hd, rows, out) };
         return Ok(());
     }
     let mut widened = vec![0.0f32; FALLBACK_ROWS * hd];
-    for (p0, w) in (0..weights.len())
-        .step_by(FALLBACK_ROWS)
-        .zip(weights.chunks(FALLBACK_ROWS))
-    {
-        let n = w.len();
+    for p0 in (0..positions).step_by(FALLBACK_ROWS) {
+        let n = FALLBACK_ROWS.min(positions - p0);
         let buf = &mut widened[..n * hd];
         let codes = &rows.codes[p0 * hd / 2..(p0 + n) * hd / 2];
         attention::dequantize_rows(path, 4, hd, codes, &rows.scales[p0..p0 + n], buf)?;
-        attention::weighted_sum(path, w, HistoryRows::F32(buf), out)?;
+        for (w, o) in weights
+            .chunks_exact(positions)
+            .zip(out.chunks_exact_mut(hd))
+        {
+            attention::weighted_sum(path, &w[p0..p0 + n], HistoryRows::F32(buf), o)?;
+        }
     }
     Ok(())
 }
@@ -223,70 +262,93 @@ mod avx512 {
     };
 
     /// # Safety
-    /// AVX-512 F/BW/VBMI and AVX2 present; `fits(q.len())`; `rows` holds `scores.len()` rows of
-    /// `q.len() / 2` bytes and as many scales.
+    /// AVX-512 F/BW/VBMI and AVX2 present; `fits(hd)`; `q` holds 1..=`MAX_HEADS` heads of
+    /// `hd`; `rows` holds P rows of `hd / 2` bytes and P scales; `scores` holds heads · P.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
-    pub unsafe fn scores(q: &[f32], rows: Int4Rows, scale: f32, scores: &mut [f32]) {
-        let hd = q.len();
-        let row = hd / 2;
-        let steps = hd / 8;
-        let positions = scores.len();
-        // Step s (columns 8s..8s+8) of a pair: lanes 0–7 from the first row's bytes 4s.., lanes
-        // 8–15 from the second row's (the second `vpermt2b` source, indices 64..).
-        // q's columns 8s..8s+8 twice over, one copy per position of a pair.
-        let mut doubled = [0.0f32; 2 * MAX_HD];
-        for (pair, eight) in doubled.chunks_exact_mut(16).zip(q.chunks_exact(8)) {
-            pair[..8].copy_from_slice(eight);
-            pair[8..].copy_from_slice(eight);
+    pub unsafe fn scores(q: &[f32], hd: usize, rows: Int4Rows, scale: f32, scores: &mut [f32]) {
+        // One instantiation per head count. Pairs of positions summed side by side: one pair's
+        // sum is a chain of hd / 8 dependent adds, whose latency set the pace with one pair
+        // (11 ns a position at hd 96, against 5 with four chains). Four chains for one head,
+        // two pairs of two or more heads, within the 32 registers.
+        // SAFETY (each arm): forwarded contract.
+        unsafe {
+            match q.len() / hd {
+                1 => scores_heads::<1, 4>(q, hd, rows, scale, scores),
+                2 => scores_heads::<2, 2>(q, hd, rows, scale, scores),
+                3 => scores_heads::<3, 2>(q, hd, rows, scale, scores),
+                _ => scores_heads::<4, 2>(q, hd, rows, scale, scores),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+    unsafe fn scores_heads<const H: usize, const G: usize>(
+        q: &[f32],
+        hd: usize,
+        rows: Int4Rows,
+        scale: f32,
+        scores: &mut [f32],
+    ) {
+        let positions = rows.scales.len();
+        // Each head's columns 8s..8s+8 twice over, one copy per position of a pair.
+        let mut doubled = [[0.0f32; 2 * MAX_HD]; H];
+        for (d, qh) in doubled.iter_mut().zip(q.chunks_exact(hd)) {
+            for (pair, eight) in d.chunks_exact_mut(16).zip(qh.chunks_exact(8)) {
+                pair[..8].copy_from_slice(eight);
+                pair[8..].copy_from_slice(eight);
+            }
         }
         let pairs = PairScores {
             codes: rows.codes,
             scales: rows.scales,
-            row,
-            steps,
+            row: hd / 2,
+            steps: hd / 8,
             doubled: &doubled,
         };
-        let mut p = 0;
-        // Four pairs at once: one pair's sum is a chain of `steps` dependent adds, whose
-        // latency set the pace (11 ns a position at hd = 96, against 5 with four chains).
-        while p + 8 <= positions {
-            let firsts = [p, p + 2, p + 4, p + 6];
-            // SAFETY: forwarded contract; every row index is below `positions`.
-            let sums = unsafe { pairs.sums::<4>(firsts, firsts.map(|f| f + 1)) };
-            for (j, [a, b]) in sums.into_iter().enumerate() {
-                scores[p + 2 * j] = a * scale;
-                scores[p + 2 * j + 1] = b * scale;
+        let mut store = |p: usize, p2: usize, sums: &[[f32; 2]; H]| {
+            for (j, [a, b]) in sums.iter().enumerate() {
+                scores[j * positions + p] = a * scale;
+                if p2 != p {
+                    scores[j * positions + p2] = b * scale;
+                }
             }
-            p += 8;
+        };
+        let mut p = 0;
+        while p + 2 * G <= positions {
+            let firsts: [usize; G] = std::array::from_fn(|g| p + 2 * g);
+            // SAFETY: forwarded contract; every row index is below `positions`.
+            let sums = unsafe { pairs.sums::<G>(firsts, firsts.map(|f| f + 1)) };
+            for (g, s) in sums.iter().enumerate() {
+                store(p + 2 * g, p + 2 * g + 1, s);
+            }
+            p += 2 * G;
         }
         while p < positions {
             // A last odd position pairs with itself; its second sum is dropped.
             let p2 = (p + 1).min(positions - 1);
             // SAFETY: as above.
-            let [[a, b]] = unsafe { pairs.sums::<1>([p], [p2]) };
-            scores[p] = a * scale;
-            if p2 != p {
-                scores[p2] = b * scale;
-            }
+            let [s] = unsafe { pairs.sums::<1>([p], [p2]) };
+            store(p, p2, &s);
             p += 2;
         }
     }
 
-    /// What [`scores`] shares between its groups of position pairs.
-    struct PairScores<'a> {
+    /// What [`scores_heads`] shares between its groups of position pairs.
+    struct PairScores<'a, const H: usize> {
         codes: &'a [u8],
         scales: &'a [f32],
         /// Code bytes per row (hd / 2).
         row: usize,
         /// Steps of eight columns (hd / 8).
         steps: usize,
-        /// q's columns 8s..8s+8 twice over.
-        doubled: &'a [f32; 2 * MAX_HD],
+        /// Each head's columns 8s..8s+8 twice over.
+        doubled: &'a [[f32; 2 * MAX_HD]; H],
     }
 
-    impl PairScores<'_> {
-        /// The unscaled sums `q·k` of `G` pairs of rows (`firsts[g]`, `seconds[g]`), each in the
-        /// defined eight-lane order, one register half per row.
+    impl<const H: usize> PairScores<'_, H> {
+        /// The unscaled sums `q_j·k` of `G` pairs of rows (`firsts[g]`, `seconds[g]`) for every
+        /// head `j`, each in the defined eight-lane order, one register half per row:
+        /// `[g][j] = [first row's, second row's]`.
         ///
         /// # Safety
         /// AVX-512 F/BW/VBMI and AVX2 present; every row index below the row count.
@@ -296,7 +358,7 @@ mod avx512 {
             &self,
             firsts: [usize; G],
             seconds: [usize; G],
-        ) -> [[f32; 2]; G] {
+        ) -> [[[f32; 2]; H]; G] {
             // SAFETY: the caller's features; row indices in bounds, each row `row` ≤ 64 bytes.
             unsafe {
                 // Odd columns hold the byte's high nibble.
@@ -316,24 +378,29 @@ mod avx512 {
                     ta[g] = _mm512_mul_ps(centred, _mm512_set1_ps(self.scales[firsts[g]]));
                     tb[g] = _mm512_mul_ps(centred, _mm512_set1_ps(self.scales[seconds[g]]));
                 }
-                let mut lanes = [_mm512_setzero_ps(); G];
+                let mut lanes = [[_mm512_setzero_ps(); H]; G];
                 for (s, control) in PAIR_CONTROLS.iter().enumerate().take(self.steps) {
                     let control = _mm512_loadu_si512(control.as_ptr() as *const _);
-                    let qv = _mm512_loadu_ps(self.doubled.as_ptr().add(16 * s));
                     for g in 0..G {
                         let bytes = _mm512_permutex2var_epi8(a[g], control, b[g]);
                         let codes = _mm512_srlv_epi32(bytes, shifts);
                         // (codes & 0x0F) | second.
                         let index = _mm512_ternarylogic_epi32::<0xEA>(codes, nibble, second);
+                        // The widened values of both rows, shared by every head.
                         let k = _mm512_permutex2var_ps(ta[g], index, tb[g]);
-                        lanes[g] = _mm512_add_ps(lanes[g], _mm512_mul_ps(qv, k));
+                        for (lane, d) in lanes[g].iter_mut().zip(self.doubled) {
+                            let qv = _mm512_loadu_ps(d.as_ptr().add(16 * s));
+                            *lane = _mm512_add_ps(*lane, _mm512_mul_ps(qv, k));
+                        }
                     }
                 }
-                let mut sums = [[0.0; 2]; G];
-                for (sum, l) in sums.iter_mut().zip(lanes) {
-                    let lo = _mm512_castps512_ps256(l);
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(l)));
-                    *sum = [reduce(lo), reduce(hi)];
+                let mut sums = [[[0.0; 2]; H]; G];
+                for (sums_g, lanes_g) in sums.iter_mut().zip(lanes) {
+                    for (sum, l) in sums_g.iter_mut().zip(lanes_g) {
+                        let lo = _mm512_castps512_ps256(l);
+                        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(l)));
+                        *sum = [reduce(lo), reduce(hi)];
+                    }
                 }
                 sums
             }
@@ -341,60 +408,98 @@ mod avx512 {
     }
 
     /// # Safety
-    /// As [`scores`], with `out.len()` = hd and `weights.len()` positions.
+    /// As [`scores`], with `out` `[heads, hd]` and `weights` `[heads, P]`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
-    pub unsafe fn weighted_sum(weights: &[f32], rows: Int4Rows, out: &mut [f32]) {
-        // One instantiation per register count, so the running sums stay in registers.
-        // SAFETY (each arm): forwarded contract; `fits` bounds hd / 16 to 1..=8.
-        unsafe {
-            match out.len() / 16 {
-                1 => weighted_blocks::<1>(weights, rows, out),
-                2 => weighted_blocks::<2>(weights, rows, out),
-                3 => weighted_blocks::<3>(weights, rows, out),
-                4 => weighted_blocks::<4>(weights, rows, out),
-                5 => weighted_blocks::<5>(weights, rows, out),
-                6 => weighted_blocks::<6>(weights, rows, out),
-                7 => weighted_blocks::<7>(weights, rows, out),
-                _ => weighted_blocks::<8>(weights, rows, out),
+    pub unsafe fn weighted_sum(weights: &[f32], hd: usize, rows: Int4Rows, out: &mut [f32]) {
+        let heads = out.len() / hd;
+        let blocks = hd / 16;
+        // Running sums stay in registers: at most 16 (heads × blocks) per pass over the
+        // positions, so several heads take the columns in groups, each group a pass.
+        let group = (16 / heads).min(blocks);
+        let mut b0 = 0;
+        while b0 < blocks {
+            let nb = group.min(blocks - b0);
+            macro_rules! pass {
+                ($h:literal) => {
+                    match nb {
+                        1 => weighted_blocks::<1, $h>(weights, hd, rows, out, b0),
+                        2 => weighted_blocks::<2, $h>(weights, hd, rows, out, b0),
+                        3 => weighted_blocks::<3, $h>(weights, hd, rows, out, b0),
+                        4 => weighted_blocks::<4, $h>(weights, hd, rows, out, b0),
+                        5 => weighted_blocks::<5, $h>(weights, hd, rows, out, b0),
+                        6 => weighted_blocks::<6, $h>(weights, hd, rows, out, b0),
+                        7 => weighted_blocks::<7, $h>(weights, hd, rows, out, b0),
+                        _ => weighted_blocks::<8, $h>(weights, hd, rows, out, b0),
+                    }
+                };
             }
+            // SAFETY (each arm): forwarded contract; blocks b0..b0 + nb of every head exist.
+            unsafe {
+                match heads {
+                    1 => pass!(1),
+                    2 => pass!(2),
+                    3 => pass!(3),
+                    _ => pass!(4),
+                }
+            }
+            b0 += nb;
         }
     }
 
+    /// Column blocks `b0..b0 + B` (16 columns each) of `H` heads' weighted sums over every
+    /// position.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
-    unsafe fn weighted_blocks<const B: usize>(weights: &[f32], rows: Int4Rows, out: &mut [f32]) {
-        let row = 8 * B;
-        // Block b (columns 16b..16b+16) takes bytes 8b.. of the row.
+    unsafe fn weighted_blocks<const B: usize, const H: usize>(
+        weights: &[f32],
+        hd: usize,
+        rows: Int4Rows,
+        out: &mut [f32],
+        b0: usize,
+    ) {
+        let row = hd / 2;
+        let positions = rows.scales.len();
         // Plain loops, not closures: a closure would not inherit the target features.
         let mut controls = [_mm512_setzero_si512(); B];
-        let mut acc = [_mm512_setzero_ps(); B];
+        let mut acc = [[_mm512_setzero_ps(); B]; H];
         let op = out.as_mut_ptr();
         for b in 0..B {
-            // SAFETY: a 64-byte array; `out` has 16·B values.
+            // SAFETY: a 64-byte array (b0 + b < hd / 16 ≤ 8); `out` has H rows of hd values.
             unsafe {
-                controls[b] = _mm512_loadu_si512(BLOCK_CONTROLS[b].as_ptr() as *const _);
-                acc[b] = _mm512_loadu_ps(op.add(16 * b));
+                controls[b] = _mm512_loadu_si512(BLOCK_CONTROLS[b0 + b].as_ptr() as *const _);
+                for (j, acc_j) in acc.iter_mut().enumerate() {
+                    acc_j[b] = _mm512_loadu_ps(op.add(j * hd + 16 * (b0 + b)));
+                }
             }
         }
+        // Odd columns hold the byte's high nibble.
         let shifts = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
         // SAFETY: AVX-512 F enabled.
         let centred = unsafe { centred_codes() };
         let cp = rows.codes.as_ptr();
-        for (p, (&w, &s)) in weights.iter().zip(rows.scales).enumerate() {
+        for (p, &s) in rows.scales.iter().enumerate() {
             // SAFETY: row p has `row` ≤ 64 bytes (contract).
             let bytes = unsafe { row_bytes(cp.add(p * row), row) };
             let table = _mm512_mul_ps(centred, _mm512_set1_ps(s));
-            let weight = _mm512_set1_ps(w);
-            for (a, &control) in acc.iter_mut().zip(&controls) {
+            let mut w = [_mm512_setzero_ps(); H];
+            for (j, wj) in w.iter_mut().enumerate() {
+                *wj = _mm512_set1_ps(weights[j * positions + p]);
+            }
+            for (b, &control) in controls.iter().enumerate() {
                 // `vpermps` reads only an index's low four bits: the other nibble above them
                 // is ignored.
                 let codes = _mm512_srlv_epi32(_mm512_permutexvar_epi8(control, bytes), shifts);
+                // The widened values, shared by every head.
                 let v = _mm512_permutexvar_ps(codes, table);
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(weight, v));
+                for j in 0..H {
+                    acc[j][b] = _mm512_add_ps(acc[j][b], _mm512_mul_ps(w[j], v));
+                }
             }
         }
-        for (b, a) in acc.iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { _mm512_storeu_ps(op.add(16 * b), *a) };
+        for (j, acc_j) in acc.iter().enumerate() {
+            for (b, a) in acc_j.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(op.add(j * hd + 16 * (b0 + b)), *a) };
+            }
         }
     }
 
@@ -447,7 +552,8 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        // hd = 16, one position: codes 8 + (0, 1, …, 7, −1, …, −8) at scale 0.5, q all ones.
+        // hd = 16, one position: codes 8 + (0, 1, …, 7, −1, …, −8) at scale 0.5; two query
+        // heads, all ones and all twos.
         let mut codes = [0u8; 8];
         let vals: Vec<i32> = (0..8).chain((-8..0).rev()).collect();
         for (i, v) in vals.iter().enumerate() {
@@ -458,13 +564,21 @@ mod tests {
             scales: &[0.5],
         };
         let sum: i32 = vals.iter().sum(); // 28 − 36 = −8
+        let q: Vec<f32> = [1.0f32; 16].into_iter().chain([2.0; 16]).collect();
         for path in KernelPath::supported() {
-            let mut score = [0.0];
-            scores_int4(path, &[1.0; 16], rows, 2.0, &mut score).unwrap();
-            assert_eq!(score[0], sum as f32 * 0.5 * 2.0, "{path}");
-            let mut out = vec![1.0f32; 16];
-            weighted_sum_int4(path, &[3.0], rows, &mut out).unwrap();
-            let want: Vec<f32> = vals.iter().map(|&v| 1.0 + 3.0 * (v as f32 * 0.5)).collect();
+            let mut score = [0.0; 2];
+            scores_int4(path, &q, 16, rows, 2.0, &mut score).unwrap();
+            assert_eq!(
+                score,
+                [-8.0, -16.0],
+                "{path}: {sum} · 0.5 · 2 per unit of q"
+            );
+            let mut out = vec![1.0f32; 32];
+            weighted_sum_int4(path, &[3.0, -1.0], 16, rows, &mut out).unwrap();
+            let want: Vec<f32> = [3.0f32, -1.0]
+                .iter()
+                .flat_map(|w| vals.iter().map(move |&v| 1.0 + w * (v as f32 * 0.5)))
+                .collect();
             assert_eq!(out, want, "{path}");
         }
     }
@@ -476,53 +590,65 @@ mod tests {
             codes: &[0; 8],
             scales: &[1.0],
         };
-        let e = scores_int4(path, &[0.0; 16], rows, 1.0, &mut [0.0; 2]).unwrap_err();
-        assert!(e.to_string().contains("scales"), "{e}");
-        let e = scores_int4(path, &[0.0; 15], rows, 1.0, &mut [0.0; 1]).unwrap_err();
+        let e = scores_int4(path, &[0.0; 16], 16, rows, 1.0, &mut [0.0; 2]).unwrap_err();
+        assert!(e.to_string().contains("scores [heads, positions]"), "{e}");
+        let e = scores_int4(path, &[0.0; 15], 15, rows, 1.0, &mut [0.0; 1]).unwrap_err();
         assert!(e.to_string().contains("even"), "{e}");
+        let e = scores_int4(path, &[0.0; 20], 16, rows, 1.0, &mut [0.0; 1]).unwrap_err();
+        assert!(e.to_string().contains("queries [heads, hd]"), "{e}");
         let short = Int4Rows {
             codes: &[0; 7],
             scales: &[1.0],
         };
-        let e = weighted_sum_int4(path, &[1.0], short, &mut [0.0; 16]).unwrap_err();
+        let e = weighted_sum_int4(path, &[1.0], 16, short, &mut [0.0; 16]).unwrap_err();
         assert!(e.to_string().contains("codes"), "{e}");
+        let e = weighted_sum_int4(path, &[1.0], 16, rows, &mut [0.0; 32]).unwrap_err();
+        assert!(e.to_string().contains("weights [heads, positions]"), "{e}");
+    }
+
+    /// Both products for `heads` query heads on every path against the definition (widen by the
+    /// reference, then the reference products head by head), bit for bit.
+    fn check_against_definition(hd: usize, positions: usize, heads: usize, seed: u64) {
+        let (codes, scales) = quantized(&values(positions * hd, seed), hd);
+        let rows = Int4Rows {
+            codes: &codes,
+            scales: &scales,
+        };
+        let k = widened(&codes, &scales, hd);
+        let (q, w) = (
+            values(heads * hd, seed + 1),
+            values(heads * positions, seed + 2),
+        );
+        let start = values(heads * hd, seed + 3);
+        let mut want_scores = vec![0.0; heads * positions];
+        let mut want_out = start.clone();
+        for j in 0..heads {
+            let sc = &mut want_scores[j * positions..(j + 1) * positions];
+            attention::scores_reference(&q[j * hd..(j + 1) * hd], HistoryRows::F32(&k), 0.3, sc);
+            let wj = &w[j * positions..(j + 1) * positions];
+            let o = &mut want_out[j * hd..(j + 1) * hd];
+            attention::weighted_sum_reference(wj, HistoryRows::F32(&k), o);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for path in KernelPath::supported() {
+            let what = format!("{path}, hd {hd}, {positions} positions, {heads} heads");
+            let mut got = vec![0.0; heads * positions];
+            scores_int4(path, &q, hd, rows, 0.3, &mut got).unwrap();
+            assert_eq!(bits(&got), bits(&want_scores), "scores: {what}");
+            let mut out = start.clone();
+            weighted_sum_int4(path, &w, hd, rows, &mut out).unwrap();
+            assert_eq!(bits(&out), bits(&want_out), "weighted sum: {what}");
+        }
     }
 
     #[test]
-    fn in_place_head_sizes_equal_the_definition() {
-        // Every head size the in-place kernels take, with odd and even position counts (a last
-        // odd position pairs with itself).
+    fn in_place_shapes_equal_the_definition() {
+        // Every head size and head count the in-place kernels take, with odd and even position
+        // counts (a last odd position pairs with itself) and more heads than they take.
         for hd in (16..=128).step_by(16) {
-            for positions in [1usize, 2, 7, 64] {
-                let seed = (hd * 100 + positions) as u64;
-                let (codes, scales) = quantized(&values(positions * hd, seed), hd);
-                let rows = Int4Rows {
-                    codes: &codes,
-                    scales: &scales,
-                };
-                let k = widened(&codes, &scales, hd);
-                let (q, w) = (values(hd, seed + 1), values(positions, seed + 2));
-                let mut want_scores = vec![0.0; positions];
-                attention::scores_reference(&q, HistoryRows::F32(&k), 0.3, &mut want_scores);
-                let mut want_out = vec![0.5; hd];
-                attention::weighted_sum_reference(&w, HistoryRows::F32(&k), &mut want_out);
-                for path in KernelPath::supported() {
-                    let mut got = vec![0.0; positions];
-                    scores_int4(path, &q, rows, 0.3, &mut got).unwrap();
-                    assert!(
-                        got.iter()
-                            .zip(&want_scores)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{path} scores, hd {hd}, {positions} positions"
-                    );
-                    let mut out = vec![0.5; hd];
-                    weighted_sum_int4(path, &w, rows, &mut out).unwrap();
-                    assert!(
-                        out.iter()
-                            .zip(&want_out)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{path} weighted sum, hd {hd}, {positions} positions"
-                    );
+            for heads in 1..=MAX_HEADS + 1 {
+                for positions in [1usize, 2, 7, 64] {
+                    check_against_definition(hd, positions, heads, (hd * 100 + positions) as u64);
                 }
             }
         }
@@ -532,31 +658,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn every_path_equals_widening_then_the_reference_bit_for_bit(
-            half_hd in 1usize..80, positions in 1usize..40, seed in 0u64..1000,
+            half_hd in 1usize..80, positions in 1usize..40, heads in 1usize..6, seed in 0u64..1000,
         ) {
             // Even head sizes from 2 to 158: in place (multiples of 16 up to 128) and not.
-            let hd = 2 * half_hd;
-            let x = values(positions * hd, seed);
-            let (codes, scales) = quantized(&x, hd);
-            let rows = Int4Rows { codes: &codes, scales: &scales };
-            let k = widened(&codes, &scales, hd);
-            let q = values(hd, seed + 1);
-            let w = values(positions, seed + 2);
-            let start = values(hd, seed + 3);
-            let mut want_scores = vec![0.0; positions];
-            attention::scores_reference(&q, HistoryRows::F32(&k), 0.125, &mut want_scores);
-            let mut want_out = start.clone();
-            attention::weighted_sum_reference(&w, HistoryRows::F32(&k), &mut want_out);
-            for path in KernelPath::supported() {
-                let mut got = vec![0.0; positions];
-                scores_int4(path, &q, rows, 0.125, &mut got).unwrap();
-                let same = got.iter().zip(&want_scores).all(|(a, b)| a.to_bits() == b.to_bits());
-                prop_assert!(same, "{path} scores hd {hd}: {got:?} vs {want_scores:?}");
-                let mut out = start.clone();
-                weighted_sum_int4(path, &w, rows, &mut out).unwrap();
-                let same = out.iter().zip(&want_out).all(|(a, b)| a.to_bits() == b.to_bits());
-                prop_assert!(same, "{path} weighted sum hd {hd}: {out:?} vs {want_out:?}");
-            }
+            check_against_definition(2 * half_hd, positions, heads, seed);
         }
     }
 }

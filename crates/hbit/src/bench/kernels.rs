@@ -36,9 +36,10 @@ const SHAPES: [(usize, usize); 12] = [
 ];
 const BATCHES: [usize; 4] = [1, 8, 32, 128];
 const HADAMARD_SIZES: [usize; 5] = [1024, 2048, 4096, 8192, 16384];
-/// Attention histories `(positions, head size)`: the e2e bench's batch-16 decode at ≈700M
-/// (hd 96) and ≈2B (hd 128), about 144 positions in.
-const ATTENTION_SHAPES: [(usize, usize); 2] = [(144, 96), (144, 128)];
+/// Attention histories `(positions, head size, query heads per KV head)`: a decode step of the
+/// e2e bench at ≈700M (hd 96, no grouping) and ≈2B (hd 128, 4 query heads per KV head), about
+/// 144 positions in.
+const ATTENTION_SHAPES: [(usize, usize, usize); 2] = [(144, 96, 1), (144, 128, 4)];
 
 const QUICK_SHAPES: [(usize, usize); 2] = [(8192, 2048), (2560, 6912)];
 const QUICK_BATCHES: [usize; 3] = [1, 8, 128];
@@ -394,19 +395,24 @@ impl Bench {
         Ok(())
     }
 
-    /// One head's attention over a cached history of `positions` (scores, then the weighted
-    /// sum of values) as a decode step runs it on one thread, caches warm: from an f16 cache,
-    /// from a 4-bit cache widened 64 positions at a time into f32 (the engine's path when
-    /// several query heads or rows share a KV head), and from a 4-bit cache read in place
+    /// Attention over a cached history of `positions` for `heads` query heads sharing one KV
+    /// head (scores, then the weighted sum of values), as a decode step runs it on one thread,
+    /// caches warm: from an f16 cache, from a 4-bit cache widened 64 positions at a time into
+    /// f32 (the engine's path for a prefill's many rows), and from a 4-bit cache read in place
     /// (`attention_int4`; on CPUs without its kernel, widened as well). Alternating rounds.
-    /// A record's `act_bits` is the cache's width, `rows` the positions, `cols` the head size;
-    /// GOPS counts 2 operations per multiply-add of both products.
-    fn attention(&mut self, (positions, hd): (usize, usize), rng: &mut Rng) -> Result<()> {
+    /// A record's `act_bits` is the cache's width, `batch` the query heads, `rows` the
+    /// positions, `cols` the head size; GOPS counts 2 operations per multiply-add of both
+    /// products for every head; GB/s the cache bytes read (codes and scales).
+    fn attention(
+        &mut self,
+        (positions, hd, heads): (usize, usize, usize),
+        rng: &mut Rng,
+    ) -> Result<()> {
         use half::f16;
         use hbit_kernels::attention::{self, HistoryRows};
         use hbit_kernels::attention_int4::{self, Int4Rows};
         let path = active_path()?;
-        let q: Vec<f32> = (0..hd).map(|_| rng.f32()).collect();
+        let q: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
         let keys: Vec<f32> = (0..positions * hd).map(|_| rng.f32()).collect();
         let values: Vec<f32> = (0..positions * hd).map(|_| rng.f32()).collect();
         let k16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
@@ -423,51 +429,57 @@ impl Bench {
         let (kc, ks) = quantize(&keys)?;
         let (vc, vs) = quantize(&values)?;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0.0f32; positions];
-        let mut out = vec![0.0f32; hd];
-        const CHUNK: usize = 64;
-        let mut widened = vec![0.0f32; CHUNK * hd];
+        let (mut scores, mut out) = (vec![0.0f32; heads * positions], vec![0.0f32; heads * hd]);
         let mut f16_call = || -> Result<()> {
-            attention::scores(path, &q, HistoryRows::F16(&k16), scale, &mut scores)?;
             out.fill(0.0);
-            attention::weighted_sum(path, &scores, HistoryRows::F16(&v16), &mut out)?;
+            for ((qh, sc), o) in q
+                .chunks(hd)
+                .zip(scores.chunks_mut(positions))
+                .zip(out.chunks_mut(hd))
+            {
+                attention::scores(path, qh, HistoryRows::F16(&k16), scale, sc)?;
+                attention::weighted_sum(path, sc, HistoryRows::F16(&v16), o)?;
+            }
             Ok(())
         };
-        let (mut scores2, mut out2) = (vec![0.0f32; positions], vec![0.0f32; hd]);
+        const CHUNK: usize = 64;
+        let mut widened = vec![0.0f32; CHUNK * hd];
+        let (mut scores2, mut out2) = (vec![0.0f32; heads * positions], vec![0.0f32; heads * hd]);
         let mut widened_call = || -> Result<()> {
+            out2.fill(0.0);
             for (codes, scales, is_values) in [(&kc, &ks, false), (&vc, &vs, true)] {
-                if is_values {
-                    out2.fill(0.0);
-                }
                 for c0 in (0..positions).step_by(CHUNK) {
                     let c1 = (c0 + CHUNK).min(positions);
                     let buf = &mut widened[..(c1 - c0) * hd];
                     let rows = &codes[c0 * hd / 2..c1 * hd / 2];
                     attention::dequantize_rows(path, 4, hd, rows, &scales[c0..c1], buf)?;
-                    if is_values {
-                        let w = &scores2[c0..c1];
-                        attention::weighted_sum(path, w, HistoryRows::F32(buf), &mut out2)?;
-                    } else {
-                        let sc = &mut scores2[c0..c1];
-                        attention::scores(path, &q, HistoryRows::F32(buf), scale, sc)?;
+                    let history = HistoryRows::F32(buf);
+                    for (j, qh) in q.chunks(hd).enumerate() {
+                        let sc = &mut scores2[j * positions + c0..j * positions + c1];
+                        if is_values {
+                            let o = &mut out2[j * hd..(j + 1) * hd];
+                            attention::weighted_sum(path, sc, history, o)?;
+                        } else {
+                            attention::scores(path, qh, history, scale, sc)?;
+                        }
                     }
                 }
             }
             Ok(())
         };
-        let (mut scores3, mut out3) = (vec![0.0f32; positions], vec![0.0f32; hd]);
+        let (mut scores3, mut out3) = (vec![0.0f32; heads * positions], vec![0.0f32; heads * hd]);
         let mut in_place_call = || -> Result<()> {
             let k = Int4Rows {
                 codes: &kc,
                 scales: &ks,
             };
-            attention_int4::scores_int4(path, &q, k, scale, &mut scores3)?;
+            attention_int4::scores_int4(path, &q, hd, k, scale, &mut scores3)?;
             out3.fill(0.0);
             let v = Int4Rows {
                 codes: &vc,
                 scales: &vs,
             };
-            attention_int4::weighted_sum_int4(path, &scores3, v, &mut out3)?;
+            attention_int4::weighted_sum_int4(path, &scores3, hd, v, &mut out3)?;
             Ok(())
         };
         let s = measure_alternating(
@@ -478,12 +490,12 @@ impl Bench {
         if scores2 != scores3 || out2 != out3 {
             bail!("attention over 4-bit codes: in place and widened results differ");
         }
-        let ops = 4.0 * (positions * hd) as f64;
+        let ops = 4.0 * (heads * positions * hd) as f64;
         let (b16, b4) = ((4 * positions * hd) as f64, (positions * (hd + 8)) as f64);
         let shape = (positions, hd);
-        self.push(("attention_f16", 16), 1, shape, s[0], (ops, b16));
-        self.push(("attention_int4_widened", 4), 1, shape, s[1], (ops, b4));
-        self.push(("attention_int4", 4), 1, shape, s[2], (ops, b4));
+        self.push(("attention_f16", 16), heads, shape, s[0], (ops, b16));
+        self.push(("attention_int4_widened", 4), heads, shape, s[1], (ops, b4));
+        self.push(("attention_int4", 4), heads, shape, s[2], (ops, b4));
         Ok(())
     }
 
