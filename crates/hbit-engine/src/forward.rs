@@ -537,9 +537,18 @@ fn attend(
 /// `sc[p] = exp(sc[p] − max sc)`, returning their total: softmax but for the division, which is
 /// done as the values are summed.
 fn exponentials(sc: &mut [f32]) -> f32 {
-    let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    exponentials_in_parts(&mut [sc])
+}
+
+/// [`exponentials`] of the scores `parts` laid end to end, without gathering them: the same
+/// operations in the same order.
+fn exponentials_in_parts(parts: &mut [&mut [f32]]) -> f32 {
+    let max = parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut total = 0.0f32;
-    for v in sc.iter_mut() {
+    for v in parts.iter_mut().flat_map(|p| p.iter_mut()) {
         *v = (*v - max).exp();
         total += *v;
     }
@@ -571,45 +580,36 @@ fn attend_int4_in_place(
     out: &mut [f32],
 ) -> Result<()> {
     use hbit_kernels::attention_int4::{scores_int4, weighted_sum_int4};
-    let upto = pos + 1;
-    // Position 0 (kept at 8 bits) widened on its own, the rest in place. `scores` is
-    // `[heads, upto]`.
-    let mut first = vec![0.0f32; hd];
-    let mut scores = vec![0.0f32; qs.len() / hd * upto];
-    cache.read(path, l, false, g, 0..1, &mut first)?;
-    for (qh, sc) in qs.chunks_exact(hd).zip(scores.chunks_exact_mut(upto)) {
-        attention::scores(path, qh, HistoryRows::F32(&first), scale, &mut sc[..1])?;
+    let (heads, rest) = (qs.len() / hd, pos);
+    // Position 0 (kept at 8 bits) widened on its own, positions 1..=pos read in place: per
+    // head, `first[j]` then `scores[j·rest..(j + 1)·rest]` are its scores in position order.
+    let mut row0 = vec![0.0f32; hd];
+    let mut first = vec![0.0f32; heads];
+    let mut scores = vec![0.0f32; heads * rest];
+    cache.read(path, l, false, g, 0..1, &mut row0)?;
+    for (qh, f) in qs.chunks_exact(hd).zip(first.chunks_exact_mut(1)) {
+        attention::scores(path, qh, HistoryRows::F32(&row0), scale, f)?;
     }
-    if upto > 1 {
-        let keys = cache.int4_codes(l, false, g, 1..upto)?;
-        let mut rest = vec![0.0f32; qs.len() / hd * (upto - 1)];
-        scores_int4(path, qs, hd, keys, scale, &mut rest)?;
-        for (sc, r) in scores
-            .chunks_exact_mut(upto)
-            .zip(rest.chunks_exact(upto - 1))
-        {
-            sc[1..].copy_from_slice(r);
-        }
+    if rest > 0 {
+        let keys = cache.int4_codes(l, false, g, 1..pos + 1)?;
+        scores_int4(path, qs, hd, keys, scale, &mut scores)?;
     }
-    for sc in scores.chunks_exact_mut(upto) {
-        let total = exponentials(sc);
+    for (j, f) in first.iter_mut().enumerate() {
+        let sc = &mut scores[j * rest..(j + 1) * rest];
+        let total = exponentials_in_parts(&mut [std::slice::from_mut(f), &mut *sc]);
+        *f /= total;
         for w in sc.iter_mut() {
             *w /= total;
         }
     }
     let out = &mut out[..qs.len()];
-    cache.read(path, l, true, g, 0..1, &mut first)?;
-    for (w, o) in scores.chunks_exact(upto).zip(out.chunks_exact_mut(hd)) {
-        attention::weighted_sum(path, &w[..1], HistoryRows::F32(&first), o)?;
+    cache.read(path, l, true, g, 0..1, &mut row0)?;
+    for (f, o) in first.chunks_exact(1).zip(out.chunks_exact_mut(hd)) {
+        attention::weighted_sum(path, f, HistoryRows::F32(&row0), o)?;
     }
-    if upto > 1 {
-        let values = cache.int4_codes(l, true, g, 1..upto)?;
-        let rest: Vec<f32> = scores
-            .chunks_exact(upto)
-            .flat_map(|w| &w[1..])
-            .copied()
-            .collect();
-        weighted_sum_int4(path, &rest, hd, values, out)?;
+    if rest > 0 {
+        let values = cache.int4_codes(l, true, g, 1..pos + 1)?;
+        weighted_sum_int4(path, &scores, hd, values, out)?;
     }
     Ok(())
 }

@@ -251,11 +251,14 @@ fn decode_reading_4bit_codes_in_place_equals_full_recomputation() {
         config.num_kv_heads = kv_heads;
         let (_, engine) = model_and_engine(&config, 5);
         let toks = tokens(60, config.vocab_size, 5);
-        let (full, stepwise) = full_and_stepwise(&engine, &toks, 3, KvBits::Int4);
-        assert!(
-            full == stepwise,
-            "{kv_heads} KV heads: cached decode differs"
-        );
+        // A one-token prefill reads position 0 alone (nothing in place yet).
+        for prefill in [1, 3] {
+            let (full, stepwise) = full_and_stepwise(&engine, &toks, prefill, KvBits::Int4);
+            assert!(
+                full == stepwise,
+                "{kv_heads} KV heads, prefill {prefill}: cached decode differs"
+            );
+        }
     }
 }
 
