@@ -308,6 +308,10 @@ pub fn dequantize_rows_reference(
     }
 }
 
+/// The scores' eight-lane reduction, for the in-place 4-bit kernels' identical sums.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use simd::reduce as reduce_eight_lanes;
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::HistoryRows;
@@ -557,10 +561,14 @@ mod simd {
         unsafe { weighted_sum_body(w, v, out) }
     }
 
-    /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the reference's lane order.
+    /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the reference's lane order (also the in-place
+    /// 4-bit scores' of `attention_int4`).
+    ///
+    /// # Safety
+    /// Only for callers with AVX2 enabled.
     #[inline(always)]
-    unsafe fn reduce(s: __m256) -> f32 {
-        // SAFETY: only called from functions with AVX2 enabled.
+    pub(crate) unsafe fn reduce(s: __m256) -> f32 {
+        // SAFETY: the caller enables AVX2.
         unsafe {
             let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
             let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));

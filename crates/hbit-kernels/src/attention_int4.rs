@@ -124,17 +124,12 @@ pub fn scores_int4(
         unsafe { avx512::scores(q, hd, rows, scale, scores) };
         return Ok(());
     }
-    let mut widened = vec![0.0f32; FALLBACK_ROWS * hd];
-    for p0 in (0..positions).step_by(FALLBACK_ROWS) {
-        let n = FALLBACK_ROWS.min(positions - p0);
-        let buf = &mut widened[..n * hd];
-        let codes = &rows.codes[p0 * hd / 2..(p0 + n) * hd / 2];
-        attention::dequantize_rows(path, 4, hd, codes, &rows.scales[p0..p0 + n], buf)?;
+    widened_chunks(path, hd, rows, |span, keys| {
         for (qh, out) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(positions)) {
-            attention::scores(path, qh, HistoryRows::F32(buf), scale, &mut out[p0..p0 + n])?;
+            attention::scores(path, qh, keys, scale, &mut out[span.clone()])?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `out_j[i] += Σ_p weights[j·P + p] · v_p[i]` in position order, for the heads `j` of `out`
@@ -161,18 +156,33 @@ pub fn weighted_sum_int4(
         unsafe { avx512::weighted_sum(weights, hd, rows, out) };
         return Ok(());
     }
-    let mut widened = vec![0.0f32; FALLBACK_ROWS * hd];
-    for p0 in (0..positions).step_by(FALLBACK_ROWS) {
-        let n = FALLBACK_ROWS.min(positions - p0);
-        let buf = &mut widened[..n * hd];
-        let codes = &rows.codes[p0 * hd / 2..(p0 + n) * hd / 2];
-        attention::dequantize_rows(path, 4, hd, codes, &rows.scales[p0..p0 + n], buf)?;
+    widened_chunks(path, hd, rows, |span, values| {
         for (w, o) in weights
             .chunks_exact(positions)
             .zip(out.chunks_exact_mut(hd))
         {
-            attention::weighted_sum(path, &w[p0..p0 + n], HistoryRows::F32(buf), o)?;
+            attention::weighted_sum(path, &w[span.clone()], values, o)?;
         }
+        Ok(())
+    })
+}
+
+/// The fallback: `rows` widened [`FALLBACK_ROWS`] positions at a time, each run handed to
+/// `use_rows` with its positions, in order.
+fn widened_chunks(
+    path: KernelPath,
+    hd: usize,
+    rows: Int4Rows,
+    mut use_rows: impl FnMut(std::ops::Range<usize>, HistoryRows) -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    let positions = rows.scales.len();
+    let mut widened = vec![0.0f32; FALLBACK_ROWS * hd];
+    for p0 in (0..positions).step_by(FALLBACK_ROWS) {
+        let span = p0..(p0 + FALLBACK_ROWS).min(positions);
+        let buf = &mut widened[..span.len() * hd];
+        let codes = &rows.codes[span.start * hd / 2..span.end * hd / 2];
+        attention::dequantize_rows(path, 4, hd, codes, &rows.scales[span.clone()], buf)?;
+        use_rows(span, HistoryRows::F32(buf))?;
     }
     Ok(())
 }
@@ -180,6 +190,7 @@ pub fn weighted_sum_int4(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::Int4Rows;
+    use crate::attention::reduce_eight_lanes as reduce;
     use std::arch::x86_64::*;
 
     /// Widest head read in place: a row's `hd / 2` code bytes fill at most one register.
@@ -501,17 +512,6 @@ mod avx512 {
                 // SAFETY: as above.
                 unsafe { _mm512_storeu_ps(op.add(j * hd + 16 * (b0 + b)), *a) };
             }
-        }
-    }
-
-    /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the scores' defined lane order.
-    #[inline(always)]
-    unsafe fn reduce(s: __m256) -> f32 {
-        // SAFETY: only called from functions with AVX2 enabled.
-        unsafe {
-            let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
         }
     }
 }
