@@ -457,7 +457,8 @@ const ROW_BLOCK: usize = 64;
 ///
 /// The history is taken [`POSITION_CHUNK`] positions at a time: f32 / f16 caches in place,
 /// integer caches dequantized into a small buffer. Nothing of context length is materialized
-/// but the scores.
+/// but the scores. One row over a 4-bit cache, where the CPU has the kernel, goes to
+/// [`attend_int4_in_place`] instead: the same results, the codes read in place.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     path: KernelPath,
@@ -580,22 +581,22 @@ fn attend_int4_in_place(
     out: &mut [f32],
 ) -> Result<()> {
     use hbit_kernels::attention_int4::{scores_int4, weighted_sum_int4};
-    let (heads, rest) = (qs.len() / hd, pos);
+    let heads = qs.len() / hd;
     // Position 0 (kept at 8 bits) widened on its own, positions 1..=pos read in place: per
-    // head, `first[j]` then `scores[j·rest..(j + 1)·rest]` are its scores in position order.
+    // head, `first[j]` then `scores[j·pos..(j + 1)·pos]` are its scores in position order.
     let mut row0 = vec![0.0f32; hd];
     let mut first = vec![0.0f32; heads];
-    let mut scores = vec![0.0f32; heads * rest];
+    let mut scores = vec![0.0f32; heads * pos];
     cache.read(path, l, false, g, 0..1, &mut row0)?;
     for (qh, f) in qs.chunks_exact(hd).zip(first.chunks_exact_mut(1)) {
         attention::scores(path, qh, HistoryRows::F32(&row0), scale, f)?;
     }
-    if rest > 0 {
+    if pos > 0 {
         let keys = cache.int4_codes(l, false, g, 1..pos + 1)?;
         scores_int4(path, qs, hd, keys, scale, &mut scores)?;
     }
     for (j, f) in first.iter_mut().enumerate() {
-        let sc = &mut scores[j * rest..(j + 1) * rest];
+        let sc = &mut scores[j * pos..(j + 1) * pos];
         let total = exponentials_in_parts(&mut [std::slice::from_mut(f), &mut *sc]);
         *f /= total;
         for w in sc.iter_mut() {
@@ -607,7 +608,7 @@ fn attend_int4_in_place(
     for (f, o) in first.chunks_exact(1).zip(out.chunks_exact_mut(hd)) {
         attention::weighted_sum(path, f, HistoryRows::F32(&row0), o)?;
     }
-    if rest > 0 {
+    if pos > 0 {
         let values = cache.int4_codes(l, true, g, 1..pos + 1)?;
         weighted_sum_int4(path, &scores, hd, values, out)?;
     }
@@ -698,4 +699,87 @@ fn rms_norm_rows(x: &mut [f32], g: &[f32], eps: f64) {
             *v = *v * inv * gi;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hbit_kernels::attention_int4::{reads_codes_in_place, MAX_HEADS};
+    use hbit_kernels::ActBits;
+    use hbit_model::config::preset;
+    use hbit_model::Variant;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// One decode row over a 4-bit cache (read in place where the CPU has the kernel) against
+    /// the same row as the last of two (widened chunk by chunk), on every kernel path: the same
+    /// bits, for head sizes 16…128, 1–4 query heads per KV head, histories crossing the
+    /// 64-position chunks.
+    #[test]
+    fn one_row_in_place_equals_the_widened_chunks() {
+        #[cfg(target_arch = "x86_64")]
+        let in_place_cpu =
+            KernelPath::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512vbmi");
+        #[cfg(not(target_arch = "x86_64"))]
+        let in_place_cpu = false;
+        for hd in [16usize, 48, 96, 128] {
+            for rep in 1..=MAX_HEADS {
+                let mut c = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+                (c.num_kv_heads, c.num_heads, c.head_dim) = (2, 2 * rep, hd);
+                c.max_position_embeddings = 160;
+                let (h, kv) = (c.num_heads * hd, c.num_kv_heads * hd);
+                for positions in [1usize, 2, 70, 150] {
+                    let mut cache = KvCache::new(&c, KvBits::Int4);
+                    let seed = (hd * 1000 + rep * 200 + positions) as u64;
+                    let keys = values(positions * kv, seed);
+                    cache.append(0, &keys, &values(positions * kv, seed + 1));
+                    cache.advance(positions);
+                    let q_last = values(h, seed + 2);
+                    let pos = positions - 1;
+                    for path in KernelPath::supported() {
+                        if path == KernelPath::Avx512 && in_place_cpu {
+                            assert!(reads_codes_in_place(path, hd, rep), "hd {hd}, {rep} heads");
+                        }
+                        let heads = rep..2 * rep; // KV group 1
+                        let mut alone = vec![0.0f32; rep * hd];
+                        attend(
+                            path,
+                            &cache,
+                            0,
+                            1,
+                            heads.clone(),
+                            &[(0, pos)],
+                            &q_last,
+                            h,
+                            hd,
+                            &mut alone,
+                        )
+                        .unwrap();
+                        if pos == 0 {
+                            continue;
+                        }
+                        let mut q = values(h, seed + 3);
+                        q.extend_from_slice(&q_last);
+                        let mut both = vec![0.0f32; 2 * rep * hd];
+                        let rows = [(0, pos - 1), (1, pos)];
+                        attend(path, &cache, 0, 1, heads, &rows, &q, h, hd, &mut both).unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&alone),
+                            bits(&both[rep * hd..]),
+                            "{path}, hd {hd}, {rep} heads, {positions} positions"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -311,14 +311,19 @@ impl KvCache {
         head: usize,
         positions: std::ops::Range<usize>,
     ) -> Result<Int4Rows<'_>> {
+        if self.bits != KvBits::Int4 {
+            return Err(EngineError::Input(format!(
+                "4-bit KV codes asked of a {} cache",
+                self.bits.name()
+            )));
+        }
         let store = &self.layers[layer][values as usize][head];
         // Positions stored: position 0 apart, then one slot each (appended rows included).
         let stored = store.scales.len() + 1;
-        if self.bits != KvBits::Int4 || positions.start == 0 || positions.end > stored {
+        if positions.start == 0 || positions.end > stored {
             return Err(EngineError::Input(format!(
-                "4-bit KV codes of positions {positions:?}: the cache is {} with {stored} \
-                 positions stored, and position 0 is kept apart",
-                self.bits.name(),
+                "4-bit KV codes of positions {positions:?}: {stored} positions stored, and \
+                 position 0 is kept apart at 8 bits"
             )));
         }
         let head_bytes = KvBits::Int4.head_bytes(self.hd);

@@ -244,7 +244,8 @@ fn cached_decode_equals_full_recomputation_across_attention_chunks() {
 fn decode_reading_4bit_codes_in_place_equals_full_recomputation() {
     // hd 16 with 1, 2 and 4 query heads per KV head: a decode step's 4-bit attention reads the
     // codes in place (where the CPU has the kernel), while the prefill of the full recomputation
-    // widens them chunk by chunk. The two must agree bit for bit, on every kernel path.
+    // widens them chunk by chunk. The two must agree bit for bit (on the active path; CI runs
+    // the suite once per kernel path, and `forward::tests` compares the two on each).
     for kv_heads in [4, 2, 1] {
         let mut config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
         assert_eq!((config.num_heads, config.head_dim), (4, 16));

@@ -3,21 +3,23 @@
 //! [`attention::weighted_sum`] on the f32 copy, without writing that copy.
 //!
 //! Why: a batch-16 decode step at ≈700M with 144 cached positions reads 16 · 16 · 24 · 144 head
-//! rows of keys and as many of values. Widened first, a 4-bit row cost ≈ 9 ns to widen and
-//! ≈ 6 ns to score on one core (hot caches), ≈ 29 ns a position for both products: 4-bit
-//! attention was compute-bound, and little faster than the f16 cache it reads a quarter of.
+//! rows of keys and as many of values. Widened first, a 4-bit row cost ≈ 10 ns to widen and
+//! ≈ 6 ns to score on one core (hot caches): 4-bit attention was compute-bound, and little
+//! faster than the f16 cache it reads a quarter of.
 //!
-//! On AVX-512 with VBMI, a row's codes stay in one register: `vpermb` spreads each value's byte
-//! into its own 32-bit lane (odd values shifted down a nibble), and a 16-entry table
-//! `(c − 8) · s_p`, the dequantized value of every code at that position's scale, is looked up
-//! with `vpermps` (two positions' tables with `vpermt2ps`). The table entries are the products
+//! On AVX-512 with VBMI, a row's codes stay in one register: `vpermb` (`vpermt2b` for a pair of
+//! rows) spreads each value's byte into its own 32-bit lane (odd values shifted down a nibble),
+//! and a 16-entry table `(c − 8) · s_p`, the dequantized value of every code at that position's
+//! scale, is looked up with `vpermps` (two positions' tables with `vpermt2ps`). Up to
+//! [`MAX_HEADS`] query heads sharing the KV head use each looked-up value. The table entries are the products
 //! [`attention::dequantize_rows`] computes, so each looked-up value equals the widened one, and
 //! the sums then follow the defined orders of [`attention`]:
 //! * scores sum eight lanes per position; two positions share a register, one per half;
 //! * the weighted sum adds `w_p · v_p[i]` position by position, sixteen columns per register.
 //!
-//! Elsewhere (other CPUs, `hd` not a multiple of 16 or above 128) the rows are widened a few at a
-//! time and the f32 kernels run: the same results.
+//! Elsewhere (other CPUs or a lower forced path, `hd` not a multiple of 16 or above 128, more
+//! than [`MAX_HEADS`] heads) the rows are widened a few at a time and the f32 kernels run: the
+//! same results.
 
 use crate::attention::{self, HistoryRows};
 use crate::cpu::KernelPath;
@@ -80,10 +82,10 @@ fn check(
     }
     let (what, len, unit) = per_head;
     if len == 0 || !len.is_multiple_of(unit) {
-        return Err(KernelError::LengthMismatch {
+        return Err(KernelError::InvalidSize {
             what,
-            expected: unit * len.div_ceil(unit).max(1),
             found: len,
+            reason: "must be a non-zero multiple of the head size",
         });
     }
     let heads = len / unit;
@@ -196,11 +198,15 @@ mod avx512 {
     /// Widest head read in place: a row's `hd / 2` code bytes fill at most one register.
     const MAX_HD: usize = 128;
 
+    /// Whether the CPU has the kernels' features, detected once (a decode step asks per task).
     pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
-            && std::arch::is_x86_feature_detected!("avx2")
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::arch::is_x86_feature_detected!("avx2")
+        })
     }
 
     /// Heads of whole 16-value blocks, one register of codes per row.
@@ -220,10 +226,14 @@ mod avx512 {
         }
     }
 
-    /// One row's code bytes (`bytes ≤ 64`), the rest of the register zero. A masked load reads
-    /// (and may fault on) only the selected bytes.
+    /// One row's code bytes, the rest of the register zero. A masked load reads (and may fault
+    /// on) only the selected bytes.
+    ///
+    /// # Safety
+    /// AVX-512 BW enabled; `bytes ≤ 64` readable bytes at `p`.
     #[inline(always)]
     unsafe fn row_bytes(p: *const u8, bytes: usize) -> __m512i {
+        debug_assert!(bytes <= 64);
         let mask = if bytes == 64 {
             u64::MAX
         } else {
@@ -250,7 +260,7 @@ mod avx512 {
         c
     }
 
-    /// Scores, step s (columns 8s..8s+8) of a pair of rows: their bytes 4s...
+    /// Scores, step s (columns 8s..8s+8) of a pair of rows: bytes 4s..4s+4 of each.
     static PAIR_CONTROLS: [[u8; 64]; MAX_HD / 8] = {
         let mut c = [[0u8; 64]; MAX_HD / 8];
         let mut s = 0;
@@ -261,7 +271,7 @@ mod avx512 {
         c
     };
 
-    /// Weighted sum, block b (columns 16b..16b+16) of one row: its bytes 8b...
+    /// Weighted sum, block b (columns 16b..16b+16) of one row: its bytes 8b..8b+8.
     static BLOCK_CONTROLS: [[u8; 64]; MAX_HD / 16] = {
         let mut c = [[0u8; 64]; MAX_HD / 16];
         let mut b = 0;
@@ -605,6 +615,19 @@ mod tests {
         assert!(e.to_string().contains("codes"), "{e}");
         let e = weighted_sum_int4(path, &[1.0], 16, rows, &mut [0.0; 32]).unwrap_err();
         assert!(e.to_string().contains("weights [heads, positions]"), "{e}");
+        let e = scores_int4(path, &[], 0, rows, 1.0, &mut []).unwrap_err();
+        assert!(e.to_string().contains("head size"), "{e}");
+        // No positions: nothing to score or add, on every path.
+        let empty = Int4Rows {
+            codes: &[],
+            scales: &[],
+        };
+        for path in KernelPath::supported() {
+            scores_int4(path, &[0.5; 16], 16, empty, 1.0, &mut []).unwrap();
+            let mut out = [0.25f32; 16];
+            weighted_sum_int4(path, &[], 16, empty, &mut out).unwrap();
+            assert_eq!(out, [0.25; 16], "{path}");
+        }
     }
 
     /// Both products for `heads` query heads on every path against the definition (widen by the
@@ -646,9 +669,20 @@ mod tests {
     fn in_place_shapes_equal_the_definition() {
         // Every head size and head count the in-place kernels take, with odd and even position
         // counts (a last odd position pairs with itself) and more heads than they take.
+        #[cfg(target_arch = "x86_64")]
+        let in_place_cpu =
+            KernelPath::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512vbmi");
+        #[cfg(not(target_arch = "x86_64"))]
+        let in_place_cpu = false;
         for hd in (16..=128).step_by(16) {
             for heads in 1..=MAX_HEADS + 1 {
-                for positions in [1usize, 2, 7, 64] {
+                if in_place_cpu {
+                    // The case under test takes the in-place kernels, not the fallback.
+                    let in_place = reads_codes_in_place(KernelPath::Avx512, hd, heads);
+                    assert_eq!(in_place, heads <= MAX_HEADS, "hd {hd}, {heads} heads");
+                }
+                // 13 and 145: whole groups of four pairs, then single pairs and a lone position.
+                for positions in [1usize, 2, 7, 13, 64, 145] {
                     check_against_definition(hd, positions, heads, (hd * 100 + positions) as u64);
                 }
             }

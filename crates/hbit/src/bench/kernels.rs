@@ -496,6 +496,12 @@ impl Bench {
         self.push(("attention_f16", 16), heads, shape, s[0], (ops, b16));
         self.push(("attention_int4_widened", 4), heads, shape, s[1], (ops, b4));
         self.push(("attention_int4", 4), heads, shape, s[2], (ops, b4));
+        if !attention_int4::reads_codes_in_place(path, hd, heads) {
+            // No in-place kernel on this CPU: say that the record measured the widening.
+            if let Some(r) = self.records.last_mut() {
+                r.path = format!("{path} (widened)");
+            }
+        }
         Ok(())
     }
 
