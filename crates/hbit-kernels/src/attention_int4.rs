@@ -2,8 +2,8 @@
 //! as widening the rows with [`attention::dequantize_rows`] and calling [`attention::scores`] /
 //! [`attention::weighted_sum`] on the f32 copy, without writing that copy.
 //!
-//! Why: a batch-16 decode step at ≈700M with 144 cached positions reads 16 · 16 · 24 · 144 head
-//! rows of keys and as many of values. Widened first, a 4-bit row cost ≈ 10 ns to widen and
+//! Why: a batch-16 decode step at ≈700M with 144 cached positions reads 16 · 16 · 24 · 144
+//! head rows of keys and as many of values. Widened first, a 4-bit row cost ≈ 10 ns to widen and
 //! ≈ 6 ns to score on one core (hot caches): 4-bit attention was compute-bound, and little
 //! faster than the f16 cache it reads a quarter of.
 //!
@@ -11,9 +11,9 @@
 //! rows) spreads each value's byte into its own 32-bit lane (odd values shifted down a nibble),
 //! and a 16-entry table `(c − 8) · s_p`, the dequantized value of every code at that position's
 //! scale, is looked up with `vpermps` (two positions' tables with `vpermt2ps`). Up to
-//! [`MAX_HEADS`] query heads sharing the KV head use each looked-up value. The table entries are the products
-//! [`attention::dequantize_rows`] computes, so each looked-up value equals the widened one, and
-//! the sums then follow the defined orders of [`attention`]:
+//! [`MAX_HEADS`] query heads sharing the KV head use each looked-up value. The table entries
+//! are the products [`attention::dequantize_rows`] computes, so each looked-up value equals the
+//! widened one, and the sums then follow the defined orders of [`attention`]:
 //! * scores sum eight lanes per position; two positions share a register, one per half;
 //! * the weighted sum adds `w_p · v_p[i]` position by position, sixteen columns per register.
 //!
@@ -58,7 +58,9 @@ pub fn reads_codes_in_place(path: KernelPath, hd: usize, heads: usize) -> bool {
     }
 }
 
-/// Checks the shapes; returns the query heads (`per_head.len() / per_head_len`).
+/// Checks the shapes. `per_head` is `(name, length, hd)` of the array holding `hd` values per
+/// query head (queries or outputs), `results` `(name, length, positions)` of the one holding a
+/// value per head and position (scores or weights). Returns the number of query heads.
 fn check(
     hd: usize,
     rows: &Int4Rows,
