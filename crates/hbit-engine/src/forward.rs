@@ -7,6 +7,7 @@
 //! (`hbit-train/src/model.rs`) line for line; only the matmuls are integer (same values).
 
 use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::attention_int4;
 use hbit_kernels::{float_matmul, KernelPath};
 use hbit_model::{HiddenAct, ModelConfig};
 
@@ -474,8 +475,11 @@ fn attend(
 ) -> Result<()> {
     let nh = heads.len();
     let scale = 1.0 / (hd as f32).sqrt();
+    // One query row (a decode step) over a 4-bit cache reads the codes in place where the CPU
+    // has the kernel; a prefill's many rows share each widened chunk more cheaply. `hbit bench
+    // kernels` (one head, 144 positions, hd 96): 2.1 µs in place, 3.7–4.0 µs widened.
     if let [(i, pos)] = rows {
-        if cache.bits == KvBits::Int4 && int4_in_place(path, hd, nh) {
+        if cache.bits == KvBits::Int4 && attention_int4::reads_codes_in_place(path, hd, nh) {
             let qs = &q[i * h + heads.start * hd..i * h + heads.end * hd];
             return attend_int4_in_place(path, cache, l, g, qs, hd, *pos, scale, out);
         }
@@ -556,14 +560,6 @@ fn exponentials_in_parts(parts: &mut [&mut [f32]]) -> f32 {
     total
 }
 
-/// Whether [`attend_int4_in_place`] reads a 4-bit cache's codes in place on `path` for `heads`
-/// query heads of `hd` values. Only where one query row reads a KV head's history (a decode
-/// step): a prefill's many rows share each widened chunk more cheaply. Measured with `hbit bench
-/// kernels` (one head, 144 positions, hd 96): 2.1 µs in place, 3.7–4.0 µs widened.
-fn int4_in_place(path: KernelPath, hd: usize, heads: usize) -> bool {
-    hbit_kernels::attention_int4::reads_codes_in_place(path, hd, heads)
-}
-
 /// [`attend`] for one query row at position `pos`, its query heads `qs` `[heads, hd]` of one KV
 /// group, over a 4-bit cache, reading the codes in place (`attention_int4`). The same values as
 /// the chunked path, bit for bit: each score and each weighted value is the widened one, the
@@ -580,7 +576,6 @@ fn attend_int4_in_place(
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
-    use hbit_kernels::attention_int4::{scores_int4, weighted_sum_int4};
     let heads = qs.len() / hd;
     // Position 0 (kept at 8 bits) widened on its own, positions 1..=pos read in place: per
     // head, `first[j]` then `scores[j·pos..(j + 1)·pos]` are its scores in position order.
@@ -593,7 +588,7 @@ fn attend_int4_in_place(
     }
     if pos > 0 {
         let keys = cache.int4_codes(l, false, g, 1..pos + 1)?;
-        scores_int4(path, qs, hd, keys, scale, &mut scores)?;
+        attention_int4::scores_int4(path, qs, hd, keys, scale, &mut scores)?;
     }
     for (j, f) in first.iter_mut().enumerate() {
         let sc = &mut scores[j * pos..(j + 1) * pos];
@@ -610,7 +605,7 @@ fn attend_int4_in_place(
     }
     if pos > 0 {
         let values = cache.int4_codes(l, true, g, 1..pos + 1)?;
-        weighted_sum_int4(path, &scores, hd, values, out)?;
+        attention_int4::weighted_sum_int4(path, &scores, hd, values, out)?;
     }
     Ok(())
 }

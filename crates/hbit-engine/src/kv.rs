@@ -326,13 +326,22 @@ impl KvCache {
                  position 0 is kept apart at 8 bits"
             )));
         }
-        let head_bytes = KvBits::Int4.head_bytes(self.hd);
-        // Integer slot of position p is p − 1 (position 0 kept apart).
-        let slots = positions.start - 1..positions.end - 1;
-        Ok(Int4Rows {
-            codes: &store.data[slots.start * head_bytes..slots.end * head_bytes],
-            scales: &store.scales[slots],
-        })
+        let (codes, scales) = self.integer_rows(store, positions);
+        Ok(Int4Rows { codes, scales })
+    }
+
+    /// The codes and scales of `positions` in an integer store (none of them a position kept
+    /// apart): slot `p − 1` of position `p` when position 0 is kept apart, else slot `p`.
+    fn integer_rows<'a>(
+        &self,
+        store: &'a HeadStore,
+        positions: std::ops::Range<usize>,
+    ) -> (&'a [u8], &'a [f32]) {
+        let head_bytes = self.bits.head_bytes(self.hd);
+        let shift = usize::from(self.first_is_separate());
+        let slots = positions.start - shift..positions.end - shift;
+        let codes = &store.data[slots.start * head_bytes..slots.end * head_bytes];
+        (codes, &store.scales[slots])
     }
 
     /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`
@@ -367,11 +376,7 @@ impl KvCache {
                     out = rest;
                     first = 1;
                 }
-                // Slots of positions first..end in the integer store.
-                let shift = usize::from(separate);
-                let slots = first - shift..positions.end - shift;
-                let codes = &store.data[slots.start * head_bytes..slots.end * head_bytes];
-                let scales = &store.scales[slots];
+                let (codes, scales) = self.integer_rows(store, first..positions.end);
                 if matches!(b, KvBits::Int8 | KvBits::Int4) {
                     attention::dequantize_rows(path, b.bits(), hd, codes, scales, out)?;
                 } else {
