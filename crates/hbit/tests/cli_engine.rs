@@ -313,3 +313,49 @@ fn bundled_model_is_the_default() {
     assert_eq!(logits_json.len(), 3);
     assert_eq!(logits_json[0].len(), 4096);
 }
+
+/// `bench e2e --alternate` loads a shape's a8 and a4 models together and takes their rounds in
+/// turn: with one round (`--quick`), the a4 line's ratio is exactly its tokens/s over the a8
+/// line's, the a8 line has none, and resident memory is not attributed to either model.
+#[test]
+fn bench_e2e_alternate_reports_ratios_to_int8() {
+    let dir = tempdir("alternate");
+    let out = ok(&[
+        "bench",
+        "e2e",
+        "--quick",
+        "--alternate",
+        "--json",
+        "--cache-dir",
+        s(&dir),
+    ]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let (a8, a4) = (&lines[0], &lines[1]);
+    assert_eq!(
+        (a8["act_bits"].as_u64(), a4["act_bits"].as_u64()),
+        (Some(8), Some(4))
+    );
+    for line in &lines {
+        assert_eq!(line["alternated"], true);
+        assert!(line["rss_bytes"].is_null() && line["rss_uncollected_bytes"].is_null());
+        assert!(line["decode_tok_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(a8["decode_vs_int8_median"].is_null() && a8["prefill_vs_int8_median"].is_null());
+    for (ratio, speed) in [
+        ("decode_vs_int8_median", "decode_tok_s"),
+        ("prefill_vs_int8_median", "prefill_tok_s"),
+    ] {
+        let want = a4[speed].as_f64().unwrap() / a8[speed].as_f64().unwrap();
+        // Within an ulp or two: serde_json's default float parsing is not exactly rounded.
+        let got = a4[ratio].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-12 * want,
+            "{ratio}: {got} vs {want}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,12 @@
 //! Decode: `--batch` sequences, each after a 1-token prompt, advanced `--decode-tokens` steps
 //! together (llama-bench's tg at batch 1), greedy. Each case is the best of `--rounds`, with the
 //! median of the rounds beside it.
+//!
+//! With `--alternate`, every act-bits model of a shape is loaded at once and the rounds take
+//! turns (a8, a4, a8, a4, …), so an a4 / a8 ratio compares the same minutes of a machine whose
+//! speed drifts between them; each a4 case then also reports the median over rounds of its
+//! ratio to the a8 round beside it. Resident memory is not attributed to a model then (every
+//! model is resident), so it is reported only without `--alternate`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -64,6 +70,11 @@ pub struct E2eArgs {
     /// One JSON object per measurement.
     #[arg(long)]
     json: bool,
+    /// Load a shape's act-bits models together and alternate their rounds, reporting each a4
+    /// case's median ratio to the a8 rounds beside it (`decode_vs_int8_median`,
+    /// `prefill_vs_int8_median`); resident memory is then not reported.
+    #[arg(long)]
+    alternate: bool,
 }
 
 /// Resident set size of this process (Linux `/proc/self/statm`), bytes.
@@ -134,6 +145,21 @@ struct Rounds {
     best: Measured,
     prefill_median: f64,
     decode_median: f64,
+    /// Every round's tokens/s, in round order.
+    prefill_each: Vec<f64>,
+    decode_each: Vec<f64>,
+}
+
+impl Rounds {
+    /// Median over rounds of this case's tokens/s over `base`'s in the same round:
+    /// (prefill, decode).
+    fn ratio_to(&self, base: &Rounds) -> (f64, f64) {
+        let ratio = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
+        (
+            ratio(&self.prefill_each, &base.prefill_each),
+            ratio(&self.decode_each, &base.decode_each),
+        )
+    }
 }
 
 /// Median of `v` (the mean of the middle two for an even count); `v` is not empty.
@@ -151,24 +177,32 @@ fn random_tokens(n: usize, vocab: usize, rng: &mut SplitMix64) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
 
-/// Best and median of `rounds` measurements (this machine's speed varies between runs; the best
-/// round is the one least disturbed).
+/// Best and median of `rounds` measurements of each engine (this machine's speed varies between
+/// runs; the best round is the one least disturbed). The engines take turns round by round.
 fn measure_rounds(
-    engine: &Engine,
+    engines: &[&Engine],
     batch: usize,
     kv: KvBits,
     prefill: usize,
     decode: usize,
     rounds: usize,
-) -> Result<Rounds> {
-    let all: Vec<Measured> = (0..rounds.max(1))
-        .map(|_| measure(engine, batch, kv, prefill, decode))
-        .collect::<Result<_>>()?;
-    let prefill_median = median(all.iter().map(|m| m.prefill_tok_s).collect());
-    let decode_median = median(all.iter().map(|m| m.decode_tok_s).collect());
+) -> Result<Vec<Rounds>> {
+    let mut all: Vec<Vec<Measured>> = engines.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds.max(1) {
+        for (engine, rounds) in engines.iter().zip(&mut all) {
+            rounds.push(measure(engine, batch, kv, prefill, decode)?);
+        }
+    }
+    Ok(all.into_iter().map(summarize).collect())
+}
+
+/// The best and the median of one engine's rounds (not empty).
+fn summarize(all: Vec<Measured>) -> Rounds {
+    let prefill_each: Vec<f64> = all.iter().map(|m| m.prefill_tok_s).collect();
+    let decode_each: Vec<f64> = all.iter().map(|m| m.decode_tok_s).collect();
     let best = Measured {
-        prefill_tok_s: all.iter().map(|m| m.prefill_tok_s).fold(0.0, f64::max),
-        decode_tok_s: all.iter().map(|m| m.decode_tok_s).fold(0.0, f64::max),
+        prefill_tok_s: prefill_each.iter().copied().fold(0.0, f64::max),
+        decode_tok_s: decode_each.iter().copied().fold(0.0, f64::max),
         kv_bytes: all[0].kv_bytes,
         resident: all.iter().map(|m| m.resident).max().unwrap_or(0),
         resident_uncollected: all
@@ -177,11 +211,13 @@ fn measure_rounds(
             .max()
             .unwrap_or(0),
     };
-    Ok(Rounds {
+    Rounds {
         best,
-        prefill_median,
-        decode_median,
-    })
+        prefill_median: median(prefill_each.clone()),
+        decode_median: median(decode_each.clone()),
+        prefill_each,
+        decode_each,
+    }
 }
 
 fn measure(
@@ -268,7 +304,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
         .collect::<Result<_>>()?;
     if !args.json {
         println!(
-            "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>11}",
+            "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9} {:>9}",
             "shape",
             "load",
             "act",
@@ -283,7 +319,9 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             "RSS MB",
             "KV MB",
             "prefill med",
-            "decode med"
+            "decode med",
+            "pre/a8",
+            "dec/a8"
         );
     }
     let layouts: Vec<Int4Layout> = args
@@ -299,56 +337,93 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             ActBits::Int4 => models.extend(layouts.iter().map(|&l| (ActBits::Int4, Some(l)))),
         }
     }
+    // Models measured together: all of a shape's with --alternate, else one at a time.
+    let groups: Vec<Vec<(ActBits, Option<Int4Layout>)>> = if args.alternate {
+        vec![models.clone()]
+    } else {
+        models.iter().map(|&m| vec![m]).collect()
+    };
     for shape in &shapes {
-        for (&(bits, layout), &load) in models
+        for (group, &load) in groups
             .iter()
-            .flat_map(|m| loads.iter().map(move |l| (m, l)))
+            .flat_map(|g| loads.iter().map(move |l| (g, l)))
         {
-            let b = bits.bits();
-            let layout_name = layout.map_or("-", Int4Layout::name);
-            let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
             let before = resident_bytes_in_use().unwrap_or(0);
-            let packed = load_packed_with(&path, load)?;
-            let file_bytes = packed.file_bytes;
-            let mut engine = Engine::new(packed.weights);
+            let mut loaded = Vec::with_capacity(group.len());
+            for &(bits, layout) in group {
+                let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
+                let packed = load_packed_with(&path, load)?;
+                loaded.push((bits, layout, packed.file_bytes, Engine::new(packed.weights)));
+            }
+            // Resident memory belongs to one model only when one is loaded.
+            let attributed = loaded.len() == 1;
+            let base = loaded.iter().position(|m| m.0 == ActBits::Int8);
             for &head in &args.head_bits {
-                match head {
-                    16 => engine.use_stored_head(),
-                    8 => engine.use_int8_head(),
-                    other => bail!("--head-bits {other}: expected 16 or 8"),
+                for (_, _, _, engine) in &mut loaded {
+                    match head {
+                        16 => engine.use_stored_head(),
+                        8 => engine.use_int8_head(),
+                        other => bail!("--head-bits {other}: expected 16 or 8"),
+                    }
                 }
                 let head_name = if head == 8 { "int8" } else { "f16" };
+                let engines: Vec<&Engine> = loaded.iter().map(|m| &m.3).collect();
                 for &t in &threads {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
                     for &batch in &batches {
                         for &kv in &kvs {
-                            let r = pool.install(|| {
-                                measure_rounds(&engine, batch, kv, prefill, decode, rounds)
+                            let measured = pool.install(|| {
+                                measure_rounds(&engines, batch, kv, prefill, decode, rounds)
                             })?;
-                            let m = &r.best;
-                            let rss = m.resident.saturating_sub(before);
-                            let rss_uncollected = m.resident_uncollected.saturating_sub(before);
-                            if args.json {
-                                println!(
-                                    "{}",
-                                    serde_json::json!({
-                                        "shape": shape, "load": load.name(), "act_bits": b,
-                                        "int4_layout": layout.map(Int4Layout::name), "threads": t, "batch": batch,
-                                        "kv_bits": kv.name(), "prefill_tokens": prefill,
-                                        "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
-                                        "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
-                                        "rss_bytes": rss, "rss_uncollected_bytes": rss_uncollected, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
-                                        "prefill_tok_s_median": r.prefill_median,
-                                        "decode_tok_s_median": r.decode_median,
-                                    })
-                                );
-                            } else {
-                                println!(
-                                "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9.1} {:>8.2} {:>11.1} {:>11.1}",
-                                shape, load.name(), b, layout_name, head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
-                                file_bytes as f64 / 1e6, rss as f64 / 1e6, m.kv_bytes as f64 / 1e6,
-                                r.prefill_median, r.decode_median
-                            );
+                            for (i, (&(bits, layout, file_bytes, _), r)) in
+                                loaded.iter().zip(&measured).enumerate()
+                            {
+                                let b = bits.bits();
+                                let m = &r.best;
+                                let rss = attributed.then(|| m.resident.saturating_sub(before));
+                                let rss_uncollected = attributed
+                                    .then(|| m.resident_uncollected.saturating_sub(before));
+                                // Ratios to the a8 rounds beside this model's, when alternated.
+                                let (prefill_vs, decode_vs) = match base {
+                                    Some(bi) if bi != i => {
+                                        let (p, d) = r.ratio_to(&measured[bi]);
+                                        (Some(p), Some(d))
+                                    }
+                                    _ => (None, None),
+                                };
+                                if args.json {
+                                    println!(
+                                        "{}",
+                                        serde_json::json!({
+                                            "shape": shape, "load": load.name(), "act_bits": b,
+                                            "int4_layout": layout.map(Int4Layout::name), "threads": t, "batch": batch,
+                                            "kv_bits": kv.name(), "prefill_tokens": prefill,
+                                            "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
+                                            "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
+                                            "rss_bytes": rss, "rss_uncollected_bytes": rss_uncollected, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
+                                            "prefill_tok_s_median": r.prefill_median,
+                                            "decode_tok_s_median": r.decode_median,
+                                            "alternated": !attributed,
+                                            "prefill_vs_int8_median": prefill_vs,
+                                            "decode_vs_int8_median": decode_vs,
+                                        })
+                                    );
+                                } else {
+                                    let mb = |v: Option<u64>| {
+                                        v.map_or("-".to_string(), |v| {
+                                            format!("{:.1}", v as f64 / 1e6)
+                                        })
+                                    };
+                                    let ratio = |v: Option<f64>| {
+                                        v.map_or("-".to_string(), |v| format!("{v:.3}"))
+                                    };
+                                    println!(
+                                        "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9} {:>8.2} {:>11.1} {:>11.1} {:>9} {:>9}",
+                                        shape, load.name(), b, layout.map_or("-", Int4Layout::name), head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
+                                        file_bytes as f64 / 1e6, mb(rss), m.kv_bytes as f64 / 1e6,
+                                        r.prefill_median, r.decode_median, ratio(prefill_vs), ratio(decode_vs)
+                                    );
+                                }
                             }
                         }
                     }
@@ -361,7 +436,33 @@ pub fn run(args: &E2eArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, summarize, Measured};
+
+    fn round(prefill_tok_s: f64, decode_tok_s: f64) -> Measured {
+        Measured {
+            prefill_tok_s,
+            decode_tok_s,
+            kv_bytes: 0,
+            resident: 0,
+            resident_uncollected: 0,
+        }
+    }
+
+    /// Ratios pair rounds by index, then take the median: a slow round of both engines (the
+    /// machine's, not the model's) leaves it alone, where the ratio of the two medians moves.
+    #[test]
+    fn ratio_pairs_rounds_then_takes_the_median() {
+        let a4 = summarize(vec![
+            round(20.0, 10.0),
+            round(60.0, 30.0),
+            round(18.0, 24.0),
+        ]);
+        let a8 = summarize(vec![round(10.0, 5.0), round(40.0, 20.0), round(12.0, 12.0)]);
+        // Rounds' decode ratios 2.0, 1.5, 2.0; prefill 2.0, 1.5, 1.5.
+        assert_eq!(a4.ratio_to(&a8), (1.5, 2.0));
+        assert_eq!((a4.decode_median, a8.decode_median), (24.0, 12.0));
+        assert_eq!(a4.best.decode_tok_s, 30.0);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
