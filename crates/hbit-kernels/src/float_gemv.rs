@@ -572,23 +572,6 @@ mod simd {
         }
     }
 
-    /// [`reduce`] of the sum of a 16-lane register's two halves: the definition's `a + b`.
-    ///
-    /// # Safety
-    /// AVX-512 F and AVX2 (inlined into callers that enable them).
-    #[inline(always)]
-    unsafe fn reduce_halves(v: __m512) -> f32 {
-        // SAFETY: the caller's features.
-        unsafe {
-            let a = _mm512_castps512_ps256(v);
-            let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-            let s = _mm256_add_ps(a, b);
-            let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-            _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
-        }
-    }
-
     /// The AVX-512 form of `tile_kernel`, over `R` rows at once: one 16-lane accumulator per
     /// row and token holds the definition's two 8-lane sums side by side (lanes 0–7 are `a`,
     /// columns 16b + l; lanes 8–15 are `b`, columns 16b + 8 + l), so one fused multiply-add per
@@ -632,8 +615,11 @@ mod simd {
                 let done = std::hint::black_box(acc);
                 for j in 0..R {
                     for i in 0..N {
-                        // SAFETY: AVX-512 F and AVX2 are enabled for this function.
-                        let mut sum = unsafe { reduce_halves(done[j][i]) };
+                        let v = done[j][i];
+                        let a = _mm512_castps512_ps256(v);
+                        let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                        // SAFETY: AVX2 is enabled for this function.
+                        let mut sum = unsafe { reduce(_mm256_add_ps(a, b)) };
                         for k in 16 * blocks..cols {
                             sum = f32::from(rows[j * cols + k]).mul_add(xs[i * cols + k], sum);
                         }

@@ -128,6 +128,14 @@ fn dummy_model(
     Ok(path)
 }
 
+/// A model of a shape, loaded for measurement.
+struct LoadedModel {
+    bits: ActBits,
+    layout: Option<Int4Layout>,
+    file_bytes: u64,
+    engine: Engine,
+}
+
 struct Measured {
     prefill_tok_s: f64,
     decode_tok_s: f64,
@@ -353,21 +361,26 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             for &(bits, layout) in group {
                 let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
                 let packed = load_packed_with(&path, load)?;
-                loaded.push((bits, layout, packed.file_bytes, Engine::new(packed.weights)));
+                loaded.push(LoadedModel {
+                    bits,
+                    layout,
+                    file_bytes: packed.file_bytes,
+                    engine: Engine::new(packed.weights),
+                });
             }
             // Resident memory belongs to one model only when one is loaded.
             let attributed = loaded.len() == 1;
-            let base = loaded.iter().position(|m| m.0 == ActBits::Int8);
+            let base = loaded.iter().position(|m| m.bits == ActBits::Int8);
             for &head in &args.head_bits {
-                for (_, _, _, engine) in &mut loaded {
+                for model in &mut loaded {
                     match head {
-                        16 => engine.use_stored_head(),
-                        8 => engine.use_int8_head(),
+                        16 => model.engine.use_stored_head(),
+                        8 => model.engine.use_int8_head(),
                         other => bail!("--head-bits {other}: expected 16 or 8"),
                     }
                 }
                 let head_name = if head == 8 { "int8" } else { "f16" };
-                let engines: Vec<&Engine> = loaded.iter().map(|m| &m.3).collect();
+                let engines: Vec<&Engine> = loaded.iter().map(|m| &m.engine).collect();
                 for &t in &threads {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
                     for &batch in &batches {
@@ -375,10 +388,9 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                             let measured = pool.install(|| {
                                 measure_rounds(&engines, batch, kv, prefill, decode, rounds)
                             })?;
-                            for (i, (&(bits, layout, file_bytes, _), r)) in
-                                loaded.iter().zip(&measured).enumerate()
-                            {
-                                let b = bits.bits();
+                            for (i, (model, r)) in loaded.iter().zip(&measured).enumerate() {
+                                let (b, layout, file_bytes) =
+                                    (model.bits.bits(), model.layout, model.file_bytes);
                                 let m = &r.best;
                                 let rss = attributed.then(|| m.resident.saturating_sub(before));
                                 let rss_uncollected = attributed
