@@ -360,12 +360,15 @@ mod simd {
     use half::f16;
     use std::arch::x86_64::*;
 
-    /// Cache lines a tile asks for ahead of need, spread over its column blocks: share `share`
-    /// of `shares` of the bytes of some rows (hints only: nothing is dereferenced).
+    /// Cache lines a tile asks for ahead of need, one per column block: share `share` of
+    /// `shares` of the bytes of some rows (hints only: nothing is dereferenced). [`Ahead::step`]
+    /// asks for the next line, then keeps asking for the last (already requested, so free).
+    /// One request per step and no branch: with a loop over the lines due at each block, LLVM
+    /// kept up to eight of the 3 × 8 tile's 24 accumulators on the stack.
     #[derive(Clone, Copy)]
     pub struct Ahead {
-        start: *const u8,
-        lines: usize,
+        next: usize,
+        last: usize,
     }
 
     impl Ahead {
@@ -377,38 +380,20 @@ mod simd {
             shares: usize,
         ) -> Ahead {
             let (base, row_bytes) = match w {
-                FloatWeights::F32(w) => (w.as_ptr() as *const u8, 4 * cols),
-                FloatWeights::F16(w) => (w.as_ptr() as *const u8, 2 * cols),
-                FloatWeights::I8 { codes, .. } => (codes.as_ptr() as *const u8, cols),
+                FloatWeights::F32(w) => (w.as_ptr() as usize, 4 * cols),
+                FloatWeights::F16(w) => (w.as_ptr() as usize, 2 * cols),
+                FloatWeights::I8 { codes, .. } => (codes.as_ptr() as usize, cols),
             };
             let (start, len) = (rows.start * row_bytes, rows.len() * row_bytes);
             let (from, to) = ((len * share / shares) & !63, len * (share + 1) / shares);
+            let lines = to.saturating_sub(from).div_ceil(64);
+            let next = base + start + from;
             Ahead {
-                start: base.wrapping_add(start + from),
-                lines: to.saturating_sub(from).div_ceil(64),
-            }
-        }
-
-        /// A cursor over the lines: [`Cursor::step`] asks for the next one, once per column
-        /// block of a tile, then keeps asking for the last (already requested, so free).
-        fn cursor(&self) -> Cursor {
-            let next = self.start as usize;
-            Cursor {
                 next,
-                last: next + 64 * self.lines.saturating_sub(1),
+                last: next + 64 * lines.saturating_sub(1),
             }
         }
-    }
 
-    /// Where an [`Ahead`] has got to. One request per step and no branch: with a loop over the
-    /// lines due at each block, LLVM kept up to eight of the 3 × 8 tile's 24 accumulators on
-    /// the stack.
-    struct Cursor {
-        next: usize,
-        last: usize,
-    }
-
-    impl Cursor {
         #[inline(always)]
         fn step(&mut self) {
             // SAFETY: SSE is part of x86_64; a prefetch never faults, whatever the address.
@@ -587,12 +572,11 @@ mod simd {
                 cols: usize,
                 xs: &[f32],
                 sums: &mut [[f32; WIDE_TOKENS]; WIDE_ROWS],
-                ahead: Ahead,
+                mut ahead: Ahead,
             ) {
                 assert!(rows.len() >= R * cols && xs.len() >= N * cols);
                 let blocks = cols / 16;
                 let mut acc = [[_mm512_setzero_ps(); N]; R];
-                let mut ahead = ahead.cursor();
                 let (wp, xp) = (rows.as_ptr(), xs.as_ptr());
                 for blk in 0..blocks {
                     ahead.step();

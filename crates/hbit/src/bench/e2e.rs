@@ -147,12 +147,11 @@ struct Measured {
     resident_uncollected: u64,
 }
 
-/// A case over its rounds: the best (reported as `prefill_tok_s` / `decode_tok_s`) and the
-/// median, for comparisons against tools that report a mean (llama-bench).
+/// A case over its rounds: the best (reported as `prefill_tok_s` / `decode_tok_s`) and every
+/// round, whose median is reported beside it for comparisons against tools that report a mean
+/// (llama-bench).
 struct Rounds {
     best: Measured,
-    prefill_median: f64,
-    decode_median: f64,
     /// Every round's tokens/s, in round order.
     prefill_each: Vec<f64>,
     decode_each: Vec<f64>,
@@ -204,7 +203,7 @@ fn measure_rounds(
     Ok(all.into_iter().map(summarize).collect())
 }
 
-/// The best and the median of one engine's rounds (not empty).
+/// The best of one engine's rounds (not empty), and each round's tokens/s.
 fn summarize(all: Vec<Measured>) -> Rounds {
     let prefill_each: Vec<f64> = all.iter().map(|m| m.prefill_tok_s).collect();
     let decode_each: Vec<f64> = all.iter().map(|m| m.decode_tok_s).collect();
@@ -221,8 +220,6 @@ fn summarize(all: Vec<Measured>) -> Rounds {
     };
     Rounds {
         best,
-        prefill_median: median(prefill_each.clone()),
-        decode_median: median(decode_each.clone()),
         prefill_each,
         decode_each,
     }
@@ -413,8 +410,8 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                             "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                             "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
                                             "rss_bytes": rss, "rss_uncollected_bytes": rss_uncollected, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
-                                            "prefill_tok_s_median": r.prefill_median,
-                                            "decode_tok_s_median": r.decode_median,
+                                            "prefill_tok_s_median": median(r.prefill_each.clone()),
+                                            "decode_tok_s_median": median(r.decode_each.clone()),
                                             "alternated": !attributed,
                                             "prefill_vs_int8_median": prefill_vs,
                                             "decode_vs_int8_median": decode_vs,
@@ -433,7 +430,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                         "{:<6} {:>4} {:>3} {:>7} {:>4} {:>3} {:>5} {:>4} {:>11.1} {:>11.1} {:>9.1} {:>9} {:>8.2} {:>11.1} {:>11.1} {:>9} {:>9}",
                                         shape, load.name(), b, layout.map_or("-", Int4Layout::name), head_name, t, batch, kv.name(), m.prefill_tok_s, m.decode_tok_s,
                                         file_bytes as f64 / 1e6, mb(rss), m.kv_bytes as f64 / 1e6,
-                                        r.prefill_median, r.decode_median, ratio(prefill_vs), ratio(decode_vs)
+                                        median(r.prefill_each.clone()), median(r.decode_each.clone()), ratio(prefill_vs), ratio(decode_vs)
                                     );
                                 }
                             }
@@ -472,7 +469,10 @@ mod tests {
         let a8 = summarize(vec![round(10.0, 5.0), round(40.0, 20.0), round(12.0, 12.0)]);
         // Rounds' decode ratios 2.0, 1.5, 2.0; prefill 2.0, 1.5, 1.5.
         assert_eq!(a4.ratio_to(&a8), (1.5, 2.0));
-        assert_eq!((a4.decode_median, a8.decode_median), (24.0, 12.0));
+        assert_eq!(
+            (median(a4.decode_each), median(a8.decode_each)),
+            (24.0, 12.0)
+        );
         assert_eq!(a4.best.decode_tok_s, 30.0);
     }
 
