@@ -456,8 +456,8 @@ const ROW_BLOCK: usize = 64;
 /// increasing) for query heads `heads` of KV group `g`, over layer `l` of `cache` (which holds
 /// the rows' own keys and values already). `q` is `[N, h]`; writes `out` `[rows, heads, hd]`.
 ///
-/// The history is taken [`POSITION_CHUNK`] positions at a time: f32 / f16 caches in place,
-/// integer caches dequantized into a small buffer. Nothing of context length is materialized
+/// The history is taken [`POSITION_CHUNK`] positions at a time (one row over a float cache:
+/// all at once): f32 / f16 caches in place, integer caches dequantized into a small buffer. Nothing of context length is materialized
 /// but the scores. One row over a 4-bit cache, where the CPU has the kernel, goes to
 /// [`attend_int4_in_place`] instead: the same results, the codes read in place.
 #[allow(clippy::too_many_arguments)]
@@ -488,15 +488,25 @@ fn attend(
     // place, and zeroing 24 KiB per task for nothing took 1% of the samples of an f16-cache
     // decode step.
     let mut chunk: Vec<f32> = Vec::new();
-    let mut weights = vec![0.0f32; POSITION_CHUNK];
+    let mut weights: Vec<f32> = Vec::new();
     let mut scores: Vec<f32> = Vec::new();
+    let floats = matches!(cache.bits, KvBits::F32 | KvBits::F16);
     for (b, block) in rows.chunks(ROW_BLOCK).enumerate() {
         let upto = block.last().map_or(0, |&(_, pos)| pos + 1);
+        // One row (a decode step) over a float cache has nothing to share a chunk with: its
+        // whole history goes to the kernels as one run, which they stream with prefetches
+        // ahead (a chunk boundary would restart the stream every 64 positions).
+        let span = if block.len() == 1 && floats {
+            upto.max(1)
+        } else {
+            POSITION_CHUNK
+        };
+        weights.resize(weights.len().max(span), 0.0);
         // scores[(j·nh + r)·upto + p]: row j of the block, head r, key position p.
         scores.clear();
         scores.resize(block.len() * nh * upto, 0.0);
-        for c0 in (0..upto).step_by(POSITION_CHUNK) {
-            let c1 = (c0 + POSITION_CHUNK).min(upto);
+        for c0 in (0..upto).step_by(span) {
+            let c1 = (c0 + span).min(upto);
             let keys = history(path, cache, l, false, g, c0..c1, hd, &mut chunk)?;
             for (j, &(i, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
@@ -518,8 +528,8 @@ fn attend(
             }
         }
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
-        for c0 in (0..upto).step_by(POSITION_CHUNK) {
-            let c1 = (c0 + POSITION_CHUNK).min(upto);
+        for c0 in (0..upto).step_by(span) {
+            let c1 = (c0 + span).min(upto);
             let values = history(path, cache, l, true, g, c0..c1, hd, &mut chunk)?;
             for (j, &(_, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);

@@ -96,8 +96,14 @@ pub fn weighted_sum(
     #[cfg(target_arch = "x86_64")]
     if path != KernelPath::Scalar && simd::available(&values) {
         path.check_supported()?;
-        // SAFETY: as in `scores`.
-        unsafe { simd::weighted_sum(weights, values, out) };
+        // SAFETY: as in `scores`; the AVX-512 path implies AVX-512 F.
+        unsafe {
+            if path == KernelPath::Avx512 {
+                simd::weighted_sum_avx512(weights, values, out)
+            } else {
+                simd::weighted_sum(weights, values, out)
+            }
+        };
         return Ok(());
     }
     let _ = path;
@@ -576,15 +582,75 @@ mod simd {
         }
     }
 
+    /// Positions scored together: four independent lane sums in flight instead of one chain of
+    /// `hd / 8` dependent adds per position.
+    const SCORE_POSITIONS: usize = 4;
+
+    /// Bytes ahead of the current position that a kernel asks the cache for, within its own
+    /// rows. A decode step's history (e.g. 16 sequences × 24 layers × 144 positions of f16 keys
+    /// and values, 340 MB at ≈700M) streams from memory, a few KiB per head, too short for
+    /// the hardware prefetcher to ramp up on each.
+    const AHEAD_BYTES: usize = 2048;
+
+    /// Asks for the cache lines of `rows[from..to)` (clamped to `rows`), `prefetcht0`.
+    ///
+    /// # Safety
+    /// Only for callers with SSE (every x86-64 CPU); a prefetch never faults, and the range is
+    /// clamped to `rows` so no address past it is formed.
+    #[inline(always)]
+    unsafe fn prefetch<T>(rows: &[T], from: usize, to: usize) {
+        let size = std::mem::size_of::<T>();
+        let to = to.min(rows.len());
+        let mut i = from;
+        while i < to {
+            // SAFETY: i < rows.len(), so the pointer is within `rows`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(rows.as_ptr().add(i) as *const i8) };
+            i += 64 / size;
+        }
+    }
+
     #[inline(always)]
     unsafe fn scores_body<T: Load + Copy>(q: &[f32], k: &[T], scale: f32, out: &mut [f32]) {
         let hd = q.len();
         let body = hd / 8 * 8;
-        for (p, score) in out.iter_mut().enumerate() {
+        let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+        // One position's score in the defined order: lanes of `q[i]·k[i]` (multiply, then
+        // add), reduced, then the tail columns, then the scale.
+        let finish = |lanes: __m256, row: &[T]| -> f32 {
+            // SAFETY: the enclosing function enables AVX2.
+            let mut sum = unsafe { reduce(lanes) };
+            for i in body..hd {
+                sum += q[i] * row[i].widen();
+            }
+            sum * scale
+        };
+        let mut p = 0;
+        while p + SCORE_POSITIONS <= out.len() {
+            let rows = &k[p * hd..(p + SCORE_POSITIONS) * hd];
+            // SAFETY: every load reads 8 values at column i < body <= hd of `q` or of one of
+            // the four rows; `prefetch` clamps to `k`; the enclosing function enables AVX2 (and
+            // F16C for f16).
+            let lanes = unsafe {
+                prefetch(k, p * hd + ahead, (p + SCORE_POSITIONS) * hd + ahead);
+                let mut lanes = [_mm256_setzero_ps(); SCORE_POSITIONS];
+                for i in (0..body).step_by(8) {
+                    let qi = _mm256_loadu_ps(q.as_ptr().add(i));
+                    for (j, l) in lanes.iter_mut().enumerate() {
+                        let kj = T::load8(rows.as_ptr().add(j * hd + i));
+                        *l = _mm256_add_ps(*l, _mm256_mul_ps(qi, kj));
+                    }
+                }
+                lanes
+            };
+            for (j, l) in lanes.into_iter().enumerate() {
+                out[p + j] = finish(l, &rows[j * hd..(j + 1) * hd]);
+            }
+            p += SCORE_POSITIONS;
+        }
+        for (p, score) in out.iter_mut().enumerate().skip(p) {
             let row = &k[p * hd..(p + 1) * hd];
-            // SAFETY: every load reads 8 values at i < body <= hd within `q` and `row`; the
-            // enclosing function enables the needed features.
-            let mut sum = unsafe {
+            // SAFETY: as above, one row.
+            let lanes = unsafe {
                 let mut lanes = _mm256_setzero_ps();
                 for i in (0..body).step_by(8) {
                     let product = _mm256_mul_ps(
@@ -593,12 +659,9 @@ mod simd {
                     );
                     lanes = _mm256_add_ps(lanes, product);
                 }
-                reduce(lanes)
+                lanes
             };
-            for i in body..hd {
-                sum += q[i] * row[i].widen();
-            }
-            *score = sum * scale;
+            *score = finish(lanes, row);
         }
     }
 
@@ -607,10 +670,11 @@ mod simd {
     #[inline(always)]
     unsafe fn weighted_sum_body<T: Load + Copy>(w: &[f32], v: &[T], out: &mut [f32]) {
         let hd = out.len();
+        let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
         let mut c0 = 0;
         // SAFETY (all blocks below): every load or store touches 8 values at columns
-        // c0..c0 + width <= hd of `out` or of a row of `v` (`w.len()` rows of `hd`); the
-        // enclosing function enables the needed features.
+        // c0..c0 + width <= hd of `out` or of a row of `v` (`w.len()` rows of `hd`); `prefetch`
+        // clamps to `v`; the enclosing function enables the needed features.
         while c0 + 32 <= hd {
             unsafe {
                 let o = out.as_mut_ptr().add(c0);
@@ -621,6 +685,10 @@ mod simd {
                     _mm256_loadu_ps(o.add(24)),
                 ];
                 for (p, &wp) in w.iter().enumerate() {
+                    // The first pass streams the rows from memory; later ones find them cached.
+                    if c0 == 0 {
+                        prefetch(v, p * hd + ahead, (p + 1) * hd + ahead);
+                    }
                     let weight = _mm256_set1_ps(wp);
                     let row = v.as_ptr().add(p * hd + c0);
                     for (j, a) in acc.iter_mut().enumerate() {
@@ -633,7 +701,21 @@ mod simd {
             }
             c0 += 32;
         }
+        // SAFETY: forwarded contract, columns c0.. of every row.
+        unsafe { weighted_sum_tail(w, v, out, c0) }
+    }
+
+    /// Columns `c0..` of [`weighted_sum_body`]: 8 at a time, then one by one.
+    ///
+    /// # Safety
+    /// As [`weighted_sum_body`].
+    #[inline(always)]
+    unsafe fn weighted_sum_tail<T: Load + Copy>(w: &[f32], v: &[T], out: &mut [f32], c0: usize) {
+        let hd = out.len();
+        let mut c0 = c0;
         while c0 + 8 <= hd {
+            // SAFETY: 8 values at columns c0..c0 + 8 <= hd of `out` and of each row of `v`;
+            // the enclosing function enables the needed features.
             unsafe {
                 let o = out.as_mut_ptr().add(c0);
                 let mut acc = _mm256_loadu_ps(o);
@@ -648,6 +730,105 @@ mod simd {
         for i in c0..hd {
             for (p, &wp) in w.iter().enumerate() {
                 out[i] += wp * v[p * hd + i].widen();
+            }
+        }
+    }
+
+    /// Sixteen values of a row as f32 lanes.
+    trait Load16: Load {
+        /// # Safety
+        /// `p` points at 16 readable values; the CPU has AVX-512 F.
+        unsafe fn load16(p: *const Self) -> __m512;
+    }
+
+    impl Load16 for f32 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: per the trait contract.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+    }
+
+    impl Load16 for f16 {
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            // SAFETY: per the trait contract (32 readable bytes).
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512 F present; `values.len() == weights.len() · out.len()`.
+    pub unsafe fn weighted_sum_avx512(weights: &[f32], values: HistoryRows, out: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match values {
+                HistoryRows::F32(v) => weighted_sum_avx512_typed(weights, v, out),
+                HistoryRows::F16(v) => weighted_sum_avx512_typed(weights, v, out),
+            }
+        }
+    }
+
+    /// The weighted sum with 16 lanes: each column's running sum is its own lane, so the
+    /// width changes nothing in the defined order. Up to 128 columns (eight registers) per pass
+    /// over the positions, so a head of 64, 96 or 128 values reads its rows once.
+    ///
+    /// # Safety
+    /// AVX-512 F present; `v.len() == w.len() · out.len()`.
+    #[target_feature(enable = "avx512f,avx2,f16c")]
+    unsafe fn weighted_sum_avx512_typed<T: Load16 + Copy>(w: &[f32], v: &[T], out: &mut [f32]) {
+        let hd = out.len();
+        let mut c0 = 0;
+        while c0 + 16 <= hd {
+            let registers = ((hd - c0) / 16).min(8);
+            // SAFETY: `registers · 16` columns from c0 lie within `out` and every row; the
+            // features are enabled here.
+            unsafe {
+                match registers {
+                    8 => columns16::<T, 8>(w, v, out, c0),
+                    7 => columns16::<T, 7>(w, v, out, c0),
+                    6 => columns16::<T, 6>(w, v, out, c0),
+                    5 => columns16::<T, 5>(w, v, out, c0),
+                    4 => columns16::<T, 4>(w, v, out, c0),
+                    3 => columns16::<T, 3>(w, v, out, c0),
+                    2 => columns16::<T, 2>(w, v, out, c0),
+                    _ => columns16::<T, 1>(w, v, out, c0),
+                }
+            }
+            c0 += 16 * registers;
+        }
+        // SAFETY: AVX2 and F16C are enabled here; columns c0.. of every row exist.
+        unsafe { weighted_sum_tail(w, v, out, c0) }
+    }
+
+    /// Columns `c0..c0 + 16·R` of the weighted sum in `R` registers, over every position.
+    ///
+    /// # Safety
+    /// AVX-512 F present; those columns exist in `out` and in each of the `w.len()` rows of `v`.
+    #[inline(always)]
+    unsafe fn columns16<T: Load16 + Copy, const R: usize>(
+        w: &[f32],
+        v: &[T],
+        out: &mut [f32],
+        c0: usize,
+    ) {
+        let hd = out.len();
+        let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
+        // SAFETY: loads and stores touch columns c0..c0 + 16·R of `out` and of the rows, within
+        // bounds by the contract; `prefetch` clamps to `v`.
+        unsafe {
+            let o = out.as_mut_ptr().add(c0);
+            let mut acc: [__m512; R] = std::array::from_fn(|j| _mm512_loadu_ps(o.add(16 * j)));
+            for (p, &wp) in w.iter().enumerate() {
+                prefetch(v, p * hd + c0 + ahead, p * hd + c0 + 16 * R + ahead);
+                let weight = _mm512_set1_ps(wp);
+                let row = v.as_ptr().add(p * hd + c0);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(weight, T::load16(row.add(16 * j))));
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(16 * j), *a);
             }
         }
     }
