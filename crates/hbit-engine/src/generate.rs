@@ -150,7 +150,15 @@ pub fn generate(
         }
     }
     let n = prompts.len();
-    let mut caches: Vec<KvCache> = (0..n).map(|_| engine.new_cache(options.kv_bits)).collect();
+    // Each cache sized once for its prompt and answer: no history copied as it grows.
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = engine.new_cache(options.kv_bits);
+            cache.reserve(p.len().saturating_add(options.max_tokens));
+            cache
+        })
+        .collect();
     let mut samplers: Vec<Sampler> = (0..n)
         .map(|i| Sampler::new(options.sampling.clone(), i as u64))
         .collect();

@@ -220,6 +220,40 @@ impl KvCache {
             .sum()
     }
 
+    /// Makes room for `positions` positions in all (clamped to the context), so appending up to
+    /// there never moves the history. A growing vector doubles by copying: at batch 16 and
+    /// ≈700M, a decode step that crosses a power of two otherwise moves every head's history
+    /// (300 MB after 128 positions) and faults in the new pages, on the calling thread while
+    /// the other cores wait. Pages are still only touched as positions are written.
+    pub fn reserve(&mut self, positions: usize) {
+        let positions = positions.min(self.capacity);
+        let (hd, bits) = (self.hd, self.bits);
+        let slots = if self.first_is_separate() {
+            positions.saturating_sub(1)
+        } else {
+            positions
+        };
+        for store in self.layers.iter_mut().flatten().flatten() {
+            match bits {
+                KvBits::F32 => store
+                    .full
+                    .reserve_exact((slots * hd).saturating_sub(store.full.len())),
+                KvBits::F16 => store
+                    .half
+                    .reserve_exact((slots * hd).saturating_sub(store.half.len())),
+                b => {
+                    let bytes = slots * b.head_bytes(hd);
+                    store
+                        .data
+                        .reserve_exact(bytes.saturating_sub(store.data.len()));
+                    store
+                        .scales
+                        .reserve_exact(slots.saturating_sub(store.scales.len()));
+                }
+            }
+        }
+    }
+
     /// Separate 8-bit storage for position 0 when the cache is narrower than 8 bits.
     fn first_is_separate(&self) -> bool {
         self.bits.is_integer() && self.bits.bits() < 8
@@ -574,6 +608,72 @@ mod tests {
                 bits.name()
             );
         }
+    }
+
+    /// Where a store's history lives (the vector its bit width uses).
+    fn storage(store: &HeadStore, bits: KvBits) -> (usize, usize) {
+        match bits {
+            KvBits::F32 => (store.full.as_ptr() as usize, store.full.capacity()),
+            KvBits::F16 => (store.half.as_ptr() as usize, store.half.capacity()),
+            _ => (store.data.as_ptr() as usize, store.data.capacity()),
+        }
+    }
+
+    #[test]
+    fn a_reserved_cache_never_moves_its_history_and_reads_the_same() {
+        let config = hbit_model::config::preset(
+            "micro",
+            hbit_model::Variant::BitnetV2,
+            hbit_kernels::ActBits::Int8,
+        )
+        .unwrap();
+        let (row, hd) = (config.num_kv_heads * config.head_dim, config.head_dim);
+        let positions = 9;
+        for bits in KvBits::ALL {
+            let mut plain = KvCache::new(&config, bits);
+            let mut reserved = KvCache::new(&config, bits);
+            reserved.reserve(positions);
+            let mut first_place = None;
+            for p in 0..positions {
+                let keys: Vec<f32> = (0..row).map(|i| ((i * 7 + p) % 13) as f32 - 6.0).collect();
+                let values: Vec<f32> = keys.iter().map(|v| 0.25 * v - 1.0).collect();
+                for cache in [&mut plain, &mut reserved] {
+                    for l in 0..config.num_layers {
+                        cache.append(l, &keys, &values);
+                    }
+                    cache.advance(1);
+                }
+                // Position 0 of a narrow cache is kept apart: the store starts at position 1.
+                let place: Vec<(usize, usize)> = reserved
+                    .layers
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(|s| storage(s, bits))
+                    .collect();
+                if place.iter().all(|&(_, capacity)| capacity > 0) {
+                    let first = first_place.get_or_insert_with(|| place.clone());
+                    assert_eq!(&place, first, "{}: history moved at {p}", bits.name());
+                }
+            }
+            assert!(first_place.is_some(), "{}: nothing stored", bits.name());
+            assert_eq!(plain.bytes(), reserved.bytes(), "{}", bits.name());
+            for plane in [false, true] {
+                let (mut a, mut b) = (vec![0.0; positions * hd], vec![0.0; positions * hd]);
+                plain
+                    .read(KernelPath::Scalar, 1, plane, 0, 0..positions, &mut a)
+                    .unwrap();
+                reserved
+                    .read(KernelPath::Scalar, 1, plane, 0, 0..positions, &mut b)
+                    .unwrap();
+                assert_eq!(a, b, "{}", bits.name());
+            }
+        }
+        // Past the context, room is made for the context only.
+        let mut cache = KvCache::new(&config, KvBits::F32);
+        cache.reserve(usize::MAX);
+        let (_, capacity) = storage(&cache.layers[0][0][0], KvBits::F32);
+        assert_eq!(capacity, config.max_position_embeddings * hd);
     }
 
     #[test]

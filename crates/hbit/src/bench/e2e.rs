@@ -243,12 +243,20 @@ fn measure(
     )?;
 
     let prompt = random_tokens(prefill, vocab, &mut rng);
+    // Caches sized up front, as `generate` does: growth would copy the history mid-measurement.
     let mut cache = engine.new_cache(kv);
+    cache.reserve(prefill);
     let t = Instant::now();
     engine.forward(&mut [&mut cache], &[&prompt], Logits::Last)?;
     let prefill_tok_s = prefill as f64 / t.elapsed().as_secs_f64();
 
-    let mut caches: Vec<KvCache> = (0..batch).map(|_| engine.new_cache(kv)).collect();
+    let mut caches: Vec<KvCache> = (0..batch)
+        .map(|_| {
+            let mut cache = engine.new_cache(kv);
+            cache.reserve(decode);
+            cache
+        })
+        .collect();
     let mut next: Vec<[u32; 1]> = (0..batch)
         .map(|_| [rng.below(vocab as u64) as u32])
         .collect();
