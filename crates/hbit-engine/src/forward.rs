@@ -524,7 +524,7 @@ fn attend(
         for (j, &(_, pos)) in block.iter().enumerate() {
             for r in 0..nh {
                 let sc = &mut scores[(j * nh + r) * upto..(j * nh + r) * upto + pos + 1];
-                totals[j * nh + r] = exponentials(sc);
+                totals[j * nh + r] = attention::softmax_exponentials(path, sc)?;
             }
         }
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
@@ -547,27 +547,6 @@ fn attend(
         }
     }
     Ok(())
-}
-
-/// `sc[p] = exp(sc[p] − max sc)`, returning their total: softmax but for the division, which is
-/// done as the values are summed.
-fn exponentials(sc: &mut [f32]) -> f32 {
-    exponentials_in_parts(&mut [sc])
-}
-
-/// [`exponentials`] of the scores `parts` laid end to end, without gathering them: the same
-/// operations in the same order.
-fn exponentials_in_parts(parts: &mut [&mut [f32]]) -> f32 {
-    let max = parts
-        .iter()
-        .flat_map(|p| p.iter())
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut total = 0.0f32;
-    for v in parts.iter_mut().flat_map(|p| p.iter_mut()) {
-        *v = (*v - max).exp();
-        total += *v;
-    }
-    total
 }
 
 /// [`attend`] for one query row at position `pos`, its query heads `qs` `[heads, hd]` of one KV
@@ -600,12 +579,17 @@ fn attend_int4_in_place(
         let keys = cache.int4_codes(l, false, g, 1..pos + 1)?;
         attention_int4::scores_int4(path, qs, hd, keys, scale, &mut scores)?;
     }
+    // Each head's scores end to end (position 0, then the rest), as the chunked path holds them,
+    // so the softmax sums them in the same lanes.
+    let mut span = vec![0.0f32; pos + 1];
     for (j, f) in first.iter_mut().enumerate() {
         let sc = &mut scores[j * pos..(j + 1) * pos];
-        let total = exponentials_in_parts(&mut [std::slice::from_mut(f), &mut *sc]);
-        *f /= total;
-        for w in sc.iter_mut() {
-            *w /= total;
+        span[0] = *f;
+        span[1..].copy_from_slice(sc);
+        let total = attention::softmax_exponentials(path, &mut span)?;
+        *f = span[0] / total;
+        for (w, &e) in sc.iter_mut().zip(&span[1..]) {
+            *w = e / total;
         }
     }
     let out = &mut out[..qs.len()];

@@ -5,7 +5,8 @@
 //! prefill's samples and ran on the calling thread in decode. [`exp_f32`] is Cephes' `expf`
 //! reduction and polynomial (relative error ≈ 1e-7, about one ulp) written with plain
 //! multiplications and additions, no fused multiply-add, so the AVX2 path repeats the scalar
-//! definition operation for operation and equals it bit for bit.
+//! definition operation for operation and equals it bit for bit. Attention's softmax
+//! (`attention::softmax_exponentials`) uses the same `exp`.
 
 use crate::cpu::KernelPath;
 use crate::error::KernelError;
@@ -78,7 +79,7 @@ fn silu_times_scalar(gate: &mut [f32], up: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P};
     use std::arch::x86_64::*;
 
@@ -102,7 +103,7 @@ mod avx2 {
 
     /// [`super::exp_f32`] on eight lanes, operation for operation.
     #[target_feature(enable = "avx2")]
-    fn exp8(x: __m256) -> __m256 {
+    pub(crate) fn exp8(x: __m256) -> __m256 {
         // `clamp` keeps NaN; max/min with the bound as the second operand return it for NaN
         // lanes, so NaN is re-inserted by the blend below.
         let clamped = _mm256_min_ps(

@@ -18,6 +18,7 @@
 
 use half::f16;
 
+use crate::act::exp_f32;
 use crate::cpu::KernelPath;
 use crate::error::KernelError;
 use crate::quant::round_clip;
@@ -143,6 +144,40 @@ pub fn scores_reference(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [
         }
         *score = sum * scale;
     }
+}
+
+/// A softmax's numerators: `x[i] = e^(x[i] − max x)` with [`exp_f32`] (the maximum ignores NaN,
+/// as `f32::max` does), returning their total in the defined order: eight lanes, lane `i mod 8`
+/// for the first `8·⌊n/8⌋` values in order, reduced as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`,
+/// then the remaining values in order. The division is left to the caller, who folds it into
+/// the weighted sum. Every path gives the same bits.
+pub fn softmax_exponentials(path: KernelPath, x: &mut [f32]) -> Result<f32, KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if path != KernelPath::Scalar {
+        path.check_supported()?;
+        // SAFETY: a non-scalar path is supported (checked), so AVX2 is present.
+        return Ok(unsafe { simd::softmax_exponentials(x) });
+    }
+    let _ = path;
+    Ok(softmax_exponentials_reference(x))
+}
+
+/// The defined order of [`softmax_exponentials`], one value at a time.
+pub fn softmax_exponentials_reference(x: &mut [f32]) -> f32 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let body = x.len() / 8 * 8;
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in x[..body].iter_mut().enumerate() {
+        *v = exp_f32(*v - max);
+        lanes[i % 8] += *v;
+    }
+    let mut total = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
+        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+    for v in &mut x[body..] {
+        *v = exp_f32(*v - max);
+        total += *v;
+    }
+    total
 }
 
 /// The defined order of [`weighted_sum`], one value at a time.
@@ -567,6 +602,46 @@ mod simd {
         unsafe { weighted_sum_body(w, v, out) }
     }
 
+    /// [`super::softmax_exponentials_reference`], eight values at a time.
+    ///
+    /// # Safety
+    /// AVX2 present.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn softmax_exponentials(x: &mut [f32]) -> f32 {
+        let body = x.len() / 8 * 8;
+        let p = x.as_mut_ptr();
+        // SAFETY (both loops): i + 8 <= body <= x.len(); AVX2 is enabled here.
+        let max = unsafe {
+            // `vmaxps` returns its second operand when the first is NaN: a NaN score is passed
+            // over, as `f32::max` passes it over in the reference.
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for i in (0..body).step_by(8) {
+                m = _mm256_max_ps(_mm256_loadu_ps(p.add(i)), m);
+            }
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            lanes
+                .iter()
+                .chain(&x[body..])
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        };
+        let mut total = unsafe {
+            let shift = _mm256_set1_ps(max);
+            let mut lanes = _mm256_setzero_ps();
+            for i in (0..body).step_by(8) {
+                let e = crate::act::avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), shift));
+                _mm256_storeu_ps(p.add(i), e);
+                lanes = _mm256_add_ps(lanes, e);
+            }
+            reduce(lanes)
+        };
+        for v in &mut x[body..] {
+            *v = super::exp_f32(*v - max);
+            total += *v;
+        }
+        total
+    }
+
     /// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, the reference's lane order (also the in-place
     /// 4-bit scores' of `attention_int4`).
     ///
@@ -981,7 +1056,54 @@ mod tests {
         }
     }
 
+    /// By hand: equal scores give numerators of exactly 1 and a total of their count; the
+    /// maximum is subtracted first (no overflow at 1000) and ignores NaN; an empty run totals 0.
+    #[test]
+    fn softmax_exponentials_known_answers() {
+        for path in KernelPath::supported() {
+            for n in [1, 7, 8, 11, 40] {
+                let mut x = vec![1000.0f32; n];
+                let total = softmax_exponentials(path, &mut x).unwrap();
+                assert_eq!(total, n as f32, "{path}, {n} equal scores");
+                assert!(x.iter().all(|&v| v == 1.0), "{path}: {x:?}");
+            }
+            let mut x = vec![0.0f32, -1.0, 2.0f32.ln() - 1.0];
+            let total = softmax_exponentials(path, &mut x).unwrap();
+            let want = [1.0, (-1.0f64).exp(), 2.0 * (-1.0f64).exp()];
+            for (got, want) in x.iter().zip(want) {
+                assert!((*got as f64 - want).abs() < 1e-6 * want, "{path}: {x:?}");
+            }
+            assert!(
+                (total as f64 - want.iter().sum::<f64>()).abs() < 1e-6,
+                "{path}"
+            );
+            let mut x = vec![f32::NAN, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+            let total = softmax_exponentials(path, &mut x).unwrap();
+            assert!(x[0].is_nan() && total.is_nan(), "{path}: {x:?}");
+            assert_eq!(x[1], 1.0, "{path}: NaN taken for the maximum");
+            assert_eq!(softmax_exponentials(path, &mut []).unwrap(), 0.0);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn softmax_exponentials_every_path_equals_the_reference(
+            scores in proptest::collection::vec(-60.0f32..60.0, 0..90),
+        ) {
+            let mut want = scores.clone();
+            let want_total = softmax_exponentials_reference(&mut want);
+            for path in KernelPath::supported() {
+                let mut got = scores.clone();
+                let total = softmax_exponentials(path, &mut got).unwrap();
+                prop_assert_eq!(total.to_bits(), want_total.to_bits(), "total, {}", path);
+                prop_assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "numerators, {}", path
+                );
+            }
+        }
+
         #[test]
         fn every_path_equals_the_reference_bit_for_bit(
             hd in 1usize..140, positions in 0usize..70, seed in 0u64..1000,
