@@ -484,9 +484,9 @@ fn attend(
             return attend_int4_in_place(path, cache, l, g, qs, hd, *pos, scale, out);
         }
     }
-    // Dequantization buffer of integer caches, allocated on first use: float caches are read in
-    // place, and zeroing 24 KiB per task for nothing took 1% of the samples of an f16-cache
-    // decode step.
+    // Dequantization buffer of integer caches (and of f16 chunks that many rows share),
+    // allocated on first use: a decode row reads a float cache in place, and zeroing 24 KiB per
+    // task for nothing took 1% of the samples of an f16-cache decode step.
     let mut chunk: Vec<f32> = Vec::new();
     let mut weights: Vec<f32> = Vec::new();
     let mut scores: Vec<f32> = Vec::new();
@@ -502,12 +502,13 @@ fn attend(
             POSITION_CHUNK
         };
         weights.resize(weights.len().max(span), 0.0);
+        let shared = block.len() > 1;
         // scores[(j·nh + r)·upto + p]: row j of the block, head r, key position p.
         scores.clear();
         scores.resize(block.len() * nh * upto, 0.0);
         for c0 in (0..upto).step_by(span) {
             let c1 = (c0 + span).min(upto);
-            let keys = history(path, cache, l, false, g, c0..c1, hd, &mut chunk)?;
+            let keys = history(path, cache, l, false, g, c0..c1, hd, shared, &mut chunk)?;
             for (j, &(i, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for (r, head) in heads.clone().enumerate() {
@@ -530,7 +531,7 @@ fn attend(
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
         for c0 in (0..upto).step_by(span) {
             let c1 = (c0 + span).min(upto);
-            let values = history(path, cache, l, true, g, c0..c1, hd, &mut chunk)?;
+            let values = history(path, cache, l, true, g, c0..c1, hd, shared, &mut chunk)?;
             for (j, &(_, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for r in 0..nh {
@@ -605,7 +606,8 @@ fn attend_int4_in_place(
 }
 
 /// Keys (or values) of KV head `g` at `positions`: in place when the cache stores floats,
-/// else dequantized into `buf`.
+/// else dequantized into `buf`. With `shared` (many rows will read them), f16 rows are widened
+/// into `buf` too: once per chunk rather than once per row in the kernels' registers.
 #[allow(clippy::too_many_arguments)]
 fn history<'a>(
     path: KernelPath,
@@ -615,18 +617,35 @@ fn history<'a>(
     g: usize,
     positions: std::ops::Range<usize>,
     hd: usize,
+    shared: bool,
     buf: &'a mut Vec<f32>,
 ) -> Result<HistoryRows<'a>> {
     match cache.stored_rows(l, values, g, positions.clone()) {
-        Some(rows) => Ok(rows),
-        None => {
-            if buf.len() < POSITION_CHUNK * hd {
-                buf.resize(POSITION_CHUNK * hd, 0.0);
-            }
-            cache.read(path, l, values, g, positions.clone(), buf)?;
-            Ok(HistoryRows::F32(&buf[..positions.len() * hd]))
+        Some(HistoryRows::F16(_)) if shared => {
+            widened(path, cache, l, values, g, positions, hd, buf)
         }
+        Some(rows) => Ok(rows),
+        None => widened(path, cache, l, values, g, positions, hd, buf),
     }
+}
+
+/// [`history`] read into `buf` as f32.
+#[allow(clippy::too_many_arguments)]
+fn widened<'a>(
+    path: KernelPath,
+    cache: &'a KvCache,
+    l: usize,
+    values: bool,
+    g: usize,
+    positions: std::ops::Range<usize>,
+    hd: usize,
+    buf: &'a mut Vec<f32>,
+) -> Result<HistoryRows<'a>> {
+    if buf.len() < positions.len() * hd {
+        buf.resize(positions.len().max(POSITION_CHUNK) * hd, 0.0);
+    }
+    cache.read(path, l, values, g, positions.clone(), buf)?;
+    Ok(HistoryRows::F32(&buf[..positions.len() * hd]))
 }
 
 /// An error of layer `l`'s projection input, named.
