@@ -456,9 +456,10 @@ const ROW_BLOCK: usize = 64;
 /// increasing) for query heads `heads` of KV group `g`, over layer `l` of `cache` (which holds
 /// the rows' own keys and values already). `q` is `[N, h]`; writes `out` `[rows, heads, hd]`.
 ///
-/// The history is taken [`POSITION_CHUNK`] positions at a time (one row over a float cache:
-/// all at once): f32 / f16 caches in place, integer caches dequantized into a small buffer. Nothing of context length is materialized
-/// but the scores. One row over a 4-bit cache, where the CPU has the kernel, goes to
+/// The history is taken [`POSITION_CHUNK`] positions at a time (one row over a float cache: all
+/// at once): a float cache in place (f16 chunks that many rows share widened first), an integer
+/// cache dequantized into a small buffer. Nothing of context length is materialized but the
+/// scores. One row over a 4-bit cache, where the CPU has the kernel, goes to
 /// [`attend_int4_in_place`] instead: the same results, the codes read in place.
 #[allow(clippy::too_many_arguments)]
 fn attend(
@@ -582,14 +583,14 @@ fn attend_int4_in_place(
     }
     // Each head's scores end to end (position 0, then the rest), as the chunked path holds them,
     // so the softmax sums them in the same lanes.
-    let mut span = vec![0.0f32; pos + 1];
+    let mut head_scores = vec![0.0f32; pos + 1];
     for (j, f) in first.iter_mut().enumerate() {
         let sc = &mut scores[j * pos..(j + 1) * pos];
-        span[0] = *f;
-        span[1..].copy_from_slice(sc);
-        let total = attention::softmax_exponentials(path, &mut span)?;
-        *f = span[0] / total;
-        for (w, &e) in sc.iter_mut().zip(&span[1..]) {
+        head_scores[0] = *f;
+        head_scores[1..].copy_from_slice(sc);
+        let total = attention::softmax_exponentials(path, &mut head_scores)?;
+        *f = head_scores[0] / total;
+        for (w, &e) in sc.iter_mut().zip(&head_scores[1..]) {
             *w = e / total;
         }
     }
@@ -622,16 +623,16 @@ fn history<'a>(
 ) -> Result<HistoryRows<'a>> {
     match cache.stored_rows(l, values, g, positions.clone()) {
         Some(HistoryRows::F16(_)) if shared => {
-            widened(path, cache, l, values, g, positions, hd, buf)
+            read_widened(path, cache, l, values, g, positions, hd, buf)
         }
         Some(rows) => Ok(rows),
-        None => widened(path, cache, l, values, g, positions, hd, buf),
+        None => read_widened(path, cache, l, values, g, positions, hd, buf),
     }
 }
 
 /// [`history`] read into `buf` as f32.
 #[allow(clippy::too_many_arguments)]
-fn widened<'a>(
+fn read_widened<'a>(
     path: KernelPath,
     cache: &'a KvCache,
     l: usize,

@@ -1,15 +1,19 @@
 //! The two vector products of attention over a cached history: the scores `scale · q·k_p` of a
-//! run of positions, and the weighted sum `Σ_p w_p · v_p` of their values. Keys and values come
-//! as f32 rows or, straight from an f16 KV cache, as f16 rows (widened in registers, so a decode
-//! step never copies the history to f32).
+//! run of positions, and the weighted sum `Σ_p w_p · v_p` of their values; and between them the
+//! softmax's numerators `e^(s_p − max s)` with their total. Keys and values come as f32 rows or,
+//! straight from an f16 KV cache, as f16 rows (widened in registers, so a decode step never
+//! copies the history to f32, and streamed with requests for the lines ahead).
 //!
-//! Both products are defined in one summation order, which every path follows, so every path
-//! gives bit-identical results:
-//! * a score sums `q[i]·k[i]` (a multiply, then an add: no fused multiply-add) into eight lanes,
+//! Each is defined in one summation order, which every path follows, so every path gives
+//! bit-identical results:
+//! * a score sums `q[i]·k[i]` (one fused multiply-add each, `f32::mul_add`) into eight lanes,
 //!   lane `i mod 8` for the first `8·⌊hd/8⌋` columns, reduces the lanes as
 //!   `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`, adds the remaining columns in order, then
 //!   multiplies by `scale`;
-//! * the weighted sum updates `out[i] = out[i] + w_p·v_p[i]` position by position, in order.
+//! * the numerators' total sums them in the same eight lanes, the same reduction and tail
+//!   ([`softmax_exponentials`], with the GLU's `exp`, `crate::act::exp_f32`);
+//! * the weighted sum updates `out[i] = w_p·v_p[i] + out[i]` (fused) position by position, in
+//!   order.
 //!
 //! Integer KV caches (absmax codes, DESIGN.md §1) are written by [`quantize_row`] (`s = max|x| /
 //! q_max`, codes `RoundClip(x / s)` stored as `code + 2^(b−1)`: one correctly rounded division
@@ -71,8 +75,8 @@ pub fn scores(
     #[cfg(target_arch = "x86_64")]
     if path != KernelPath::Scalar && simd::available(&keys) {
         path.check_supported()?;
-        // SAFETY: a non-scalar path is supported (checked), so AVX2 is present, and
-        // `available` checked F16C for f16 rows; lengths were checked above.
+        // SAFETY: a non-scalar path is supported (checked), so AVX2 and FMA are present (`cpu`),
+        // and `available` checked F16C for f16 rows; lengths were checked above.
         unsafe { simd::scores(q, keys, scale, scores) };
         return Ok(());
     }
@@ -135,12 +139,12 @@ pub fn scores_reference(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [
     for (p, score) in scores.iter_mut().enumerate() {
         let mut lanes = [0.0f32; 8];
         for (i, &qi) in q[..body].iter().enumerate() {
-            lanes[i % 8] += qi * keys.value(p * hd + i);
+            lanes[i % 8] = qi.mul_add(keys.value(p * hd + i), lanes[i % 8]);
         }
         let mut sum = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
             + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
         for (i, &qi) in q.iter().enumerate().skip(body) {
-            sum += qi * keys.value(p * hd + i);
+            sum = qi.mul_add(keys.value(p * hd + i), sum);
         }
         *score = sum * scale;
     }
@@ -185,7 +189,7 @@ pub fn weighted_sum_reference(weights: &[f32], values: HistoryRows, out: &mut [f
     let hd = out.len();
     for (p, &w) in weights.iter().enumerate() {
         for (i, o) in out.iter_mut().enumerate() {
-            *o += w * values.value(p * hd + i);
+            *o = w.mul_add(values.value(p * hd + i), *o);
         }
     }
 }
@@ -405,7 +409,7 @@ mod simd {
     }
 
     /// # Safety
-    /// AVX2 present, and F16C for f16 rows; `keys.len() == scores.len() · q.len()`.
+    /// AVX2 and FMA present, and F16C for f16 rows; `keys.len() == scores.len() · q.len()`.
     pub unsafe fn scores(q: &[f32], keys: HistoryRows, scale: f32, scores: &mut [f32]) {
         // SAFETY: forwarded contract.
         unsafe {
@@ -585,25 +589,25 @@ mod simd {
         }
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn scores_typed(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
         // SAFETY: AVX2 enabled; lengths per the caller's contract.
         unsafe { scores_body(q, k, scale, out) }
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scores_typed_f16(q: &[f32], k: &[f16], scale: f32, out: &mut [f32]) {
         // SAFETY: AVX2 and F16C enabled; lengths per the caller's contract.
         unsafe { scores_body(q, k, scale, out) }
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn weighted_sum_typed(w: &[f32], v: &[f32], out: &mut [f32]) {
         // SAFETY: AVX2 enabled; lengths per the caller's contract.
         unsafe { weighted_sum_body(w, v, out) }
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn weighted_sum_typed_f16(w: &[f32], v: &[f16], out: &mut [f32]) {
         // SAFETY: AVX2 and F16C enabled; lengths per the caller's contract.
         unsafe { weighted_sum_body(w, v, out) }
@@ -700,13 +704,13 @@ mod simd {
         let hd = q.len();
         let body = hd / 8 * 8;
         let ahead = AHEAD_BYTES / std::mem::size_of::<T>();
-        // One position's score in the defined order: lanes of `q[i]·k[i]` (multiply, then
-        // add), reduced, then the tail columns, then the scale.
+        // One position's score in the defined order: lanes of fused `q[i]·k[i]` sums, reduced,
+        // then the tail columns, then the scale.
         let finish = |lanes: __m256, row: &[T]| -> f32 {
             // SAFETY: the enclosing function enables AVX2.
             let mut sum = unsafe { reduce(lanes) };
             for i in body..hd {
-                sum += q[i] * row[i].widen();
+                sum = q[i].mul_add(row[i].widen(), sum);
             }
             sum * scale
         };
@@ -723,7 +727,7 @@ mod simd {
                     let qi = _mm256_loadu_ps(q.as_ptr().add(i));
                     for (j, l) in lanes.iter_mut().enumerate() {
                         let kj = T::load8(rows.as_ptr().add(j * hd + i));
-                        *l = _mm256_add_ps(*l, _mm256_mul_ps(qi, kj));
+                        *l = _mm256_fmadd_ps(qi, kj, *l);
                     }
                 }
                 lanes
@@ -739,11 +743,11 @@ mod simd {
             let lanes = unsafe {
                 let mut lanes = _mm256_setzero_ps();
                 for i in (0..body).step_by(8) {
-                    let product = _mm256_mul_ps(
+                    lanes = _mm256_fmadd_ps(
                         _mm256_loadu_ps(q.as_ptr().add(i)),
                         T::load8(row.as_ptr().add(i)),
+                        lanes,
                     );
-                    lanes = _mm256_add_ps(lanes, product);
                 }
                 lanes
             };
@@ -778,7 +782,7 @@ mod simd {
                     let weight = _mm256_set1_ps(wp);
                     let row = v.as_ptr().add(p * hd + c0);
                     for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_add_ps(*a, _mm256_mul_ps(weight, T::load8(row.add(8 * j))));
+                        *a = _mm256_fmadd_ps(weight, T::load8(row.add(8 * j)), *a);
                     }
                 }
                 for (j, a) in acc.iter().enumerate() {
@@ -807,7 +811,7 @@ mod simd {
                 let mut acc = _mm256_loadu_ps(o);
                 for (p, &wp) in w.iter().enumerate() {
                     let row = v.as_ptr().add(p * hd + c0);
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(wp), T::load8(row)));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(wp), T::load8(row), acc);
                 }
                 _mm256_storeu_ps(o, acc);
             }
@@ -815,7 +819,7 @@ mod simd {
         }
         for i in c0..hd {
             for (p, &wp) in w.iter().enumerate() {
-                out[i] += wp * v[p * hd + i].widen();
+                out[i] = wp.mul_add(v[p * hd + i].widen(), out[i]);
             }
         }
     }
@@ -844,7 +848,7 @@ mod simd {
     }
 
     /// # Safety
-    /// AVX-512 F present; `values.len() == weights.len() · out.len()`.
+    /// AVX-512 F and FMA present; `values.len() == weights.len() · out.len()`.
     pub unsafe fn weighted_sum_avx512(weights: &[f32], values: HistoryRows, out: &mut [f32]) {
         // SAFETY: forwarded contract.
         unsafe {
@@ -860,8 +864,8 @@ mod simd {
     /// over the positions, so a head of 64, 96 or 128 values reads its rows once.
     ///
     /// # Safety
-    /// AVX-512 F present; `v.len() == w.len() · out.len()`.
-    #[target_feature(enable = "avx512f,avx2,f16c")]
+    /// AVX-512 F and FMA present; `v.len() == w.len() · out.len()`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn weighted_sum_avx512_typed<T: Load16 + Copy>(w: &[f32], v: &[T], out: &mut [f32]) {
         let hd = out.len();
         let mut c0 = 0;
@@ -890,7 +894,7 @@ mod simd {
     /// Columns `c0..c0 + 16·R` of the weighted sum in `R` registers, over every position.
     ///
     /// # Safety
-    /// AVX-512 F present; those columns exist in `out` and in each of the `w.len()` rows of `v`.
+    /// AVX-512 F and FMA present; those columns exist in `out` and in each of the `w.len()` rows of `v`.
     #[inline(always)]
     unsafe fn columns16<T: Load16 + Copy, const R: usize>(
         w: &[f32],
@@ -910,7 +914,7 @@ mod simd {
                 let weight = _mm512_set1_ps(wp);
                 let row = v.as_ptr().add(p * hd + c0);
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(weight, T::load16(row.add(16 * j))));
+                    *a = _mm512_fmadd_ps(weight, T::load16(row.add(16 * j)), *a);
                 }
             }
             for (j, a) in acc.iter().enumerate() {

@@ -287,7 +287,7 @@ mod avx512 {
     /// # Safety
     /// AVX-512 F/BW/VBMI and AVX2 present; `fits(hd)`; `q` holds 1..=`MAX_HEADS` heads of
     /// `hd`; `rows` holds P rows of `hd / 2` bytes and P scales; `scores` holds heads · P.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2,fma")]
     pub unsafe fn scores(q: &[f32], hd: usize, rows: Int4Rows, scale: f32, scores: &mut [f32]) {
         // One instantiation per head count. Pairs of positions summed side by side: one pair's
         // sum is a chain of hd / 8 dependent adds, so one head takes four pairs at a time
@@ -305,7 +305,7 @@ mod avx512 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2,fma")]
     unsafe fn scores_heads<const H: usize, const G: usize>(
         q: &[f32],
         hd: usize,
@@ -376,7 +376,7 @@ mod avx512 {
         ///
         /// # Safety
         /// AVX-512 F/BW/VBMI and AVX2 present; every row index below the row count.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2,fma")]
         #[inline]
         unsafe fn sums<const G: usize>(
             &self,
@@ -414,7 +414,7 @@ mod avx512 {
                         let k = _mm512_permutex2var_ps(ta[g], index, tb[g]);
                         for (lane, d) in lanes[g].iter_mut().zip(self.doubled) {
                             let qv = _mm512_loadu_ps(d.as_ptr().add(16 * s));
-                            *lane = _mm512_add_ps(*lane, _mm512_mul_ps(qv, k));
+                            *lane = _mm512_fmadd_ps(qv, k, *lane);
                         }
                     }
                 }
@@ -433,7 +433,7 @@ mod avx512 {
 
     /// # Safety
     /// As [`scores`], with `out` `[heads, hd]` and `weights` `[heads, P]`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2,fma")]
     pub unsafe fn weighted_sum(weights: &[f32], hd: usize, rows: Int4Rows, out: &mut [f32]) {
         let heads = out.len() / hd;
         let blocks = hd / 16;
@@ -472,7 +472,7 @@ mod avx512 {
 
     /// Column blocks `b0..b0 + B` (16 columns each) of `H` heads' weighted sums over every
     /// position.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx2,fma")]
     unsafe fn weighted_blocks<const B: usize, const H: usize>(
         weights: &[f32],
         hd: usize,
@@ -515,7 +515,7 @@ mod avx512 {
                 // The widened values, shared by every head.
                 let v = _mm512_permutexvar_ps(codes, table);
                 for j in 0..H {
-                    acc[j][b] = _mm512_add_ps(acc[j][b], _mm512_mul_ps(w[j], v));
+                    acc[j][b] = _mm512_fmadd_ps(w[j], v, acc[j][b]);
                 }
             }
         }
