@@ -622,26 +622,10 @@ fn history<'a>(
     buf: &'a mut Vec<f32>,
 ) -> Result<HistoryRows<'a>> {
     match cache.stored_rows(l, values, g, positions.clone()) {
-        Some(HistoryRows::F16(_)) if shared => {
-            read_widened(path, cache, l, values, g, positions, hd, buf)
-        }
-        Some(rows) => Ok(rows),
-        None => read_widened(path, cache, l, values, g, positions, hd, buf),
+        Some(HistoryRows::F16(_)) if shared => {}
+        Some(rows) => return Ok(rows),
+        None => {}
     }
-}
-
-/// [`history`] read into `buf` as f32.
-#[allow(clippy::too_many_arguments)]
-fn read_widened<'a>(
-    path: KernelPath,
-    cache: &'a KvCache,
-    l: usize,
-    values: bool,
-    g: usize,
-    positions: std::ops::Range<usize>,
-    hd: usize,
-    buf: &'a mut Vec<f32>,
-) -> Result<HistoryRows<'a>> {
     if buf.len() < positions.len() * hd {
         buf.resize(positions.len().max(POSITION_CHUNK) * hd, 0.0);
     }

@@ -446,12 +446,7 @@ mod tests {
             -1e9,
             -0.0,
         ];
-        let config = hbit_model::config::preset(
-            "micro",
-            hbit_model::Variant::BitnetV2,
-            hbit_kernels::ActBits::Int8,
-        )
-        .unwrap();
+        let config = micro_config();
         let (nkv, hd) = (config.num_kv_heads, config.head_dim);
         let row: Vec<f32> = (0..nkv * hd)
             .map(|i| {
@@ -575,12 +570,7 @@ mod tests {
 
     #[test]
     fn entries_of_a_failed_call_are_dropped_by_the_next_append() {
-        let config = hbit_model::config::preset(
-            "micro",
-            hbit_model::Variant::BitnetV2,
-            hbit_kernels::ActBits::Int8,
-        )
-        .unwrap();
+        let config = micro_config();
         let row = config.num_kv_heads * config.head_dim;
         for bits in KvBits::ALL {
             let mut cache = KvCache::new(&config, bits);
@@ -610,6 +600,16 @@ mod tests {
         }
     }
 
+    /// The smallest preset, BitNet v2 at INT8: a few layers and KV heads.
+    fn micro_config() -> ModelConfig {
+        hbit_model::config::preset(
+            "micro",
+            hbit_model::Variant::BitnetV2,
+            hbit_kernels::ActBits::Int8,
+        )
+        .unwrap()
+    }
+
     /// Where a store's history lives (the vector its bit width uses).
     fn storage(store: &HeadStore, bits: KvBits) -> (usize, usize) {
         match bits {
@@ -621,12 +621,7 @@ mod tests {
 
     #[test]
     fn a_reserved_cache_never_moves_its_history_and_reads_the_same() {
-        let config = hbit_model::config::preset(
-            "micro",
-            hbit_model::Variant::BitnetV2,
-            hbit_kernels::ActBits::Int8,
-        )
-        .unwrap();
+        let config = micro_config();
         let (row, hd) = (config.num_kv_heads * config.head_dim, config.head_dim);
         let positions = 9;
         for bits in KvBits::ALL {
@@ -678,12 +673,7 @@ mod tests {
 
     #[test]
     fn a_range_read_equals_the_same_positions_of_a_whole_read() {
-        let config = hbit_model::config::preset(
-            "micro",
-            hbit_model::Variant::BitnetV2,
-            hbit_kernels::ActBits::Int8,
-        )
-        .unwrap();
+        let config = micro_config();
         let (row, hd) = (config.num_kv_heads * config.head_dim, config.head_dim);
         for bits in KvBits::ALL {
             let mut cache = KvCache::new(&config, bits);
