@@ -17,6 +17,8 @@ use crate::weights::Weights;
 pub const CONFIG_FILE: &str = "config.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// HF's tokenizer settings, where a checkpoint keeps its chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
 /// Tensors by name: shape and values (converted to f32).
 pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
@@ -142,18 +144,49 @@ pub fn load_checkpoint_dir(dir: &Path, half_embeddings: bool) -> Result<(Weights
     Ok((weights, ckpt.tokenizer_json))
 }
 
+/// The chat template of a checkpoint directory: `tokenizer_config.json`'s `chat_template`, a
+/// string or HF's list of named templates (the one named `default`). `None` when absent.
+pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::format(&path, format!("invalid JSON: {e}")))?;
+    match value.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(t)) => Ok(Some(t.clone())),
+        Some(serde_json::Value::Array(named)) => Ok(named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)),
+        Some(_) => Err(EngineError::format(
+            &path,
+            "chat_template: expected a string or a list of {name, template}",
+        )),
+    }
+}
+
 /// `hbit pack`: quantizes a checkpoint directory ([`load_checkpoint_dir`]) and writes the
-/// packed model file, projections with INT4 inputs in `int4_layout`. Returns the packed
-/// weights.
+/// packed model file, projections with INT4 inputs in `int4_layout`, with `chat_template` or
+/// else the checkpoint's own ([`read_chat_template`]). Returns the packed weights.
 pub fn pack_checkpoint(
     dir: &Path,
     out: &Path,
     half_embeddings: bool,
     int4_layout: Int4Layout,
+    chat_template: Option<String>,
 ) -> Result<Weights> {
     let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
     let weights = weights.with_int4_layout(int4_layout);
-    write_packed(out, &weights, tokenizer.as_deref())?;
+    let template = match chat_template {
+        Some(t) => Some(t),
+        None => read_chat_template(dir)?,
+    };
+    write_packed(out, &weights, tokenizer.as_deref(), template.as_deref())?;
     Ok(weights)
 }
 

@@ -12,7 +12,9 @@
 //! * `config` — the model's `config.json` (variant, activation bits, architecture);
 //! * `int4_layout` — `pairs` or `triples`, the layout of the projections with INT4 inputs
 //!   (present when the model has any; version 1 files are `pairs`);
-//! * `tokenizer` — the HF `tokenizer.json`, when the checkpoint had one.
+//! * `tokenizer` — the HF `tokenizer.json`, when the checkpoint had one;
+//! * `chat_template` — the Jinja chat template (the checkpoint's `tokenizer_config.json`
+//!   `chat_template`, or one given to `hbit pack --chat-template`), when there is one.
 //!
 //! Tensors (HF names, DESIGN.md §3):
 //! * `model.layers.N.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj}.weight` — U8, ternary
@@ -57,11 +59,14 @@ pub const FORMAT_VERSION: &str = "2";
 pub const FORMAT_VERSION_PAIRS_ONLY: &str = "1";
 /// Metadata key naming the INT4 projections' layout.
 pub const INT4_LAYOUT_KEY: &str = "int4_layout";
+/// Metadata key of the chat template.
+pub const CHAT_TEMPLATE_KEY: &str = "chat_template";
 
 /// A loaded packed model: weights (in the mapped file) and the tokenizer text.
 pub struct PackedModel {
     pub weights: Weights,
     pub tokenizer_json: Option<String>,
+    pub chat_template: Option<String>,
     /// Size of the file on disk.
     pub file_bytes: u64,
 }
@@ -121,9 +126,14 @@ fn int4_layout_of(path: &Path, weights: &Weights) -> Result<Option<Int4Layout>> 
     Ok(found)
 }
 
-/// Writes `weights` (and the tokenizer text) to `path` atomically: a temporary file in the same
-/// directory, renamed over `path` only once complete.
-pub fn write_packed(path: &Path, weights: &Weights, tokenizer_json: Option<&str>) -> Result<()> {
+/// Writes `weights` (and the tokenizer and chat template texts) to `path` atomically: a
+/// temporary file in the same directory, renamed over `path` only once complete.
+pub fn write_packed(
+    path: &Path,
+    weights: &Weights,
+    tokenizer_json: Option<&str>,
+    chat_template: Option<&str>,
+) -> Result<()> {
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), FORMAT_TAG.to_string());
     metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
@@ -133,6 +143,9 @@ pub fn write_packed(path: &Path, weights: &Weights, tokenizer_json: Option<&str>
     }
     if let Some(t) = tokenizer_json {
         metadata.insert("tokenizer".to_string(), t.to_string());
+    }
+    if let Some(t) = chat_template {
+        metadata.insert(CHAT_TEMPLATE_KEY.to_string(), t.to_string());
     }
     let mut scales: Vec<(String, [u8; 4])> = Vec::new();
     let mut views: Vec<(String, TensorView)> = Vec::new();
@@ -364,6 +377,7 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
     Ok(PackedModel {
         weights,
         tokenizer_json: meta.get("tokenizer").cloned(),
+        chat_template: meta.get(CHAT_TEMPLATE_KEY).cloned(),
         file_bytes,
     })
 }

@@ -1,7 +1,7 @@
 //! Batched generation: every prompt prefilled in one forward call (GEMM over all prompt tokens),
 //! then one decode call per step for every unfinished sequence (GEMM over the batch), so
 //! throughput grows with the batch. Text streams out as it becomes valid UTF-8, holding back
-//! any tail that could still become a stop string.
+//! any tail that could still become a stop string ([`crate::text_stream`]).
 
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::forward::{Engine, Logits};
 use crate::kv::{KvBits, KvCache};
 use crate::sample::{Sampler, SamplingParams};
+use crate::text_stream::TextStream;
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -69,61 +70,6 @@ pub struct GenerateStats {
     pub kv_bytes: usize,
 }
 
-/// Incremental detokenization and stop-string handling of one sequence.
-struct TextStream {
-    emitted: usize,
-    text: String,
-}
-
-impl TextStream {
-    /// Re-decodes `tokens`; returns the newly safe text and whether a stop string was hit.
-    fn update(
-        &mut self,
-        tokenizer: &Tokenizer,
-        tokens: &[u32],
-        stop: &[String],
-    ) -> Result<(String, bool)> {
-        let text = tokenizer
-            .decode(tokens, true)
-            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        // A trailing U+FFFD is an incomplete UTF-8 sequence of byte-level BPE: wait for more.
-        let complete = text.trim_end_matches('\u{FFFD}').len();
-        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            self.text = text[..cut].to_string();
-            let out = self.text.get(self.emitted..).unwrap_or("").to_string();
-            self.emitted = self.text.len();
-            return Ok((out, true));
-        }
-        // Hold back the longest tail that is a prefix of some stop string.
-        let hold = stop
-            .iter()
-            .flat_map(|s| {
-                (1..s.len())
-                    .filter(|&n| s.is_char_boundary(n))
-                    .map(move |n| &s[..n])
-            })
-            .filter(|p| text[..complete].ends_with(p))
-            .map(|p| p.len())
-            .max()
-            .unwrap_or(0);
-        let safe = complete - hold;
-        self.text = text;
-        let out = match self.text.get(self.emitted..safe) {
-            Some(s) if safe > self.emitted => s.to_string(),
-            _ => String::new(),
-        };
-        self.emitted = self.emitted.max(safe);
-        Ok((out, false))
-    }
-
-    fn finish(&mut self) -> String {
-        // Whatever was held back is final now (an incomplete UTF-8 tail decodes to U+FFFD).
-        let out = self.text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = self.text.len();
-        out
-    }
-}
-
 /// Generates a continuation of every prompt, batched. `on_text(i, piece)` receives each
 /// sequence's text as it becomes final.
 pub fn generate(
@@ -162,12 +108,7 @@ pub fn generate(
     let mut samplers: Vec<Sampler> = (0..n)
         .map(|i| Sampler::new(options.sampling.clone(), i as u64))
         .collect();
-    let mut streams: Vec<TextStream> = (0..n)
-        .map(|_| TextStream {
-            emitted: 0,
-            text: String::new(),
-        })
-        .collect();
+    let mut streams: Vec<TextStream> = (0..n).map(|_| TextStream::default()).collect();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut finish: Vec<Option<Finish>> = vec![None; n];
     let mut stats = GenerateStats {
@@ -190,12 +131,7 @@ pub fn generate(
     while !active.is_empty() {
         let mut next_tokens = Vec::with_capacity(active.len());
         for (j, &i) in active.iter().enumerate() {
-            // The context only matters to the repetition penalty: copy it only then.
-            let ctx = match options.sampling.repetition_penalty == 1.0 {
-                true => Vec::new(),
-                false => [prompts[i].as_slice(), &outputs[i]].concat(),
-            };
-            let token = samplers[i].sample(&logits[j], &ctx);
+            let token = samplers[i].sample(&logits[j], &prompts[i], &outputs[i]);
             if options.end_tokens.contains(&token) {
                 finish[i] = Some(Finish::EndOfText);
                 continue;
@@ -244,7 +180,7 @@ pub fn generate(
         }
         results.push(Generation {
             tokens: std::mem::take(&mut outputs[i]),
-            text: std::mem::take(&mut streams[i].text),
+            text: streams[i].take_text(),
             finish: finish[i].unwrap_or(Finish::Length),
             prompt_tokens: prompts[i].len(),
         });

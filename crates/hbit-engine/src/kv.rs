@@ -196,6 +196,19 @@ impl KvCache {
         }
     }
 
+    /// Bytes a cache of `positions` positions holds ([`KvCache::bytes`]), over every layer,
+    /// keys and values: what a server reserves for a sequence.
+    pub fn bytes_for(config: &ModelConfig, bits: KvBits, positions: usize) -> usize {
+        let hd = config.head_dim;
+        let per_head = |n: usize| match bits {
+            KvBits::F32 => 4 * hd * n,
+            KvBits::F16 => 2 * hd * n,
+            b if b.bits() < 8 && n > 0 => (n - 1) * (b.head_bytes(hd) + 4) + hd,
+            b => n * (b.head_bytes(hd) + 4),
+        };
+        config.num_layers * 2 * config.num_kv_heads * per_head(positions)
+    }
+
     /// Positions cached.
     pub fn len(&self) -> usize {
         self.len
@@ -252,6 +265,28 @@ impl KvCache {
                 }
             }
         }
+    }
+
+    /// Keeps the first `positions` positions (a shared prompt prefix) and forgets the rest; a
+    /// cache cut this way continues exactly as one that only ever held those positions.
+    pub fn truncate(&mut self, positions: usize) {
+        let len = positions.min(self.len);
+        let (hd, bits) = (self.hd, self.bits);
+        let slots = if self.first_is_separate() {
+            len.saturating_sub(1)
+        } else {
+            len
+        };
+        for store in self.layers.iter_mut().flatten().flatten() {
+            store.full.truncate(slots * hd);
+            store.half.truncate(slots * hd);
+            store.data.truncate(slots * bits.head_bytes(hd));
+            store.scales.truncate(slots);
+            if len == 0 {
+                store.first.clear();
+            }
+        }
+        self.len = len;
     }
 
     /// Separate 8-bit storage for position 0 when the cache is narrower than 8 bits.
@@ -653,6 +688,12 @@ mod tests {
             }
             assert!(first_place.is_some(), "{}: nothing stored", bits.name());
             assert_eq!(plain.bytes(), reserved.bytes(), "{}", bits.name());
+            assert_eq!(
+                plain.bytes(),
+                KvCache::bytes_for(&config, bits, positions),
+                "{}",
+                bits.name()
+            );
             for plane in [false, true] {
                 let (mut a, mut b) = (vec![0.0; positions * hd], vec![0.0; positions * hd]);
                 plain

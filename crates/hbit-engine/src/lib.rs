@@ -2,7 +2,7 @@
 //!
 //! Map: [`format`] (the packed model file, read into memory or memory-mapped) and [`weights`] (packed projections,
 //! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
-//! caches at f32/f16/int8/int4/int3); [`sample`] and [`generate`] turn logits into text.
+//! caches at f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
 
 pub mod checkpoint;
 pub mod error;
@@ -12,6 +12,7 @@ pub mod generate;
 pub mod hf_bitnet;
 pub mod kv;
 pub mod sample;
+pub mod text_stream;
 pub mod weights;
 
 pub use error::EngineError;
@@ -19,4 +20,5 @@ pub use forward::{Engine, Logits, Observer, Site};
 pub use generate::{generate, Finish, GenerateOptions, GenerateStats, Generation};
 pub use kv::{KvBits, KvCache};
 pub use sample::{Sampler, SamplingParams};
+pub use text_stream::TextStream;
 pub use weights::{Int4Layout, Weights};

@@ -1,4 +1,5 @@
-//! Next-token sampling: repetition penalty (CTRL / HF convention), temperature, top-k, top-p
+//! Next-token sampling: repetition penalty (CTRL / HF convention), presence and frequency
+//! penalties (OpenAI convention, over the generated tokens), temperature, top-k, top-p
 //! (nucleus), from a seeded generator so a seed reproduces a generation exactly. Temperature 0
 //! is greedy (argmax, lowest id on ties).
 
@@ -17,6 +18,10 @@ pub struct SamplingParams {
     /// Above 1, discourages tokens already in the context: positive logits divided, negative
     /// ones multiplied (1 = off).
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated (0 = off).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated (0 = off).
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
@@ -27,6 +32,8 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: 0,
         }
     }
@@ -52,7 +59,24 @@ impl SamplingParams {
                 self.repetition_penalty
             )));
         }
+        for (name, v) in [
+            ("presence penalty", self.presence_penalty),
+            ("frequency penalty", self.frequency_penalty),
+        ] {
+            if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                return Err(EngineError::Input(format!(
+                    "sampling: {name} must be in [-2, 2], found {v}"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether sampling reads the tokens so far (any penalty on).
+    pub fn reads_context(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -73,13 +97,14 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token from `logits` `[V]` given the `context` so far (prompt + output).
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+    /// Picks the next token from `logits` `[V]` given the sequence so far: the `prompt` and the
+    /// tokens `generated` after it.
+    pub fn sample(&mut self, logits: &[f32], prompt: &[u32], generated: &[u32]) -> u32 {
         let p = &self.params;
         let mut logits = logits.to_vec();
         if p.repetition_penalty != 1.0 {
             let mut seen = vec![false; logits.len()];
-            for &t in context {
+            for &t in prompt.iter().chain(generated) {
                 if let Some(s) = seen.get_mut(t as usize) {
                     *s = true;
                 }
@@ -90,6 +115,18 @@ impl Sampler {
                 } else {
                     *l * p.repetition_penalty
                 };
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            // logit[t] -= count[t] · frequency + (count[t] > 0) · presence
+            let mut count = vec![0u32; logits.len()];
+            for &t in generated {
+                if let Some(c) = count.get_mut(t as usize) {
+                    *c += 1;
+                }
+            }
+            for (l, &c) in logits.iter_mut().zip(&count).filter(|(_, c)| **c > 0) {
+                *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
         if p.temperature == 0.0 {
@@ -164,7 +201,7 @@ mod tests {
     fn greedy_is_argmax_and_penalty_applies() {
         let logits = [1.0, 3.0, 3.0, -1.0];
         let mut s = Sampler::new(SamplingParams::default(), 0);
-        assert_eq!(s.sample(&logits, &[]), 1); // tie -> lower id
+        assert_eq!(s.sample(&logits, &[], &[]), 1); // tie -> lower id
         let mut s = Sampler::new(
             SamplingParams {
                 repetition_penalty: 2.0,
@@ -173,7 +210,7 @@ mod tests {
             0,
         );
         // 1 was seen: 3.0 / 2 = 1.5 < 3.0 at id 2.
-        assert_eq!(s.sample(&logits, &[1]), 2);
+        assert_eq!(s.sample(&logits, &[1], &[]), 2);
     }
 
     #[test]
@@ -182,7 +219,7 @@ mod tests {
         for p in [params(1.0, 1, 1.0), params(1.0, 0, 1e-6)] {
             let mut s = Sampler::new(p, 3);
             for _ in 0..20 {
-                assert_eq!(s.sample(&logits, &[]), 1);
+                assert_eq!(s.sample(&logits, &[], &[]), 1);
             }
         }
     }
@@ -192,14 +229,14 @@ mod tests {
         // p = softmax([0, ln 3]) = [0.25, 0.75].
         let logits = [0.0, 3f32.ln()];
         let mut s = Sampler::new(params(1.0, 0, 1.0), 42);
-        let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[])).collect();
+        let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits, &[], &[])).collect();
         let share = draws.iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
         assert!((share - 0.75).abs() < 0.03, "{share}");
         let mut again = Sampler::new(params(1.0, 0, 1.0), 42);
-        let replay: Vec<u32> = (0..4000).map(|_| again.sample(&logits, &[])).collect();
+        let replay: Vec<u32> = (0..4000).map(|_| again.sample(&logits, &[], &[])).collect();
         assert_eq!(draws, replay);
         let mut other = Sampler::new(params(1.0, 0, 1.0), 43);
-        let different: Vec<u32> = (0..4000).map(|_| other.sample(&logits, &[])).collect();
+        let different: Vec<u32> = (0..4000).map(|_| other.sample(&logits, &[], &[])).collect();
         assert_ne!(draws, different);
     }
 
@@ -208,9 +245,31 @@ mod tests {
         // p = [0.5, 0.3, 0.2]: top-p 0.7 keeps ids 0 and 1 only.
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
         let mut s = Sampler::new(params(1.0, 0, 0.7), 1);
-        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&logits, &[])).collect();
+        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&logits, &[], &[])).collect();
         assert!(!draws.contains(&2));
         assert!(draws.contains(&1));
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens_only() {
+        let logits = [2.0, 1.5, 0.5];
+        let penalized = |presence, frequency| SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            ..Default::default()
+        };
+        // Token 0 in the prompt only: no penalty, still the argmax.
+        let mut s = Sampler::new(penalized(1.0, 0.0), 0);
+        assert_eq!(s.sample(&logits, &[0, 0], &[]), 0);
+        // Generated once: 2.0 − 1.0 = 1.0 < 1.5.
+        assert_eq!(s.sample(&logits, &[], &[0]), 1);
+        // Frequency 0.2, generated twice: 2.0 − 0.4 = 1.6 > 1.5; three times: 1.4 < 1.5.
+        let mut s = Sampler::new(penalized(0.0, 0.2), 0);
+        assert_eq!(s.sample(&logits, &[], &[0, 0]), 0);
+        assert_eq!(s.sample(&logits, &[], &[0, 0, 0]), 1);
+        // A negative presence penalty favours what was said: 0.5 + 1.8 > 2.0.
+        let mut s = Sampler::new(penalized(-1.8, 0.0), 0);
+        assert_eq!(s.sample(&logits, &[], &[2]), 2);
     }
 
     #[test]
@@ -219,5 +278,10 @@ mod tests {
         assert!(params(1.0, 0, 0.0).validate().is_err());
         assert!(params(f32::NAN, 0, 1.0).validate().is_err());
         assert!(params(0.7, 40, 0.9).validate().is_ok());
+        let presence = SamplingParams {
+            presence_penalty: 2.5,
+            ..Default::default()
+        };
+        assert!(presence.validate().is_err());
     }
 }

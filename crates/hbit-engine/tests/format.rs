@@ -41,9 +41,10 @@ fn packed_file_round_trips_exactly() {
         for half in [false, true] {
             let w = weights(variant, bits, half);
             let path = dir.join(format!("{}-{}-{half}.hbit", variant.name(), bits.bits()));
-            write_packed(&path, &w, Some("{\"tok\": 1}")).unwrap();
+            write_packed(&path, &w, Some("{\"tok\": 1}"), Some("{{ messages }}")).unwrap();
             let loaded = load_packed(&path).unwrap();
             assert_eq!(loaded.tokenizer_json.as_deref(), Some("{\"tok\": 1}"));
+            assert_eq!(loaded.chat_template.as_deref(), Some("{{ messages }}"));
             assert_eq!(loaded.weights.config, w.config);
             assert_eq!(loaded.weights.embed_tokens.is_f16(), half);
             assert_eq!(loaded.file_bytes, std::fs::metadata(&path).unwrap().len());
@@ -77,7 +78,7 @@ fn both_int4_layouts_round_trip_and_version_1_loads() {
         assert_eq!(w.int4_layout(), Some(layout));
         assert!(logits(w.clone(), &TOKENS) == want, "{layout:?} in memory");
         let path = dir.join(format!("{}.hbit", layout.name()));
-        write_packed(&path, &w, None).unwrap();
+        write_packed(&path, &w, None, None).unwrap();
         for mode in [LoadMode::Read, LoadMode::Map] {
             let loaded = load_packed_with(&path, mode).unwrap();
             assert_eq!(loaded.weights.int4_layout(), Some(layout));
@@ -141,7 +142,7 @@ fn damaged_files_give_clear_errors_and_writes_are_atomic() {
     let dir = tempdir();
     let path = dir.join("model.hbit");
     let w = weights(Variant::BitnetV2, ActBits::Int8, true);
-    write_packed(&path, &w, None).unwrap();
+    write_packed(&path, &w, None, None).unwrap();
     let good = std::fs::read(&path).unwrap();
 
     // Truncated.
@@ -183,7 +184,7 @@ fn damaged_files_give_clear_errors_and_writes_are_atomic() {
     assert!(e.contains(name) && e.contains("invalid code"), "{e}");
 
     // A failed write (directory missing) leaves nothing behind and the old file intact.
-    let e = write_packed(&dir.join("missing/model.hbit"), &w, None).unwrap_err();
+    let e = write_packed(&dir.join("missing/model.hbit"), &w, None, None).unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), good);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)

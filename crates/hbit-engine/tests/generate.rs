@@ -79,6 +79,7 @@ fn seeded_sampling_reproduces() {
         top_p: 0.95,
         repetition_penalty: 1.1,
         seed,
+        ..Default::default()
     };
     let run = |seed| {
         generate(

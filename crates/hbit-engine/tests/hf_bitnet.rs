@@ -149,7 +149,7 @@ fn hf_bitnet_layout_loads_and_weight_scale_divides() {
     println!("relative logit difference: weight_scale divides {diff:.2e}, multiplies {off:.2e}");
     // Packing it gives the same model.
     let out = dir.join("packed.hbit");
-    pack_checkpoint(&dir, &out, false, hbit_engine::Int4Layout::native()).unwrap();
+    pack_checkpoint(&dir, &out, false, hbit_engine::Int4Layout::native(), None).unwrap();
     assert!(logits(load_packed(&out).unwrap().weights) == got);
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&wrong).unwrap();

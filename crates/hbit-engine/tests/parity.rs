@@ -241,6 +241,45 @@ fn cached_decode_equals_full_recomputation_across_attention_chunks() {
 }
 
 #[test]
+fn a_truncated_cache_continues_as_a_fresh_prefill_of_its_prefix() {
+    // A prefix cache hands a new request a copy of another's cache cut to their shared prefix;
+    // the request's logits must be those of a cold prefill, bit for bit, at every KV width
+    // (position 0 is kept apart at 8 bits below 8 bits: a cut at 1 and at 0 are edge cases).
+    let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+    let (_, engine) = model_and_engine(&config, 6);
+    let v = config.vocab_size;
+    let toks = tokens(30, v, 6);
+    let mut other = tokens(30, v, 7);
+    other[..12].copy_from_slice(&toks[..12]);
+    for bits in KvBits::ALL {
+        let mut cold = engine.new_cache(bits);
+        let want = engine
+            .forward(&mut [&mut cold], &[&toks], Logits::All)
+            .unwrap()
+            .remove(0);
+        let mut donor = engine.new_cache(bits);
+        engine
+            .forward(&mut [&mut donor], &[&other], Logits::Last)
+            .unwrap();
+        for keep in [12, 1, 0] {
+            let mut cache = donor.clone();
+            cache.truncate(keep);
+            assert_eq!(cache.len(), keep);
+            let got = engine
+                .forward(&mut [&mut cache], &[&toks[keep..]], Logits::All)
+                .unwrap()
+                .remove(0);
+            assert!(
+                got[..] == want[keep * v..],
+                "{}: cut at {keep} differs from a cold prefill",
+                bits.name()
+            );
+            assert_eq!(cache.bytes(), cold.bytes(), "{}", bits.name());
+        }
+    }
+}
+
+#[test]
 fn decode_reading_4bit_codes_in_place_equals_full_recomputation() {
     // hd 16 with 1, 2 and 4 query heads per KV head: a decode step's 4-bit attention reads the
     // codes in place (where the CPU has the kernel), while the prefill of the full recomputation

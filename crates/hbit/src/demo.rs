@@ -98,6 +98,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             top_p: 1.0,
             repetition_penalty: 1.1,
             seed: 0,
+            ..Default::default()
         },
         kv_bits: KvBits::F16,
     };

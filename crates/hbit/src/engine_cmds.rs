@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint};
+use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint, read_chat_template};
 use hbit_engine::format::{load_packed_with, LoadMode};
 use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams};
 use tokenizers::Tokenizer;
 
-/// A model ready to run, with its tokenizer text.
+/// A model ready to run, with its tokenizer and chat template texts.
 pub struct LoadedModel {
     pub engine: Engine,
     pub tokenizer_json: Option<String>,
+    pub chat_template: Option<String>,
 }
 
 /// The model shipped in the repository (`models/`, see its model card), used when a command is
@@ -50,6 +51,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         return Ok(LoadedModel {
             engine: Engine::new(weights),
             tokenizer_json,
+            chat_template: read_chat_template(path)?,
         });
     }
     let packed = load_packed_with(path, LoadMode::from_env()?)?;
@@ -74,6 +76,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     Ok(LoadedModel {
         engine: Engine::new(packed.weights),
         tokenizer_json: packed.tokenizer_json,
+        chat_template: packed.chat_template,
     })
 }
 
@@ -97,6 +100,10 @@ pub struct PackArgs {
     /// AVX-512 with VBMI and VNNI) or native (the faster one on this CPU).
     #[arg(long, default_value = "native")]
     int4_layout: String,
+    /// A Jinja chat template to store in the model [default: the checkpoint's
+    /// tokenizer_config.json `chat_template`, if any].
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
 }
 
 pub fn pack(args: &PackArgs) -> Result<()> {
@@ -106,7 +113,14 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         other => bail!("--embed-dtype {other:?}: expected f16 or f32"),
     };
     let layout = hbit_engine::Int4Layout::parse(&args.int4_layout)?;
-    let weights = pack_checkpoint(&args.model, &args.out, half, layout)?;
+    let template = match &args.chat_template {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--chat-template {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let weights = pack_checkpoint(&args.model, &args.out, half, layout, template)?;
     let size = std::fs::metadata(&args.out)
         .with_context(|| args.out.display().to_string())?
         .len();
@@ -294,6 +308,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
             top_p: args.top_p,
             repetition_penalty: args.repetition_penalty,
             seed: args.seed,
+            ..Default::default()
         },
         kv_bits: KvBits::parse(&args.kv_bits)?,
     };

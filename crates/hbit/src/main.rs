@@ -9,6 +9,7 @@ mod eval_cmd;
 mod model_cmds;
 mod plot;
 mod reproduce;
+mod serve_cmd;
 mod stats_cmd;
 mod train_cmd;
 
@@ -80,6 +81,10 @@ enum Command {
     },
     /// Train a model: a8 from scratch, --init-from for a8 → a4 continue-training, --resume.
     Train(Box<train_cmd::TrainArgs>),
+    /// Serve the model over HTTP: OpenAI's completions and chat API, continuous batching.
+    Serve(Box<serve_cmd::ServeArgs>),
+    /// Chat with the model in the terminal (the server's template and stop rules).
+    Chat(Box<serve_cmd::ChatArgs>),
     /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu {
         /// Print only the supported path names, one per line (for scripts).
@@ -132,6 +137,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reproduce(args) => reproduce::reproduce(&args),
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
+        Command::Serve(args) => serve_cmd::serve(&args),
+        Command::Chat(args) => serve_cmd::chat(&args),
         Command::Cpu { paths } => {
             let supported = KernelPath::supported();
             if paths {

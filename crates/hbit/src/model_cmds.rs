@@ -167,7 +167,7 @@ pub fn init_dummy(
         bail!("{}: exists (pass --force to replace it)", out.display());
     }
     let weights = hbit_engine::Weights::random(&config, seed, true)?.with_int4_layout(int4_layout);
-    hbit_engine::format::write_packed(out, &weights, None)?;
+    hbit_engine::format::write_packed(out, &weights, None, None)?;
     let size = std::fs::metadata(out)
         .with_context(|| out.display().to_string())?
         .len();
