@@ -94,7 +94,7 @@ fn resident_bytes_in_use() -> Option<u64> {
 
 /// The dummy model file of a shape, written by a child `hbit init --dummy` (so its build-time
 /// allocations never count toward this process's resident memory).
-fn dummy_model(
+pub(crate) fn dummy_model(
     dir: &Path,
     shape: &str,
     bits: ActBits,

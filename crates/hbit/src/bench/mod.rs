@@ -3,6 +3,7 @@
 mod e2e;
 mod kernels;
 mod membw;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -19,6 +20,9 @@ pub enum BenchCommand {
     /// Whole-model prefill and decode tokens/s and resident memory of the inference engine on
     /// random-weight models in bitnet.cpp's benchmark shapes and the paper's sizes.
     E2e(e2e::E2eArgs),
+    /// Load an OpenAI-compatible server over loopback (hbit's own, in process, or --url):
+    /// generated tokens/s, time to first token, inter-token latency, errors, peak memory.
+    Serve(serve::ServeBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -26,5 +30,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Kernels(args) => kernels::run(&args),
         BenchCommand::Train(args) => train::run(&args),
         BenchCommand::E2e(args) => e2e::run(&args),
+        BenchCommand::Serve(args) => serve::run(&args),
     }
 }
