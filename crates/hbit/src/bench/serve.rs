@@ -346,7 +346,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
             args.max_tokens,
         ),
     };
-    if levels.iter().any(|&c| c == 0) || prompt_tokens == 0 || max_tokens == 0 {
+    if levels.contains(&0) || prompt_tokens == 0 || max_tokens == 0 {
         bail!("--concurrency, --prompt-tokens and --max-tokens must be positive");
     }
     let kv = KvBits::parse(&args.kv_bits)?;
