@@ -1,8 +1,10 @@
 //! Continuous batching. One engine thread owns the model and runs a loop of engine steps; each
 //! step takes in new requests, drops finished and abandoned ones, and runs one forward call over
 //! every running sequence: a decode token for each sequence that is generating, and a chunk of
-//! prompt for those still prefilling (at most `prefill_chunk` prompt tokens per step in all, so
-//! a long new prompt does not stall the running streams).
+//! prompt for those still prefilling. While sequences generate, the chunk is sized from measured
+//! step times so that a step with prefill takes about `step_time_factor` decode steps (a long
+//! new prompt does not stall the running streams), more when many requests wait for their first
+//! token per running stream; with nothing generating, it is the whole `prefill_chunk`.
 //!
 //! Admission: at most `max_seqs` sequences run, their KV caches reserved up to prompt +
 //! `max_tokens` within a byte budget; up to `max_queue` more wait in arrival order; beyond that
@@ -36,8 +38,11 @@ pub struct SchedulerConfig {
     pub kv_bits: KvBits,
     /// Bytes the running sequences' KV caches may reserve in all.
     pub kv_budget_bytes: usize,
-    /// Prompt tokens prefilled per engine step, over all sequences.
+    /// Most prompt tokens prefilled per engine step, over all sequences.
     pub prefill_chunk: usize,
+    /// While sequences are generating, a step that also prefills aims to take at most this
+    /// many times a decode-only step, so prompts that arrive do not stall running streams.
+    pub step_time_factor: f64,
     /// Bytes of finished sequences' caches kept for prompt-prefix reuse (0 = off).
     pub prefix_cache_bytes: usize,
 }
@@ -52,6 +57,7 @@ impl SchedulerConfig {
             kv_bits,
             kv_budget_bytes: max_seqs * KvCache::bytes_for(engine.config(), kv_bits, ctx),
             prefill_chunk: 256,
+            step_time_factor: 3.0,
             prefix_cache_bytes: 256 << 20,
         }
     }
@@ -278,6 +284,58 @@ struct EngineLoop {
     running: Vec<Sequence>,
     prefix: PrefixCache,
     reserved_bytes: usize,
+    clock: StepClock,
+}
+
+/// Running estimates of step times, for sizing prefill chunks.
+#[derive(Default)]
+struct StepClock {
+    /// Seconds of a step that only decodes.
+    decode: Option<f64>,
+    /// Seconds one prompt token adds to a step.
+    per_prefill_token: Option<f64>,
+}
+
+impl StepClock {
+    /// Weight of a new measurement in the running averages.
+    const NEW: f64 = 0.25;
+
+    fn blend(old: Option<f64>, new: f64) -> Option<f64> {
+        Some(old.map_or(new, |o| o + Self::NEW * (new - o)))
+    }
+
+    /// Records a step of `decode_rows` decode tokens and `prefill_rows` prompt tokens.
+    fn record(&mut self, decode_rows: usize, prefill_rows: usize, seconds: f64) {
+        if prefill_rows == 0 {
+            self.decode = Self::blend(self.decode, seconds);
+            return;
+        }
+        let decode_part = match decode_rows {
+            0 => 0.0,
+            _ => self.decode.unwrap_or(0.0),
+        };
+        let per_token = ((seconds - decode_part) / prefill_rows as f64).max(1e-7);
+        self.per_prefill_token = Self::blend(self.per_prefill_token, per_token);
+    }
+
+    /// Prompt tokens for the next step, up to `cap`. While `decoding` sequences stream, a step
+    /// with prefill may last `factor` decode steps, and longer in proportion to how many
+    /// sequences (`prefilling`) wait for their first token per stream it delays.
+    fn prefill_budget(&self, decoding: usize, prefilling: usize, cap: usize, factor: f64) -> usize {
+        /// Fewest prompt tokens a step takes (and the probe size before any estimate).
+        const MIN: usize = 16;
+        if decoding == 0 {
+            return cap;
+        }
+        match (self.decode, self.per_prefill_token) {
+            (Some(d), Some(p)) => {
+                let waiting_per_stream = (prefilling as f64 / decoding as f64).max(1.0);
+                let room = ((factor - 1.0).max(0.0) * d / p * waiting_per_stream) as usize;
+                room.clamp(MIN.min(cap), cap)
+            }
+            _ => (2 * MIN).min(cap),
+        }
+    }
 }
 
 impl EngineLoop {
@@ -296,6 +354,7 @@ impl EngineLoop {
             waiting: VecDeque::new(),
             running: Vec::new(),
             reserved_bytes: 0,
+            clock: StepClock::default(),
         }
     }
 
@@ -391,7 +450,13 @@ impl EngineLoop {
     /// One forward call over the batch, then sampling for every sequence that reached a token.
     fn step(&mut self) {
         let started = Instant::now();
-        let mut budget = self.config.prefill_chunk.max(1);
+        let prefilling = self.running.iter().filter(|s| s.prefilling()).count();
+        let mut budget = self.clock.prefill_budget(
+            self.running.len() - prefilling,
+            prefilling,
+            self.config.prefill_chunk.max(1),
+            self.config.step_time_factor,
+        );
         // (index in `running`, tokens to run)
         let mut plan: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
@@ -406,6 +471,10 @@ impl EngineLoop {
                 plan.push((i, 0..1));
             }
         }
+        let decode_rows = plan
+            .iter()
+            .filter(|(i, _)| !self.running[*i].prefilling())
+            .count();
         let mut caches: Vec<&mut KvCache> = Vec::with_capacity(plan.len());
         let mut lists: Vec<&[u32]> = Vec::with_capacity(plan.len());
         let mut planned = plan.iter().peekable();
@@ -429,6 +498,11 @@ impl EngineLoop {
         let tokens_run: usize = lists.iter().map(|l| l.len()).sum();
         let result = self.engine.forward(&mut caches, &lists, Logits::Last);
         drop(caches);
+        self.clock.record(
+            decode_rows,
+            tokens_run - decode_rows,
+            started.elapsed().as_secs_f64(),
+        );
         self.metrics.steps.add(1);
         self.metrics.step_tokens.add(tokens_run as u64);
         let logits = match result {
@@ -579,6 +653,27 @@ pub fn token_logprob(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefill_chunks_shrink_to_keep_steps_near_the_factor() {
+        let mut clock = StepClock::default();
+        // Nothing decoding: the whole cap. Decoding, no estimates yet: a 32-token probe.
+        assert_eq!(clock.prefill_budget(0, 3, 256, 2.5), 256);
+        assert_eq!(clock.prefill_budget(4, 1, 256, 2.5), 32);
+        // Decode steps of 50 ms; 32 prompt tokens added 64 ms to one (2 ms a token).
+        clock.record(16, 0, 0.050);
+        clock.record(16, 32, 0.114);
+        // (2.5 − 1) · 50 ms / 2 ms = 37 tokens keep a step at 2.5 decode steps.
+        assert_eq!(clock.prefill_budget(16, 1, 256, 2.5), 37);
+        assert_eq!(clock.prefill_budget(16, 1, 20, 2.5), 20);
+        // Three sequences waiting per stream delayed: three times the room.
+        assert_eq!(clock.prefill_budget(2, 6, 256, 2.5), 112);
+        // A very fast decode step still lets 16 prompt tokens through.
+        let mut fast = StepClock::default();
+        fast.record(1, 0, 0.001);
+        fast.record(0, 100, 0.2);
+        assert_eq!(fast.prefill_budget(1, 1, 256, 2.5), 16);
+    }
 
     #[test]
     fn logprobs_are_a_log_softmax_with_ranked_alternatives() {

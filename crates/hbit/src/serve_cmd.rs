@@ -75,10 +75,15 @@ pub struct ServeArgs {
     /// The model's name in the API [default: the model file's stem].
     #[arg(long)]
     model_name: Option<String>,
-    /// Prompt tokens prefilled per engine step, over all new requests (smaller: steadier
-    /// streams while long prompts arrive; larger: faster first tokens).
+    /// Most prompt tokens prefilled per engine step, over all new requests. While answers
+    /// stream, steps take fewer (sized so a step with prefill lasts about --step-time-factor
+    /// decode steps).
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// How much longer than a decode-only step a step that also prefills may take while
+    /// answers stream (the running streams' inter-token latency against new prompts' wait).
+    #[arg(long, default_value_t = 3.0)]
+    step_time_factor: f64,
     /// MiB of finished requests' KV caches kept to skip the prefill of shared prompt prefixes.
     #[arg(long, default_value_t = 256)]
     prefix_cache_mib: usize,
@@ -108,8 +113,12 @@ pub struct ServingModel {
 }
 
 impl ModelArgs {
+    fn kv_bits(&self) -> Result<KvBits> {
+        KvBits::parse(&self.kv_bits).with_context(|| format!("--kv-bits {}", self.kv_bits))
+    }
+
     fn load(&self) -> Result<ServingModel> {
-        let kv_bits = KvBits::parse(&self.kv_bits)?;
+        let kv_bits = self.kv_bits()?;
         let path = model_or_bundled(&self.model)?;
         let mut loaded = load_model(&path)?;
         match self.head_bits {
@@ -192,6 +201,13 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.max_seqs == 0 {
         bail!("--max-seqs must be at least 1");
     }
+    args.model.kv_bits()?;
+    if !(args.step_time_factor >= 1.0 && args.step_time_factor.is_finite()) {
+        bail!(
+            "--step-time-factor {}: expected a number >= 1",
+            args.step_time_factor
+        );
+    }
     let config = HttpConfig {
         api_keys: api_keys(args)?,
         cors_origins: args.cors_origins.clone(),
@@ -222,14 +238,22 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         SchedulerConfig::for_model(&model.engine, args.max_seqs, model.ctx, model.kv_bits);
     scheduler.max_queue = args.max_queue;
     scheduler.prefill_chunk = args.prefill_chunk.max(1);
+    if !(args.step_time_factor >= 1.0 && args.step_time_factor.is_finite()) {
+        bail!(
+            "--step-time-factor {}: expected a number >= 1",
+            args.step_time_factor
+        );
+    }
+    scheduler.step_time_factor = args.step_time_factor;
     scheduler.prefix_cache_bytes = args.prefix_cache_mib << 20;
     if let Some(mib) = args.kv_budget_mib {
         scheduler.kv_budget_bytes = mib << 20;
     }
+    let name = args.model_name.clone().unwrap_or(model.name);
     let c = model.engine.config();
     eprintln!(
         "hbit serve: model `{}` ({} a{}, context {}, KV {}), template {}, up to {} sequences",
-        model.name,
+        name,
         c.variant.name(),
         c.activation_bits.bits(),
         model.ctx,
@@ -238,7 +262,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         args.max_seqs
     );
     let served = start_model(
-        &model.name,
+        &name,
         model.engine,
         model.tokenizer,
         model.template,

@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,9 +63,12 @@ pub struct ServeBenchArgs {
     /// KV-cache storage of the in-process server.
     #[arg(long, default_value = "16")]
     kv_bits: String,
-    /// Prompt tokens prefilled per engine step (the in-process server's --prefill-chunk).
+    /// Most prompt tokens prefilled per engine step (the in-process server's --prefill-chunk).
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// The in-process server's --step-time-factor (a huge value: always the whole chunk).
+    #[arg(long, default_value_t = 3.0)]
+    step_time_factor: f64,
     /// Also run each level's batch through the engine's `generate` alone (same lengths), in
     /// turn with the server's rounds, and report the server's share of it.
     #[arg(long)]
@@ -74,6 +77,10 @@ pub struct ServeBenchArgs {
     /// after each); the median round is reported.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Meanwhile, one more client keeps sending prompts of this many tokens (one answer token
+    /// each): the streams' inter-token latency while long prompts keep arriving.
+    #[arg(long)]
+    arrivals: Option<usize>,
     /// Process id of the --url server, to report its peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -258,10 +265,21 @@ struct Level {
 }
 
 /// `requests` requests from `concurrency` clients; generated tokens/s over the wall time.
+/// Prompt `i` of a run: random token ids, its own seed, so no two requests of a run share a
+/// prefix (the prefix cache would otherwise skip their prefill).
+fn random_prompt(seed: u64, vocab: usize, len: usize) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+/// `requests` requests from `concurrency` clients, prompts seeded from `first_seed` on;
+/// generated tokens/s over the wall time.
+#[allow(clippy::too_many_arguments)]
 fn run_level(
     addr: SocketAddr,
     concurrency: usize,
     requests: usize,
+    first_seed: u64,
     args: &ServeBenchArgs,
     vocab: usize,
     prompt_tokens: usize,
@@ -270,10 +288,37 @@ fn run_level(
     let next = Arc::new(AtomicUsize::new(0));
     let samples = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
+    let stop = AtomicBool::new(false);
+    let mut wall = 0.0;
     std::thread::scope(|scope| {
+        // With --arrivals: a client that keeps sending long prompts (one answer token each)
+        // while the level runs; its requests count in no statistic.
+        if let Some(long) = args.arrivals.filter(|&n| n > 0) {
+            let stop = &stop;
+            scope.spawn(move || {
+                let mut seed = first_seed + 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = json!({
+                        "prompt": random_prompt(seed, vocab, long), "max_tokens": 1,
+                        "temperature": 0, "ignore_eos": true,
+                    });
+                    seed += 1;
+                    let _ = send(
+                        addr,
+                        "POST",
+                        "/v1/completions",
+                        &[],
+                        Some(body.to_string().as_bytes()),
+                        Duration::from_secs(args.timeout),
+                    )
+                    .and_then(|r| r.read_all());
+                }
+            });
+        }
+        let mut clients = Vec::new();
         for _ in 0..concurrency {
             let (next, samples) = (next.clone(), samples.clone());
-            scope.spawn(move || {
+            clients.push(scope.spawn(move || {
                 let key = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
                 let headers: Vec<(&str, &str)> =
                     key.iter().map(|k| ("Authorization", k.as_str())).collect();
@@ -282,10 +327,7 @@ fn run_level(
                     if i >= requests {
                         return;
                     }
-                    let mut rng = SplitMix64::new(1000 + i as u64);
-                    let prompt: Vec<u32> = (0..prompt_tokens)
-                        .map(|_| rng.below(vocab as u64) as u32)
-                        .collect();
+                    let prompt = random_prompt(first_seed + i as u64, vocab, prompt_tokens);
                     let body = json!({
                         "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                         "ignore_eos": true, "stream": true,
@@ -294,10 +336,14 @@ fn run_level(
                     let s = one_request(addr, &body, &headers, Duration::from_secs(args.timeout));
                     samples.lock().map(|mut v| v.push(s)).ok();
                 }
-            });
+            }));
         }
+        for c in clients {
+            let _ = c.join();
+        }
+        wall = start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
     });
-    let wall = start.elapsed().as_secs_f64();
     let samples = Arc::try_unwrap(samples)
         .ok()
         .and_then(|m| m.into_inner().ok())
@@ -308,6 +354,7 @@ fn run_level(
 
 /// Generated tokens/s of the engine's own `generate` on a batch of `batch` prompts.
 fn engine_alone(
+    first_seed: u64,
     engine: &Engine,
     tokenizer: &Tokenizer,
     batch: usize,
@@ -317,12 +364,7 @@ fn engine_alone(
 ) -> Result<f64> {
     let vocab = engine.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|i| {
-            let mut rng = SplitMix64::new(1000 + i as u64);
-            (0..prompt_tokens)
-                .map(|_| rng.below(vocab as u64) as u32)
-                .collect()
-        })
+        .map(|i| random_prompt(first_seed + i as u64, vocab, prompt_tokens))
         .collect();
     let options = GenerateOptions {
         max_tokens,
@@ -388,6 +430,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
             let mut config = SchedulerConfig::for_model(&engine, max_level, ctx, kv);
             config.max_queue = 4 * max_level.max(16);
             config.prefill_chunk = args.prefill_chunk.max(1);
+            config.step_time_factor = args.step_time_factor.max(1.0);
             let template = ChatTemplate::builtin("", "");
             let model = start_model(
                 &name,
@@ -423,9 +466,18 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
             "errors"
         );
     }
-    // Warm-up: one short request (pages the weights in, starts the threads).
-    let warm = json!({"prompt": [1, 2, 3, 4], "max_tokens": 2, "temperature": 0, "stream": true});
+    // Warm-up, not measured: one request of the measured lengths (pages the weights in,
+    // starts the threads), and one engine batch when it is compared.
+    let warm = json!({
+        "prompt": random_prompt(1, vocab, prompt_tokens), "max_tokens": max_tokens,
+        "temperature": 0, "ignore_eos": true, "stream": true,
+    });
     let _ = one_request(addr, &warm, &[], Duration::from_secs(args.timeout));
+    if let Some((engine, tokenizer)) = &alone {
+        engine_alone(2, engine, tokenizer, 1, prompt_tokens, max_tokens, kv)?;
+    }
+    // Every prompt of the run is new (its own seed).
+    let mut next_seed = 1000u64;
     for &c in &levels {
         let requests = args.requests.unwrap_or((2 * c).max(4));
         let mut level = Level {
@@ -441,8 +493,18 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         let mut server_rounds = Vec::new();
         let mut engine_rounds = Vec::new();
         for _ in 0..args.rounds.max(1) {
-            let (tok_s, samples) =
-                run_level(addr, c, requests, args, vocab, prompt_tokens, max_tokens);
+            let first_seed = next_seed;
+            next_seed += requests as u64;
+            let (tok_s, samples) = run_level(
+                addr,
+                c,
+                requests,
+                first_seed,
+                args,
+                vocab,
+                prompt_tokens,
+                max_tokens,
+            );
             server_rounds.push(tok_s);
             for s in samples {
                 if let Some(e) = s.error {
@@ -454,7 +516,10 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
                 level.gaps.extend(s.gaps);
             }
             if let Some((engine, tokenizer)) = &alone {
+                let seed = next_seed;
+                next_seed += c as u64;
                 engine_rounds.push(engine_alone(
+                    seed,
                     engine,
                     tokenizer,
                     c,
