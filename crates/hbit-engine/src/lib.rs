@@ -4,6 +4,8 @@
 //! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
 //! caches at f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod error;
 pub mod format;

@@ -6,6 +6,8 @@
 //! lm-evaluation-harness builds them); [`metrics`] (acc, acc_norm, LAMBADA perplexity, standard
 //! errors) and [`report`] (the paper's Table 1 layout).
 
+#![forbid(unsafe_code)]
+
 pub mod activations;
 pub mod error;
 pub mod loglikelihood;

@@ -4,6 +4,8 @@
 //! The training layer (candle) and the inference engine (kernel layer only) both build on it, so
 //! the two read the same model the same way.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod rng;

@@ -343,7 +343,10 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
                 Endpoint::Chat,
             )?;
             let Prompt::Chat(messages) = parsed.prompt else {
-                unreachable!("a chat request's prompt is its messages")
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    "messages must be a list",
+                ));
             };
             let add_generation_prompt = value
                 .get("add_generation_prompt")

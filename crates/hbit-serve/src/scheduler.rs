@@ -57,7 +57,7 @@ impl SchedulerConfig {
             kv_bits,
             kv_budget_bytes: max_seqs * KvCache::bytes_for(engine.config(), kv_bits, ctx),
             prefill_chunk: 256,
-            step_time_factor: 3.0,
+            step_time_factor: 2.5,
             prefix_cache_bytes: 256 << 20,
         }
     }
@@ -236,7 +236,7 @@ fn check_request(r: &Request, vocab_size: usize, ctx: usize) -> Result<(), Submi
     if r.max_tokens == 0 {
         return invalid("max_tokens must be at least 1".into());
     }
-    if r.prompt.len() + r.max_tokens > ctx {
+    if r.prompt.len().saturating_add(r.max_tokens) > ctx {
         return invalid(format!(
             "this model's maximum context length is {ctx} tokens; the prompt has {} tokens and \
              max_tokens asks for {} more",
@@ -290,9 +290,9 @@ struct EngineLoop {
 /// Running estimates of step times, for sizing prefill chunks.
 #[derive(Default)]
 struct StepClock {
-    /// Seconds of a step that only decodes.
-    decode: Option<f64>,
-    /// Seconds one prompt token adds to a step.
+    /// Seconds a decode token adds to a step (from steps that only decode).
+    per_decode_token: Option<f64>,
+    /// Seconds a prompt token adds to a step.
     per_prefill_token: Option<f64>,
 }
 
@@ -307,13 +307,13 @@ impl StepClock {
     /// Records a step of `decode_rows` decode tokens and `prefill_rows` prompt tokens.
     fn record(&mut self, decode_rows: usize, prefill_rows: usize, seconds: f64) {
         if prefill_rows == 0 {
-            self.decode = Self::blend(self.decode, seconds);
+            if decode_rows > 0 {
+                let per_token = seconds / decode_rows as f64;
+                self.per_decode_token = Self::blend(self.per_decode_token, per_token);
+            }
             return;
         }
-        let decode_part = match decode_rows {
-            0 => 0.0,
-            _ => self.decode.unwrap_or(0.0),
-        };
+        let decode_part = decode_rows as f64 * self.per_decode_token.unwrap_or(0.0);
         let per_token = ((seconds - decode_part) / prefill_rows as f64).max(1e-7);
         self.per_prefill_token = Self::blend(self.per_prefill_token, per_token);
     }
@@ -327,11 +327,12 @@ impl StepClock {
         if decoding == 0 {
             return cap;
         }
-        match (self.decode, self.per_prefill_token) {
+        match (self.per_decode_token, self.per_prefill_token) {
             (Some(d), Some(p)) => {
+                let decode_step = d * decoding as f64;
                 let waiting_per_stream = (prefilling as f64 / decoding as f64).max(1.0);
-                let room = ((factor - 1.0).max(0.0) * d / p * waiting_per_stream) as usize;
-                room.clamp(MIN.min(cap), cap)
+                let room = (factor - 1.0).max(0.0) * decode_step / p * waiting_per_stream;
+                (room as usize).clamp(MIN.min(cap), cap)
             }
             _ => (2 * MIN).min(cap),
         }
@@ -660,14 +661,16 @@ mod tests {
         // Nothing decoding: the whole cap. Decoding, no estimates yet: a 32-token probe.
         assert_eq!(clock.prefill_budget(0, 3, 256, 2.5), 256);
         assert_eq!(clock.prefill_budget(4, 1, 256, 2.5), 32);
-        // Decode steps of 50 ms; 32 prompt tokens added 64 ms to one (2 ms a token).
-        clock.record(16, 0, 0.050);
-        clock.record(16, 32, 0.114);
-        // (2.5 − 1) · 50 ms / 2 ms = 37 tokens keep a step at 2.5 decode steps.
-        assert_eq!(clock.prefill_budget(16, 1, 256, 2.5), 37);
+        // 16 decode tokens in 48 ms (3 ms each); 32 prompt tokens added 64 ms to such a step.
+        clock.record(16, 0, 0.048);
+        clock.record(16, 32, 0.112);
+        // (2.5 − 1) · 48 ms / 2 ms = 36 tokens keep a 16-stream step at 2.5 decode steps.
+        assert_eq!(clock.prefill_budget(16, 1, 256, 2.5), 36);
         assert_eq!(clock.prefill_budget(16, 1, 20, 2.5), 20);
+        // Fewer streams, a shorter decode step: less room. 8 streams: 18 tokens.
+        assert_eq!(clock.prefill_budget(8, 1, 256, 2.5), 18);
         // Three sequences waiting per stream delayed: three times the room.
-        assert_eq!(clock.prefill_budget(2, 6, 256, 2.5), 112);
+        assert_eq!(clock.prefill_budget(8, 24, 256, 2.5), 54);
         // A very fast decode step still lets 16 prompt tokens through.
         let mut fast = StepClock::default();
         fast.record(1, 0, 0.001);

@@ -6,6 +6,8 @@
 //! loaded by [`checkpoint`]. Training: [`tokenizer`] and [`data`] feed [`trainer`], which steps
 //! [`optim`] (AdamW) on the [`schedule`].
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 /// Re-exported from `hbit-model`, which the inference engine shares.
 pub use hbit_model::config;

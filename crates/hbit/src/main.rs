@@ -1,7 +1,10 @@
 //! `hbit`: BitNet v2 — ternary weights, native 4-bit activations, H-BitLinear — from training
 //! to a fast CPU engine. This binary is the one entry point; each job is a subcommand.
 
+#![forbid(unsafe_code)]
+
 mod bench;
+mod cli_reference;
 mod demo;
 mod dummy;
 mod engine_cmds;
@@ -14,7 +17,7 @@ mod stats_cmd;
 mod train_cmd;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use hbit_kernels::cpu::cpu_has_avx512_vnni;
 use hbit_kernels::{active_path, KernelPath};
 
@@ -85,6 +88,8 @@ enum Command {
     Serve(Box<serve_cmd::ServeArgs>),
     /// Chat with the model in the terminal (the server's template and stop rules).
     Chat(Box<serve_cmd::ChatArgs>),
+    /// Write the command-line reference (docs/cli.md) from this parser.
+    CliReference(cli_reference::CliReferenceArgs),
     /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu {
         /// Print only the supported path names, one per line (for scripts).
@@ -138,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer { what } => train_cmd::tokenizer(what),
         Command::Train(args) => train_cmd::train(&args),
         Command::Serve(args) => serve_cmd::serve(&args),
+        Command::CliReference(args) => cli_reference::run(&args, Cli::command()),
         Command::Chat(args) => serve_cmd::chat(&args),
         Command::Cpu { paths } => {
             let supported = KernelPath::supported();

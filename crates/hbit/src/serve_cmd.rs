@@ -82,7 +82,7 @@ pub struct ServeArgs {
     prefill_chunk: usize,
     /// How much longer than a decode-only step a step that also prefills may take while
     /// answers stream (the running streams' inter-token latency against new prompts' wait).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.5)]
     step_time_factor: f64,
     /// MiB of finished requests' KV caches kept to skip the prefill of shared prompt prefixes.
     #[arg(long, default_value_t = 256)]

@@ -67,7 +67,7 @@ pub struct ServeBenchArgs {
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
     /// The in-process server's --step-time-factor (a huge value: always the whole chunk).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.5)]
     step_time_factor: f64,
     /// Also run each level's batch through the engine's `generate` alone (same lengths), in
     /// turn with the server's rounds, and report the server's share of it.
@@ -81,6 +81,10 @@ pub struct ServeBenchArgs {
     /// each): the streams' inter-token latency while long prompts keep arriving.
     #[arg(long)]
     arrivals: Option<usize>,
+    /// Repeat each level's rounds for this many seconds, printing each round's tokens/s and
+    /// the server's resident memory (a soak: memory must stop growing).
+    #[arg(long)]
+    soak: Option<u64>,
     /// Process id of the --url server, to report its peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -104,6 +108,8 @@ pub struct ServeBenchArgs {
 /// One request's timings.
 #[derive(Default)]
 struct Sample {
+    /// The request's place in its round (the first `concurrency` start together).
+    index: usize,
     ttft: Option<f64>,
     gaps: Vec<f64>,
     tokens: usize,
@@ -178,8 +184,18 @@ fn local_model(args: &ServeBenchArgs) -> Result<(Engine, Tokenizer, String)> {
 
 /// Peak resident memory (VmHWM) of process `pid` ("self" for this one), bytes.
 fn peak_rss(pid: &str) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident memory (VmRSS) of process `pid` now, bytes.
+fn current_rss(pid: &str) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field given in kB, in bytes.
+fn status_bytes(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -232,10 +248,18 @@ fn one_request(
             sample.error = Some(format!("not JSON: {data}"));
             return sample;
         };
-        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+        // OpenAI's chunks, or llama.cpp's own (`content`, `tokens_predicted` at the end),
+        // which its server also sends from /v1/completions.
+        if let Some(n) = v["usage"]["completion_tokens"]
+            .as_u64()
+            .or(v["tokens_predicted"].as_u64())
+        {
             sample.tokens = n as usize;
         }
-        let text = v["choices"][0]["text"].as_str().unwrap_or("");
+        let text = v["choices"][0]["text"]
+            .as_str()
+            .or(v["content"].as_str())
+            .unwrap_or("");
         if text.is_empty() {
             continue;
         }
@@ -260,6 +284,8 @@ struct Level {
     engine_tok_s: Option<f64>,
     ttft: Vec<f64>,
     gaps: Vec<f64>,
+    /// Inter-token gaps of requests sent after the first wave.
+    steady_gaps: Vec<f64>,
     errors: usize,
     first_error: Option<String>,
 }
@@ -333,7 +359,9 @@ fn run_level(
                         "ignore_eos": true, "stream": true,
                         "stream_options": {"include_usage": true},
                     });
-                    let s = one_request(addr, &body, &headers, Duration::from_secs(args.timeout));
+                    let mut s =
+                        one_request(addr, &body, &headers, Duration::from_secs(args.timeout));
+                    s.index = i;
                     samples.lock().map(|mut v| v.push(s)).ok();
                 }
             }));
@@ -476,6 +504,12 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     if let Some((engine, tokenizer)) = &alone {
         engine_alone(2, engine, tokenizer, 1, prompt_tokens, max_tokens, kv)?;
     }
+    // Whose memory is reported: this process, or the --url server's --pid.
+    let rss_pid: Option<String> = match (&args.url, args.pid) {
+        (None, _) => Some("self".to_string()),
+        (Some(_), Some(pid)) => Some(pid.to_string()),
+        (Some(_), None) => None,
+    };
     // Every prompt of the run is new (its own seed).
     let mut next_seed = 1000u64;
     for &c in &levels {
@@ -487,12 +521,20 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
             engine_tok_s: None,
             ttft: Vec::new(),
             gaps: Vec::new(),
+            steady_gaps: Vec::new(),
             errors: 0,
             first_error: None,
         };
         let mut server_rounds = Vec::new();
         let mut engine_rounds = Vec::new();
-        for _ in 0..args.rounds.max(1) {
+        let level_start = Instant::now();
+        let mut round = 0;
+        // --rounds rounds, or with --soak as many as fit in its time.
+        while match args.soak {
+            Some(seconds) => level_start.elapsed().as_secs() < seconds,
+            None => round < args.rounds.max(1),
+        } {
+            round += 1;
             let first_seed = next_seed;
             next_seed += requests as u64;
             let (tok_s, samples) = run_level(
@@ -506,6 +548,18 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
                 max_tokens,
             );
             server_rounds.push(tok_s);
+            if args.soak.is_some() {
+                let errors = samples.iter().filter(|s| s.error.is_some()).count();
+                println!(
+                    "{}",
+                    json!({
+                        "soak_round": round, "concurrency": c,
+                        "elapsed_s": level_start.elapsed().as_secs_f64(),
+                        "generated_tok_s": tok_s, "errors": errors,
+                        "rss_bytes": rss_pid.as_deref().and_then(current_rss),
+                    })
+                );
+            }
             for s in samples {
                 if let Some(e) = s.error {
                     level.errors += 1;
@@ -513,6 +567,11 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
                     continue;
                 }
                 level.ttft.extend(s.ttft);
+                if s.index >= c {
+                    // Sent after the first wave: the steady state, without the start-up ramp
+                    // in which every client's prompt arrived at once.
+                    level.steady_gaps.extend(s.gaps.iter().copied());
+                }
                 level.gaps.extend(s.gaps);
             }
             if let Some((engine, tokenizer)) = &alone {
@@ -535,11 +594,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         }
         report(&level, args.json, prompt_tokens, max_tokens);
     }
-    let rss = match (&args.url, args.pid) {
-        (None, _) => peak_rss("self"),
-        (Some(_), Some(pid)) => peak_rss(&pid.to_string()),
-        (Some(_), None) => None,
-    };
+    let rss = rss_pid.as_deref().and_then(peak_rss);
     match (rss, args.json) {
         (Some(b), true) => println!("{}", json!({"peak_rss_bytes": b, "server": label})),
         (Some(b), false) => println!(
@@ -555,8 +610,10 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
 fn report(level: &Level, as_json: bool, prompt_tokens: usize, max_tokens: usize) {
     let mut ttft = level.ttft.clone();
     let mut gaps = level.gaps.clone();
+    let mut steady = level.steady_gaps.clone();
     ttft.sort_by(f64::total_cmp);
     gaps.sort_by(f64::total_cmp);
+    steady.sort_by(f64::total_cmp);
     let ms = |v: f64| v * 1e3;
     if as_json {
         println!(
@@ -568,6 +625,8 @@ fn report(level: &Level, as_json: bool, prompt_tokens: usize, max_tokens: usize)
                 "vs_engine": level.engine_tok_s.map(|e| level.tok_s / e),
                 "ttft_p50_ms": ms(percentile(&ttft, 0.5)), "ttft_p99_ms": ms(percentile(&ttft, 0.99)),
                 "itl_p50_ms": ms(percentile(&gaps, 0.5)), "itl_p99_ms": ms(percentile(&gaps, 0.99)),
+                "steady_itl_p50_ms": ms(percentile(&steady, 0.5)),
+                "steady_itl_p99_ms": ms(percentile(&steady, 0.99)),
                 "errors": level.errors, "first_error": level.first_error,
             })
         );
