@@ -155,6 +155,41 @@ pub fn engine_logits(model: &Path, ids: &[u32], kv_bits: &str) -> Result<Vec<Vec
         .collect())
 }
 
+/// Sampling flags, as `generate` and `chat` take them.
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Above 1, discourages repeating context tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Greedy decoding (same as --temperature 0).
+    #[arg(long)]
+    greedy: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: if self.greedy { 0.0 } else { self.temperature },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct GenerateArgs {
     /// Packed model file (`hbit pack`) or training checkpoint directory [default: the bundled
@@ -173,23 +208,8 @@ pub struct GenerateArgs {
     /// Most tokens to generate per prompt.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    /// Keep the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling threshold (1 = off).
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    /// Above 1, discourages repeating context tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Greedy decoding (same as --temperature 0).
-    #[arg(long)]
-    greedy: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop before this text (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -302,14 +322,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
         end_tokens,
-        sampling: SamplingParams {
-            temperature: if args.greedy { 0.0 } else { args.temperature },
-            top_k: args.top_k,
-            top_p: args.top_p,
-            repetition_penalty: args.repetition_penalty,
-            seed: args.seed,
-            ..Default::default()
-        },
+        sampling: args.sampling.params(),
         kv_bits: KvBits::parse(&args.kv_bits)?,
     };
     let single = prompts.len() == 1 && !args.json;

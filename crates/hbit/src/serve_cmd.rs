@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::{Engine, KvBits, SamplingParams};
+use hbit_engine::{Engine, KvBits};
 use hbit_serve::chat_template::{ChatTemplate, Message};
 use hbit_serve::http::{AppState, HttpConfig};
 use hbit_serve::metrics::Metrics;
@@ -17,7 +17,7 @@ use hbit_serve::scheduler::{Event, Request, SchedulerConfig};
 use hbit_serve::{start_model, RunningServer};
 use tokenizers::Tokenizer;
 
-use crate::engine_cmds::{load_model, load_tokenizer, model_or_bundled};
+use crate::engine_cmds::{load_model, load_tokenizer, model_or_bundled, SamplingArgs};
 
 /// What `serve` and `chat` share: the model and how it runs.
 #[derive(Args)]
@@ -289,29 +289,13 @@ pub struct ChatArgs {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 1.1)]
-    repetition_penalty: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 pub fn chat(args: &ChatArgs) -> Result<()> {
     let model = args.model.load()?;
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        ..Default::default()
-    };
+    let sampling = args.sampling.params();
     sampling.validate()?;
     let scheduler = SchedulerConfig::for_model(&model.engine, 1, model.ctx, model.kv_bits);
     let served = start_model(
