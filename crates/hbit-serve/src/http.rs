@@ -330,7 +330,19 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
             ))
         }
     };
-    let tokens = match (value.get("prompt"), value.get("messages")) {
+    let ctx = m.scheduler.ctx();
+    let tokens = tokio::task::spawn_blocking(move || tokenize_body(&m, &value, add_special))
+        .await
+        .map_err(|e| ApiError::new(500, "server_error", format!("tokenizing: {e}")))??;
+    Ok(Json(json!({
+        "tokens": tokens, "count": tokens.len(), "max_model_len": ctx,
+    })))
+}
+
+/// The token ids a `/tokenize` body asks for: of `prompt`, or of `messages` rendered by the chat
+/// template.
+fn tokenize_body(m: &ServedModel, value: &Value, add_special: bool) -> Result<Vec<u32>, ApiError> {
+    Ok(match (value.get("prompt"), value.get("messages")) {
         (Some(Value::String(p)), None) => m.encode(p, add_special)?,
         (None, Some(_)) => {
             let mut wrapped = value.clone();
@@ -360,10 +372,7 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Result<Json
                 "give either \"prompt\" (a string) or \"messages\"",
             ))
         }
-    };
-    Ok(Json(json!({
-        "tokens": tokens, "count": tokens.len(), "max_model_len": m.scheduler.ctx(),
-    })))
+    })
 }
 
 async fn detokenize(
@@ -542,7 +551,15 @@ async fn start_generation(
         )
         .with_code("model_not_found"));
     }
-    let request = model.request(&parsed)?;
+    // Template rendering and tokenization are CPU work: off the async workers.
+    let request = {
+        let (model, parsed) = (model.clone(), parsed.clone());
+        tokio::task::spawn_blocking(move || model.request(&parsed))
+            .await
+            .map_err(|e| {
+                ApiError::new(500, "server_error", format!("preparing the prompt: {e}"))
+            })??
+    };
     let events = model.scheduler.submit(request).map_err(|e| match e {
         SubmitError::QueueFull { .. } => {
             state.metrics.rejected.add(1);
