@@ -101,19 +101,15 @@ const TOKEN_TILE: usize = 4;
 /// not 1 (with one row per call the loads, not the multiply-adds, bounded it).
 const WIDE_ROWS: usize = 3;
 /// Tokens the AVX-512 tile takes at once: each converted weight vector then feeds 8 fused
-/// multiply-adds. 3 rows × 8 tokens (24 accumulators) against the earlier 4 × 4, both asking
-/// for the next row group ahead, in a scratch harness (32002×1536 f16, 16 tokens, 2 threads,
-/// two runs): 99–110 against 71–83 GFMA/s; at 128256×2560, 77 against 69.
+/// multiply-adds; 3 rows × 8 tokens (24 accumulators) beat 4 × 4
+/// (reports/kernels.md § Decisions: WIDE_TOKENS).
 const WIDE_TOKENS: usize = 8;
 /// Rows per parallel work unit: large enough to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 256;
 /// Weight bytes of the rows that every token tile passes over in turn. Rows outermost, one row
-/// for all token tiles, read the whole activation batch per row: at 16 tokens × 1536 columns that
-/// is 96 KiB per row from L2, and the f16 head ran at 16.5 GFMA/s on one thread. Groups of 64 KiB
-/// keep each tile's activations in L1 over the group: 24–27 GFMA/s on one thread, 31 → 36 on
-/// two (32002×1536, 16 tokens). At 2560 columns, where a 4-token tile (40 KiB) no longer fits L1,
-/// it gained little (30.4 → 32.4 on two threads). Each dot product is computed as before, so
-/// results are unchanged.
+/// for all token tiles, read the whole activation batch per row from L2; groups of 64 KiB keep
+/// each tile's activations in L1 over the group (reports/kernels.md § Decisions:
+/// ROW_GROUP_BYTES). Each dot product is computed as before, so results are unchanged.
 const ROW_GROUP_BYTES: usize = 64 * 1024;
 
 /// `y` `[tokens, rows]` from `w` `[rows, cols]` and `x` `[tokens, cols]`, on the active path.

@@ -307,11 +307,8 @@ impl Tables {
 /// each row block's weights stream from memory without a break, for one token and for several.
 /// A token tile's tables (8 bytes per column and token) then come from L2 rather than L1; the
 /// weights, which a large matrix streams from L3 or memory once per token tile, are what count.
-/// Against 1024-column blocks, which kept 4 tokens' tables in a 32 KiB L1, alternating runs on
-/// 2 threads (12 weight shapes at batches 8, 32 and 128, 10 pairs each) put whole rows ahead in
-/// 24 of 27 cases, medians 1.00–1.31×; the three behind (0.85–0.96×) measured 1.03–1.09× when
-/// rerun with 14 pairs. For one token, against 2048-column blocks: 1.10–1.19× at 2048×8192,
-/// 4096×8192, 2560×6912 and 6912×2560, and 1.04–1.14× at 2560 columns.
+/// Whole rows beat 1024- and 2048-column blocks in alternating runs (reports/kernels.md §
+/// Decisions: col_block).
 fn col_block(tile: LutTile, stride: usize) -> usize {
     // Only the AVX-512 F+BW tile's u16 accumulators bound the block; the others widen as they
     // go or sum in i32.
@@ -532,10 +529,8 @@ mod avx2 {
     const U8_WINDOW_CHUNKS: usize = 3;
 
     /// How far ahead of the current chunk a one-token tile prefetches its weights (a GEMV streams
-    /// them from memory once, row block after row block). Measured on a 64 MiB matrix with
-    /// alternating runs: +23–30% when the weight buffer starts 16 bytes past a cache line (as
-    /// glibc's allocations of that size do, and the weights of packed a4 files do by 8 bytes),
-    /// so that 32-byte loads straddle two lines; no difference on a 64-byte-aligned buffer.
+    /// them from memory once, row block after row block): it pays where the weights start off a
+    /// cache line and loads straddle two lines (reports/kernels.md § Decisions: lookup prefetch).
     /// Batched tiles reuse their weights from cache across token tiles and do not prefetch.
     const PREFETCH_BYTES: usize = 4096;
 
@@ -615,12 +610,10 @@ mod avx2 {
     }
 
     /// `RB` row blocks (weights `w[b]`, `b < RB`, 32 bytes per chunk) × `NT` tokens. Each table load
-    /// serves every row block: with two row blocks and four tokens, a tile-only loop ran
-    /// ≈ 1.2× faster than with one row block (the tables' loads, not the lookups, held it back).
+    /// serves every row block: the tables' loads, not the lookups, bound a one-row-block tile.
     ///
-    /// Every 3 chunks each byte sum is widened by three operations (see the sums below). They
-    /// replaced four (`vpmaddubsw` into the sum and the difference of adjacent rows, and two
-    /// adds) and measured 1.03–1.17× faster (alternating runs, batch 8–128).
+    /// Every 3 chunks each byte sum is widened by three operations (see the sums below), one
+    /// fewer than before (reports/kernels.md § Decisions: tile_n).
     ///
     /// # Safety
     /// AVX2; `RB` is 1 or 2; each `w[b]`, `b < RB`, points at `32 · chunks` readable bytes;
@@ -719,9 +712,8 @@ mod avx2 {
     /// One row block × one token (a GEMV). The same lookups as [`tile_n`], with two byte sums
     /// (low and high nibbles) instead of one, so each chunk adds one lookup to each sum and the
     /// two dependency chains run side by side, and with windows of a fixed 6 chunks that the
-    /// compiler unrolls. Against [`tile_n`] for one token (which tested the prefetch's chunk
-    /// parity inside its loop), alternating runs: 1.40× and 1.43× on warm 256×2560 and
-    /// 128×6912 GEMVs on one thread, 1.07–1.14× on cold 640×2560 and 6912×2560 on two.
+    /// compiler unrolls; faster than [`tile_n`] for one token (reports/kernels.md § Decisions:
+    /// tile_1).
     ///
     /// # Safety
     /// AVX2; `w` points at `32 · chunks` readable bytes; `tabs.len() == 64 · chunks`;
@@ -937,8 +929,7 @@ mod avx512_vbmi {
     use std::arch::x86_64::*;
 
     /// How far ahead a one-token tile prefetches its weights, which a GEMV streams from memory
-    /// once. Cold 2-thread GEMVs (`bench kernels --batches 1`, 4 shapes, two runs): 12.1–14.1
-    /// GB/s without, 16.8–21.4 with 4 KiB.
+    /// once (reports/kernels.md § Decisions: VBMI prefetch).
     const PREFETCH_BYTES: usize = 4096;
 
     /// # Safety

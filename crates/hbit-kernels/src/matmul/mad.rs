@@ -109,10 +109,8 @@ const PREFETCH_ROWS: usize = 2;
 const PREFETCH_BYTES: usize = 4096;
 
 /// Rows ahead for rows of `row_bytes` bytes: [`PREFETCH_ROWS`], or more when rows are short,
-/// so that at least [`PREFETCH_BYTES`] are in flight. A GEMV on rows of ≤ 1 KiB (1024–2560
-/// columns) otherwise asked for 1.3–2 KiB ahead, too little to hide the memory latency on cold
-/// weights: 4 KiB measured 1.03–1.10× at 4096×1024, 640×2560, 2560×2560 and 1536×1536 (cold,
-/// 2 threads, alternating runs), and no change at 2048×8192, whose two rows are 4 KiB.
+/// so that at least [`PREFETCH_BYTES`] are in flight: short rows otherwise asked for too little
+/// to hide the memory latency on cold weights (reports/kernels.md § Decisions: prefetch_rows).
 #[cfg(target_arch = "x86_64")]
 fn prefetch_rows(row_bytes: usize) -> usize {
     (PREFETCH_BYTES / row_bytes.max(1)).max(PREFETCH_ROWS)

@@ -289,17 +289,16 @@ pub fn matmul_int4_triples_many(
 /// Whether every share of a three-weight product builds its own tables (one fork-join, the
 /// build done once per thread) instead of sharing one build (two fork-joins). Tables cost 5.3
 /// bytes per column and token, and build faster than the two-weight ones, so the crossover
-/// sits at more rows: `hbit bench kernels --shapes 1024x4096 --batches 8`, two runs each,
-/// 1.15–1.24× INT8 with [`lut_own_tables`]'s rule, 1.46–1.50× with this one.
+/// sits at more rows than [`lut_own_tables`]'s (reports/kernels.md § Decisions:
+/// triple_own_tables).
 fn triple_own_tables(rows: usize, tokens: usize) -> bool {
     tokens == 1 || (tokens <= triple::TOKEN_TILE && tokens * 256 > rows)
 }
 
 /// Whether a three-weight product splits its token tiles, not its rows, across the threads:
 /// once the tables (5.3 bytes per column and token) weigh more than about a quarter of the
-/// weights (0.21 bytes per column and row), and there are tiles enough for every thread.
-/// `hbit bench kernels --shapes 1024x4096,640x2560 --batches 32`: 1.22–1.36× INT8 with
-/// [`lut_split_by_tokens`]'s rule, 1.38–1.59× with this one.
+/// weights (0.21 bytes per column and row), and there are tiles enough for every thread
+/// (reports/kernels.md § Decisions: triple_split_by_tokens).
 fn triple_split_by_tokens(rows: usize, tokens: usize) -> bool {
     let tiles = tokens.div_ceil(triple::TOKEN_TILE);
     tokens * 48 > rows && tiles >= 2 * rayon::current_num_threads()
@@ -317,10 +316,9 @@ fn lut_split_by_tokens(rows: usize, tokens: usize, token_tile: usize) -> bool {
 }
 
 /// Whether every share of a lookup-table product builds its own tables instead of sharing one
-/// build. Alternating runs, 2 threads, own tables against shared: one token 1.08–1.20× on the
-/// bench shapes (cold weights); 8 tokens 1.22× at 640×2560 but 0.95× at 2560×2560 and
-/// 6912×2560, where the duplicated build weighs more than the tables' trip between cores. So:
-/// one token always, up to 8 while the tables are more than a sixteenth of the weights.
+/// build: one token always, up to 8 while the tables are more than a sixteenth of the weights;
+/// beyond, the duplicated build weighs more than the tables' trip between cores
+/// (reports/kernels.md § Decisions: lut_own_tables).
 fn lut_own_tables(rows: usize, tokens: usize) -> bool {
     tokens == 1 || (tokens <= 8 && tokens * 128 > rows)
 }
@@ -372,10 +370,8 @@ fn check_many(
 /// share per thread: each core then streams one contiguous run of weights, and finer splits
 /// measured no faster. A GEMM gets [`MAD_GEMM_SHARES_PER_THREAD`], claimed dynamically
 /// ([`crate::parallel`]): a share's weights then stay in L2 across its token tiles, and a core
-/// slowed by another tenant of the machine no longer leaves the other waiting at the join.
-/// Measured in isolation on 64-byte-aligned buffers (alternating runs), the kernel gained
-/// 1–5% at batch 8–128; whole ≈700M a8 prefill, with the epilogue moved into the parts,
-/// gained 9.5%.
+/// slowed by another tenant of the machine no longer leaves the other waiting at the join
+/// (reports/kernels.md § Decisions: mad_shares_per_thread).
 fn mad_shares_per_thread(tokens: usize) -> usize {
     if tokens <= 1 {
         1
@@ -393,11 +389,8 @@ const LUT_SHARES_PER_THREAD: usize = 1;
 
 /// Row shares per thread of a lookup-table product over shared tables, claimed dynamically, so a
 /// core slowed by another tenant does not hold the other back. Since each tile call reads its
-/// token tile's tables over whole rows, finer shares add no table traffic (with tables held in L1
-/// per column block, 4 shares had measured 0.94× at 640×2560, batch 128). Alternating runs, 4
-/// against 1, 2 threads, 12 shapes from batch 8 to 128: medians 0.97–1.14×, 7 of them ≥ 1.02×;
-/// in-process ≈700M a4 prefill of 128 tokens 1.03× and 1.10×, ≈125M 1.03×, batch-16 decode
-/// 0.96× and 1.02× (within its noise).
+/// token tile's tables over whole rows, finer shares add no table traffic
+/// (reports/kernels.md § Decisions: LUT_GEMM_SHARES_PER_THREAD).
 const LUT_GEMM_SHARES_PER_THREAD: usize = 4;
 
 /// Splits the rows of several matrices (`rows[m]` each, in units of `align` rows) into

@@ -143,10 +143,8 @@ impl TripleTables {
         let tile_bytes = TOKEN_TILE * chunks * CHUNK_TABLE_BYTES;
         let tiles = x.tokens.div_ceil(TOKEN_TILE);
         // Whole token tiles but the last, which holds only its tokens: sized for whole tiles, a
-        // one-token GEMV's tables were 8× too large, and the ≈125M a4 batch-1 decode read
-        // either 1.8 or 6.8 MB beyond file + KV (1.023–1.091×), against 2.9–3.9 MB
-        // (1.039–1.050×) sized exactly (three alternating runs each, `hbit bench e2e --shapes
-        // b125m --act-bits 4 --batch 1 --kv-bits 16,4 --rounds 2`).
+        // one-token GEMV's tables were 8× too large (reports/kernels.md § Decisions: triple
+        // tables).
         let mut bytes = TableStore::new(x.tokens * chunks * CHUNK_TABLE_BYTES);
         let cuts = if parallel {
             (2 * rayon::current_num_threads())
