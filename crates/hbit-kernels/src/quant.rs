@@ -200,7 +200,12 @@ pub fn quantize_int4_token(x: &[f32], out: &mut [i8]) -> f32 {
 
 /// [`quantize_int8_token`] with its loops on `path` (same bits on every path).
 fn int8_token(path: KernelPath, x: &[f32], out: &mut [i8]) -> f32 {
-    debug_assert_eq!(x.len(), out.len());
+    // A real check: the SIMD loop below writes `x.len()` codes through a pointer.
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "quantize: codes and values differ in length"
+    );
     let gamma = abs_max(path, x);
     let scale = 127.0 / (gamma + QUANT_EPS);
     round_clip_codes(path, x, scale, -128.0, 127.0, out); // eq. (5)
@@ -209,7 +214,12 @@ fn int8_token(path: KernelPath, x: &[f32], out: &mut [i8]) -> f32 {
 
 /// [`quantize_int4_token`] with its loops on `path` (same bits on every path).
 fn int4_token(path: KernelPath, x: &[f32], out: &mut [i8]) -> f32 {
-    debug_assert_eq!(x.len(), out.len());
+    // A real check: the SIMD loop below writes `x.len()` codes through a pointer.
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "quantize: codes and values differ in length"
+    );
     let beta = abs_sum_f32(x) / x.len() as f32;
     let scale = SQRT_7 / (beta + QUANT_EPS);
     round_clip_codes(path, x, scale, -8.0, 7.0, out); // eq. (6)
@@ -409,6 +419,12 @@ pub fn quantize_activations_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "differ in length")]
+    fn a_code_buffer_of_the_wrong_length_is_refused_in_every_build() {
+        quantize_int8_token(&[1.0; 40], &mut [0i8; 39]);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -34,7 +34,12 @@ pub(crate) unsafe fn abs_max(x: &[f32]) -> f32 {
 /// The CPU supports AVX2; `out.len() == x.len()`.
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn codes(x: &[f32], scale: f32, lo: f32, hi: f32, out: &mut [i8]) {
-    debug_assert_eq!(x.len(), out.len());
+    // The stores below go through a pointer into `out`: check, whatever the build.
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "codes: values and codes differ in length"
+    );
     let s = _mm256_set1_ps(scale);
     let (below, above) = (_mm256_set1_ps(lo - 1.0), _mm256_set1_ps(hi + 1.0));
     let (half, neg_half) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5));

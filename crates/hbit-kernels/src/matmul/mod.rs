@@ -512,7 +512,12 @@ impl<'a> SharedOutput<'a> {
     }
 
     fn new(y: &'a mut [f32], rows: usize) -> Self {
-        debug_assert_eq!(y.len() % rows.max(1), 0);
+        // `write` indexes `t · rows + r` within `len`: a ragged buffer would break that.
+        assert_eq!(
+            y.len() % rows.max(1),
+            0,
+            "output is not a whole number of rows"
+        );
         SharedOutput {
             ptr: y.as_mut_ptr(),
             len: y.len(),
