@@ -12,7 +12,7 @@ use hbit_kernels::{float_matmul, KernelPath};
 use hbit_model::{HiddenAct, ModelConfig};
 
 use crate::error::{EngineError, Result};
-use crate::kv::{fake_quantize_head, KvBits, KvCache};
+use crate::kv::{fake_quantize_head, KvBits, KvCache, Plane};
 use crate::weights::{matmul_many, LayerWeights, Weights};
 
 /// Which positions' logits a forward call returns.
@@ -509,7 +509,17 @@ fn attend(
         scores.resize(block.len() * nh * upto, 0.0);
         for c0 in (0..upto).step_by(span) {
             let c1 = (c0 + span).min(upto);
-            let keys = history(path, cache, l, false, g, c0..c1, hd, shared, &mut chunk)?;
+            let keys = history(
+                path,
+                cache,
+                l,
+                Plane::Keys,
+                g,
+                c0..c1,
+                hd,
+                shared,
+                &mut chunk,
+            )?;
             for (j, &(i, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for (r, head) in heads.clone().enumerate() {
@@ -532,7 +542,17 @@ fn attend(
         let block_out = &mut out[b * ROW_BLOCK * nh * hd..];
         for c0 in (0..upto).step_by(span) {
             let c1 = (c0 + span).min(upto);
-            let values = history(path, cache, l, true, g, c0..c1, hd, shared, &mut chunk)?;
+            let values = history(
+                path,
+                cache,
+                l,
+                Plane::Values,
+                g,
+                c0..c1,
+                hd,
+                shared,
+                &mut chunk,
+            )?;
             for (j, &(_, pos)) in block.iter().enumerate().filter(|(_, r)| r.1 >= c0) {
                 let end = c1.min(pos + 1);
                 for r in 0..nh {
@@ -573,12 +593,12 @@ fn attend_int4_in_place(
     let mut row0 = vec![0.0f32; hd];
     let mut first = vec![0.0f32; heads];
     let mut scores = vec![0.0f32; heads * pos];
-    cache.read(path, l, false, g, 0..1, &mut row0)?;
+    cache.read(path, l, Plane::Keys, g, 0..1, &mut row0)?;
     for (qh, f) in qs.chunks_exact(hd).zip(first.chunks_exact_mut(1)) {
         attention::scores(path, qh, HistoryRows::F32(&row0), scale, f)?;
     }
     if pos > 0 {
-        let keys = cache.int4_codes(l, false, g, 1..pos + 1)?;
+        let keys = cache.int4_codes(l, Plane::Keys, g, 1..pos + 1)?;
         attention_int4::scores_int4(path, qs, hd, keys, scale, &mut scores)?;
     }
     // Each head's scores end to end (position 0, then the rest), as the chunked path holds them,
@@ -595,12 +615,12 @@ fn attend_int4_in_place(
         }
     }
     let out = &mut out[..qs.len()];
-    cache.read(path, l, true, g, 0..1, &mut row0)?;
+    cache.read(path, l, Plane::Values, g, 0..1, &mut row0)?;
     for (f, o) in first.chunks_exact(1).zip(out.chunks_exact_mut(hd)) {
         attention::weighted_sum(path, f, HistoryRows::F32(&row0), o)?;
     }
     if pos > 0 {
-        let values = cache.int4_codes(l, true, g, 1..pos + 1)?;
+        let values = cache.int4_codes(l, Plane::Values, g, 1..pos + 1)?;
         attention_int4::weighted_sum_int4(path, &scores, hd, values, out)?;
     }
     Ok(())
@@ -614,14 +634,14 @@ fn history<'a>(
     path: KernelPath,
     cache: &'a KvCache,
     l: usize,
-    values: bool,
+    plane: Plane,
     g: usize,
     positions: std::ops::Range<usize>,
     hd: usize,
     shared: bool,
     buf: &'a mut Vec<f32>,
 ) -> Result<HistoryRows<'a>> {
-    match cache.stored_rows(l, values, g, positions.clone()) {
+    match cache.stored_rows(l, plane, g, positions.clone()) {
         Some(HistoryRows::F16(_)) if shared => {}
         Some(rows) => return Ok(rows),
         None => {}
@@ -629,7 +649,7 @@ fn history<'a>(
     if buf.len() < positions.len() * hd {
         buf.resize(positions.len().max(POSITION_CHUNK) * hd, 0.0);
     }
-    cache.read(path, l, values, g, positions.clone(), buf)?;
+    cache.read(path, l, plane, g, positions.clone(), buf)?;
     Ok(HistoryRows::F32(&buf[..positions.len() * hd]))
 }
 

@@ -171,6 +171,25 @@ impl HeadStore {
     }
 }
 
+/// Which half of a layer's cache: the keys or the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Keys,
+    Values,
+}
+
+impl Plane {
+    pub const BOTH: [Plane; 2] = [Plane::Keys, Plane::Values];
+
+    /// Position in a layer's `[keys, values]` stores.
+    fn index(self) -> usize {
+        match self {
+            Plane::Keys => 0,
+            Plane::Values => 1,
+        }
+    }
+}
+
 /// One sequence's cache over every layer.
 #[derive(Debug, Clone)]
 pub struct KvCache {
@@ -357,11 +376,11 @@ impl KvCache {
     pub(crate) fn stored_rows(
         &self,
         layer: usize,
-        values: bool,
+        plane: Plane,
         head: usize,
         positions: std::ops::Range<usize>,
     ) -> Option<HistoryRows<'_>> {
-        let store = &self.layers[layer][values as usize][head];
+        let store = &self.layers[layer][plane.index()][head];
         let span = positions.start * self.hd..positions.end * self.hd;
         match self.bits {
             KvBits::F32 => Some(HistoryRows::F32(&store.full[span])),
@@ -376,7 +395,7 @@ impl KvCache {
     pub(crate) fn int4_codes(
         &self,
         layer: usize,
-        values: bool,
+        plane: Plane,
         head: usize,
         positions: std::ops::Range<usize>,
     ) -> Result<Int4Rows<'_>> {
@@ -386,7 +405,7 @@ impl KvCache {
                 self.bits.name()
             )));
         }
-        let store = &self.layers[layer][values as usize][head];
+        let store = &self.layers[layer][plane.index()][head];
         // Positions stored: position 0 apart, then one slot each (appended rows included).
         let stored = store.scales.len() + 1;
         if positions.start == 0 || positions.end > stored {
@@ -422,12 +441,12 @@ impl KvCache {
         &self,
         path: KernelPath,
         layer: usize,
-        values: bool,
+        plane: Plane,
         head: usize,
         positions: std::ops::Range<usize>,
         out: &mut [f32],
     ) -> Result<()> {
-        let store = &self.layers[layer][values as usize][head];
+        let store = &self.layers[layer][plane.index()][head];
         let hd = self.hd;
         let out = &mut out[..positions.len() * hd];
         let span = positions.start * hd..positions.end * hd;
@@ -619,7 +638,7 @@ mod tests {
             cache.advance(2);
             let mut out = vec![0.0; 2 * config.head_dim];
             cache
-                .read(KernelPath::Scalar, 0, false, 0, 0..2, &mut out)
+                .read(KernelPath::Scalar, 0, Plane::Keys, 0, 0..2, &mut out)
                 .unwrap();
             let mut want = keys[..config.head_dim].to_vec();
             want.extend_from_slice(&keys[row..row + config.head_dim]);
@@ -694,7 +713,7 @@ mod tests {
                 "{}",
                 bits.name()
             );
-            for plane in [false, true] {
+            for plane in Plane::BOTH {
                 let (mut a, mut b) = (vec![0.0; positions * hd], vec![0.0; positions * hd]);
                 plain
                     .read(KernelPath::Scalar, 1, plane, 0, 0..positions, &mut a)
@@ -724,7 +743,7 @@ mod tests {
                 cache.append(l, &keys, &values);
             }
             cache.advance(5);
-            for plane in [false, true] {
+            for plane in Plane::BOTH {
                 let mut whole = vec![0.0; 5 * hd];
                 cache
                     .read(KernelPath::Scalar, 1, plane, 0, 0..5, &mut whole)
@@ -742,15 +761,11 @@ mod tests {
                     }
                 }
                 // The whole read equals the per-head definition.
-                let offset = if plane { 1.0 } else { 0.0 };
                 let want: Vec<f32> = (0..5)
                     .flat_map(|p| {
-                        keys[p * row..p * row + hd].iter().map(|&k| {
-                            if plane {
-                                0.5 * k + offset
-                            } else {
-                                k
-                            }
+                        keys[p * row..p * row + hd].iter().map(|&k| match plane {
+                            Plane::Values => 0.5 * k + 1.0,
+                            Plane::Keys => k,
                         })
                     })
                     .collect();
