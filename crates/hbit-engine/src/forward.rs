@@ -8,6 +8,7 @@
 
 use hbit_kernels::attention::{self, HistoryRows};
 use hbit_kernels::attention_int4;
+use hbit_kernels::parallel::{for_rows, for_runs};
 use hbit_kernels::{float_matmul, KernelPath};
 use hbit_model::{HiddenAct, ModelConfig};
 
@@ -664,43 +665,11 @@ const PREFILL_ROWS: usize = 16;
 /// Below this many query·key products, attention stays on the calling thread.
 const PARALLEL_ATTENTION_WORK: usize = 1 << 15;
 
-/// Below this many values, row-wise work stays on the calling thread.
-const PARALLEL_ROW_VALUES: usize = 1 << 14;
-
 /// Values per run of the GLU activation ([`for_runs`]). Split by runs, a single decode row
 /// (4096 values at ≈700M) is shared by the threads too: with glibc's scalar `expf` that gained
 /// 1.02–1.04× in ≈700M decode. With the vectorized SiLU (`hbit_kernels::act`) the row costs
 /// about a microsecond, and splitting it or not measured the same (0.994–1.002×).
 const GLU_RUN: usize = 512;
-
-/// Below this many values, element-wise work stays on the calling thread, where a fork-join
-/// (about a microsecond) would cost more than the work.
-const PARALLEL_RUN_VALUES: usize = 2048;
-
-/// `f(i, run_i)` for consecutive runs of `run` values of `x` (the last may be shorter; run `i`
-/// starts at `i · run`), split across threads when `x` is large: element-wise work whose split
-/// need not follow rows.
-fn for_runs(x: &mut [f32], run: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if x.len() >= PARALLEL_RUN_VALUES && x.len() > run {
-        hbit_kernels::parallel::for_each_row(x, run, f);
-    } else {
-        x.chunks_mut(run).enumerate().for_each(|(i, r)| f(i, r));
-    }
-}
-
-/// `f(i, row_i)` for every row of `x` (`cols` wide), split across threads when `x` is large.
-/// The split runs on the kernels' spinning workers, not on rayon's pool: a rayon job would wake
-/// rayon's threads while a kernel worker still spins, three busy threads on two cores (measured:
-/// 10% of a prefill's samples were that spin).
-pub(crate) fn for_rows(x: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    if x.len() >= PARALLEL_ROW_VALUES && x.len() > cols {
-        hbit_kernels::parallel::for_each_row(x, cols, f);
-    } else {
-        x.chunks_exact_mut(cols)
-            .enumerate()
-            .for_each(|(i, r)| f(i, r));
-    }
-}
 
 /// RMSNorm of each row of `x` with gain `g`: `x / sqrt(mean(x²) + eps) · g`.
 fn rms_norm_rows(x: &mut [f32], g: &[f32], eps: f64) {

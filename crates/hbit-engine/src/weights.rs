@@ -237,7 +237,7 @@ impl Projection {
         }
         let k = self.quant.topk_keep.map(|keep| topk_count(cols, keep));
         if self.hadamard.is_some() || k.is_some() {
-            crate::forward::for_rows(x, cols, |_, row| {
+            hbit_kernels::parallel::for_rows(x, cols, |_, row| {
                 if let Some(h) = &self.hadamard {
                     // Length checked above, so the transform cannot fail.
                     let _ = h.apply(row);
