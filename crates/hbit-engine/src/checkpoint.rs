@@ -14,11 +14,7 @@ use crate::format::write_packed;
 use crate::weights::Int4Layout;
 use crate::weights::Weights;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// HF's tokenizer settings, where a checkpoint keeps its chat template.
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 
 /// Tensors by name: shape and values (converted to f32).
 pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;

@@ -14,9 +14,7 @@ use crate::config::ModelConfig;
 use crate::error::TrainError;
 use crate::model::BitnetModel;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 

@@ -1,0 +1,11 @@
+//! The file names inside a checkpoint directory (DESIGN.md §3), one home for the trainer that
+//! writes them and the engine that reads them.
+
+/// The model's configuration (HF keys plus `quantization`).
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights, HF tensor names ([`crate::tensors`]).
+pub const MODEL_FILE: &str = "model.safetensors";
+/// The HF tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// HF's tokenizer settings, where a checkpoint keeps its chat template.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
