@@ -16,6 +16,7 @@ use hbit_kernels::{
     active_path, quantize_activations, ActBits, Hadamard, KernelPath, LutPacked, RowPacked,
     TriplePacked,
 };
+use hbit_model::rng::SplitMix64;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -116,27 +117,18 @@ struct Summary {
     detail: String,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
+/// A uniform value in [-1, 1) with 24 random bits, from the project's shared generator.
+fn uniform_pm1(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
 }
 
 /// Random packed bytes in which every 2-bit field is a valid code (0, 1 or 2): for shapes with
 /// no padding (cols % 256 == 0, rows % 16 == 0) this is a uniformly random ternary matrix in
 /// either layout.
-fn random_codes(bytes: usize, rng: &mut Rng) -> Vec<u8> {
+fn random_codes(bytes: usize, rng: &mut SplitMix64) -> Vec<u8> {
     let valid: Vec<u8> = (0..=255u8).filter(|b| b & (b >> 1) & 0x55 == 0).collect();
     (0..bytes)
-        .map(|_| valid[(rng.next() % valid.len() as u64) as usize])
+        .map(|_| valid[rng.below(valid.len() as u64) as usize])
         .collect()
 }
 
@@ -236,7 +228,7 @@ impl Bench {
         (rows, cols): (usize, usize),
         batches: &[usize],
         membw: &ColdBuffer,
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
     ) -> Result<()> {
         if cols % 256 != 0 || rows % 16 != 0 {
             bail!("bench shape {rows}x{cols}: needs cols % 256 == 0 and rows % 16 == 0");
@@ -248,7 +240,7 @@ impl Bench {
         let triples = TriplePacked::pack(&lut.unpack());
         let flops = |b: usize| 2.0 * (rows * cols * b) as f64;
         for &batch in batches {
-            let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            let x: Vec<f32> = (0..batch * cols).map(|_| uniform_pm1(rng)).collect();
             let x8 = quantize_activations(&x, batch, cols, ActBits::Int8)?;
             let x4 = quantize_activations(&x, batch, cols, ActBits::Int4)?;
             let mut y = vec![0.0f32; batch * rows];
@@ -358,13 +350,13 @@ impl Bench {
         &mut self,
         (rows, cols): (usize, usize),
         batches: &[usize],
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
     ) -> Result<()> {
-        let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let w: Vec<f32> = (0..rows * cols).map(|_| uniform_pm1(rng)).collect();
         let bytes = (rows * cols * 4) as f64;
         let threads = self.threads;
         for &batch in batches {
-            let x: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            let x: Vec<f32> = (0..batch * cols).map(|_| uniform_pm1(rng)).collect();
             let mut y = vec![0.0f32; batch * rows];
             let flops = 2.0 * (rows * cols * batch) as f64;
             let s = if batch == 1 {
@@ -406,15 +398,15 @@ impl Bench {
     fn attention(
         &mut self,
         (positions, hd, heads): (usize, usize, usize),
-        rng: &mut Rng,
+        rng: &mut SplitMix64,
     ) -> Result<()> {
         use half::f16;
         use hbit_kernels::attention::{self, HistoryRows};
         use hbit_kernels::attention_int4::{self, Int4Rows};
         let path = active_path()?;
-        let q: Vec<f32> = (0..heads * hd).map(|_| rng.f32()).collect();
-        let keys: Vec<f32> = (0..positions * hd).map(|_| rng.f32()).collect();
-        let values: Vec<f32> = (0..positions * hd).map(|_| rng.f32()).collect();
+        let q: Vec<f32> = (0..heads * hd).map(|_| uniform_pm1(rng)).collect();
+        let keys: Vec<f32> = (0..positions * hd).map(|_| uniform_pm1(rng)).collect();
+        let values: Vec<f32> = (0..positions * hd).map(|_| uniform_pm1(rng)).collect();
         let k16: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
         let v16: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
         let quantize = |x: &[f32]| -> Result<(Vec<u8>, Vec<f32>)> {
@@ -505,10 +497,10 @@ impl Bench {
         Ok(())
     }
 
-    fn hadamard(&mut self, sizes: &[usize], rng: &mut Rng) -> Result<()> {
+    fn hadamard(&mut self, sizes: &[usize], rng: &mut SplitMix64) -> Result<()> {
         for &n in sizes {
             let h = Hadamard::new(n)?;
-            let mut x: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let mut x: Vec<f32> = (0..n).map(|_| uniform_pm1(rng)).collect();
             let s = measure(self.min_time, |_| Ok(h.apply(&mut x)?))?;
             let ops = (n * n.trailing_zeros() as usize) as f64;
             self.push(("hadamard", 32), 1, (1, n), s, (ops, (8 * n) as f64));
@@ -632,7 +624,7 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             emit(args.json, bench.records.last().unwrap());
             bench.records.push(madd_peak(path, threads)?);
             emit(args.json, bench.records.last().unwrap());
-            let mut rng = Rng(0x5EED_1234_ABCD_0001);
+            let mut rng = SplitMix64::new(0x5EED_1234_ABCD_0001);
             for &shape in shapes {
                 let n = bench.records.len();
                 bench.ternary(shape, batches, &membw_buffer, &mut rng)?;
