@@ -592,6 +592,53 @@ impl ModelConfig {
     }
 }
 
+/// Benchmark shapes (random weights, `hbit init --dummy`, `hbit bench e2e`): bitnet.cpp's
+/// ≈125M / ≈700M / ≈2B presets and the paper's 400M / 1.3B.
+pub const BENCH_SHAPES: [&str; 5] = ["b125m", "b700m", "b2b", "400m", "1.3b"];
+
+/// The config of a benchmark shape as BitNet v2 at `bits` activations.
+pub fn bench_shape(shape: &str, bits: ActBits) -> Result<ModelConfig, ConfigError> {
+    // (hidden, FFN, layers, heads, KV heads, vocab, context, squared-ReLU GLU)
+    let (h, ffn, layers, heads, kv, vocab, ctx, relu2) = match shape {
+        "b125m" => (768, 3072, 12, 12, 12, 32002, 2048, false),
+        "b700m" => (1536, 4096, 24, 16, 16, 32002, 2048, false),
+        // BitNet b1.58 2B4T: squared-ReLU GLU, GQA 20/5, Llama-3 vocabulary.
+        "b2b" => (2560, 6912, 30, 20, 5, 128256, 4096, true),
+        "400m" | "1.3b" => return preset(shape, Variant::BitnetV2, bits),
+        other => {
+            return Err(field_err(
+                "shape",
+                format!("unknown shape {other:?}; expected one of {BENCH_SHAPES:?}"),
+            ))
+        }
+    };
+    let file = ConfigFile {
+        hidden_size: h,
+        intermediate_size: ffn,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv,
+        vocab_size: vocab,
+        max_position_embeddings: ctx,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500000.0,
+        hidden_act: if relu2 { "relu2" } else { "silu" }.into(),
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+        quantization: QuantizationFile {
+            variant: Variant::BitnetV2.name().into(),
+            weight_bits: 1.58,
+            activation_bits: bits.bits(),
+            hadamard: Variant::BitnetV2.hadamard_projections(),
+            topk_keep: None,
+            // 6912 = 27·256 has no exact Hadamard: block-diagonal with 256-blocks.
+            hadamard_block: (ffn == 6912).then_some(256),
+        },
+    };
+    ModelConfig::from_file(&file)
+}
+
 /// Named presets. `micro` is for tests (seconds); `tiny` trains on a 2-core CPU in under an hour;
 /// the rest are the paper's Table 8 sizes (constructible and countable, not trained here).
 pub const PRESETS: [&str; 6] = ["micro", "tiny", "400m", "1.3b", "3b", "7b"];
@@ -656,6 +703,34 @@ pub fn preset(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_shapes_have_the_shapes_their_names_promise() {
+        let b700m = bench_shape("b700m", ActBits::Int4).unwrap();
+        assert_eq!(
+            (
+                b700m.hidden_size,
+                b700m.intermediate_size,
+                b700m.num_layers,
+                b700m.vocab_size
+            ),
+            (1536, 4096, 24, 32002)
+        );
+        let b2b = bench_shape("b2b", ActBits::Int8).unwrap();
+        assert_eq!(
+            (b2b.num_heads, b2b.num_kv_heads, b2b.hidden_act),
+            (20, 5, HiddenAct::Relu2)
+        );
+        assert_eq!(
+            bench_shape("400m", ActBits::Int8).unwrap(),
+            preset("400m", Variant::BitnetV2, ActBits::Int8).unwrap()
+        );
+        for shape in BENCH_SHAPES {
+            assert!(bench_shape(shape, ActBits::Int4).is_ok(), "{shape}");
+        }
+        let err = bench_shape("b9t", ActBits::Int8).unwrap_err().to_string();
+        assert!(err.contains("b9t") && err.contains("b700m"), "{err}");
+    }
 
     #[test]
     fn presets_have_the_papers_sizes() {

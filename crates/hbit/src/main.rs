@@ -6,7 +6,6 @@
 mod bench;
 mod cli_reference;
 mod demo;
-mod dummy;
 mod engine_cmds;
 mod eval_cmd;
 mod model_cmds;

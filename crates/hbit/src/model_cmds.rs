@@ -162,7 +162,7 @@ pub fn init_dummy(
     out: &std::path::Path,
     force: bool,
 ) -> Result<()> {
-    let config = crate::dummy::shape_config(shape, bits)?;
+    let config = hbit_model::config::bench_shape(shape, bits)?;
     if out.exists() && !force {
         bail!("{}: exists (pass --force to replace it)", out.display());
     }
