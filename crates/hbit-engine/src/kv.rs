@@ -169,6 +169,31 @@ impl HeadStore {
             + 4 * self.scales.len()
             + self.first.len()
     }
+
+    /// A copy of the first `slots` slots (`values` floats or `codes` bytes each), nothing more
+    /// allocated.
+    fn prefix(&self, slots: usize, values: usize, codes: usize, keep_first: bool) -> HeadStore {
+        let head = |v: &[f32], n: usize| v[..n.min(v.len())].to_vec();
+        HeadStore {
+            full: head(&self.full, slots * values),
+            half: self.half[..(slots * values).min(self.half.len())].to_vec(),
+            data: self.data[..(slots * codes).min(self.data.len())].to_vec(),
+            scales: head(&self.scales, slots),
+            first: if keep_first {
+                self.first.clone()
+            } else {
+                Vec::new()
+            },
+            first_scale: self.first_scale,
+        }
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.full.shrink_to_fit();
+        self.half.shrink_to_fit();
+        self.data.shrink_to_fit();
+        self.scales.shrink_to_fit();
+    }
 }
 
 /// Which half of a layer's cache: the keys or the values.
@@ -283,6 +308,43 @@ impl KvCache {
                         .reserve_exact(slots.saturating_sub(store.scales.len()));
                 }
             }
+        }
+    }
+
+    /// A new cache holding a copy of this one's first `positions` positions and nothing else
+    /// (neither the rest of the history nor spare capacity): what [`KvCache::truncate`] on a
+    /// clone would hold, without copying what it would drop.
+    pub fn prefix(&self, positions: usize) -> KvCache {
+        let len = positions.min(self.len);
+        let separate = self.first_is_separate();
+        let slots = if separate { len.saturating_sub(1) } else { len };
+        let (hd, codes) = (self.hd, self.bits.head_bytes(self.hd));
+        let keep_first = separate && len > 0;
+        let copy = |stores: &Vec<HeadStore>| -> Vec<HeadStore> {
+            stores
+                .iter()
+                .map(|h| h.prefix(slots, hd, codes, keep_first))
+                .collect()
+        };
+        KvCache {
+            bits: self.bits,
+            nkv: self.nkv,
+            hd,
+            capacity: self.capacity,
+            len,
+            layers: self
+                .layers
+                .iter()
+                .map(|[k, v]| [copy(k), copy(v)])
+                .collect(),
+        }
+    }
+
+    /// Gives back the spare capacity [`KvCache::reserve`] took (a cache kept after its sequence
+    /// ended grows no more).
+    pub fn shrink_to_fit(&mut self) {
+        for store in self.layers.iter_mut().flatten().flatten() {
+            store.shrink_to_fit();
         }
     }
 

@@ -261,8 +261,12 @@ fn a_truncated_cache_continues_as_a_fresh_prefill_of_its_prefix() {
         engine
             .forward(&mut [&mut donor], &[&other], Logits::Last)
             .unwrap();
-        for keep in [12, 1, 0] {
-            let mut cache = donor.clone();
+        for (keep, copied) in [12, 1, 0].into_iter().flat_map(|k| [(k, false), (k, true)]) {
+            // Cut a whole copy, or copy only the prefix: the same cache either way.
+            let mut cache = match copied {
+                true => donor.prefix(keep),
+                false => donor.clone(),
+            };
             cache.truncate(keep);
             assert_eq!(cache.len(), keep);
             let got = engine

@@ -27,6 +27,9 @@ impl HttpResponse {
     }
 }
 
+/// Largest body or chunk this client accepts (a broken server cannot make it allocate more).
+const MAX_BODY_BYTES: usize = 256 << 20;
+
 fn bad(message: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.into())
 }
@@ -130,6 +133,9 @@ impl OpenResponse {
                 self.finished = true;
                 return Ok(buf);
             }
+            if n > MAX_BODY_BYTES {
+                return Err(bad(format!("a chunk of {n} bytes")));
+            }
             buf.resize(n, 0);
             self.reader.read_exact(&mut buf)?;
             let mut crlf = [0u8; 2];
@@ -137,6 +143,7 @@ impl OpenResponse {
             return Ok(buf);
         }
         match self.left {
+            Some(n) if n > MAX_BODY_BYTES => return Err(bad(format!("a body of {n} bytes"))),
             Some(n) => {
                 buf.resize(n, 0);
                 self.reader.read_exact(&mut buf)?;

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::chat_template::{ChatTemplate, Message};
 use crate::metrics::Metrics;
@@ -156,11 +156,9 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("x-api-key"),
-            ]),
+            // Whatever the client's preflight asks for (the OpenAI SDKs send their own
+            // `x-stainless-*` headers); the origin list is what guards.
+            .allow_headers(AllowHeaders::mirror_request()),
     )
 }
 
@@ -208,7 +206,8 @@ async fn log_request(State(state): State<Arc<AppState>>, request: Request, next:
     match status {
         200..=299 => state.metrics.http_2xx.add(1),
         400..=499 => state.metrics.http_4xx.add(1),
-        _ => state.metrics.http_5xx.add(1),
+        500..=599 => state.metrics.http_5xx.add(1),
+        _ => {}
     }
     if state.config.log_requests {
         eprintln!(
@@ -271,7 +270,11 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.model.get().is_some() {
+    if let Some(m) = state.model.get() {
+        if !m.scheduler.is_alive() {
+            let body = json!({"status": "error", "error": "the engine thread has stopped"});
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
         return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
     }
     let body = match state.load_error.get() {
@@ -364,7 +367,7 @@ fn tokenize_body(m: &ServedModel, value: &Value, add_special: bool) -> Result<Ve
                 .get("add_generation_prompt")
                 .and_then(Value::as_bool)
                 .unwrap_or(true);
-            m.encode_chat(&messages, add_generation_prompt)?
+            m.encode_chat(&messages, add_generation_prompt, add_special)?
         }
         _ => {
             return Err(ApiError::invalid(
@@ -397,12 +400,15 @@ async fn detokenize(
             ),
         ));
     }
-    let text = m
-        .tokenizer
-        .decode(&tokens, false)
+    let text = tokio::task::spawn_blocking(move || m.tokenizer.decode(&tokens, false))
+        .await
+        .map_err(|e| ApiError::new(500, "server_error", format!("detokenizing: {e}")))?
         .map_err(|e| ApiError::new(500, "server_error", format!("detokenizing: {e}")))?;
     Ok(Json(json!({"prompt": text})))
 }
+
+/// `max_tokens` of a completion that names none (OpenAI's default).
+const DEFAULT_COMPLETION_TOKENS: usize = 16;
 
 impl ServedModel {
     /// Token ids of a text prompt, with the model's BOS first when `add_special`.
@@ -426,12 +432,13 @@ impl ServedModel {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
+        add_special: bool,
     ) -> Result<Vec<u32>, ApiError> {
         let text = self
             .template
             .render(messages, add_generation_prompt)
             .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
-        self.encode(&text, true)
+        self.encode(&text, add_special)
     }
 
     /// The generation request a parsed body asks for.
@@ -439,7 +446,7 @@ impl ServedModel {
         let prompt = match &parsed.prompt {
             Prompt::Text(t) => self.encode(t, true)?,
             Prompt::Tokens(t) => t.clone(),
-            Prompt::Chat(messages) => self.encode_chat(messages, true)?,
+            Prompt::Chat(messages) => self.encode_chat(messages, true, true)?,
         };
         if prompt.is_empty() {
             return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
@@ -465,7 +472,12 @@ impl ServedModel {
             )
             .with_code("context_length_exceeded"));
         }
-        let max_tokens = parsed.max_tokens.unwrap_or(ctx - prompt.len());
+        // OpenAI's defaults: 16 tokens for a completion, the rest of the context for a chat.
+        let room = ctx - prompt.len();
+        let max_tokens = parsed.max_tokens.unwrap_or(match parsed.endpoint {
+            Endpoint::Completions => DEFAULT_COMPLETION_TOKENS.min(room),
+            Endpoint::Chat => room,
+        });
         if prompt.len().saturating_add(max_tokens) > ctx {
             return Err(ApiError::invalid(
                 Some("max_tokens"),
@@ -506,6 +518,12 @@ async fn completions(State(state): State<Arc<AppState>>, body: Body) -> Response
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: Body) -> Response {
     generate(state, body, Endpoint::Chat).await
+}
+
+/// OpenAI's 429 for a full queue.
+fn queue_full(scheduler: &crate::scheduler::Scheduler) -> ApiError {
+    let e = scheduler.queue_full_error();
+    ApiError::new(429, "requests", e.to_string()).with_code("rate_limit_exceeded")
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -550,6 +568,11 @@ async fn start_generation(
             ),
         )
         .with_code("model_not_found"));
+    }
+    // A full server refuses before spending any work on the prompt.
+    if model.scheduler.is_full() {
+        state.metrics.rejected.add(1);
+        return Err(queue_full(&model.scheduler));
     }
     // Template rendering and tokenization are CPU work: off the async workers.
     let request = {
@@ -667,6 +690,9 @@ fn stream_answer(
         }
         first.push(sse_json(&role));
     }
+    // Set once the answer has ended properly (its `Done` or its error sent).
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended_in_body = ended.clone();
     let mut done = false;
     let body = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let mut out = Vec::new();
@@ -712,11 +738,31 @@ fn stream_answer(
             }
         }
         if done {
+            ended_in_body.store(true, Ordering::Relaxed);
             out.push(Ok(SseEvent::default().data("[DONE]")));
         }
         stream::iter(out)
     });
-    Sse::new(stream::iter(first).chain(body))
+    // The events ended with no `Done` (the engine thread stopped): say so, rather than let
+    // the client take a cut answer for a whole one.
+    let tail = stream::once(async move {
+        match ended.load(Ordering::Relaxed) {
+            true => Vec::new(),
+            false => vec![
+                sse_json(
+                    &ApiError::new(
+                        500,
+                        "server_error",
+                        "the engine stopped before the answer was complete",
+                    )
+                    .body(),
+                ),
+                Ok(SseEvent::default().data("[DONE]")),
+            ],
+        }
+    })
+    .flat_map(stream::iter);
+    Sse::new(stream::iter(first).chain(body).chain(tail))
 }
 
 /// The whole answer as one response.

@@ -169,6 +169,17 @@ struct ChatMessage {
     content: Option<Content>,
     #[allow(dead_code)] // OpenAI's participant name: accepted, not rendered
     name: Option<String>,
+    // What clients send back with an assistant turn they received (the SDKs' `model_dump()`):
+    // accepted while empty, refused when they carry tool calls or audio this server cannot
+    // render.
+    #[allow(dead_code)]
+    refusal: Option<Value>,
+    #[allow(dead_code)]
+    annotations: Option<Value>,
+    tool_calls: Option<Value>,
+    function_call: Option<Value>,
+    audio: Option<Value>,
+    tool_call_id: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +223,8 @@ pub struct Parsed {
 
 /// Most stop strings a request may give.
 const MAX_STOP: usize = 16;
+/// Longest stop string: each is matched against the answer's tail at every token.
+const MAX_STOP_BYTES: usize = 256;
 
 /// Parses and checks a request body for `endpoint`.
 pub fn parse_request(body: &[u8], endpoint: Endpoint) -> Result<Parsed, ApiError> {
@@ -407,8 +420,9 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
         repetition_penalty,
         presence_penalty: range("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?,
         frequency_penalty: range("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?,
-        // A seed given as any 64-bit integer; none means 0 (reproducible by default).
-        seed: c.seed.unwrap_or(0) as u64,
+        // A seed given as any 64-bit integer reproduces the answer; without one, each request
+        // samples afresh, as OpenAI's API does.
+        seed: c.seed.map_or_else(fresh_seed, |s| s as u64),
     })
 }
 
@@ -428,6 +442,15 @@ fn stop_strings(stop: Option<Stop>) -> Result<Vec<String>, ApiError> {
         return Err(ApiError::invalid(
             Some("stop"),
             "stop strings must not be empty",
+        ));
+    }
+    if let Some(long) = list.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!(
+                "stop strings may be at most {MAX_STOP_BYTES} bytes, found one of {}",
+                long.len()
+            ),
         ));
     }
     Ok(list)
@@ -482,6 +505,18 @@ fn chat_messages(messages: Option<Vec<ChatMessage>>) -> Result<Vec<Message>, Api
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
+        let carried = [
+            ("tool_calls", &m.tool_calls),
+            ("function_call", &m.function_call),
+            ("audio", &m.audio),
+            ("tool_call_id", &m.tool_call_id),
+        ];
+        if let Some((field, _)) = carried.iter().find(|(_, v)| !is_empty(v)) {
+            return Err(ApiError::invalid(
+                Some("messages"),
+                format!("messages[{i}].{field}: tool calls and audio are not supported"),
+            ));
+        }
         let content = match m.content {
             None => String::new(),
             Some(Content::Text(t)) => t,
@@ -510,6 +545,27 @@ fn chat_messages(messages: Option<Vec<ChatMessage>>) -> Result<Vec<Message>, Api
         });
     }
     Ok(out)
+}
+
+/// A seed for a request that gave none: the clock and a counter, mixed.
+fn fresh_seed() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    hbit_model::rng::SplitMix64::new(nanos ^ n.rotate_left(32)).next_u64()
+}
+
+/// Absent, null, or an empty list, object or string.
+fn is_empty(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(Value::String(t)) => t.is_empty(),
+        Some(_) => false,
+    }
 }
 
 pub fn finish_reason(finish: Finish) -> &'static str {
@@ -695,6 +751,11 @@ mod tests {
             assert_eq!(err.status, 400, "{body}");
             assert_eq!(err.param.as_deref(), Some(field), "{body}: {}", err.message);
         }
+        let long_stop = format!(r#"{{"prompt":"x","stop":"{}"}}"#, "A".repeat(300));
+        assert_eq!(
+            param_of(&long_stop, Endpoint::Completions).as_deref(),
+            Some("stop")
+        );
         let chat = [
             (r#"{"messages":"hi"}"#, "messages"),
             (r#"{"messages":[]}"#, "messages"),

@@ -63,8 +63,7 @@ impl PrefixCache {
         self.clock += 1;
         let entry = &mut self.entries[best];
         entry.last_used = self.clock;
-        let mut cache = entry.cache.clone();
-        cache.truncate(shared);
+        let cache = entry.cache.prefix(shared);
         Some(Hit {
             cache,
             tokens: shared,
@@ -73,10 +72,12 @@ impl PrefixCache {
 
     /// Keeps `cache`, which holds the KV of `tokens`, replacing entries it extends; then drops
     /// the least recently used entries beyond the budget.
-    pub fn insert(&mut self, tokens: Vec<u32>, cache: KvCache) {
-        if self.budget_bytes == 0 || tokens.is_empty() || cache.len() != tokens.len() {
+    pub fn insert(&mut self, tokens: Vec<u32>, mut cache: KvCache) {
+        if tokens.is_empty() || cache.len() != tokens.len() || cache.bytes() > self.budget_bytes {
+            // Nothing to keep, or an entry the budget cannot hold (which would evict all).
             return;
         }
+        cache.shrink_to_fit();
         if self
             .entries
             .iter()
@@ -172,5 +173,11 @@ mod tests {
         );
         assert!(pc.lookup(&[1, 1, 5]).is_some());
         assert!(pc.bytes() <= 2 * one);
+        // An entry larger than the whole budget is not kept, and evicts nothing.
+        let mut pc = PrefixCache::new(one);
+        pc.insert(vec![1; 8], cache_of(8));
+        pc.insert(vec![2; 16], cache_of(16));
+        assert_eq!(pc.len(), 1);
+        assert!(pc.lookup(&[1, 1, 5]).is_some());
     }
 }

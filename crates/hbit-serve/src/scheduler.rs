@@ -16,7 +16,7 @@
 //! sequence samples from its own seeded generator.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -147,6 +147,8 @@ impl Drop for Slot {
 pub struct Scheduler {
     submit: mpsc::Sender<Submission>,
     in_flight: Arc<AtomicUsize>,
+    /// Cleared when the engine thread ends (an engine panic included).
+    alive: Arc<AtomicBool>,
     limit: usize,
     vocab_size: usize,
     ctx: usize,
@@ -163,9 +165,11 @@ impl Scheduler {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Scheduler> {
         let (submit, inbox) = mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
         let handle = Scheduler {
             submit,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            alive: alive.clone(),
             limit: config.max_seqs + config.max_queue,
             vocab_size: engine.config().vocab_size,
             ctx: config.ctx,
@@ -179,6 +183,7 @@ impl Scheduler {
         std::thread::Builder::new()
             .name("hbit-scheduler".into())
             .spawn(move || {
+                let _alive = AliveGuard(alive);
                 pool.install(|| EngineLoop::new(engine, tokenizer, config, metrics).run(inbox))
             })?;
         Ok(handle)
@@ -196,14 +201,7 @@ impl Scheduler {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
             })
-            .map_err(|_| {
-                let running = self.metrics.running.get();
-                SubmitError::QueueFull {
-                    running,
-                    waiting: self.metrics.waiting.get(),
-                    limit: self.limit,
-                }
-            })?;
+            .map_err(|_| self.queue_full_error())?;
         let slot = Slot(self.in_flight.clone());
         let (events, receiver) = unbounded_channel();
         self.submit
@@ -220,6 +218,34 @@ impl Scheduler {
     /// Requests running or waiting.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether a new request would be refused for a full queue now.
+    pub fn is_full(&self) -> bool {
+        self.in_flight() >= self.limit
+    }
+
+    /// The error a refused request gets.
+    pub fn queue_full_error(&self) -> SubmitError {
+        SubmitError::QueueFull {
+            running: self.metrics.running.get(),
+            waiting: self.metrics.waiting.get(),
+            limit: self.limit,
+        }
+    }
+
+    /// Whether the engine thread still runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+/// Clears the liveness flag when the engine thread ends, by return or by panic.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -574,6 +600,7 @@ impl EngineLoop {
             Ok(update) => update,
             Err(e) => {
                 let _ = s.events.send(Event::Error(e.to_string()));
+                self.metrics.failed.add(1);
                 return true;
             }
         };

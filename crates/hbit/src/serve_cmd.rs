@@ -340,7 +340,7 @@ pub fn chat(args: &ChatArgs) -> Result<()> {
             _ => {}
         }
         history.push(Message::new("user", input));
-        let prompt = match served.encode_chat(&history, true) {
+        let prompt = match served.encode_chat(&history, true, true) {
             Ok(p) => p,
             Err(e) => {
                 history.pop();

@@ -85,6 +85,9 @@ pub struct ServeBenchArgs {
     /// the server's resident memory (a soak: memory must stop growing).
     #[arg(long)]
     soak: Option<u64>,
+    /// Vocabulary size of the --url server's model: prompt token ids are drawn below it.
+    #[arg(long, default_value_t = 32000)]
+    vocab: usize,
     /// Process id of the --url server, to report its peak resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -233,6 +236,7 @@ fn one_request(
     }
     let mut last: Option<Instant> = None;
     let mut chunks = 0;
+    let mut ended = false;
     for event in open.events() {
         let (at, data) = match event {
             Ok(e) => e,
@@ -242,12 +246,19 @@ fn one_request(
             }
         };
         if data == "[DONE]" {
+            ended = true;
             break;
         }
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
             sample.error = Some(format!("not JSON: {data}"));
             return sample;
         };
+        if let Some(e) = v.get("error") {
+            sample.error = Some(format!("error event: {e}"));
+            return sample;
+        }
+        // llama.cpp's own format ends with `"stop": true` (and no [DONE]).
+        ended |= v["stop"] == Value::Bool(true);
         // OpenAI's chunks, or llama.cpp's own (`content`, `tokens_predicted` at the end),
         // which its server also sends from /v1/completions.
         if let Some(n) = v["usage"]["completion_tokens"]
@@ -269,6 +280,10 @@ fn one_request(
             Some(prev) => sample.gaps.push((at - prev).as_secs_f64()),
         }
         last = Some(at);
+    }
+    if !ended {
+        sample.error = Some("the stream ended before the answer did".into());
+        return sample;
     }
     if sample.tokens == 0 {
         // A server that reports no usage: one chunk per token.
@@ -329,15 +344,22 @@ fn run_level(
                         "temperature": 0, "ignore_eos": true,
                     });
                     seed += 1;
-                    let _ = send(
+                    let key = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+                    let headers: Vec<(&str, &str)> =
+                        key.iter().map(|k| ("Authorization", k.as_str())).collect();
+                    let answered = send(
                         addr,
                         "POST",
                         "/v1/completions",
-                        &[],
+                        &headers,
                         Some(body.to_string().as_bytes()),
                         Duration::from_secs(args.timeout),
                     )
                     .and_then(|r| r.read_all());
+                    if !matches!(answered, Ok(ref r) if r.status == 200) {
+                        // Refused (a prompt too long, a missing key): do not spin.
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             });
         }
@@ -430,9 +452,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
                 bail!("--vs-engine compares hbit's own server with its engine: leave out --url");
             }
             let addr = loopback(url)?;
-            // The vocabulary bounds the random prompt ids: ask the server's /v1/models is not
-            // standard, so stay within every benchmark shape's (32002).
-            (addr, 32_000, url.clone())
+            (addr, args.vocab.max(1), url.clone())
         }
         None => {
             let (engine, tokenizer, name) = local_model(args)?;
@@ -500,7 +520,9 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         "prompt": random_prompt(1, vocab, prompt_tokens), "max_tokens": max_tokens,
         "temperature": 0, "ignore_eos": true, "stream": true,
     });
-    let _ = one_request(addr, &warm, &[], Duration::from_secs(args.timeout));
+    let key = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = key.iter().map(|k| ("Authorization", k.as_str())).collect();
+    let _ = one_request(addr, &warm, &headers, Duration::from_secs(args.timeout));
     if let Some((engine, tokenizer)) = &alone {
         engine_alone(2, engine, tokenizer, 1, prompt_tokens, max_tokens, kv)?;
     }
