@@ -44,12 +44,12 @@ use hbit_kernels::pack::{
 };
 use hbit_kernels::{ActBits, LutPacked, PackedBytes, RowPacked, TriplePacked};
 use hbit_model::config::ConfigFile;
-use hbit_model::{InputQuant, ModelConfig, Proj};
+use hbit_model::{tensors, InputQuant, ModelConfig, Proj};
 use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 
-use crate::checkpoint::check_finite;
 use crate::error::{EngineError, Result};
+use crate::tensor_io::check_finite;
 use crate::weights::{FloatMatrix, Int4Layout, TensorSource, TernaryMatrix, Weights};
 
 pub const FORMAT_TAG: &str = "hbit-packed";
@@ -153,9 +153,9 @@ pub fn write_packed(
     for (l, layer) in weights.layers.iter().enumerate() {
         for norm in hbit_model::tensors::LAYER_NORMS {
             let values = match norm {
-                "input_layernorm" => &layer.input_layernorm,
-                "self_attn.attn_sub_norm" => &layer.attn_sub_norm,
-                "post_attention_layernorm" => &layer.post_attention_layernorm,
+                tensors::INPUT_NORM => &layer.input_layernorm,
+                tensors::ATTN_SUB_NORM => &layer.attn_sub_norm,
+                tensors::POST_ATTENTION_NORM => &layer.post_attention_layernorm,
                 _ => &layer.ffn_sub_norm,
             };
             norm_bytes.push((

@@ -23,8 +23,10 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use crate::checkpoint::{check_finite, decode_floats, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+
 use crate::error::{EngineError, Result};
+use crate::tensor_io::{check_finite, decode_floats};
 use crate::weights::{FloatData, FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
 /// Whether `dir/config.json` declares HF's BitNet quantization (the 2B4T layout).

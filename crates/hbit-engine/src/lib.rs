@@ -1,7 +1,9 @@
 //! hbit's inference engine, on the kernel layer alone (no ML framework on the hot path).
 //!
-//! Map: [`format`] (the packed model file, read into memory or memory-mapped) and [`weights`] (packed projections,
-//! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
+//! Map: [`tensor_io`] (safetensors decoding, finiteness checks; a leaf) serves the readers:
+//! [`checkpoint`] (training checkpoints), [`hf_bitnet`] (microsoft/bitnet-b1.58-2B-4T's layout) and
+//! [`format`] (the packed model file, read into memory or memory-mapped). [`pack`] picks the source
+//! layout and writes packed files. [`weights`] (packed projections, norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
 //! caches at f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
 
 #![forbid(unsafe_code)]
@@ -13,7 +15,9 @@ pub mod forward;
 pub mod generate;
 pub mod hf_bitnet;
 pub mod kv;
+pub mod pack;
 pub mod sample;
+pub mod tensor_io;
 pub mod text_stream;
 pub mod weights;
 

@@ -15,7 +15,10 @@ use hbit_kernels::{
     matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, QuantizedActivations,
     RowPacked, TriplePacked,
 };
-use hbit_model::tensors::{layer_norm, proj_weight, EMBED_TOKENS, FINAL_NORM, LM_HEAD};
+use hbit_model::tensors::{
+    layer_norm, proj_weight, ATTN_SUB_NORM, EMBED_TOKENS, FFN_SUB_NORM, FINAL_NORM, INPUT_NORM,
+    LM_HEAD, POST_ATTENTION_NORM,
+};
 use hbit_model::{InputQuant, ModelConfig, Proj};
 
 use crate::error::{EngineError, Result};
@@ -443,18 +446,17 @@ impl Weights {
                 };
                 Ok(Projection::new(weight, quant, hadamard))
             };
-            let input_layernorm = source.norm(&layer_norm(l, "input_layernorm"), h)?;
+            let input_layernorm = source.norm(&layer_norm(l, INPUT_NORM), h)?;
             let q_proj = proj(Proj::Q, source)?;
             let k_proj = proj(Proj::K, source)?;
             let v_proj = proj(Proj::V, source)?;
-            let attn_sub_norm = source.norm(&layer_norm(l, "self_attn.attn_sub_norm"), h)?;
+            let attn_sub_norm = source.norm(&layer_norm(l, ATTN_SUB_NORM), h)?;
             let o_proj = proj(Proj::O, source)?;
-            let post_attention_layernorm =
-                source.norm(&layer_norm(l, "post_attention_layernorm"), h)?;
+            let post_attention_layernorm = source.norm(&layer_norm(l, POST_ATTENTION_NORM), h)?;
             let gate_proj = proj(Proj::Gate, source)?;
             let up_proj = proj(Proj::Up, source)?;
             let ffn_sub_norm =
-                source.norm(&layer_norm(l, "mlp.ffn_sub_norm"), config.intermediate_size)?;
+                source.norm(&layer_norm(l, FFN_SUB_NORM), config.intermediate_size)?;
             let down_proj = proj(Proj::Down, source)?;
             layers.push(LayerWeights {
                 input_layernorm,
@@ -577,7 +579,7 @@ impl<'a> LatentSource<'a> {
                 format!("expected {len} values, found {}", t.len()),
             ));
         }
-        crate::checkpoint::check_finite(self.path, name, t)?;
+        crate::tensor_io::check_finite(self.path, name, t)?;
         Ok(t)
     }
 }

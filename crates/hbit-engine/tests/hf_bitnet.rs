@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use half::bf16;
-use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint};
 use hbit_engine::format::load_packed;
 use hbit_engine::hf_bitnet::unpack_hf_codes;
+use hbit_engine::pack::{load_checkpoint_dir, pack_checkpoint};
 use hbit_engine::{Engine, KvBits, Logits, Weights};
 use hbit_kernels::{quantize_ternary, ActBits};
 use hbit_train::config::{preset, HiddenAct, Variant};

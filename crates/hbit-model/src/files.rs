@@ -9,3 +9,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// HF's tokenizer settings, where a checkpoint keeps its chat template.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// A training checkpoint's AdamW moments (resumed by `--resume` and the a8 → a4 continuation).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// A training checkpoint's step, schedule and data position.
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";

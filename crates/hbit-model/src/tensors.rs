@@ -17,13 +17,17 @@ pub fn proj_weight(layer: usize, proj: Proj) -> String {
     format!("{}.{}.weight", layer_prefix(layer), proj.key())
 }
 
+/// RMSNorm before the attention block (its gain's key below `model.layers.N.`).
+pub const INPUT_NORM: &str = "input_layernorm";
+/// BitNet's SubLN before W_o.
+pub const ATTN_SUB_NORM: &str = "self_attn.attn_sub_norm";
+/// RMSNorm before the FFN block.
+pub const POST_ATTENTION_NORM: &str = "post_attention_layernorm";
+/// BitNet's SubLN before W_down.
+pub const FFN_SUB_NORM: &str = "mlp.ffn_sub_norm";
+
 /// The four norm gains of a layer, by their key below `model.layers.N.`.
-pub const LAYER_NORMS: [&str; 4] = [
-    "input_layernorm",
-    "self_attn.attn_sub_norm",
-    "post_attention_layernorm",
-    "mlp.ffn_sub_norm",
-];
+pub const LAYER_NORMS: [&str; 4] = [INPUT_NORM, ATTN_SUB_NORM, POST_ATTENTION_NORM, FFN_SUB_NORM];
 
 /// `model.layers.{layer}.{norm}.weight`
 pub fn layer_norm(layer: usize, norm: &str) -> String {
@@ -40,21 +44,18 @@ pub fn parameter_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let h = config.hidden_size;
     let mut shapes = vec![(EMBED_TOKENS.to_string(), vec![config.vocab_size, h])];
     for l in 0..config.num_layers {
-        shapes.push((layer_norm(l, "input_layernorm"), vec![h]));
+        shapes.push((layer_norm(l, INPUT_NORM), vec![h]));
         for proj in [Proj::Q, Proj::K, Proj::V, Proj::O] {
             let (o, i) = config.proj_shape(proj);
             shapes.push((proj_weight(l, proj), vec![o, i]));
         }
-        shapes.push((layer_norm(l, "self_attn.attn_sub_norm"), vec![h]));
-        shapes.push((layer_norm(l, "post_attention_layernorm"), vec![h]));
+        shapes.push((layer_norm(l, ATTN_SUB_NORM), vec![h]));
+        shapes.push((layer_norm(l, POST_ATTENTION_NORM), vec![h]));
         for proj in [Proj::Gate, Proj::Up, Proj::Down] {
             let (o, i) = config.proj_shape(proj);
             shapes.push((proj_weight(l, proj), vec![o, i]));
         }
-        shapes.push((
-            layer_norm(l, "mlp.ffn_sub_norm"),
-            vec![config.intermediate_size],
-        ));
+        shapes.push((layer_norm(l, FFN_SUB_NORM), vec![config.intermediate_size]));
     }
     shapes.push((FINAL_NORM.to_string(), vec![h]));
     if !config.tie_word_embeddings {

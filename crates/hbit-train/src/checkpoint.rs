@@ -14,9 +14,9 @@ use crate::config::ModelConfig;
 use crate::error::TrainError;
 use crate::model::BitnetModel;
 
-pub use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+pub use hbit_model::files::{
+    CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE,
+};
 
 type Result<T> = std::result::Result<T, TrainError>;
 

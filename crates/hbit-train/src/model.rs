@@ -18,8 +18,8 @@ use crate::error::TrainError;
 use crate::fused::{self, CausalSoftmax, Glu, Heads, RmsNorm, RopeTables};
 use crate::ops::{HadamardOp, QuantizeInput, TernaryMatmul};
 use crate::rng::SplitMix64;
-use hbit_model::tensors::is_norm;
 pub use hbit_model::tensors::parameter_shapes;
+use hbit_model::tensors::{self as names, is_norm};
 
 type Result<T> = std::result::Result<T, TrainError>;
 
@@ -202,7 +202,7 @@ impl BitnetModel {
         };
         if config.tie_word_embeddings {
             // HF writes a tied head in some checkpoints; it is the embedding, so drop it.
-            tensors.remove("lm_head.weight");
+            tensors.remove(names::LM_HEAD);
         }
         let mut vars: HashMap<String, Var> = HashMap::new();
         for (name, shape) in parameter_shapes(config) {
@@ -244,25 +244,24 @@ impl BitnetModel {
         let mut hadamards = HadamardCache::default();
         let mut layers = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
-            let p = format!("model.layers.{l}");
             let mut linear = |proj: Proj, take: &mut dyn FnMut(String) -> Result<Var>| {
-                let w = take(format!("{p}.{}.weight", proj.key()))?;
+                let w = take(names::proj_weight(l, proj))?;
                 BitLinear::new(w, config.input_quant(proj), config, &mut hadamards)
             };
-            let input_layernorm = take(format!("{p}.input_layernorm.weight"))?;
+            let input_layernorm = take(names::layer_norm(l, names::INPUT_NORM))?;
             let self_attn = Attention {
                 q_proj: linear(Proj::Q, &mut take)?,
                 k_proj: linear(Proj::K, &mut take)?,
                 v_proj: linear(Proj::V, &mut take)?,
                 o_proj: linear(Proj::O, &mut take)?,
-                attn_sub_norm: take(format!("{p}.self_attn.attn_sub_norm.weight"))?,
+                attn_sub_norm: take(names::layer_norm(l, names::ATTN_SUB_NORM))?,
             };
-            let post_attention_layernorm = take(format!("{p}.post_attention_layernorm.weight"))?;
+            let post_attention_layernorm = take(names::layer_norm(l, names::POST_ATTENTION_NORM))?;
             let mlp = Mlp {
                 gate_proj: linear(Proj::Gate, &mut take)?,
                 up_proj: linear(Proj::Up, &mut take)?,
                 down_proj: linear(Proj::Down, &mut take)?,
-                ffn_sub_norm: take(format!("{p}.mlp.ffn_sub_norm.weight"))?,
+                ffn_sub_norm: take(names::layer_norm(l, names::FFN_SUB_NORM))?,
             };
             layers.push(DecoderLayer {
                 input_layernorm,
@@ -271,12 +270,12 @@ impl BitnetModel {
                 mlp,
             });
         }
-        let embed_tokens = take("model.embed_tokens.weight".into())?;
-        let norm = take("model.norm.weight".into())?;
+        let embed_tokens = take(names::EMBED_TOKENS.into())?;
+        let norm = take(names::FINAL_NORM.into())?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(take("lm_head.weight".into())?)
+            Some(take(names::LM_HEAD.into())?)
         };
         Ok(BitnetModel {
             config: config.clone(),
@@ -295,16 +294,12 @@ impl BitnetModel {
     /// Every latent parameter with its checkpoint name, in the canonical order of
     /// [`parameter_shapes`].
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
-        )];
+        let mut out = vec![(names::EMBED_TOKENS.to_string(), self.embed_tokens.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
             let a = &layer.self_attn;
             let m = &layer.mlp;
             out.push((
-                format!("{p}.input_layernorm.weight"),
+                names::layer_norm(l, names::INPUT_NORM),
                 layer.input_layernorm.clone(),
             ));
             for (proj, lin) in [
@@ -313,14 +308,14 @@ impl BitnetModel {
                 (Proj::V, &a.v_proj),
                 (Proj::O, &a.o_proj),
             ] {
-                out.push((format!("{p}.{}.weight", proj.key()), lin.weight.clone()));
+                out.push((names::proj_weight(l, proj), lin.weight.clone()));
             }
             out.push((
-                format!("{p}.self_attn.attn_sub_norm.weight"),
+                names::layer_norm(l, names::ATTN_SUB_NORM),
                 a.attn_sub_norm.clone(),
             ));
             out.push((
-                format!("{p}.post_attention_layernorm.weight"),
+                names::layer_norm(l, names::POST_ATTENTION_NORM),
                 layer.post_attention_layernorm.clone(),
             ));
             for (proj, lin) in [
@@ -328,16 +323,16 @@ impl BitnetModel {
                 (Proj::Up, &m.up_proj),
                 (Proj::Down, &m.down_proj),
             ] {
-                out.push((format!("{p}.{}.weight", proj.key()), lin.weight.clone()));
+                out.push((names::proj_weight(l, proj), lin.weight.clone()));
             }
             out.push((
-                format!("{p}.mlp.ffn_sub_norm.weight"),
+                names::layer_norm(l, names::FFN_SUB_NORM),
                 m.ffn_sub_norm.clone(),
             ));
         }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        out.push((names::FINAL_NORM.to_string(), self.norm.clone()));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head.clone()));
+            out.push((names::LM_HEAD.to_string(), head.clone()));
         }
         out
     }

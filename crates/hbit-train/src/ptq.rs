@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use hbit_kernels::quant::ActBits;
 use hbit_model::rng::SplitMix64;
-use hbit_model::tensors::{layer_norm, proj_weight};
+use hbit_model::tensors::{self, layer_norm, proj_weight};
 use hbit_model::{ModelConfig, Proj, Variant};
 
 use crate::error::TrainError;
@@ -26,10 +26,10 @@ type Result<T> = std::result::Result<T, TrainError>;
 
 /// Each norm and the projections that read its output.
 const NORM_READERS: [(&str, &[Proj]); 4] = [
-    ("input_layernorm", &[Proj::Q, Proj::K, Proj::V]),
-    ("self_attn.attn_sub_norm", &[Proj::O]),
-    ("post_attention_layernorm", &[Proj::Gate, Proj::Up]),
-    ("mlp.ffn_sub_norm", &[Proj::Down]),
+    (tensors::INPUT_NORM, &[Proj::Q, Proj::K, Proj::V]),
+    (tensors::ATTN_SUB_NORM, &[Proj::O]),
+    (tensors::POST_ATTENTION_NORM, &[Proj::Gate, Proj::Up]),
+    (tensors::FFN_SUB_NORM, &[Proj::Down]),
 ];
 
 /// How `hbit ptq` treats the b1.58 model.

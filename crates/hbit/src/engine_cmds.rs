@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::checkpoint::{load_checkpoint_dir, pack_checkpoint, read_chat_template};
 use hbit_engine::format::{load_packed_with, LoadMode};
+use hbit_engine::pack::{load_checkpoint_dir, pack_checkpoint, read_chat_template};
 use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams};
 use tokenizers::Tokenizer;
 

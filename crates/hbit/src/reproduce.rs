@@ -20,7 +20,7 @@ use hbit_engine::KvBits;
 use hbit_eval::ppl::perplexity;
 use hbit_eval::report::{table1, ModelRow};
 use hbit_eval::{load_docs, Task, TaskResult};
-use hbit_train::checkpoint::{TOKENIZER_FILE, TRAINER_STATE_FILE};
+use hbit_model::files::{TOKENIZER_FILE, TRAINER_STATE_FILE};
 use hbit_train::trainer::TrainerState;
 use serde_json::{json, Value};
 
