@@ -122,6 +122,11 @@ impl Engine {
                 tokens.len()
             )));
         }
+        if let Some(bits) = self.q_bits.filter(|b| !(2..=8).contains(b)) {
+            return Err(EngineError::Input(format!(
+                "q_bits: expected 2 to 8 bits, found {bits}"
+            )));
+        }
         // rows[i] = (sequence, position) of new token i.
         let mut rows: Vec<(usize, usize)> = Vec::new();
         for (s, (cache, toks)) in caches.iter().zip(tokens).enumerate() {

@@ -1,16 +1,14 @@
 //! The KV cache (paper Tables 2–3, DESIGN.md §1): post-RoPE keys and values per layer, token and
 //! KV head, at f32, f16, or absmax-quantized to 8, 4 or 3 bits.
 //!
-//! Quantized heads: `s = max|x| / q_max` with `q_max = 2^(b-1) - 1`, codes
-//! `round(x / s)` in `[-q_max, q_max]` (round half away from zero), stored unsigned as
-//! `code + 2^(b-1)` and bit-packed LSB-first, `ceil(hd·b/8)` bytes per head plus one f32 scale.
-//! No calibration data. The first position (the BOS token, the attention sink whose keys carry
+//! Quantized heads are per-head absmax codes, `ceil(hd·b/8)` bytes plus one f32 scale, written
+//! and widened by the kernel layer's [`hbit_kernels::kv_codec`]. The first position (the BOS token, the attention sink whose keys carry
 //! the outliers) is always kept at 8 bits when the cache is narrower.
 
 use half::{f16, slice::HalfFloatSliceExt};
-use hbit_kernels::attention::{self, HistoryRows};
+use hbit_kernels::attention::HistoryRows;
 use hbit_kernels::attention_int4::Int4Rows;
-use hbit_kernels::KernelPath;
+use hbit_kernels::{kv_codec, KernelPath};
 use hbit_model::ModelConfig;
 
 use crate::error::{EngineError, Result};
@@ -84,64 +82,24 @@ impl KvBits {
 }
 
 /// Absmax-quantizes `x` to `bits`-bit codes, bit-packed into `out` (`ceil(len·bits/8)` bytes,
-/// zeroed by the caller). Returns the scale. The kernel layer's [`attention::quantize_row`]
-/// on the active path (the same codes on every path; the append of every decode step runs
-/// this per head).
-pub fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
+/// zeroed by the caller), on the active kernel path; returns the scale. The append of every
+/// decode step runs this per head.
+fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
     let path = hbit_kernels::active_path().unwrap_or(KernelPath::Scalar);
-    match attention::quantize_row(path, bits, x, out) {
+    match kv_codec::quantize_row(path, bits, x, out) {
         Ok(scale) => scale,
         // Widths and lengths are the cache's own (2..=8 bits, `head_bytes`), so this is
         // unreachable; the reference gives the same codes regardless.
-        Err(_) => attention::quantize_row_reference(bits, x, out),
+        Err(_) => kv_codec::quantize_row_reference(bits, x, out),
     }
 }
 
-/// Inverse of [`quantize_head`] into `out` (`len` values).
-pub fn dequantize_head(codes: &[u8], bits: u32, scale: f32, out: &mut [f32]) {
-    let offset = 1i32 << (bits - 1);
-    let value = |u: u32| (u as i32 - offset) as f32 * scale;
-    match bits {
-        8 => out
-            .iter_mut()
-            .zip(codes)
-            .for_each(|(o, &c)| *o = value(c as u32)),
-        4 => {
-            for (pair, &c) in out.chunks_mut(2).zip(codes) {
-                pair[0] = value((c & 15) as u32);
-                if let Some(hi) = pair.get_mut(1) {
-                    *hi = value((c >> 4) as u32);
-                }
-            }
-        }
-        3 => {
-            // Eight 3-bit codes in every three bytes, LSB first.
-            for (group, bytes) in out.chunks_mut(8).zip(codes.chunks(3)) {
-                let word = bytes.iter().rev().fold(0u32, |w, &b| w << 8 | b as u32);
-                for (j, o) in group.iter_mut().enumerate() {
-                    *o = value((word >> (3 * j)) & 7);
-                }
-            }
-        }
-        _ => {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = value(get_bits(codes, i * bits as usize, bits));
-            }
-        }
-    }
-}
-
-/// Quantize-dequantize in place (the paper's 4-bit Q, which is never stored).
+/// Quantize-dequantize in place at `bits` (2..=8, checked by the caller): the paper's 4-bit Q,
+/// which is never stored.
 pub fn fake_quantize_head(x: &mut [f32], bits: u32) {
     let mut codes = vec![0u8; (x.len() * bits as usize).div_ceil(8)];
     let scale = quantize_head(x, bits, &mut codes);
-    dequantize_head(&codes, bits, scale, x);
-}
-
-fn get_bits(data: &[u8], bit: usize, width: u32) -> u32 {
-    (0..width as usize).fold(0, |v, j| {
-        v | (((data[(bit + j) / 8] >> ((bit + j) % 8)) & 1) as u32) << j
-    })
+    kv_codec::dequantize_rows_reference(bits, x.len(), &codes, &[scale], x);
 }
 
 /// Keys or values of one KV head of one layer, position-major so a head's whole history is one
@@ -497,8 +455,6 @@ impl KvCache {
     /// Dequantizes layer `layer`'s keys (or values) of KV head `head` at positions `positions`
     /// into `out` `[positions.len(), hd]`. Attention reads a head's history a chunk at a time,
     /// so the dequantized copy stays in L1 instead of being materialized whole every step.
-    /// 8- and 4-bit codes are widened by the kernel layer on `path` (the same values as
-    /// [`dequantize_head`]); 3-bit codes here.
     pub(crate) fn read(
         &self,
         path: KernelPath,
@@ -517,27 +473,16 @@ impl KvCache {
             KvBits::F16 => store.half[span].convert_to_f32_slice(out),
             b => {
                 let separate = self.first_is_separate();
-                let head_bytes = b.head_bytes(hd);
                 let mut out = out;
                 let mut first = positions.start;
                 if separate && first == 0 && !positions.is_empty() {
                     let (o, rest) = out.split_at_mut(hd);
-                    dequantize_head(&store.first, 8, store.first_scale, o);
+                    kv_codec::dequantize_rows(path, 8, hd, &store.first, &[store.first_scale], o)?;
                     out = rest;
                     first = 1;
                 }
                 let (codes, scales) = self.integer_rows(store, first..positions.end);
-                if matches!(b, KvBits::Int8 | KvBits::Int4) {
-                    attention::dequantize_rows(path, b.bits(), hd, codes, scales, out)?;
-                } else {
-                    for ((c, &s), o) in codes
-                        .chunks_exact(head_bytes)
-                        .zip(scales)
-                        .zip(out.chunks_exact_mut(hd))
-                    {
-                        dequantize_head(c, b.bits(), s, o);
-                    }
-                }
+                kv_codec::dequantize_rows(path, b.bits(), hd, codes, scales, out)?;
             }
         }
         Ok(())
@@ -580,106 +525,6 @@ mod tests {
             for plane in &cache.layers[0] {
                 let got: Vec<u16> = plane[g].half.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, expected, "KV head {g}");
-            }
-        }
-    }
-
-    #[test]
-    fn quantizers_hit_their_ranges_and_known_answers() {
-        // absmax 3 at 3 bits: q_max 3, scale 1: codes round(x) = [-3, 1, 0, 3] -> +4.
-        let x = [-3.0, 0.6, 0.0, 3.0];
-        let mut codes = vec![0u8; 2];
-        let s = quantize_head(&x, 3, &mut codes);
-        assert_eq!(s, 1.0);
-        let unsigned: Vec<u32> = (0..4).map(|i| get_bits(&codes, 3 * i, 3)).collect();
-        assert_eq!(unsigned, vec![1, 5, 4, 7]);
-        let mut back = [0.0; 4];
-        dequantize_head(&codes, 3, s, &mut back);
-        assert_eq!(back, [-3.0, 1.0, 0.0, 3.0]);
-        // 4 bits: q_max 7; x = [7, -3.5] -> scale 1 -> codes [7, -4] (half away from zero).
-        let mut codes = vec![0u8; 1];
-        let s = quantize_head(&[7.0, -3.5], 4, &mut codes);
-        assert_eq!((s, codes[0]), (1.0, (7 + 8) | ((8 - 4) << 4)));
-        // An all-zero head stays zero.
-        let mut codes = vec![0u8; 8];
-        assert_eq!(quantize_head(&[0.0; 8], 8, &mut codes), 0.0);
-        let mut back = [1.0; 8];
-        dequantize_head(&codes, 8, 0.0, &mut back);
-        assert_eq!(back, [0.0; 8]);
-    }
-
-    #[test]
-    fn error_shrinks_with_bits() {
-        let x: Vec<f32> = (0..64)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-            .collect();
-        let mut last = f32::INFINITY;
-        for bits in [3, 4, 8] {
-            let mut y = x.clone();
-            fake_quantize_head(&mut y, bits);
-            let err = x
-                .iter()
-                .zip(&y)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            let scale =
-                x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / ((1 << (bits - 1)) - 1) as f32;
-            assert!(
-                err <= scale / 2.0 + 1e-6,
-                "{bits} bits: error {err} > half step {scale}"
-            );
-            assert!(err < last);
-            last = err;
-        }
-    }
-
-    /// The bitstream definition: `width` bits of `value` at bit `bit`, LSB first.
-    fn put_bits(out: &mut [u8], bit: usize, width: u32, value: u32) {
-        for j in 0..width as usize {
-            if value >> j & 1 == 1 {
-                out[(bit + j) / 8] |= 1 << ((bit + j) % 8);
-            }
-        }
-    }
-
-    #[test]
-    fn byte_and_nibble_packing_equals_the_bitstream_definition() {
-        for bits in [4u32, 8] {
-            for len in [1usize, 7, 8, 9, 64, 67] {
-                let x: Vec<f32> = (0..len)
-                    .map(|i| ((i * 31 % 19) as f32 - 9.0) / 2.0)
-                    .collect();
-                let mut fast = vec![0u8; (len * bits as usize).div_ceil(8)];
-                let scale = quantize_head(&x, bits, &mut fast);
-                let q_max = ((1u32 << (bits - 1)) - 1) as f32;
-                let mut slow = vec![0u8; fast.len()];
-                for (i, &v) in x.iter().enumerate() {
-                    let c = (v / scale).round().clamp(-q_max, q_max) as i32 + (1 << (bits - 1));
-                    put_bits(&mut slow, i * bits as usize, bits, c as u32);
-                }
-                assert_eq!(fast, slow, "{bits} bits, {len} values");
-            }
-        }
-    }
-
-    #[test]
-    fn fast_unpacking_equals_the_bitstream_definition() {
-        for bits in [3u32, 4, 8] {
-            for len in [1usize, 7, 8, 9, 64, 67] {
-                let x: Vec<f32> = (0..len)
-                    .map(|i| ((i * 29 % 17) as f32 - 8.0) / 3.0)
-                    .collect();
-                let mut codes = vec![0u8; (len * bits as usize).div_ceil(8)];
-                let scale = quantize_head(&x, bits, &mut codes);
-                let mut fast = vec![0.0; len];
-                dequantize_head(&codes, bits, scale, &mut fast);
-                let offset = 1i32 << (bits - 1);
-                let slow: Vec<f32> = (0..len)
-                    .map(|i| {
-                        (get_bits(&codes, i * bits as usize, bits) as i32 - offset) as f32 * scale
-                    })
-                    .collect();
-                assert_eq!(fast, slow, "{bits} bits, {len} values");
             }
         }
     }

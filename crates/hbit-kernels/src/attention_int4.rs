@@ -1,5 +1,5 @@
 //! Attention's two products read straight from a 4-bit KV cache: the same values, bit for bit,
-//! as widening the rows with [`attention::dequantize_rows`] and calling [`attention::scores`] /
+//! as widening the rows with [`kv_codec::dequantize_rows`] and calling [`attention::scores`] /
 //! [`attention::weighted_sum`] on the f32 copy, without writing that copy.
 //!
 //! Why: a batch-16 decode step at ≈700M with 144 cached positions reads 16 · 16 · 24 · 144
@@ -12,7 +12,7 @@
 //! and a 16-entry table `(c − 8) · s_p`, the dequantized value of every code at that position's
 //! scale, is looked up with `vpermps` (two positions' tables with `vpermt2ps`). Up to
 //! [`MAX_HEADS`] query heads sharing the KV head use each looked-up value. The table entries
-//! are the products [`attention::dequantize_rows`] computes, so each looked-up value equals the
+//! are the products [`kv_codec::dequantize_rows`] computes, so each looked-up value equals the
 //! widened one, and the sums then follow the defined orders of [`attention`]:
 //! * scores sum eight lanes per position; two positions share a register, one per half;
 //! * the weighted sum adds `w_p · v_p[i]` position by position, sixteen columns per register.
@@ -24,8 +24,9 @@
 use crate::attention::{self, HistoryRows};
 use crate::cpu::KernelPath;
 use crate::error::KernelError;
+use crate::kv_codec;
 
-/// Rows of 4-bit absmax codes as [`attention::quantize_row`] writes them: `codes` `[positions,
+/// Rows of 4-bit absmax codes as [`kv_codec::quantize_row`] writes them: `codes` `[positions,
 /// hd / 2]` (low nibble first, stored as `code + 8`) and one scale per position.
 #[derive(Debug, Clone, Copy)]
 pub struct Int4Rows<'a> {
@@ -103,7 +104,7 @@ fn check(
 }
 
 /// `scores[j·P + p] = scale · q_j·k_p` for the query heads `q` `[heads, hd]` and the `P`
-/// positions of `rows`, `k_p` row `p` widened: equal to [`attention::dequantize_rows`] then
+/// positions of `rows`, `k_p` row `p` widened: equal to [`kv_codec::dequantize_rows`] then
 /// [`attention::scores`] head by head.
 pub fn scores_int4(
     path: KernelPath,
@@ -137,7 +138,7 @@ pub fn scores_int4(
 }
 
 /// `out_j[i] += Σ_p weights[j·P + p] · v_p[i]` in position order, for the heads `j` of `out`
-/// `[heads, hd]`, `v_p` row `p` of `rows` widened: equal to [`attention::dequantize_rows`]
+/// `[heads, hd]`, `v_p` row `p` of `rows` widened: equal to [`kv_codec::dequantize_rows`]
 /// then [`attention::weighted_sum`] head by head.
 pub fn weighted_sum_int4(
     path: KernelPath,
@@ -185,7 +186,7 @@ fn widened_chunks(
         let span = p0..(p0 + FALLBACK_ROWS).min(positions);
         let buf = &mut widened[..span.len() * hd];
         let codes = &rows.codes[span.start * hd / 2..span.end * hd / 2];
-        attention::dequantize_rows(path, 4, hd, codes, &rows.scales[span.clone()], buf)?;
+        kv_codec::dequantize_rows(path, 4, hd, codes, &rows.scales[span.clone()], buf)?;
         use_rows(span, HistoryRows::F32(buf))?;
     }
     Ok(())
@@ -551,7 +552,7 @@ mod tests {
         let scales = x
             .chunks(hd)
             .zip(codes.chunks_mut(hd / 2))
-            .map(|(row, out)| attention::quantize_row_reference(4, row, out))
+            .map(|(row, out)| kv_codec::quantize_row_reference(4, row, out))
             .collect();
         (codes, scales)
     }
@@ -559,7 +560,7 @@ mod tests {
     /// The definition: widen by the reference, then the reference products.
     fn widened(codes: &[u8], scales: &[f32], hd: usize) -> Vec<f32> {
         let mut rows = vec![0.0; scales.len() * hd];
-        attention::dequantize_rows_reference(4, hd, codes, scales, &mut rows);
+        kv_codec::dequantize_rows_reference(4, hd, codes, scales, &mut rows);
         rows
     }
 

@@ -11,7 +11,9 @@
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
 //! * [`act`] — the GLU's SiLU with a vectorizing `exp`, shared by trainer and engine.
-//! * [`attention`] — attention's scores and weighted sums over f32 / f16 cached rows.
+//! * [`attention`] — attention's scores, softmax numerators and weighted sums over f32 / f16
+//!   cached rows; [`attention_int4`] the same products read from 4-bit codes in place.
+//! * [`kv_codec`] — the KV cache's 2- to 8-bit absmax codes.
 //! * [`norm`] — RMSNorm's per-row factor in a fixed summation order, shared by trainer and engine.
 //! * [`peak`] — the machine's `vpmaddubsw` peak: the compute roofline the bench reports.
 //! * [`scan`] — the vectorizing first-bad-value scan behind every validation of a large slice.
@@ -45,6 +47,7 @@ pub mod dense;
 pub mod error;
 pub mod float_gemv;
 pub mod hadamard;
+pub mod kv_codec;
 pub mod mapped;
 pub mod matmul;
 pub mod norm;

@@ -403,6 +403,7 @@ impl Bench {
         use half::f16;
         use hbit_kernels::attention::{self, HistoryRows};
         use hbit_kernels::attention_int4::{self, Int4Rows};
+        use hbit_kernels::kv_codec;
         let path = active_path()?;
         let q: Vec<f32> = (0..heads * hd).map(|_| uniform_pm1(rng)).collect();
         let keys: Vec<f32> = (0..positions * hd).map(|_| uniform_pm1(rng)).collect();
@@ -414,7 +415,7 @@ impl Bench {
             let scales = x
                 .chunks(hd)
                 .zip(codes.chunks_mut(hd / 2))
-                .map(|(row, out)| attention::quantize_row(path, 4, row, out))
+                .map(|(row, out)| kv_codec::quantize_row(path, 4, row, out))
                 .collect::<Result<Vec<f32>, _>>()?;
             Ok((codes, scales))
         };
@@ -444,7 +445,7 @@ impl Bench {
                     let c1 = (c0 + CHUNK).min(positions);
                     let buf = &mut widened[..(c1 - c0) * hd];
                     let rows = &codes[c0 * hd / 2..c1 * hd / 2];
-                    attention::dequantize_rows(path, 4, hd, rows, &scales[c0..c1], buf)?;
+                    kv_codec::dequantize_rows(path, 4, hd, rows, &scales[c0..c1], buf)?;
                     let history = HistoryRows::F32(buf);
                     for (j, qh) in q.chunks(hd).enumerate() {
                         let sc = &mut scores2[j * positions + c0..j * positions + c1];
