@@ -18,7 +18,11 @@
 //! * [`peak`] — the machine's `vpmaddubsw` peak: the compute roofline the bench reports.
 //! * [`scan`] — the vectorizing first-bad-value scan behind every validation of a large slice.
 //!
-//! `unsafe` lives only in the SIMD modules, each block with a SAFETY note.
+//! `unsafe` is confined to this crate (the others forbid it), each block with a SAFETY note:
+//! the SIMD kernels (each with a scalar reference and run-time dispatch), the lookup kernels'
+//! uninitialized table storage (poisoned in debug builds), the matrix kernels' shared output
+//! (disjoint rows, property-tested), the fork-join's erased closure lifetime ([`parallel`],
+//! model checked with loom), the memory map ([`mapped`]) and the allocator's C calls.
 //!
 //! ```
 //! use hbit_kernels::{matmul, quantize_activations, quantize_ternary, ActBits, LutPacked};

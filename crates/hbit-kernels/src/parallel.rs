@@ -10,9 +10,21 @@
 //! (`rayon::current_num_threads()`), so `ThreadPool::install` still sets how many cores the
 //! kernels use; this pool only supplies the threads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+// The handoff's synchronization, swapped for loom's model-checked twins under `--cfg loom`
+// (the `loom_tests` below explore every interleaving of a caller and a worker).
+#[cfg(loom)]
+use loom::sync::{
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    Condvar, Mutex,
+};
+#[cfg(not(loom))]
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    Condvar, Mutex,
+};
 
 thread_local! {
     /// Set while this thread runs parts of a job (and always on workers): a nested call runs
@@ -23,7 +35,12 @@ thread_local! {
 /// Low 32 bits of the state meaning "every part claimed", whatever the job's part count.
 const CLAIMED_ALL: u64 = u32::MAX as u64;
 
+/// The epoch that tells workers to return (tests only; the process's pool lives forever).
+#[cfg(any(test, loom))]
+const CLOSED_EPOCH: u64 = u32::MAX as u64;
+
 /// How long an idle worker spins before parking.
+#[cfg_attr(loom, allow(dead_code))]
 const SPIN: Duration = Duration::from_millis(2);
 
 /// How long after its last job a kernel worker has parked: its spin, plus a margin for the
@@ -33,6 +50,7 @@ pub const PARKED_AFTER: Duration = Duration::from_millis(5);
 
 /// Spins between two reads of the clock while waiting (a `pause` is tens of cycles, so this is
 /// a few microseconds).
+#[cfg_attr(loom, allow(dead_code))]
 const CLOCK_EVERY: u32 = 128;
 
 /// A job: `parts` calls of the closure, by part index. The pointer's lifetime is erased; see
@@ -63,6 +81,20 @@ struct Shared {
     sleep_lock: Mutex<()>,
 }
 
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            state: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            sleep_lock: Mutex::new(()),
+        }
+    }
+}
+
 struct Pool {
     shared: &'static Shared,
     workers: usize,
@@ -73,15 +105,7 @@ struct Pool {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let shared: &'static Shared = Box::leak(Box::new(Shared {
-            state: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
-            slots: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            job: Mutex::new(None),
-            wake: Condvar::new(),
-            sleep_lock: Mutex::new(()),
-        }));
+        let shared: &'static Shared = Box::leak(Box::new(Shared::new()));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = cores.saturating_sub(1);
         for i in 0..workers {
@@ -141,6 +165,12 @@ fn worker(shared: &'static Shared) {
     // A part that itself calls `run_parts` runs it inline (the submit lock is held by the caller
     // this part belongs to).
     INSIDE.with(|c| c.set(true));
+    serve(shared);
+}
+
+/// A worker's loop: wait for each new epoch (spinning, then parked), join its job if a slot is
+/// free, run parts until none is left. Returns only at [`CLOSED_EPOCH`] (tests).
+fn serve(shared: &Shared) {
     let mut seen = 0u64;
     // Spin only after a job this worker took part in: a worker beyond the caller's thread count
     // parks at once instead of burning a core.
@@ -151,10 +181,7 @@ fn worker(shared: &'static Shared) {
         let mut epoch = shared.state.load(Ordering::Acquire) >> 32;
         while epoch == seen {
             spins = spins.wrapping_add(1);
-            // The clock is read once per CLOCK_EVERY spins: reading it each time (a vDSO call)
-            // took 11% of a batch-16 decode's samples, issue slots a sibling vCPU can use.
-            let expired = spins.is_multiple_of(CLOCK_EVERY) && start.elapsed() > SPIN;
-            if !joined || expired {
+            if !joined || spin_expired(spins, start) {
                 // About to sleep: hand this thread's freed memory back first. A part's
                 // temporaries (a prefill's sums, megabytes) stayed resident in this worker's heap
                 // until the heap was next used, which an idle engine never does (≈ 4 MB of a
@@ -170,9 +197,13 @@ fn worker(shared: &'static Shared) {
                     drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
                 }
             } else {
-                std::hint::spin_loop();
+                spin_pause();
             }
             epoch = shared.state.load(Ordering::Acquire) >> 32;
+        }
+        #[cfg(any(test, loom))]
+        if epoch == CLOSED_EPOCH {
+            return;
         }
         seen = epoch;
         joined = shared
@@ -183,6 +214,40 @@ fn worker(shared: &'static Shared) {
             work_on(shared, epoch);
         }
     }
+}
+
+/// Whether an idle worker has spun for [`SPIN`]. The clock is read once per [`CLOCK_EVERY`]
+/// spins: reading it each time (a vDSO call) took 11% of a batch-16 decode's samples, issue
+/// slots a sibling vCPU can use. Under loom a worker parks at once (time is not modelled).
+#[cfg(not(loom))]
+fn spin_expired(spins: u32, start: Instant) -> bool {
+    spins.is_multiple_of(CLOCK_EVERY) && start.elapsed() > SPIN
+}
+
+#[cfg(loom)]
+fn spin_expired(_spins: u32, _start: Instant) -> bool {
+    true
+}
+
+/// One round of a wait loop: a `pause`, or under loom a yield to the model's scheduler.
+#[cfg(not(loom))]
+fn spin_pause() {
+    std::hint::spin_loop();
+}
+
+#[cfg(loom)]
+fn spin_pause() {
+    loom::thread::yield_now();
+}
+
+/// Closes `shared`'s workers: they return from [`serve`] (tests).
+#[cfg(test)]
+fn close(shared: &Shared) {
+    let _g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+    shared
+        .state
+        .store(CLOSED_EPOCH << 32 | CLAIMED_ALL, Ordering::Release);
+    shared.wake.notify_all();
 }
 
 /// Calls `f(0..parts)` spread over the caller and the spinning workers, returning when all are
@@ -203,31 +268,45 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     let _reset = Reset;
     let _turn = pool.submit.lock().unwrap_or_else(|e| e.into_inner());
-    let shared = pool.shared;
+    let parts32 = u32::try_from(parts)
+        .ok()
+        .filter(|&p| p < u32::MAX)
+        .expect("fewer than 2^32 - 1 parts");
+    let (own, panicked) = run_job(pool.shared, parts32, threads, f);
+    if let Err(payload) = own {
+        std::panic::resume_unwind(payload);
+    }
+    if panicked {
+        panic!("a part of a parallel kernel job panicked on a kernel worker thread");
+    }
+}
+
+/// The caller's side of one job on `shared` (one caller at a time): publish it to at most
+/// `threads − 1` workers, run parts itself, wait until every part has finished, retire it.
+/// Returns the caller's own parts' outcome and whether a worker's part panicked.
+fn run_job(
+    shared: &Shared,
+    parts: u32,
+    threads: usize,
+    f: &(dyn Fn(usize) + Sync),
+) -> (std::thread::Result<()>, bool) {
     // SAFETY: erasing the closure's lifetime is sound because this function does not return
     // until `pending` reaches zero, i.e. until every part (the only code that dereferences the
     // pointer) has finished.
     let f_static: *const (dyn Fn(usize) + Sync) = unsafe {
         std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
     };
-    let parts32 = u32::try_from(parts)
-        .ok()
-        .filter(|&p| p < u32::MAX)
-        .expect("fewer than 2^32 - 1 parts");
     let previous = shared.state.load(Ordering::Acquire) >> 32;
     // Close the previous epoch for stale workers before the job slot changes (see `work_on`).
     shared
         .state
         .store(previous << 32 | CLAIMED_ALL, Ordering::Release);
     shared.panicked.store(false, Ordering::Release);
-    shared.pending.store(parts, Ordering::Release);
+    shared.pending.store(parts as usize, Ordering::Release);
     // At most `threads` participants (the caller and `threads - 1` workers), so an `install`-ed
     // pool of n threads keeps the kernels on n cores.
     shared.slots.store(threads - 1, Ordering::Release);
-    *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job {
-        f: f_static,
-        parts: parts32,
-    });
+    *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { f: f_static, parts });
     let epoch = previous + 1;
     {
         let _g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -244,16 +323,11 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         if spins.is_multiple_of(1 << 14) {
             std::thread::yield_now();
         } else {
-            std::hint::spin_loop();
+            spin_pause();
         }
     }
     *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    if let Err(payload) = own {
-        std::panic::resume_unwind(payload);
-    }
-    if shared.panicked.load(Ordering::Acquire) {
-        panic!("a part of a parallel kernel job panicked on a kernel worker thread");
-    }
+    (own, shared.panicked.load(Ordering::Acquire))
 }
 
 /// `f(0..parts)` through [`run_parts`], results in part order.
@@ -433,5 +507,115 @@ mod tests {
             }
         });
         assert_eq!(total.load(Ordering::Relaxed), 4 * 20 * 8);
+    }
+
+    /// The handoff on a private pool with one worker, caller and worker as plain threads: jobs
+    /// of every size run each part once, the worker joins, and `close` ends it.
+    #[test]
+    fn a_private_pool_runs_jobs_and_closes() {
+        let shared = Shared::new();
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| serve(&shared));
+            for parts in [1u32, 2, 5, 64] {
+                for _round in 0..20 {
+                    let hits: Vec<AtomicU32> = (0..parts).map(|_| AtomicU32::new(0)).collect();
+                    let (own, panicked) = run_job(&shared, parts, 2, &|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(own.is_ok() && !panicked);
+                    assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                }
+            }
+            close(&shared);
+            worker.join().unwrap();
+        });
+    }
+}
+
+/// Model checks of the fork-join handoff: `RUSTFLAGS="--cfg loom" cargo test -p hbit-kernels
+/// --lib --release loom` (`.ci/run` runs it). loom runs a caller and a worker through every
+/// interleaving (bounded preemptions) and fails on a deadlock, a lost wake-up, or a read not
+/// ordered after the write it needs.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+
+    /// Outputs written by parts, one slot each, read by the caller after the join: the pattern
+    /// of the matrix kernels' shared output (disjoint writes during a job, reads after it).
+    /// loom's cell records every access, so a read not ordered after its write fails the test.
+    struct Slots(Vec<UnsafeCell<usize>>);
+
+    // SAFETY: parts write disjoint slots and the caller reads them only after `run_job`
+    // returns; the model check below is what verifies this.
+    unsafe impl Sync for Slots {}
+
+    impl Slots {
+        fn new(n: usize) -> Slots {
+            Slots((0..n).map(|_| UnsafeCell::new(usize::MAX)).collect())
+        }
+        fn write(&self, i: usize, v: usize) {
+            // SAFETY: slot i belongs to part i alone (loom checks it).
+            self.0[i].with_mut(|p| unsafe { *p = v });
+        }
+        fn read(&self, i: usize) -> usize {
+            // SAFETY: no part runs any more (loom checks it).
+            self.0[i].with(|p| unsafe { *p })
+        }
+    }
+
+    fn model(test: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(test);
+    }
+
+    #[test]
+    fn loom_every_part_runs_once_and_its_write_is_seen_after_the_join() {
+        model(|| {
+            let shared = Arc::new(Shared::new());
+            let worker = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || serve(&shared))
+            };
+            let slots = Slots::new(3);
+            let (own, panicked) = run_job(&shared, 3, 2, &|i| slots.write(i, i + 10));
+            assert!(own.is_ok() && !panicked);
+            for i in 0..3 {
+                assert_eq!(slots.read(i), i + 10);
+            }
+            close(&shared);
+            worker.join().unwrap();
+        });
+    }
+
+    /// A worker still holding the first job when the second is published must not call the
+    /// first job's closure, whose captures the caller has reused by then (the lifetime the
+    /// handoff erases): the caller's write to `first` after the first join would race with it.
+    /// Nor may it run a part of the second job under the first's epoch (a second job with more
+    /// parts is what exposes that).
+    #[test]
+    fn loom_a_stale_worker_never_runs_a_finished_job() {
+        model(|| {
+            let shared = Arc::new(Shared::new());
+            let worker = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || serve(&shared))
+            };
+            let first = Slots::new(2);
+            let (own, _) = run_job(&shared, 2, 2, &|i| first.write(i, 1));
+            assert!(own.is_ok());
+            // The first closure's captures are dead from here on: overwrite them.
+            first.write(0, 0);
+            first.write(1, 0);
+            let second = Slots::new(3);
+            let (own, _) = run_job(&shared, 3, 2, &|i| second.write(i, 2));
+            assert!(own.is_ok());
+            assert_eq!((first.read(0), first.read(1)), (0, 0));
+            assert_eq!((second.read(0), second.read(1), second.read(2)), (2, 2, 2));
+            close(&shared);
+            worker.join().unwrap();
+        });
     }
 }

@@ -62,12 +62,12 @@ fn table_entry(idx: usize, xa: i8, xb: i8) -> u8 {
 const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
 
 /// One token's tables from `tile`'s builder at `chunk_stride`, over a buffer first filled with
-/// 0xA5, so tests can compare builders byte for byte, the gaps between chunks included.
+/// [`POISON`], so tests can compare builders byte for byte, the gaps between chunks included.
 #[cfg(test)]
 pub(super) fn token_tables(tile: LutTile, x: &[i8], chunk_stride: usize) -> Vec<u8> {
     let chunks = x.len() / LUT_CHUNK_COLS;
     let len = (chunks - 1) * chunk_stride + CHUNK_TABLE_BYTES;
-    let mut tables = vec![MaybeUninit::new(0xA5u8); len];
+    let mut tables = vec![MaybeUninit::new(POISON); len];
     build_tables(tile, x, &mut tables, chunk_stride);
     tables
         .iter()
@@ -154,6 +154,10 @@ pub(super) fn cpu_has_vbmi_vnni() -> bool {
     }
 }
 
+/// The byte unwritten table storage holds in debug builds.
+#[cfg_attr(not(any(debug_assertions, test)), allow(dead_code))]
+pub(super) const POISON: u8 = 0xA5;
+
 /// Table storage: `len` bytes from a 64-byte aligned start (table rows then never straddle two
 /// cache lines: a 32-byte load across a line boundary costs two), left uninitialized because the
 /// builders write every byte a tile reads. Zeroing it first, megabytes per batched call, took a
@@ -169,6 +173,11 @@ pub(super) struct TableStore {
 impl TableStore {
     pub(super) fn new(len: usize) -> Self {
         let mut store = Vec::with_capacity(len + 63);
+        // Debug builds poison the bytes, so a kernel reading a byte no builder wrote gives a
+        // wrong, reproducible product that the bit-exact tests catch.
+        #[cfg(debug_assertions)]
+        store.resize(len + 63, MaybeUninit::new(POISON));
+        #[cfg(not(debug_assertions))]
         store.resize_with(len + 63, MaybeUninit::uninit);
         let offset = store.as_ptr().align_offset(64).min(63);
         TableStore { store, offset, len }

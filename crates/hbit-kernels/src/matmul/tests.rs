@@ -498,3 +498,50 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The other half of `SharedOutput`'s safety promise (the fork-join's ordering is model
+    /// checked in `parallel::loom_tests`): the pieces `split_many_with` hands out never overlap,
+    /// cover every row of every matrix once, and start on `align` boundaries.
+    #[test]
+    fn split_pieces_are_disjoint_aligned_and_cover_every_row(
+        rows in proptest::collection::vec(0usize..300, 1..4),
+        align in 1usize..40,
+        shares in 1usize..5,
+        threads in 1usize..5,
+    ) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pieces = std::sync::Mutex::new(Vec::new());
+        pool.install(|| {
+            split_many_with(&rows, align, shares, || (), |_, m, range| {
+                pieces.lock().unwrap().push((m, range));
+            })
+        });
+        let pieces = pieces.into_inner().unwrap();
+        for (m, &r) in rows.iter().enumerate() {
+            let mut mine: Vec<Range<usize>> =
+                pieces.iter().filter(|p| p.0 == m).map(|p| p.1.clone()).collect();
+            mine.sort_by_key(|p| p.start);
+            let mut next = 0;
+            for p in &mine {
+                prop_assert!(!p.is_empty() && p.start == next && p.start % align == 0, "{mine:?}");
+                next = p.end;
+            }
+            prop_assert_eq!(next, r, "matrix {} of {:?}: {:?}", m, rows, mine);
+        }
+    }
+}
+
+/// Debug builds hand the kernels poisoned table storage, so a read of a byte no builder wrote
+/// is a wrong product the bit-exact tests above see, not whatever the allocator left there.
+#[cfg(debug_assertions)]
+#[test]
+fn table_storage_is_poisoned_in_debug_builds() {
+    let mut store = lut::TableStore::new(1000);
+    let bytes = store.uninit_mut();
+    assert_eq!(bytes.len(), 1000);
+    // SAFETY: debug builds fill every byte of the store.
+    assert!(bytes
+        .iter()
+        .all(|b| unsafe { b.assume_init() } == lut::POISON));
+}
