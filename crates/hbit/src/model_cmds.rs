@@ -201,6 +201,25 @@ pub struct PtqArgs {
     pub seed: u64,
 }
 
+impl PtqArgs {
+    /// The arguments of `hbit ptq` for this run.
+    pub fn command_line(&self) -> Vec<String> {
+        vec![
+            "ptq".to_string(),
+            "--model".into(),
+            self.model.display().to_string(),
+            "--out".into(),
+            self.out.display().to_string(),
+            "--rotation".into(),
+            self.rotation.clone(),
+            "--act-bits".into(),
+            self.act_bits.to_string(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ]
+    }
+}
+
 /// `hbit ptq`: the post-training baselines of the paper's Table 4 from a trained b1.58 model.
 pub fn ptq(args: &PtqArgs) -> Result<()> {
     use hbit_train::ptq::{post_training_quantize, Rotation};

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -32,13 +32,28 @@ pub enum TokenizerCommand {
 pub struct TokenizerTrainArgs {
     /// Text files, directories (recursive: .txt .md .text .jsonl) or JSONL files with "text".
     #[arg(long, required = true, num_args = 1..)]
-    data: Vec<PathBuf>,
+    pub(crate) data: Vec<PathBuf>,
     /// Vocabulary size, <|endoftext|> included.
     #[arg(long, default_value_t = 4096)]
-    vocab_size: usize,
+    pub(crate) vocab_size: usize,
     /// Output tokenizer.json.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
+}
+
+impl TokenizerTrainArgs {
+    /// The arguments of `hbit tokenizer train` for this run.
+    pub fn command_line(&self) -> Vec<String> {
+        let mut v = vec!["tokenizer".to_string(), "train".into(), "--data".into()];
+        v.extend(self.data.iter().map(|p| p.display().to_string()));
+        v.extend([
+            "--vocab-size".to_string(),
+            self.vocab_size.to_string(),
+            "--out".into(),
+            self.out.display().to_string(),
+        ]);
+        v
+    }
 }
 
 pub fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
@@ -62,92 +77,210 @@ pub fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug, PartialEq)]
 pub struct TrainArgs {
     /// Training text: files, directories or JSONL (evaluation-set directories are refused).
     #[arg(long, required = true, num_args = 1..)]
-    data: Vec<PathBuf>,
+    pub(crate) data: Vec<PathBuf>,
     /// Run directory: checkpoint (config, weights, optimizer, trainer state, tokenizer),
     /// metrics.jsonl and loss.png.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Start from this checkpoint's weights (e.g. from `hbit init`); else --preset.
     #[arg(long, conflicts_with_all = ["resume", "init_from"])]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     /// Fresh model of this preset (micro, tiny, 400m, ...), vocabulary from the tokenizer.
     #[arg(long, conflicts_with_all = ["model", "resume", "init_from"])]
-    preset: Option<String>,
+    pub(crate) preset: Option<String>,
     /// Variant of a fresh --preset model, or the variant to continue as with --init-from.
     #[arg(long)]
-    variant: Option<String>,
+    pub(crate) variant: Option<String>,
     /// Activation bits (8 or 4): of a fresh model, or the switch of --init-from (a8 → a4).
     #[arg(long)]
-    act_bits: Option<u8>,
+    pub(crate) act_bits: Option<u8>,
     /// GLU activation (silu or relu2) when continuing with --init-from (a4.8 uses relu2).
     #[arg(long)]
-    hidden_act: Option<String>,
+    pub(crate) hidden_act: Option<String>,
     /// Continue the run in --out exactly where its checkpoint stopped.
     #[arg(long)]
-    resume: bool,
+    pub(crate) resume: bool,
     /// Continue-train from this checkpoint's weights, optimizer moments and schedule position
     /// under new quantization (--act-bits / --variant), writing to --out.
     #[arg(long)]
-    init_from: Option<PathBuf>,
+    pub(crate) init_from: Option<PathBuf>,
     /// tokenizer.json (default: the one in --model / --init-from / --out).
     #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    pub(crate) tokenizer: Option<PathBuf>,
     /// Total optimizer steps of the schedule [default: 1000; with --init-from, the source's].
     #[arg(long)]
-    steps: Option<u64>,
+    pub(crate) steps: Option<u64>,
     /// Stop (and save) after this step while keeping the full schedule, e.g. 950 of 1000 before
     /// continuing a4.
     #[arg(long)]
-    stop_after: Option<u64>,
+    pub(crate) stop_after: Option<u64>,
     /// Linear warm-up steps (paper: 375 at full scale).
     #[arg(long)]
-    warmup: Option<u64>,
+    pub(crate) warmup: Option<u64>,
     /// Stage-1 peak LR (default: paper Table 9 for the preset).
     #[arg(long)]
-    lr1: Option<f64>,
+    pub(crate) lr1: Option<f64>,
     /// Stage-2 peak LR from the midpoint.
     #[arg(long)]
-    lr2: Option<f64>,
+    pub(crate) lr2: Option<f64>,
     /// Stage-1 weight decay (stage 2: 0).
     #[arg(long, default_value_t = 0.1)]
-    weight_decay: f64,
+    pub(crate) weight_decay: f64,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
+    pub(crate) grad_accum: usize,
     /// Tokens per sequence (default: the model's max_position_embeddings).
     #[arg(long)]
-    seq_len: Option<usize>,
+    pub(crate) seq_len: Option<usize>,
     /// Global gradient-norm clip (0 = off).
     #[arg(long, default_value_t = 1.0)]
-    clip: f64,
+    pub(crate) clip: f64,
     /// Seed of the data split and order.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Share of sequences held out for validation.
     #[arg(long, default_value_t = 0.02)]
-    val_fraction: f64,
+    pub(crate) val_fraction: f64,
     /// Validation every N steps (0 = only at the end).
     #[arg(long, default_value_t = 100)]
-    eval_every: u64,
+    pub(crate) eval_every: u64,
     /// Validation sequences per evaluation.
     #[arg(long, default_value_t = 64)]
-    eval_sequences: usize,
+    pub(crate) eval_sequences: usize,
     /// Checkpoint every N steps (always at the end and on Ctrl-C).
     #[arg(long, default_value_t = 200)]
-    checkpoint_every: u64,
+    pub(crate) checkpoint_every: u64,
     /// Token cache directory.
     #[arg(long, default_value = ".hbit-cache")]
-    cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
     /// No progress bar (logs one line per evaluation instead).
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
+}
+
+impl TrainArgs {
+    /// A run on `data` into `out` with every other flag at its command-line default (a test
+    /// holds the two equal).
+    pub fn new(data: Vec<PathBuf>, out: PathBuf) -> TrainArgs {
+        TrainArgs {
+            data,
+            out,
+            model: None,
+            preset: None,
+            variant: None,
+            act_bits: None,
+            hidden_act: None,
+            resume: false,
+            init_from: None,
+            tokenizer: None,
+            steps: None,
+            stop_after: None,
+            warmup: None,
+            lr1: None,
+            lr2: None,
+            weight_decay: 0.1,
+            batch_size: 8,
+            grad_accum: 1,
+            seq_len: None,
+            clip: 1.0,
+            seed: 0,
+            val_fraction: 0.02,
+            eval_every: 100,
+            eval_sequences: 64,
+            checkpoint_every: 200,
+            cache_dir: PathBuf::from(".hbit-cache"),
+            quiet: false,
+        }
+    }
+}
+
+impl TrainArgs {
+    /// The arguments of `hbit train` that give this run, flags at their defaults left out
+    /// (`hbit reproduce` logs them; a test parses them back to the same run).
+    pub fn command_line(&self) -> Vec<String> {
+        let d = TrainArgs::new(Vec::new(), PathBuf::new());
+        let mut v = vec!["train".to_string(), "--data".to_string()];
+        v.extend(self.data.iter().map(|p| p.display().to_string()));
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                v.push(format!("--{name}"));
+                v.push(value);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        flag("out", Some(self.out.display().to_string()));
+        flag("model", path(&self.model));
+        flag("preset", self.preset.clone());
+        flag("variant", self.variant.clone());
+        flag("act-bits", self.act_bits.map(|b| b.to_string()));
+        flag("hidden-act", self.hidden_act.clone());
+        flag("init-from", path(&self.init_from));
+        flag("tokenizer", path(&self.tokenizer));
+        flag("steps", self.steps.map(|x| x.to_string()));
+        flag("stop-after", self.stop_after.map(|x| x.to_string()));
+        flag("warmup", self.warmup.map(|x| x.to_string()));
+        flag("lr1", self.lr1.map(|x| x.to_string()));
+        flag("lr2", self.lr2.map(|x| x.to_string()));
+        let changed = |a: String, b: String| (a != b).then_some(a);
+        flag(
+            "weight-decay",
+            changed(self.weight_decay.to_string(), d.weight_decay.to_string()),
+        );
+        flag(
+            "batch-size",
+            changed(self.batch_size.to_string(), d.batch_size.to_string()),
+        );
+        flag(
+            "grad-accum",
+            changed(self.grad_accum.to_string(), d.grad_accum.to_string()),
+        );
+        flag("seq-len", self.seq_len.map(|x| x.to_string()));
+        flag("clip", changed(self.clip.to_string(), d.clip.to_string()));
+        flag("seed", changed(self.seed.to_string(), d.seed.to_string()));
+        flag(
+            "val-fraction",
+            changed(self.val_fraction.to_string(), d.val_fraction.to_string()),
+        );
+        flag(
+            "eval-every",
+            changed(self.eval_every.to_string(), d.eval_every.to_string()),
+        );
+        flag(
+            "eval-sequences",
+            changed(
+                self.eval_sequences.to_string(),
+                d.eval_sequences.to_string(),
+            ),
+        );
+        flag(
+            "checkpoint-every",
+            changed(
+                self.checkpoint_every.to_string(),
+                d.checkpoint_every.to_string(),
+            ),
+        );
+        flag(
+            "cache-dir",
+            changed(
+                self.cache_dir.display().to_string(),
+                d.cache_dir.display().to_string(),
+            ),
+        );
+        if self.resume {
+            v.push("--resume".to_string());
+        }
+        if self.quiet {
+            v.push("--quiet".to_string());
+        }
+        v
+    }
 }
 
 /// The tokenizer file to use: explicit, else the one inside the source checkpoint.
@@ -290,13 +423,27 @@ fn fresh_model(args: &TrainArgs, vocab: usize) -> Result<(BitnetModel, String)> 
     Ok((BitnetModel::init(&config, args.seed)?, name.to_string()))
 }
 
+/// Set by Ctrl-C. One handler per process (a second `set_handler` fails), shared by every run a
+/// process trains (`hbit reproduce` trains many).
+fn ctrl_c_flag() -> Result<&'static AtomicBool> {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
+    Ok(&STOP)
+}
+
+/// Whether Ctrl-C stopped a training run of this process (its checkpoint was saved).
+pub fn interrupted() -> bool {
+    ctrl_c_flag().is_ok_and(|f| f.load(Ordering::SeqCst))
+}
+
 fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = ctrl_c_flag()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
@@ -429,4 +576,51 @@ fn write_metrics(
         .with_context(|| format!("opening {}", path.display()))?;
     writeln!(out, "{line}").with_context(|| format!("appending to {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// Stages that build a run in code (`hbit reproduce`) get the same run as the command line.
+    #[test]
+    fn train_args_new_equals_the_command_line_defaults() {
+        let parsed = Wrapper::try_parse_from(["train", "--data", "a", "b", "--out", "o"])
+            .unwrap()
+            .train;
+        let built = TrainArgs::new(vec!["a".into(), "b".into()], "o".into());
+        assert_eq!(built, parsed);
+    }
+
+    #[test]
+    fn a_command_line_parses_back_to_the_same_run() {
+        let mut runs = vec![TrainArgs::new(vec!["d".into()], "o".into())];
+        let mut a = TrainArgs::new(vec!["x y".into(), "z".into()], "runs/v2".into());
+        a.init_from = Some("runs/v2-part".into());
+        a.act_bits = Some(4);
+        a.variant = Some("bitnet_a48".into());
+        a.hidden_act = Some("relu2".into());
+        a.tokenizer = Some("tok.json".into());
+        (a.steps, a.stop_after, a.warmup) = (Some(10), Some(8), Some(3));
+        (a.lr1, a.lr2, a.weight_decay, a.clip) = (Some(1.5e-3), Some(1e-3), 0.05, 0.0);
+        (a.batch_size, a.grad_accum, a.seq_len, a.seed) = (2, 4, Some(64), 7);
+        (a.val_fraction, a.eval_every, a.eval_sequences) = (0.1, 5, 32);
+        (a.checkpoint_every, a.cache_dir, a.quiet) = (1, "c".into(), true);
+        runs.push(a);
+        let mut b = TrainArgs::new(vec!["d".into()], "o".into());
+        (b.resume, b.preset, b.model) = (true, None, None);
+        runs.push(b);
+        for run in runs {
+            let line = run.command_line();
+            let parsed = Wrapper::try_parse_from(&line).unwrap().train;
+            assert_eq!(parsed, run, "{line:?}");
+        }
+    }
 }

@@ -1,0 +1,191 @@
+//! The study as a library: its plan's order, and a `micro` study run stage by stage in this
+//! process, resumed after losing a run and a result.
+
+use std::path::{Path, PathBuf};
+
+use super::stages::{plan, Outcome, Stage};
+use super::{ReproduceArgs, Study, B158, QUAROT, V2A4, V2A8, WROT_A4};
+
+/// Which model's files a stage writes (`None`: shared files).
+fn writes(stage: &Stage) -> Option<&'static str> {
+    match stage {
+        Stage::FinishA8 { model } | Stage::ContinueA4 { model, .. } | Stage::Ptq { model, .. } => {
+            Some(model.key)
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn every_stage_comes_after_its_inputs() {
+    let stages = plan();
+    let at = |want: &Stage| stages.iter().position(|s| s == want).unwrap();
+    let made = |key: &str| {
+        stages
+            .iter()
+            .position(|s| writes(s) == Some(key))
+            .unwrap_or_else(|| panic!("nothing makes {key}"))
+    };
+    assert_eq!(stages[0], Stage::Tokenizer);
+    assert_eq!(stages.last(), Some(&Stage::Report));
+    for (i, stage) in stages.iter().enumerate() {
+        match stage {
+            Stage::FinishA8 { model } => {
+                assert!(
+                    at(&Stage::TrainA8Part {
+                        model,
+                        variant: variant_of(&stages, model)
+                    }) < i
+                )
+            }
+            Stage::ContinueA4 { from, .. } => {
+                assert!(
+                    at(&Stage::TrainA8Part {
+                        model: from,
+                        variant: variant_of(&stages, from)
+                    }) < i
+                )
+            }
+            Stage::Ptq { .. } => assert!(made(B158.key) < i),
+            Stage::Evaluate { model, .. } | Stage::Activations { model } => {
+                assert!(made(model.key) < i, "{stage:?}")
+            }
+            _ => {}
+        }
+    }
+    // Ten models at f16 KV, four more attention settings for each BitNet v2, stats for three.
+    let evaluations = stages
+        .iter()
+        .filter(|s| matches!(s, Stage::Evaluate { .. }));
+    assert_eq!(evaluations.count(), 10 + 2 * 4);
+    for model in [&V2A8, &V2A4] {
+        for setting in 0..5 {
+            assert!(stages.contains(&Stage::Evaluate { model, setting }));
+        }
+    }
+    let stats = stages
+        .iter()
+        .filter(|s| matches!(s, Stage::Activations { .. }));
+    assert_eq!(stats.count(), 3);
+}
+
+fn variant_of(stages: &[Stage], model: &super::Model) -> &'static str {
+    stages
+        .iter()
+        .find_map(|s| match s {
+            Stage::TrainA8Part { model: m, variant } if *m == model => Some(*variant),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no a8 run of {}", model.key))
+}
+
+fn micro_args(dir: &Path) -> ReproduceArgs {
+    let (corpus, eval) = (dir.join("corpus"), dir.join("eval"));
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::create_dir_all(eval.join("wikitext2")).unwrap();
+    std::fs::write(
+        corpus.join("text.txt"),
+        "The cat sat on the mat. A dog ran to the park and back again. \n".repeat(300),
+    )
+    .unwrap();
+    std::fs::write(
+        eval.join("wikitext2/wiki.test.raw"),
+        " = Cats = \n The cat sat on the mat near the dog . \n".repeat(20),
+    )
+    .unwrap();
+    ReproduceArgs {
+        preset: "micro".into(),
+        data: vec![corpus],
+        out: dir.join("report"),
+        runs: Some(dir.join("runs")),
+        steps: 10,
+        a4_share: 0.2,
+        batch_size: 2,
+        seq_len: None,
+        vocab_size: 300,
+        seed: 0,
+        eval_data: vec![eval],
+        task_limit: 500,
+        ppl_tokens: 0,
+        stats_tokens: 64,
+    }
+}
+
+fn run_all(study: &Study) -> Vec<(Stage, Outcome)> {
+    plan()
+        .into_iter()
+        .map(|stage| {
+            let outcome = study.run(&stage).unwrap();
+            (stage, outcome)
+        })
+        .collect()
+}
+
+#[test]
+fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("hbit-reproduce-lib-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let args = micro_args(&dir);
+    let study = Study::new(&args).unwrap();
+    assert_eq!(study.switch_step, 8);
+
+    let first = run_all(&study);
+    assert!(first.iter().all(|(_, o)| *o == Outcome::Ran), "{first:?}");
+    let results = std::fs::read_dir(args.out.join("results")).unwrap().count();
+    assert_eq!(results, 10 + 2 * 4);
+    let quarot = std::fs::read_to_string(study.dir(QUAROT.key).join("config.json")).unwrap();
+    assert!(quarot.contains("bitnet_b158_quarot"), "{quarot}");
+    let commands = args.out.join("commands.txt");
+    let logged = std::fs::read_to_string(&commands).unwrap();
+    // The tokenizer, 4 × (a8 part, a8 finish, a4), 2 PTQ baselines: one command line each.
+    assert_eq!(logged.lines().count(), 1 + 4 * 3 + 2, "{logged}");
+
+    // A finished study reruns nothing but the report.
+    let again = run_all(&study);
+    for (stage, outcome) in &again {
+        let want = match stage {
+            Stage::Report => Outcome::Ran,
+            _ => Outcome::AlreadyDone,
+        };
+        assert_eq!(*outcome, want, "{stage:?}");
+    }
+
+    // A lost run and its result are redone alone.
+    std::fs::remove_dir_all(study.dir(WROT_A4.key)).unwrap();
+    std::fs::remove_file(args.out.join("results/wrot-a4.json")).unwrap();
+    let ran: Vec<Stage> = run_all(&study)
+        .into_iter()
+        .filter(|(_, o)| *o == Outcome::Ran)
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        ran,
+        [
+            Stage::ContinueA4 {
+                from: &super::WROT_A8,
+                model: &WROT_A4,
+                variant: None
+            },
+            Stage::Evaluate {
+                model: &WROT_A4,
+                setting: 0
+            },
+            Stage::Report,
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_shares_are_refused_before_anything_is_written() {
+    let dir = std::env::temp_dir().join(format!("hbit-reproduce-bad-{}", std::process::id()));
+    let mut args = micro_args(&dir);
+    args.out = dir.join("never");
+    for (steps, share) in [(10, 1.0), (10, -0.1), (10, 0.0), (1, 0.2)] {
+        (args.steps, args.a4_share) = (steps, share);
+        assert!(Study::new(&args).is_err(), "{steps} steps, share {share}");
+    }
+    assert!(!args.out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
