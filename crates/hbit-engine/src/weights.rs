@@ -12,8 +12,8 @@ use std::sync::Arc;
 use half::f16;
 use hbit_kernels::quant::{quantize_activations, sparsify_topk_token, topk_count};
 use hbit_kernels::{
-    matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, QuantizedActivations,
-    RowPacked, TriplePacked,
+    matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, PackedTernary,
+    QuantizedActivations, RowPacked, TriplePacked,
 };
 use hbit_model::tensors::{
     layer_norm, proj_weight, ATTN_SUB_NORM, EMBED_TOKENS, FFN_SUB_NORM, FINAL_NORM, INPUT_NORM,
@@ -74,37 +74,30 @@ impl Int4Layout {
 }
 
 impl TernaryMatrix {
-    pub fn rows(&self) -> usize {
+    /// The packed layout behind the variant: every operation below goes through it.
+    pub fn packed(&self) -> &dyn PackedTernary {
         match self {
-            TernaryMatrix::Row(w) => w.rows(),
-            TernaryMatrix::Lut(w) => w.rows(),
-            TernaryMatrix::Triple(w) => w.rows(),
+            TernaryMatrix::Row(w) => w,
+            TernaryMatrix::Lut(w) => w,
+            TernaryMatrix::Triple(w) => w,
         }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.packed().rows()
     }
 
     pub fn cols(&self) -> usize {
-        match self {
-            TernaryMatrix::Row(w) => w.cols(),
-            TernaryMatrix::Lut(w) => w.cols(),
-            TernaryMatrix::Triple(w) => w.cols(),
-        }
+        self.packed().cols()
     }
 
     pub fn alpha(&self) -> f32 {
-        match self {
-            TernaryMatrix::Row(w) => w.alpha(),
-            TernaryMatrix::Lut(w) => w.alpha(),
-            TernaryMatrix::Triple(w) => w.alpha(),
-        }
+        self.packed().alpha()
     }
 
     /// Bytes of packed weights (what a GEMV streams from memory).
     pub fn bytes(&self) -> usize {
-        match self {
-            TernaryMatrix::Row(w) => w.data().len(),
-            TernaryMatrix::Lut(w) => w.data().len(),
-            TernaryMatrix::Triple(w) => w.bytes(),
-        }
+        self.packed().packed_bytes()
     }
 
     /// The INT4 layout, if the matrix is packed for INT4 inputs.
@@ -137,21 +130,12 @@ impl TernaryMatrix {
 
     /// The ternary weights, unpacked.
     pub fn unpack(&self) -> hbit_kernels::TernaryWeights {
-        match self {
-            TernaryMatrix::Row(w) => w.unpack(),
-            TernaryMatrix::Lut(w) => w.unpack(),
-            TernaryMatrix::Triple(w) => w.unpack(),
-        }
+        self.packed().unpack()
     }
 
     /// `y` `[tokens, rows]` = BitLinear's integer form on quantized inputs.
     pub fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<()> {
-        match self {
-            TernaryMatrix::Row(w) => matmul::matmul_int8(w, x, y)?,
-            TernaryMatrix::Lut(w) => matmul::matmul_int4(w, x, y)?,
-            TernaryMatrix::Triple(w) => matmul::matmul_int4_triples(w, x, y)?,
-        }
-        Ok(())
+        Ok(self.packed().matmul(x, y)?)
     }
 }
 
@@ -162,51 +146,34 @@ pub fn matmul_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<()> {
-    /// `Some` when every matrix is of the variant `pick` takes.
-    fn all<'a, T: 'a>(
-        ws: &[&'a TernaryMatrix],
-        pick: fn(&'a TernaryMatrix) -> Option<&'a T>,
-    ) -> Option<Vec<&'a T>> {
-        ws.iter().map(|w| pick(w)).collect()
+    /// The kernels' multi-matrix product when every matrix is of the variant `pick` takes.
+    fn all<T: PackedTernary>(
+        ws: &[&TernaryMatrix],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+        pick: fn(&TernaryMatrix) -> Option<&T>,
+    ) -> Result<()> {
+        let same: Option<Vec<&T>> = ws.iter().map(|w| pick(w)).collect();
+        let same = same.ok_or_else(|| {
+            EngineError::Input("matmul_many: matrices of one input must share one layout".into())
+        })?;
+        Ok(T::matmul_many(&same, x, ys)?)
     }
-    fn row(w: &TernaryMatrix) -> Option<&RowPacked> {
-        match w {
-            TernaryMatrix::Row(r) => Some(r),
-            _ => None,
-        }
-    }
-    fn lut(w: &TernaryMatrix) -> Option<&LutPacked> {
-        match w {
+    // The first matrix names the layout; the rest must share it. No matrices: the INT8 kernel
+    // then checks that there are no outputs either.
+    match ws.first() {
+        Some(TernaryMatrix::Lut(_)) => all(ws, x, ys, |w| match w {
             TernaryMatrix::Lut(l) => Some(l),
             _ => None,
-        }
-    }
-    fn triple(w: &TernaryMatrix) -> Option<&TriplePacked> {
-        match w {
+        }),
+        Some(TernaryMatrix::Triple(_)) => all(ws, x, ys, |w| match w {
             TernaryMatrix::Triple(t) => Some(t),
             _ => None,
-        }
-    }
-    let mixed =
-        || EngineError::Input("matmul_many: matrices of one input must share one layout".into());
-    // The first matrix names the layout; the rest must share it.
-    match ws.first() {
-        Some(TernaryMatrix::Lut(_)) => Ok(matmul::matmul_int4_many(
-            &all(ws, lut).ok_or_else(mixed)?,
-            x,
-            ys,
-        )?),
-        Some(TernaryMatrix::Triple(_)) => Ok(matmul::matmul_int4_triples_many(
-            &all(ws, triple).ok_or_else(mixed)?,
-            x,
-            ys,
-        )?),
-        // INT8, or no matrices (the kernel then checks that there are no outputs either).
-        _ => Ok(matmul::matmul_int8_many(
-            &all(ws, row).ok_or_else(mixed)?,
-            x,
-            ys,
-        )?),
+        }),
+        _ => all(ws, x, ys, |w| match w {
+            TernaryMatrix::Row(r) => Some(r),
+            _ => None,
+        }),
     }
 }
 

@@ -68,6 +68,7 @@ pub use cpu::{active_path, KernelPath};
 pub use error::KernelError;
 pub use float_gemv::{float_matmul, FloatWeights};
 pub use hadamard::Hadamard;
+pub use matmul::PackedTernary;
 pub use pack::{LutPacked, PackedBytes, RowPacked, TriplePacked};
 pub use quant::{
     quantize_activations, quantize_ternary, sparsify_topk_token, topk_count, ActBits,

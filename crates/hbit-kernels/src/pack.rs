@@ -104,6 +104,23 @@ pub const LUT_CHUNK_BYTES: usize = 32;
 /// Columns covered by one [`LutPacked`] chunk.
 pub const LUT_CHUNK_COLS: usize = 8;
 
+/// One [`LutPacked`] chunk of a row block: 16 rows × 8 columns of 2-bit codes. Row `i`'s
+/// k-groups `4c`, `4c+1` (two weights each, one 4-bit table index) sit in the low nibbles of
+/// bytes `i` and `16 + i`, k-groups `4c+2`, `4c+3` in the high nibbles.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LutChunk(pub [u8; LUT_CHUNK_BYTES]);
+
+// 2 bits per weight, no padding, byte-aligned: a row block's bytes are its chunks end to end.
+const _: () = assert!(std::mem::size_of::<LutChunk>() * 8 == LUT_ROW_BLOCK * LUT_CHUNK_COLS * 2);
+const _: () = assert!(std::mem::align_of::<LutChunk>() == 1);
+
+// SAFETY: a `#[repr(C)]` wrapper of a byte array (size and alignment checked above): every bit
+// pattern is a valid value, there is no padding, and all-zero is valid.
+unsafe impl bytemuck::Zeroable for LutChunk {}
+// SAFETY: as above; `Copy` and `'static`.
+unsafe impl bytemuck::Pod for LutChunk {}
+
 /// 2-bit code of a ternary weight: `w + 1`.
 #[inline]
 fn code_of(w: i8) -> u8 {
@@ -414,6 +431,11 @@ impl LutPacked {
         &self.data[rb * n..(rb + 1) * n]
     }
 
+    /// The chunks of one row block.
+    pub fn block_chunks(&self, rb: usize) -> &[LutChunk] {
+        bytemuck::cast_slice(self.block(rb))
+    }
+
     pub fn unpack(&self) -> TernaryWeights {
         let mut codes = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {
@@ -437,6 +459,25 @@ pub const TRIPLE_CHUNK_COLS: usize = 12;
 pub const TRIPLE_CHUNK_BYTES: usize = 32;
 /// Folded index of three zero weights (and of padding).
 pub const TRIPLE_ZERO: u8 = 13;
+
+/// The 4-bit folded indices of one [`TriplePacked`] chunk of a row block: 16 rows × 4 groups.
+/// Row `i`'s groups 0 and 2 sit in the low and high nibble of byte `i`, groups 1 and 3 in those
+/// of byte `16 + i`. Each group's sign is bit `4i + group` of the chunk's `u64` sign mask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TripleChunk(pub [u8; TRIPLE_CHUNK_BYTES]);
+
+// 4 bits per group of three weights, no padding, byte-aligned; one sign bit per row and group.
+const _: () = assert!(std::mem::size_of::<TripleChunk>() * 8 == LUT_ROW_BLOCK * 4 * 4);
+const _: () = assert!(std::mem::align_of::<TripleChunk>() == 1);
+const _: () = assert!(u64::BITS as usize == LUT_ROW_BLOCK * 4);
+const _: () = assert!(TRIPLE_CHUNK_COLS == 4 * 3);
+
+// SAFETY: a `#[repr(C)]` wrapper of a byte array (size and alignment checked above): every bit
+// pattern is a valid value, there is no padding, and all-zero is valid.
+unsafe impl bytemuck::Zeroable for TripleChunk {}
+// SAFETY: as above; `Copy` and `'static`.
+unsafe impl bytemuck::Pod for TripleChunk {}
 
 /// Folds three ternary weights into bitnet.cpp TL2's form: their combination index
 /// `9(w0+1) + 3(w1+1) + (w2+1)` lies in 0..27, and index `i > 13` is the negation of index
@@ -739,6 +780,11 @@ impl TriplePacked {
     pub fn block_indices(&self, rb: usize) -> &[u8] {
         let n = self.chunks * TRIPLE_CHUNK_BYTES;
         &self.indices[rb * n..(rb + 1) * n]
+    }
+
+    /// Index chunks of row block `rb`.
+    pub fn block_index_chunks(&self, rb: usize) -> &[TripleChunk] {
+        bytemuck::cast_slice(self.block_indices(rb))
     }
 
     /// Sign masks of row block `rb`, one per chunk.

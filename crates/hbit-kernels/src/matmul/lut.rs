@@ -24,8 +24,11 @@
 //! tokens the tiles take two row blocks at once, so each table load serves both. Each tile call
 //! covers whole rows (AVX-512 F+BW: up to 2048 columns), so the weights stream without a break.
 
+#[cfg(test)]
+use super::lookup::POISON;
+use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
 use crate::cpu::KernelPath;
-use crate::pack::{LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
+use crate::pack::{LutChunk, LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
 use crate::quant::QuantizedActivations;
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -58,8 +61,8 @@ fn table_entry(idx: usize, xa: i8, xb: i8) -> u8 {
     (weight_of_code(idx & 3) * xa as i32 + weight_of_code(idx >> 2) * xb as i32 + TABLE_BIAS) as u8
 }
 
-/// Bytes of one chunk's tables (its 4 k-groups) for one token.
-const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
+// A chunk's tables are its 4 k-groups' tables.
+const _: () = assert!(CHUNK_TABLE_BYTES == 4 * TABLE_BYTES);
 
 /// One token's tables from `tile`'s builder at `chunk_stride`, over a buffer first filled with
 /// [`POISON`], so tests can compare builders byte for byte, the gaps between chunks included.
@@ -154,161 +157,60 @@ pub(super) fn cpu_has_vbmi_vnni() -> bool {
     }
 }
 
-/// The byte unwritten table storage holds in debug builds.
-#[cfg_attr(not(any(debug_assertions, test)), allow(dead_code))]
-pub(super) const POISON: u8 = 0xA5;
+/// The two-weight layout ([`LutPacked`]) on `tile`, for [`super::lookup::multiply`].
+pub(super) struct Pairs(pub LutTile);
 
-/// Table storage: `len` bytes from a 64-byte aligned start (table rows then never straddle two
-/// cache lines: a 32-byte load across a line boundary costs two), left uninitialized because the
-/// builders write every byte a tile reads. Zeroing it first, megabytes per batched call, took a
-/// tenth of a batch-128 INT4 call; a per-thread spare buffer that avoided the zeroing held the
-/// largest product's tables for the life of the process (≈ 3 MB per thread after a 128-token
-/// ≈125M prefill, 4% of that model's resident memory).
-pub(super) struct TableStore {
-    store: Vec<MaybeUninit<u8>>,
-    offset: usize,
-    len: usize,
-}
+impl LookupLayout for Pairs {
+    type Weights = LutPacked;
+    // The builders step two chunks at a time.
+    const CUT_ALIGN: usize = 2;
 
-impl TableStore {
-    pub(super) fn new(len: usize) -> Self {
-        let mut store = Vec::with_capacity(len + 63);
-        // Debug builds poison the bytes, so a kernel reading a byte no builder wrote gives a
-        // wrong, reproducible product that the bit-exact tests catch.
-        #[cfg(debug_assertions)]
-        store.resize(len + 63, MaybeUninit::new(POISON));
-        #[cfg(not(debug_assertions))]
-        store.resize_with(len + 63, MaybeUninit::uninit);
-        let offset = store.as_ptr().align_offset(64).min(63);
-        TableStore { store, offset, len }
+    fn token_tile(&self) -> usize {
+        self.0.token_tile()
     }
 
-    pub(super) fn uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
-        &mut self.store[self.offset..self.offset + self.len]
+    fn chunks(&self, _w: &LutPacked, x: &QuantizedActivations) -> usize {
+        x.stride / LUT_CHUNK_COLS
     }
 
-    /// Bytes `range` of the store.
-    ///
-    /// # Safety
-    /// Every byte in `range` has been written.
-    pub(super) unsafe fn written(&self, range: Range<usize>) -> &[u8] {
-        let bytes = &self.store[self.offset..self.offset + self.len][range];
-        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the caller guarantees that these
-        // bytes are initialized.
-        unsafe { &*(bytes as *const [MaybeUninit<u8>] as *const [u8]) }
-    }
-}
-
-/// Every token's lookup tables, built once per product and shared by all the row parts.
-///
-/// Layout: token tile `i` (tokens `4i..4i + nt`) owns a block of `4 · chunks · 64` bytes, in
-/// which the tables interleave by chunk, `[chunk][token < nt][64 bytes]`: the tile reads one
-/// contiguous run per chunk (per-token buffers would sit a multiple of 4 KiB apart for many
-/// widths and compete for the same L1 sets).
-pub(super) struct Tables {
-    bytes: TableStore,
-    /// Chunks per token (padded columns / 8).
-    chunks: usize,
-    /// Tokens whose tables were built.
-    tokens: usize,
-    /// Tokens per token tile.
-    tile_tokens: usize,
-}
-
-impl Tables {
-    /// Bytes of one token tile's block.
-    fn tile_bytes(&self) -> usize {
-        self.tile_tokens * self.chunks * CHUNK_TABLE_BYTES
+    fn build_token(
+        &self,
+        x: &QuantizedActivations,
+        token: usize,
+        _chunks: usize,
+        cols: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+        stride: usize,
+    ) {
+        let k = cols.start * LUT_CHUNK_COLS..cols.end * LUT_CHUNK_COLS;
+        build_tables(self.0, &x.codes[token * x.stride..][k], out, stride);
     }
 
-    /// Builds the tables of every token of `x`, token tiles in parallel.
-    pub(super) fn build(tile: LutTile, x: &QuantizedActivations) -> Tables {
-        Self::build_with(tile, x, true)
+    fn dots(
+        &self,
+        w: &LutPacked,
+        x: &QuantizedActivations,
+        tables: &TokenTables,
+        rows: Range<usize>,
+        tokens: Range<usize>,
+    ) -> Vec<i32> {
+        dots(self.0, w, x, tables, rows, tokens)
     }
 
-    /// Builds the tables of every token of `x` on the calling thread (inside a parallel part).
-    pub(super) fn build_here(tile: LutTile, x: &QuantizedActivations) -> Tables {
-        Self::build_with(tile, x, false)
+    fn own_tables(&self, rows: usize, tokens: usize) -> bool {
+        super::lut_own_tables(rows, tokens)
     }
 
-    fn build_with(lut_tile: LutTile, x: &QuantizedActivations, parallel: bool) -> Tables {
-        let tile_tokens = lut_tile.token_tile();
-        let chunks = x.stride / LUT_CHUNK_COLS;
-        let tile_bytes = tile_tokens * chunks * CHUNK_TABLE_BYTES;
-        // Every byte a tile reads is written below: each token's 64 bytes per chunk. Whole
-        // token tiles but the last, which holds only its tokens (see `TripleTables`).
-        let mut bytes = TableStore::new(x.tokens * chunks * CHUNK_TABLE_BYTES);
-        let tiles = x.tokens.div_ceil(tile_tokens);
-        // Pieces: every tile's block cut into chunk ranges (even lengths, as the builders step
-        // two chunks at a time), enough of them to keep every thread busy when the tiles are
-        // few (one 8-token tile of 4096 columns is 256 KiB of tables).
-        let cuts = if parallel {
-            (2 * rayon::current_num_threads())
-                .div_ceil(tiles)
-                .clamp(1, chunks / 2)
-        } else {
-            1
-        };
-        let mut pieces = Vec::with_capacity(tiles * cuts);
-        for (tile, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
-            let nt = tile_tokens.min(x.tokens - tile * tile_tokens);
-            let mut rest = &mut block[..chunks * nt * CHUNK_TABLE_BYTES];
-            let mut c0 = 0;
-            for cut in 0..cuts {
-                let c1 = 2 * ((chunks / 2) * (cut + 1) / cuts);
-                let (piece, tail) = rest.split_at_mut((c1 - c0) * nt * CHUNK_TABLE_BYTES);
-                pieces.push(std::sync::Mutex::new((tile, c0..c1, piece)));
-                (rest, c0) = (tail, c1);
-            }
-        }
-        let build_piece = |p: usize| {
-            // Each piece is locked by its one part only: never contended.
-            let mut guard = pieces[p].lock().unwrap_or_else(|e| e.into_inner());
-            let (tile, ref cols, ref mut out) = *guard;
-            let t0 = tile * tile_tokens;
-            let nt = tile_tokens.min(x.tokens - t0);
-            let k = cols.start * LUT_CHUNK_COLS..cols.end * LUT_CHUNK_COLS;
-            for j in 0..nt {
-                let xt = &x.codes[(t0 + j) * x.stride..][k.clone()];
-                build_tables(
-                    lut_tile,
-                    xt,
-                    &mut out[j * CHUNK_TABLE_BYTES..],
-                    nt * CHUNK_TABLE_BYTES,
-                );
-            }
-        };
-        if parallel && pieces.len() > 1 {
-            crate::parallel::run_parts(pieces.len(), &build_piece);
-        } else {
-            (0..pieces.len()).for_each(build_piece);
-        }
-        drop(pieces);
-        Tables {
-            bytes,
-            chunks,
-            tokens: x.tokens,
-            tile_tokens,
-        }
+    fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool {
+        super::lut_split_by_tokens(rows, tokens, self.0.token_tile())
     }
 
-    /// Tables of token tile `tile` (`nt` tokens) for chunks `c0..c0 + n`.
-    fn tile(&self, tile: usize, nt: usize, c0: usize, n: usize) -> &[u8] {
-        assert!(
-            tile * self.tile_tokens + nt <= self.tokens && c0 + n <= self.chunks,
-            "tables of token tile {tile} ({nt} tokens), chunks {c0}..{}",
-            c0 + n
-        );
-        let block = tile * self.tile_bytes();
-        let stride = nt * CHUNK_TABLE_BYTES;
-        // SAFETY: `build_with` wrote the first `t · chunks · 64` bytes of every token tile's
-        // block (`[chunk][token < t][64]`, `t` the tile's token count). The assert above gives
-        // `nt ≤ t` and `c0 + n ≤ chunks`, so this range, which ends at `(c0 + n) · nt · 64`,
-        // lies within that prefix.
-        unsafe {
-            self.bytes
-                .written(block + c0 * stride..block + (c0 + n) * stride)
-        }
+    fn rows(w: &LutPacked) -> usize {
+        w.rows()
+    }
+
+    fn alpha(w: &LutPacked) -> f32 {
+        w.alpha()
     }
 }
 
@@ -331,12 +233,12 @@ fn col_block(tile: LutTile, stride: usize) -> usize {
 
 /// i32 sums `[tokens.len(), rows.len()]` for `rows` (a range starting on a row-block boundary)
 /// and `tokens` (a range starting on a token-tile boundary), with the tables of `x` built by
-/// [`Tables::build`].
+/// [`TokenTables::build`] for [`Pairs`] on the same tile.
 pub(super) fn dots(
     tile: LutTile,
     w: &LutPacked,
     x: &QuantizedActivations,
-    tables: &Tables,
+    tables: &TokenTables,
     rows: Range<usize>,
     tokens: Range<usize>,
 ) -> Vec<i32> {
@@ -344,7 +246,7 @@ pub(super) fn dots(
     let token_tile = tile.token_tile();
     debug_assert_eq!(tokens.start % token_tile, 0);
     debug_assert!(tokens.end <= x.tokens);
-    debug_assert_eq!(tables.chunks, x.stride / LUT_CHUNK_COLS);
+    debug_assert_eq!(tables.chunks(), x.stride / LUT_CHUNK_COLS);
     let len = rows.len();
     let blocks = rows.start / LUT_ROW_BLOCK..rows.end.div_ceil(LUT_ROW_BLOCK);
     // Sums for whole row blocks (padding rows included), trimmed below.
@@ -512,8 +414,9 @@ fn block_tile_scalar(
     nt: usize,
     acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
 ) {
-    for (c, chunk) in wb.chunks_exact(LUT_CHUNK_BYTES).enumerate() {
-        for (i, &byte) in chunk.iter().enumerate() {
+    let chunks: &[LutChunk] = bytemuck::cast_slice(wb);
+    for (c, chunk) in chunks.iter().enumerate() {
+        for (i, &byte) in chunk.0.iter().enumerate() {
             let (row, half) = (i % LUT_ROW_BLOCK, i / LUT_ROW_BLOCK);
             // Low nibble: k-group 4c + half; high nibble: k-group 4c + 2 + half.
             let (g_lo, g_hi) = (half, 2 + half);

@@ -35,13 +35,14 @@ macro_rules! dispatch_tokens {
     };
 }
 
+mod lookup;
 mod lut;
 mod mad;
 mod triple;
 
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
-use crate::pack::{LutPacked, RowPacked, TriplePacked, LUT_ROW_BLOCK};
+use crate::pack::{LutPacked, RowPacked, TriplePacked};
 use crate::quant::{ActBits, QuantizedActivations, TernaryWeights};
 use std::ops::Range;
 
@@ -71,6 +72,124 @@ pub fn matmul_reference(
         }
     }
     Ok(y)
+}
+
+/// A packed ternary layout as its users see it: shape, scale, size, the product on the active
+/// path (alone and several matrices sharing one input), and the weights back. One impl per
+/// layout, so code above the kernels (the engine) need not match on layouts.
+pub trait PackedTernary: Sync {
+    /// The activation width its products take.
+    fn input_bits(&self) -> ActBits;
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The per-tensor scale α (eq. 2).
+    fn alpha(&self) -> f32;
+    /// Bytes of packed weights (what a GEMV streams from memory).
+    fn packed_bytes(&self) -> usize;
+    fn unpack(&self) -> TernaryWeights;
+    /// `y` `[tokens, rows]` = `α · s_x · (W · x)`.
+    fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError>;
+    /// The products of several matrices of this layout sharing the input `x`, in one pass.
+    fn matmul_many(
+        ws: &[&Self],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), KernelError>
+    where
+        Self: Sized;
+}
+
+impl PackedTernary for RowPacked {
+    fn input_bits(&self) -> ActBits {
+        ActBits::Int8
+    }
+    fn rows(&self) -> usize {
+        RowPacked::rows(self)
+    }
+    fn cols(&self) -> usize {
+        RowPacked::cols(self)
+    }
+    fn alpha(&self) -> f32 {
+        RowPacked::alpha(self)
+    }
+    fn packed_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
+    fn unpack(&self) -> TernaryWeights {
+        RowPacked::unpack(self)
+    }
+    fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
+        matmul_int8(self, x, y)
+    }
+    fn matmul_many(
+        ws: &[&Self],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), KernelError> {
+        matmul_int8_many(ws, x, ys)
+    }
+}
+
+impl PackedTernary for LutPacked {
+    fn input_bits(&self) -> ActBits {
+        ActBits::Int4
+    }
+    fn rows(&self) -> usize {
+        LutPacked::rows(self)
+    }
+    fn cols(&self) -> usize {
+        LutPacked::cols(self)
+    }
+    fn alpha(&self) -> f32 {
+        LutPacked::alpha(self)
+    }
+    fn packed_bytes(&self) -> usize {
+        self.weight_bytes()
+    }
+    fn unpack(&self) -> TernaryWeights {
+        LutPacked::unpack(self)
+    }
+    fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
+        matmul_int4(self, x, y)
+    }
+    fn matmul_many(
+        ws: &[&Self],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), KernelError> {
+        matmul_int4_many(ws, x, ys)
+    }
+}
+
+impl PackedTernary for TriplePacked {
+    fn input_bits(&self) -> ActBits {
+        ActBits::Int4
+    }
+    fn rows(&self) -> usize {
+        TriplePacked::rows(self)
+    }
+    fn cols(&self) -> usize {
+        TriplePacked::cols(self)
+    }
+    fn alpha(&self) -> f32 {
+        TriplePacked::alpha(self)
+    }
+    fn packed_bytes(&self) -> usize {
+        self.bytes()
+    }
+    fn unpack(&self) -> TernaryWeights {
+        TriplePacked::unpack(self)
+    }
+    fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
+        matmul_int4_triples(self, x, y)
+    }
+    fn matmul_many(
+        ws: &[&Self],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+    ) -> Result<(), KernelError> {
+        matmul_int4_triples_many(ws, x, ys)
+    }
 }
 
 /// Ternary × INT8 on the active path. `y` is `[tokens, rows]`.
@@ -148,56 +267,14 @@ pub fn matmul_int8_many(
 }
 
 /// The parallel part of [`matmul_int4_with`] and [`matmul_int4_many`] (operands checked): the
-/// tables once, then the rows of all matrices split across the threads, or the token tiles when
-/// the tables outweigh the weights ([`lut_split_by_tokens`]). For one or a few tokens over few
-/// rows, each share builds its own tables instead ([`lut_own_tables`]).
+/// shared lookup design of [`lookup::multiply`] over the two-weight layout.
 fn matmul_int4_parts(
     path: KernelPath,
     ws: &[&LutPacked],
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) {
-    let tile = lut::LutTile::for_path(path);
-    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let outs = SharedOutput::each(ys, &rows);
-    if lut_own_tables(rows.iter().sum(), x.tokens) {
-        // Every share builds the tables (8 bytes per column and token) on its own core, rather
-        // than read the caller's from the other core's cache.
-        split_many_with(
-            &rows,
-            LUT_ROW_BLOCK,
-            LUT_SHARES_PER_THREAD,
-            || lut::Tables::build_here(tile, x),
-            |tables, m, r| {
-                let dots = lut::dots(tile, ws[m], x, tables, r.clone(), 0..x.tokens);
-                // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
-                unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
-            },
-        );
-        return;
-    }
-    let tables = lut::Tables::build(tile, x);
-    let token_tile = tile.token_tile();
-    if lut_split_by_tokens(rows.iter().sum(), x.tokens, token_tile) {
-        let tiles = x.tokens.div_ceil(token_tile);
-        let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
-        crate::parallel::run_parts(parts, &|part| {
-            let tokens = (tiles * part / parts * token_tile).min(x.tokens)
-                ..(tiles * (part + 1) / parts * token_tile).min(x.tokens);
-            for (m, w) in ws.iter().enumerate() {
-                let dots = lut::dots(tile, w, x, &tables, 0..rows[m], tokens.clone());
-                // SAFETY: parts take disjoint token ranges, so disjoint elements of every
-                // output.
-                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
-            }
-        });
-    } else {
-        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
-            let dots = lut::dots(tile, ws[m], x, &tables, r.clone(), 0..x.tokens);
-            // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
-            unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
-        });
-    }
+    lookup::multiply(&lut::Pairs(lut::LutTile::for_path(path)), ws, x, ys);
 }
 
 /// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
@@ -205,7 +282,7 @@ fn matmul_int4_parts(
 /// AVX-512 path is active, [`int4_triples_native`]); the scalar tile everywhere else. For one or
 /// a few tokens each share builds its own tables ([`triple_own_tables`]); otherwise the tables
 /// are built once, in pieces over the threads, then the rows or, for many tokens, the token
-/// tiles ([`triple_split_by_tokens`]) are split across the threads.
+/// tiles ([`triple_split_by_tokens`]) are split across the threads ([`lookup::multiply`]).
 pub fn matmul_int4_triples(
     w: &TriplePacked,
     x: &QuantizedActivations,
@@ -236,53 +313,8 @@ pub fn matmul_int4_triples_many(
         ActBits::Int4,
         ys,
     )?;
-    let Some(chunks) = ws.first().map(|w| w.chunks()) else {
-        return Ok(());
-    };
-    if x.tokens == 0 {
-        return Ok(());
-    }
-    // Same input width, so the same chunks: one set of tables serves every matrix.
     let tile = triple::TripleTile::for_path(path);
-    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let total_rows = rows.iter().sum();
-    let outs = SharedOutput::each(ys, &rows);
-    if triple_own_tables(total_rows, x.tokens) {
-        // One fork-join instead of two: every share builds the (few) tables itself.
-        split_many_with(
-            &rows,
-            LUT_ROW_BLOCK,
-            LUT_SHARES_PER_THREAD,
-            || triple::TripleTables::build_here(tile, x, chunks),
-            |tables, m, r| {
-                let dots = triple::dots(tile, ws[m], tables, r.clone(), 0..x.tokens);
-                // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
-                unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
-            },
-        );
-        return Ok(());
-    }
-    let tables = triple::TripleTables::build(tile, x, chunks);
-    if triple_split_by_tokens(total_rows, x.tokens) {
-        let tiles = x.tokens.div_ceil(triple::TOKEN_TILE);
-        let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
-        crate::parallel::run_parts(parts, &|part| {
-            let tile_tokens = |i: usize| (tiles * i / parts * triple::TOKEN_TILE).min(x.tokens);
-            let tokens = tile_tokens(part)..tile_tokens(part + 1);
-            for (m, w) in ws.iter().enumerate() {
-                let dots = triple::dots(tile, w, &tables, 0..rows[m], tokens.clone());
-                // SAFETY: parts take disjoint token ranges, so disjoint elements of every
-                // output.
-                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
-            }
-        });
-    } else {
-        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
-            let dots = triple::dots(tile, ws[m], &tables, r.clone(), 0..x.tokens);
-            // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
-            unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
-        });
-    }
+    lookup::multiply(&triple::Triples(tile), ws, x, ys);
     Ok(())
 }
 

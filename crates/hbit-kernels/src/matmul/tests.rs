@@ -1,7 +1,7 @@
 //! Every kernel path against the reference definition, bit for bit.
 
 use super::*;
-use crate::pack::{LutPacked, RowPacked, TriplePacked};
+use crate::pack::{LutPacked, RowPacked, TriplePacked, LUT_CHUNK_COLS};
 use crate::quant::{quantize_activations, ActBits, TernaryWeights};
 use proptest::prelude::*;
 
@@ -270,7 +270,12 @@ fn every_lut_tile_equals_reference_sums() {
         for tokens in [1, 3, 4, 5, 8, 9, 17] {
             let x = g.activations(tokens, cols, ActBits::Int4);
             for &tile in &tiles {
-                let tables = lut::Tables::build(tile, &x);
+                let tables = lookup::TokenTables::build(
+                    &lut::Pairs(tile),
+                    &x,
+                    x.stride / LUT_CHUNK_COLS,
+                    true,
+                );
                 let token_tile = tile.token_tile();
                 let first_tokens = if tokens > token_tile { token_tile } else { 0 };
                 let first_row = if rows > 16 { 16 } else { 0 };
@@ -340,10 +345,12 @@ fn every_triple_tile_equals_reference_sums() {
         let packed = TriplePacked::pack(&w);
         for tokens in [1, 3, 8, 9, 17] {
             let x = g.activations(tokens, cols, ActBits::Int4);
-            let scalar =
-                triple::TripleTables::build(triple::TripleTile::Scalar, &x, packed.chunks());
+            let build = |tile| {
+                lookup::TokenTables::build(&triple::Triples(tile), &x, packed.chunks(), true)
+            };
+            let scalar = build(triple::TripleTile::Scalar);
             for tile in triple::TripleTile::supported() {
-                let tables = triple::TripleTables::build(tile, &x, packed.chunks());
+                let tables = build(tile);
                 assert!(
                     tables.bytes() == scalar.bytes(),
                     "{tile:?} tables, {rows}x{cols}"
@@ -537,11 +544,11 @@ proptest! {
 #[cfg(debug_assertions)]
 #[test]
 fn table_storage_is_poisoned_in_debug_builds() {
-    let mut store = lut::TableStore::new(1000);
+    let mut store = lookup::TableStore::new(1000);
     let bytes = store.uninit_mut();
     assert_eq!(bytes.len(), 1000);
     // SAFETY: debug builds fill every byte of the store.
     assert!(bytes
         .iter()
-        .all(|b| unsafe { b.assume_init() } == lut::POISON));
+        .all(|b| unsafe { b.assume_init() } == lookup::POISON));
 }

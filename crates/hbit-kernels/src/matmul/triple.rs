@@ -13,7 +13,8 @@
 //! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. Every
 //! other path runs the scalar tile, the same lookups one byte at a time.
 
-use super::lut::{cpu_has_vbmi_vnni, TableStore};
+use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
+use super::lut::cpu_has_vbmi_vnni;
 use crate::cpu::KernelPath;
 use crate::pack::{
     triple_weights, TriplePacked, LUT_ROW_BLOCK, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
@@ -21,7 +22,6 @@ use crate::pack::{
 use crate::quant::QuantizedActivations;
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::sync::Mutex;
 
 /// Tokens sharing each chunk's unpacked indices and signs.
 pub(super) const TOKEN_TILE: usize = 8;
@@ -29,8 +29,8 @@ pub(super) const TOKEN_TILE: usize = 8;
 const BIAS: i32 = 24;
 /// Bytes of one group's table.
 const TABLE_BYTES: usize = 16;
-/// Bytes of one chunk's tables (its 4 groups) for one token.
-const CHUNK_TABLE_BYTES: usize = 4 * TABLE_BYTES;
+// A chunk's tables are its 4 groups' tables.
+const _: () = assert!(CHUNK_TABLE_BYTES == 4 * TABLE_BYTES);
 /// Padding past a token's last chunk, so a 16-byte load at any chunk start stays in bounds.
 const X_PAD: usize = 16;
 
@@ -107,32 +107,30 @@ fn build_chunks(
     }
 }
 
-/// Every token's tables, `[token tile][chunk][token < nt][64]`, from a 64-byte aligned start
-/// and never zeroed first (the builders write every byte a tile reads; see `TableStore`).
-pub(super) struct TripleTables {
-    bytes: TableStore,
-    chunks: usize,
-    tokens: usize,
-}
+/// The three-weight layout ([`TriplePacked`]) on `tile`, for [`super::lookup::multiply`].
+pub(super) struct Triples(pub TripleTile);
 
-impl TripleTables {
-    /// Builds every token's tables for weights of `chunks` chunks, pieces of every token tile's
-    /// chunks spread over the threads.
-    pub(super) fn build(tile: TripleTile, x: &QuantizedActivations, chunks: usize) -> Self {
-        Self::build_with(tile, x, chunks, true)
+impl LookupLayout for Triples {
+    type Weights = TriplePacked;
+    const CUT_ALIGN: usize = 1;
+
+    fn token_tile(&self) -> usize {
+        TOKEN_TILE
     }
 
-    /// Builds every token's tables on the calling thread (inside a parallel part).
-    pub(super) fn build_here(tile: TripleTile, x: &QuantizedActivations, chunks: usize) -> Self {
-        Self::build_with(tile, x, chunks, false)
+    fn chunks(&self, w: &TriplePacked, _x: &QuantizedActivations) -> usize {
+        w.chunks()
     }
 
-    fn build_with(
-        tile: TripleTile,
+    fn build_token(
+        &self,
         x: &QuantizedActivations,
+        token: usize,
         chunks: usize,
-        parallel: bool,
-    ) -> Self {
+        cols: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+        stride: usize,
+    ) {
         // Chunks whose 16-byte activation load stays within a token's padded row; the last one
         // or two read from a zero-padded copy of the row's tail instead.
         let direct = if x.stride >= X_PAD {
@@ -140,88 +138,48 @@ impl TripleTables {
         } else {
             0
         };
-        let tile_bytes = TOKEN_TILE * chunks * CHUNK_TABLE_BYTES;
-        let tiles = x.tokens.div_ceil(TOKEN_TILE);
-        // Whole token tiles but the last, which holds only its tokens: sized for whole tiles, a
-        // one-token GEMV's tables were 8× too large (reports/kernels.md § Decisions: triple
-        // tables).
-        let mut bytes = TableStore::new(x.tokens * chunks * CHUNK_TABLE_BYTES);
-        let cuts = if parallel {
-            (2 * rayon::current_num_threads())
-                .div_ceil(tiles)
-                .clamp(1, chunks)
-        } else {
-            1
-        };
-        let mut pieces = Vec::with_capacity(tiles * cuts);
-        for (ti, block) in bytes.uninit_mut().chunks_mut(tile_bytes).enumerate() {
-            let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
-            let mut rest = &mut block[..chunks * nt * CHUNK_TABLE_BYTES];
-            let mut c0 = 0;
-            for cut in 0..cuts {
-                let c1 = chunks * (cut + 1) / cuts;
-                let (piece, tail) = rest.split_at_mut((c1 - c0) * nt * CHUNK_TABLE_BYTES);
-                pieces.push(Mutex::new((ti, c0..c1, piece)));
-                (rest, c0) = (tail, c1);
-            }
+        let row = &x.codes[token * x.stride..][..x.stride];
+        let head = cols.start..cols.end.min(direct);
+        if !head.is_empty() {
+            build_chunks(self.0, row, head.clone(), out, stride);
         }
-        let build_piece = |p: usize| {
-            // Each piece is locked by its one part only: never contended.
-            let mut guard = pieces[p].lock().unwrap_or_else(|e| e.into_inner());
-            let (ti, ref cols, ref mut out) = *guard;
-            let nt = TOKEN_TILE.min(x.tokens - ti * TOKEN_TILE);
-            let stride = nt * CHUNK_TABLE_BYTES;
-            for j in 0..nt {
-                let row = &x.codes[(ti * TOKEN_TILE + j) * x.stride..][..x.stride];
-                let out = &mut out[j * CHUNK_TABLE_BYTES..];
-                let head = cols.start..cols.end.min(direct);
-                if !head.is_empty() {
-                    build_chunks(tile, row, head.clone(), out, stride);
-                }
-                let tail = cols.start.max(direct)..cols.end;
-                if !tail.is_empty() {
-                    // At most 3 chunks past `direct`: 36 columns plus the load's overrun.
-                    let mut padded = [0i8; 4 * TRIPLE_CHUNK_COLS + X_PAD];
-                    let from = TRIPLE_CHUNK_COLS * tail.start;
-                    let n = x.stride.saturating_sub(from).min(padded.len());
-                    padded[..n].copy_from_slice(&row[from..from + n]);
-                    let out = &mut out[(tail.start - cols.start) * stride..];
-                    build_chunks(tile, &padded, 0..tail.len(), out, stride);
-                }
-            }
-        };
-        if parallel && pieces.len() > 1 {
-            crate::parallel::run_parts(pieces.len(), &build_piece);
-        } else {
-            (0..pieces.len()).for_each(build_piece);
-        }
-        drop(pieces);
-        TripleTables {
-            bytes,
-            chunks,
-            tokens: x.tokens,
+        let tail = cols.start.max(direct)..cols.end;
+        if !tail.is_empty() {
+            // At most 3 chunks past `direct`: 36 columns plus the load's overrun.
+            let mut padded = [0i8; 4 * TRIPLE_CHUNK_COLS + X_PAD];
+            let from = TRIPLE_CHUNK_COLS * tail.start;
+            let n = x.stride.saturating_sub(from).min(padded.len());
+            padded[..n].copy_from_slice(&row[from..from + n]);
+            let out = &mut out[(tail.start - cols.start) * stride..];
+            build_chunks(self.0, &padded, 0..tail.len(), out, stride);
         }
     }
 
-    /// Every token tile's tables, one after another (tests compare builders).
-    #[cfg(test)]
-    pub(super) fn bytes(&self) -> Vec<u8> {
-        (0..self.tokens.div_ceil(TOKEN_TILE))
-            .flat_map(|ti| self.tile(ti).to_vec())
-            .collect()
+    fn dots(
+        &self,
+        w: &TriplePacked,
+        _x: &QuantizedActivations,
+        tables: &TokenTables,
+        rows: Range<usize>,
+        tokens: Range<usize>,
+    ) -> Vec<i32> {
+        dots(self.0, w, tables, rows, tokens)
     }
 
-    /// Token tile `ti`'s tables, `[chunk][token < nt][64]`.
-    fn tile(&self, ti: usize) -> &[u8] {
-        let nt = TOKEN_TILE.min(self.tokens - ti * TOKEN_TILE);
-        let start = ti * TOKEN_TILE * self.chunks * CHUNK_TABLE_BYTES;
-        // SAFETY: `build_with` wrote every byte of each token tile's first `nt · chunks · 64`
-        // bytes: its pieces cover chunks 0..chunks of every tile, and a piece's builders write
-        // 64 bytes per chunk for each of the tile's nt tokens.
-        unsafe {
-            self.bytes
-                .written(start..start + nt * self.chunks * CHUNK_TABLE_BYTES)
-        }
+    fn own_tables(&self, rows: usize, tokens: usize) -> bool {
+        super::triple_own_tables(rows, tokens)
+    }
+
+    fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool {
+        super::triple_split_by_tokens(rows, tokens)
+    }
+
+    fn rows(w: &TriplePacked) -> usize {
+        w.rows()
+    }
+
+    fn alpha(w: &TriplePacked) -> f32 {
+        w.alpha()
     }
 }
 
@@ -230,7 +188,7 @@ impl TripleTables {
 pub(super) fn dots(
     tile: TripleTile,
     w: &TriplePacked,
-    tables: &TripleTables,
+    tables: &TokenTables,
     rows: Range<usize>,
     tokens: Range<usize>,
 ) -> Vec<i32> {
@@ -238,11 +196,11 @@ pub(super) fn dots(
         rows.start.is_multiple_of(LUT_ROW_BLOCK)
             && rows.end <= w.rows()
             && tokens.start.is_multiple_of(TOKEN_TILE)
-            && tokens.end <= tables.tokens
-            && tables.chunks == w.chunks(),
+            && tokens.end <= tables.tokens()
+            && tables.chunks() == w.chunks(),
         "triple dots: rows {rows:?} of {}, tokens {tokens:?} of {}",
         w.rows(),
-        tables.tokens
+        tables.tokens()
     );
     let n = rows.len();
     let mut out = vec![0i32; tokens.len() * n];
@@ -250,7 +208,8 @@ pub(super) fn dots(
     let mut sums = [[0i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE];
     for t0 in tokens.clone().step_by(TOKEN_TILE) {
         let nt = TOKEN_TILE.min(tokens.end - t0);
-        let tabs = tables.tile(t0 / TOKEN_TILE);
+        let tile_tokens = TOKEN_TILE.min(tables.tokens() - t0);
+        let tabs = tables.tile(t0 / TOKEN_TILE, tile_tokens, 0, tables.chunks());
         let mut rb = blocks.start;
         while rb < blocks.end {
             let pair = usize::from(rb + 1 < blocks.end) + 1;
@@ -286,7 +245,7 @@ fn scalar_tile(
     sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
 ) {
     for b in 0..pair {
-        let (indices, signs) = (w.block_indices(rb + b), w.block_signs(rb + b));
+        let (chunks, signs) = (w.block_index_chunks(rb + b), w.block_signs(rb + b));
         let sign_sums = w.block_sign_sums(rb + b);
         for (t, sums_t) in sums[..nt].iter_mut().enumerate() {
             for i in 0..LUT_ROW_BLOCK {
@@ -294,7 +253,7 @@ fn scalar_tile(
                 for (c, &mask) in signs.iter().enumerate() {
                     let table = &tabs[(c * nt + t) * CHUNK_TABLE_BYTES..][..CHUNK_TABLE_BYTES];
                     for j in 0..4 {
-                        let byte = indices[c * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i];
+                        let byte = chunks[c].0[(j % 2) * 16 + i];
                         let index = (byte >> (4 * (j / 2))) & 0xF;
                         let looked = table[TABLE_BYTES * j + index as usize] as i32;
                         let negated = mask >> (4 * i + j) & 1 == 1;
