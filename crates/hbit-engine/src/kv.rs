@@ -1,8 +1,8 @@
 //! The KV cache (paper Tables 2–3, DESIGN.md §1): post-RoPE keys and values per layer, token and
 //! KV head, at f32, f16, or absmax-quantized to 8, 4 or 3 bits.
 //!
-//! Quantized heads are per-head absmax codes, `ceil(hd·b/8)` bytes plus one f32 scale, written
-//! and widened by the kernel layer's [`hbit_kernels::kv_codec`]. The first position (the BOS token, the attention sink whose keys carry
+//! Quantized heads are per-head absmax codes, `ceil(hd·b/8)` bytes plus one f32 scale,
+//! written and widened by the kernel layer's [`hbit_kernels::kv_codec`]. The first position (the BOS token, the attention sink whose keys carry
 //! the outliers) is always kept at 8 bits when the cache is narrower.
 
 use half::{f16, slice::HalfFloatSliceExt};
@@ -94,12 +94,13 @@ fn quantize_head(x: &[f32], bits: u32, out: &mut [u8]) -> f32 {
     }
 }
 
-/// Quantize-dequantize in place at `bits` (2..=8, checked by the caller): the paper's 4-bit Q,
-/// which is never stored.
-pub fn fake_quantize_head(x: &mut [f32], bits: u32) {
-    let mut codes = vec![0u8; (x.len() * bits as usize).div_ceil(8)];
-    let scale = quantize_head(x, bits, &mut codes);
-    kv_codec::dequantize_rows_reference(bits, x.len(), &codes, &[scale], x);
+/// Quantize-dequantize in place at `bits` on the active kernel path: the paper's 4-bit Q,
+/// which is never stored. `bits` is in 2..=8: [`crate::Engine::forward`] refuses other widths
+/// before any row gets here.
+pub(crate) fn fake_quantize_head(x: &mut [f32], bits: u32) {
+    let path = hbit_kernels::active_path().unwrap_or(KernelPath::Scalar);
+    let quantized = kv_codec::fake_quantize_row(path, bits, x);
+    debug_assert!(quantized.is_ok(), "q_bits {bits} outside 2..=8");
 }
 
 /// Keys or values of one KV head of one layer, position-major so a head's whole history is one

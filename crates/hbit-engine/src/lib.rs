@@ -1,10 +1,11 @@
 //! hbit's inference engine, on the kernel layer alone (no ML framework on the hot path).
 //!
 //! Map: [`tensor_io`] (safetensors decoding, finiteness checks; a leaf) serves the readers:
-//! [`checkpoint`] (training checkpoints), [`hf_bitnet`] (microsoft/bitnet-b1.58-2B-4T's layout) and
-//! [`format`] (the packed model file, read into memory or memory-mapped). [`pack`] picks the source
-//! layout and writes packed files. [`weights`] (packed projections, norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`]
-//! caches at f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
+//! [`checkpoint`] (training checkpoints), [`hf_bitnet`] (microsoft/bitnet-b1.58-2B-4T's
+//! layout) and [`format`] (the packed model file, read into memory or memory-mapped). [`pack`]
+//! picks the source layout and writes packed files. [`weights`] (packed projections, norms,
+//! embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`] caches at
+//! f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
 
 #![forbid(unsafe_code)]
 

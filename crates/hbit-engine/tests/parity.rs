@@ -394,6 +394,23 @@ fn context_and_vocabulary_errors_are_clear() {
         cache.is_empty(),
         "a refused call leaves the cache untouched"
     );
+    // Query bits outside the codec's 2..=8 are refused before any row is quantized.
+    let (_, mut engine) = model_and_engine(&config, 1);
+    for bits in [0, 1, 9, 32] {
+        engine.q_bits = Some(bits);
+        let e = engine
+            .forward(&mut [&mut cache], &[&[1, 2]], Logits::Last)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("q_bits") && e.to_string().contains(&bits.to_string()),
+            "{e}"
+        );
+        assert!(cache.is_empty());
+    }
+    engine.q_bits = Some(4);
+    assert!(engine
+        .forward(&mut [&mut cache], &[&[1, 2]], Logits::Last)
+        .is_ok());
 }
 
 /// The 8-bit head rounds each weight to half a step of its row's absmax / 127.

@@ -472,7 +472,7 @@ mod tests {
     proptest! {
         #[test]
         fn dequantization_is_the_same_on_every_path(
-            hd in 1usize..140, positions in 0usize..20, bits in 2u32..=8,
+            hd in 1usize..140, positions in 0usize..20, bits in prop_oneof![Just(8u32), Just(4u32)],
             seed in 0u64..1000,
         ) {
             let row_bytes = (hd * bits as usize).div_ceil(8);

@@ -431,11 +431,6 @@ impl LutPacked {
         &self.data[rb * n..(rb + 1) * n]
     }
 
-    /// The chunks of one row block.
-    pub fn block_chunks(&self, rb: usize) -> &[LutChunk] {
-        bytemuck::cast_slice(self.block(rb))
-    }
-
     pub fn unpack(&self) -> TernaryWeights {
         let mut codes = Vec::with_capacity(self.rows * self.cols);
         for r in 0..self.rows {

@@ -54,7 +54,7 @@ pub const PARKED_AFTER: Duration = Duration::from_millis(5);
 const CLOCK_EVERY: u32 = 128;
 
 /// A job: `parts` calls of the closure, by part index. The pointer's lifetime is erased; see
-/// the SAFETY argument in [`run_parts`].
+/// the SAFETY argument in [`run_job`].
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
@@ -62,7 +62,7 @@ struct Job {
 }
 
 // SAFETY: the closure is `Sync`, so calling it from several threads is allowed; the pointer is
-// only dereferenced while the caller of `run_parts` keeps the closure alive (see there).
+// only dereferenced while the caller of `run_job` keeps the closure alive (see there).
 unsafe impl Send for Job {}
 
 struct Shared {
@@ -147,7 +147,7 @@ fn work_on(shared: &Shared, epoch: u64) {
     let Some(job) = job else { return };
     while let Some(part) = claim(shared, epoch, job.parts) {
         // SAFETY: a part of `epoch` was claimed, so the job of `epoch` is not finished: its
-        // caller is still inside `run_parts`, keeping the closure alive, and cannot publish the
+        // caller is still inside `run_job`, keeping the closure alive, and cannot publish the
         // next job until this part's `pending` decrement below. The job read above belongs to
         // `epoch`: before rewriting the slot, a caller marks the finished epoch's parts all
         // claimed (`CLAIMED_ALL`), so a stale reader of a newer slot can claim nothing.
@@ -272,7 +272,9 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
         .ok()
         .filter(|&p| p < u32::MAX)
         .expect("fewer than 2^32 - 1 parts");
-    let (own, panicked) = run_job(pool.shared, parts32, threads, f);
+    // SAFETY: the submit lock makes this the only caller of `run_job` on the pool's `Shared`,
+    // and `threads > 1` here.
+    let (own, panicked) = unsafe { run_job(pool.shared, parts32, threads, f) };
     if let Err(payload) = own {
         std::panic::resume_unwind(payload);
     }
@@ -284,7 +286,12 @@ pub fn run_parts(parts: usize, f: &(dyn Fn(usize) + Sync)) {
 /// The caller's side of one job on `shared` (one caller at a time): publish it to at most
 /// `threads − 1` workers, run parts itself, wait until every part has finished, retire it.
 /// Returns the caller's own parts' outcome and whether a worker's part panicked.
-fn run_job(
+///
+/// # Safety
+/// No other call of `run_job` on `shared` runs at the same time (a second caller would close
+/// this job's epoch and reset `pending`, so this one could return while a worker still runs
+/// `f`), and `threads ≥ 1`.
+unsafe fn run_job(
     shared: &Shared,
     parts: u32,
     threads: usize,
@@ -519,9 +526,12 @@ mod tests {
             for parts in [1u32, 2, 5, 64] {
                 for _round in 0..20 {
                     let hits: Vec<AtomicU32> = (0..parts).map(|_| AtomicU32::new(0)).collect();
-                    let (own, panicked) = run_job(&shared, parts, 2, &|i| {
-                        hits[i].fetch_add(1, Ordering::Relaxed);
-                    });
+                    // SAFETY: this thread is the pool's only caller.
+                    let (own, panicked) = unsafe {
+                        run_job(&shared, parts, 2, &|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        })
+                    };
                     assert!(own.is_ok() && !panicked);
                     assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
                 }
@@ -580,7 +590,8 @@ mod loom_tests {
                 loom::thread::spawn(move || serve(&shared))
             };
             let slots = Slots::new(3);
-            let (own, panicked) = run_job(&shared, 3, 2, &|i| slots.write(i, i + 10));
+            // SAFETY: the model's main thread is the only caller.
+            let (own, panicked) = unsafe { run_job(&shared, 3, 2, &|i| slots.write(i, i + 10)) };
             assert!(own.is_ok() && !panicked);
             for i in 0..3 {
                 assert_eq!(slots.read(i), i + 10);
@@ -604,14 +615,16 @@ mod loom_tests {
                 loom::thread::spawn(move || serve(&shared))
             };
             let first = Slots::new(2);
-            let (own, _) = run_job(&shared, 2, 2, &|i| first.write(i, 1));
-            assert!(own.is_ok());
+            // SAFETY: the model's main thread is the only caller.
+            let (own, panicked) = unsafe { run_job(&shared, 2, 2, &|i| first.write(i, 1)) };
+            assert!(own.is_ok() && !panicked);
             // The first closure's captures are dead from here on: overwrite them.
             first.write(0, 0);
             first.write(1, 0);
             let second = Slots::new(3);
-            let (own, _) = run_job(&shared, 3, 2, &|i| second.write(i, 2));
-            assert!(own.is_ok());
+            // SAFETY: as above.
+            let (own, panicked) = unsafe { run_job(&shared, 3, 2, &|i| second.write(i, 2)) };
+            assert!(own.is_ok() && !panicked);
             assert_eq!((first.read(0), first.read(1)), (0, 0));
             assert_eq!((second.read(0), second.read(1), second.read(2)), (2, 2, 2));
             close(&shared);

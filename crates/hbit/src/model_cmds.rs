@@ -251,3 +251,44 @@ pub fn ptq(args: &PtqArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Ptq {
+        #[command(flatten)]
+        args: PtqArgs,
+    }
+
+    /// The line `hbit reproduce` logs for a PTQ stage runs that stage.
+    #[test]
+    fn a_ptq_command_line_parses_back_to_its_run() {
+        let args = PtqArgs {
+            model: "runs/b158-a8".into(),
+            out: "runs/quarot a4".into(),
+            rotation: "none".into(),
+            act_bits: 8,
+            seed: 3,
+        };
+        let back = Ptq::try_parse_from(args.command_line()).unwrap().args;
+        assert_eq!(
+            (
+                back.model,
+                back.out,
+                back.rotation,
+                back.act_bits,
+                back.seed
+            ),
+            (
+                args.model,
+                args.out,
+                args.rotation,
+                args.act_bits,
+                args.seed
+            )
+        );
+    }
+}

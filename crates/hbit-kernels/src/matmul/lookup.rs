@@ -11,7 +11,7 @@
 //!   matrices, or the token tiles when the tables outweigh the weights, are split across the
 //!   threads.
 
-use super::{split_many, split_many_with, SharedOutput};
+use super::{split_many, split_many_with, PackedTernary, SharedOutput};
 use super::{LUT_GEMM_SHARES_PER_THREAD, LUT_SHARES_PER_THREAD, LUT_TOKEN_SHARES_PER_THREAD};
 use crate::pack::LUT_ROW_BLOCK;
 use crate::quant::QuantizedActivations;
@@ -29,7 +29,7 @@ pub(super) const POISON: u8 = 0xA5;
 /// What distinguishes one lookup layout from the other.
 pub(super) trait LookupLayout: Sync {
     /// Packed weights of this layout.
-    type Weights: Sync;
+    type Weights: PackedTernary;
     /// Chunks a piece of the table build starts on a multiple of (a builder's step).
     const CUT_ALIGN: usize;
 
@@ -62,8 +62,6 @@ pub(super) trait LookupLayout: Sync {
     fn own_tables(&self, rows: usize, tokens: usize) -> bool;
     /// Whether the token tiles, not the rows, are split across the threads.
     fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool;
-    fn rows(w: &Self::Weights) -> usize;
-    fn alpha(w: &Self::Weights) -> f32;
 }
 
 /// `ys[m] = alpha_m · s_x · (W_m · x)` for every matrix of one layout sharing the input `x`
@@ -82,7 +80,7 @@ pub(super) fn multiply<L: LookupLayout>(
     }
     // Same input width, so the same chunks: one set of tables serves every matrix.
     let chunks = layout.chunks(first, x);
-    let rows: Vec<usize> = ws.iter().map(|w| L::rows(w)).collect();
+    let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
     let total_rows = rows.iter().sum();
     let outs = SharedOutput::each(ys, &rows);
     if layout.own_tables(total_rows, x.tokens) {
@@ -96,7 +94,7 @@ pub(super) fn multiply<L: LookupLayout>(
             |tables, m, r| {
                 let dots = layout.dots(ws[m], x, tables, r.clone(), 0..x.tokens);
                 // SAFETY: `split_many_with` hands each piece a disjoint row range of matrix m.
-                unsafe { outs[m].write(r, 0..x.tokens, &dots, L::alpha(ws[m]), x) };
+                unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
             },
         );
         return;
@@ -113,14 +111,14 @@ pub(super) fn multiply<L: LookupLayout>(
                 let dots = layout.dots(w, x, &tables, 0..rows[m], tokens.clone());
                 // SAFETY: parts take disjoint token ranges, so disjoint elements of every
                 // output.
-                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, L::alpha(w), x) };
+                unsafe { outs[m].write(0..rows[m], tokens.clone(), &dots, w.alpha(), x) };
             }
         });
     } else {
         split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
             let dots = layout.dots(ws[m], x, &tables, r.clone(), 0..x.tokens);
             // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
-            unsafe { outs[m].write(r, 0..x.tokens, &dots, L::alpha(ws[m]), x) };
+            unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
         });
     }
 }
@@ -192,6 +190,12 @@ impl TokenTables {
         chunks: usize,
         parallel: bool,
     ) -> TokenTables {
+        // The pieces' cuts cover every chunk only when the builder's step divides them.
+        assert!(
+            chunks.is_multiple_of(L::CUT_ALIGN),
+            "{chunks} chunks: not a multiple of the builder's step {}",
+            L::CUT_ALIGN
+        );
         let tile_tokens = layout.token_tile();
         let tile_bytes = tile_tokens * chunks * CHUNK_TABLE_BYTES;
         let mut bytes = TableStore::new(x.tokens * chunks * CHUNK_TABLE_BYTES);
@@ -256,7 +260,9 @@ impl TokenTables {
     /// `[chunk][token < nt][64]`.
     pub(super) fn tile(&self, tile: usize, nt: usize, c0: usize, n: usize) -> &[u8] {
         assert!(
-            tile * self.tile_tokens + nt <= self.tokens && c0 + n <= self.chunks,
+            nt <= self.tile_tokens
+                && tile * self.tile_tokens + nt <= self.tokens
+                && c0 + n <= self.chunks,
             "tables of token tile {tile} ({nt} tokens), chunks {c0}..{}",
             c0 + n
         );

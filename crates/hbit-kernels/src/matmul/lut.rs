@@ -204,14 +204,6 @@ impl LookupLayout for Pairs {
     fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool {
         super::lut_split_by_tokens(rows, tokens, self.0.token_tile())
     }
-
-    fn rows(w: &LutPacked) -> usize {
-        w.rows()
-    }
-
-    fn alpha(w: &LutPacked) -> f32 {
-        w.alpha()
-    }
 }
 
 /// Columns per tile call over rows of `stride` columns, a multiple of K_ALIGN: whole rows, so

@@ -78,8 +78,6 @@ pub fn matmul_reference(
 /// path (alone and several matrices sharing one input), and the weights back. One impl per
 /// layout, so code above the kernels (the engine) need not match on layouts.
 pub trait PackedTernary: Sync {
-    /// The activation width its products take.
-    fn input_bits(&self) -> ActBits;
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     /// The per-tensor scale α (eq. 2).
@@ -100,9 +98,6 @@ pub trait PackedTernary: Sync {
 }
 
 impl PackedTernary for RowPacked {
-    fn input_bits(&self) -> ActBits {
-        ActBits::Int8
-    }
     fn rows(&self) -> usize {
         RowPacked::rows(self)
     }
@@ -131,9 +126,6 @@ impl PackedTernary for RowPacked {
 }
 
 impl PackedTernary for LutPacked {
-    fn input_bits(&self) -> ActBits {
-        ActBits::Int4
-    }
     fn rows(&self) -> usize {
         LutPacked::rows(self)
     }
@@ -162,9 +154,6 @@ impl PackedTernary for LutPacked {
 }
 
 impl PackedTernary for TriplePacked {
-    fn input_bits(&self) -> ActBits {
-        ActBits::Int4
-    }
     fn rows(&self) -> usize {
         TriplePacked::rows(self)
     }

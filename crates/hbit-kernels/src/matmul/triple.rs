@@ -173,14 +173,6 @@ impl LookupLayout for Triples {
     fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool {
         super::triple_split_by_tokens(rows, tokens)
     }
-
-    fn rows(w: &TriplePacked) -> usize {
-        w.rows()
-    }
-
-    fn alpha(w: &TriplePacked) -> f32 {
-        w.alpha()
-    }
 }
 
 /// `Σ_k Wq[r, k] · xq[t, k]` for `r` in `rows` (starting on a row block) and `t` in `tokens`
