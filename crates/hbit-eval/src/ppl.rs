@@ -31,6 +31,21 @@ impl Perplexity {
     pub fn perplexity(&self) -> f64 {
         self.mean_nll().exp()
     }
+
+    /// Bits per byte of the scored text, `bytes` long in UTF-8 ([`bits_per_byte`]).
+    pub fn bits_per_byte(&self, bytes: usize) -> f64 {
+        bits_per_byte(self.nll_sum, bytes as u64)
+    }
+}
+
+/// Bits per byte: a total negative log-likelihood `nll_nats` (natural log) in bits, over the
+/// `bytes` UTF-8 bytes of the text it scored, so models with different tokenizers compare.
+/// NaN for no bytes.
+pub fn bits_per_byte(nll_nats: f64, bytes: u64) -> f64 {
+    if bytes == 0 {
+        return f64::NAN;
+    }
+    nll_nats / std::f64::consts::LN_2 / bytes as f64
 }
 
 /// `ln softmax(logits)[target]`, computed stably in f64.
@@ -101,6 +116,23 @@ pub fn perplexity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bits_per_byte_by_hand() {
+        // Four tokens, each one of 256 equally likely: 4 · 8 = 32 bits. Over 8 bytes of text
+        // that is 4 bits per byte; over 32 bytes, 1.
+        let nll = 4.0 * 256f64.ln();
+        assert!((bits_per_byte(nll, 8) - 4.0).abs() < 1e-12);
+        assert!((bits_per_byte(nll, 32) - 1.0).abs() < 1e-12);
+        // Probability 1/2 per token, 3 tokens over "héllo" (6 bytes): 3 bits / 6 bytes.
+        let p = Perplexity {
+            tokens: 3,
+            nll_sum: 3.0 * 2f64.ln(),
+            windows: 1,
+        };
+        assert!((p.bits_per_byte("héllo".len()) - 0.5).abs() < 1e-12);
+        assert!(bits_per_byte(1.0, 0).is_nan());
+    }
 
     #[test]
     fn log_prob_known_answers() {

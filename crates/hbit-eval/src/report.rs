@@ -10,6 +10,8 @@ pub struct ModelRow {
     pub size: String,
     /// Perplexity on the validation text, if measured.
     pub perplexity: Option<f64>,
+    /// Bits per byte of the same text (comparable across tokenizers), if measured.
+    pub bits_per_byte: Option<f64>,
     pub results: Vec<TaskResult>,
 }
 
@@ -45,12 +47,17 @@ fn cell(value: Option<f64>) -> String {
 /// Avg). Each task shows its headline metric ×100 (acc_norm for ARC and HellaSwag, acc
 /// otherwise); Avg is the mean of the six and is left empty unless all six were measured.
 pub fn table1(rows: &[ModelRow]) -> String {
+    // Bits per byte gets a column when some row has it (the paper's tables have none).
+    let bpb = rows.iter().any(|r| r.bits_per_byte.is_some());
     let mut out = String::from("| Models | Size | PPL↓ |");
+    if bpb {
+        out.push_str(" BPB↓ |");
+    }
     for t in Task::ALL {
         out.push_str(&format!(" {}↑ |", t.column()));
     }
     out.push_str(" Avg↑ |\n|---|---|---|");
-    out.push_str(&"---|".repeat(Task::ALL.len() + 1));
+    out.push_str(&"---|".repeat(Task::ALL.len() + 1 + usize::from(bpb)));
     out.push('\n');
     for row in rows {
         let values = row.headline_percents();
@@ -61,6 +68,12 @@ pub fn table1(rows: &[ModelRow]) -> String {
             row.size,
             cell(row.perplexity)
         ));
+        if bpb {
+            let b = row
+                .bits_per_byte
+                .map_or("–".to_string(), |b| format!("{b:.3}"));
+            out.push_str(&format!(" {b} |"));
+        }
         for v in values {
             out.push_str(&format!(" {} |", cell(v)));
         }
@@ -95,12 +108,14 @@ mod tests {
                 name: "BitNet v2 (a4)".into(),
                 size: "tiny".into(),
                 perplexity: Some(12.345),
+                bits_per_byte: None,
                 results: all,
             },
             ModelRow {
                 name: "partial".into(),
                 size: "tiny".into(),
                 perplexity: None,
+                bits_per_byte: None,
                 results: vec![result(Task::Piqa, 0.6, Some(0.7))],
             },
         ];
@@ -120,5 +135,34 @@ mod tests {
             lines[3],
             "| partial | tiny | – | – | – | – | 60.00 | – | – | – |"
         );
+    }
+
+    #[test]
+    fn bits_per_byte_gets_a_column_only_when_measured() {
+        let rows = [
+            ModelRow {
+                name: "a".into(),
+                size: "tiny".into(),
+                perplexity: Some(20.0),
+                bits_per_byte: Some(1.23456),
+                results: Vec::new(),
+            },
+            ModelRow {
+                name: "b".into(),
+                ..ModelRow::default()
+            },
+        ];
+        let t = table1(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("| Models | Size | PPL↓ | BPB↓ | ARCc↑"),
+            "{t}"
+        );
+        assert_eq!(lines[1].matches("---").count(), 11);
+        assert_eq!(
+            lines[2],
+            "| a | tiny | 20.00 | 1.235 | – | – | – | – | – | – | – |"
+        );
+        assert_eq!(lines[3], "| b |  | – | – | – | – | – | – | – | – | – |");
     }
 }

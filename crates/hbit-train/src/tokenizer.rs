@@ -60,6 +60,38 @@ pub fn train_bpe<'a>(
     Ok(tokenizer)
 }
 
+/// How many bytes of UTF-8 text each token id stands for, for bits per byte over token
+/// streams. A byte-level BPE maps each character of a token to one byte; special tokens
+/// (`<|endoftext|>`) stand for no text. Other tokenizers: the byte length of the token decoded
+/// alone.
+pub fn token_byte_lengths(tokenizer: &Tokenizer) -> Vec<u32> {
+    let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
+    let byte_level = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)));
+    let special: HashSet<u32> = tokenizer
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id)
+        .collect();
+    (0..tokenizer.get_vocab_size(true) as u32)
+        .map(|id| {
+            if special.contains(&id) {
+                return 0;
+            }
+            let Some(token) = tokenizer.id_to_token(id) else {
+                return 0;
+            };
+            if byte_level && token.chars().all(|c| alphabet.contains(&c)) {
+                token.chars().count() as u32
+            } else {
+                tokenizer
+                    .decode(&[id], false)
+                    .map_or(0, |text| text.len() as u32)
+            }
+        })
+        .collect()
+}
+
 /// Loads an HF `tokenizer.json`; errors name the file.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, TrainError> {
     if !path.is_file() {
@@ -130,5 +162,26 @@ mod tests {
         );
         std::fs::remove_file(&path).unwrap();
         assert!(train_bpe(docs.iter().copied(), 200, false).is_err());
+    }
+
+    /// By hand: a space and `t` are one byte each, `é` two, `🦀` four, `<|endoftext|>` none;
+    /// and the tokens of any text add up to its UTF-8 length.
+    #[test]
+    fn token_byte_lengths_add_up_to_the_text() {
+        let text = "the café serves 🦀 stew. the café closes. ".repeat(30);
+        let tok = train_bpe([text.as_str()].into_iter(), 300, false).unwrap();
+        let lengths = token_byte_lengths(&tok);
+        assert_eq!(lengths.len(), tok.get_vocab_size(true));
+        assert_eq!(lengths[end_of_text_id(&tok).unwrap() as usize], 0);
+        for (piece, bytes) in [(" ", 1), ("t", 1), ("é", 2), ("🦀", 4), (" café", 6)] {
+            let ids = encode(&tok, piece).unwrap();
+            let sum: u32 = ids.iter().map(|&id| lengths[id as usize]).sum();
+            assert_eq!(sum, bytes, "{piece:?} as {ids:?}");
+        }
+        for sample in [text.as_str(), "ünïcödé, 中文 and 🦀🦀 unseen in training"] {
+            let ids = encode(&tok, sample).unwrap();
+            let sum: u64 = ids.iter().map(|&id| lengths[id as usize] as u64).sum();
+            assert_eq!(sum, sample.len() as u64);
+        }
     }
 }

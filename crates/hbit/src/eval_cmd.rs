@@ -156,7 +156,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
         "mean_nll": p.mean_nll(),
         "perplexity": p.perplexity(),
         "word_perplexity": (p.nll_sum / words as f64).exp(),
-        "bits_per_byte": p.nll_sum / bytes as f64 / std::f64::consts::LN_2,
+        "bits_per_byte": p.bits_per_byte(bytes),
         "seconds": seconds,
         "tokens_per_s": p.tokens as f64 / seconds.max(1e-9),
     });
@@ -174,7 +174,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
             p.perplexity(),
             p.mean_nll(),
             (p.nll_sum / words as f64).exp(),
-            p.nll_sum / bytes as f64 / std::f64::consts::LN_2,
+            p.bits_per_byte(bytes),
             seconds,
             p.tokens as f64 / seconds.max(1e-9)
         );
@@ -287,6 +287,7 @@ fn tasks(args: &TasksArgs) -> Result<()> {
         name,
         size: format!("{:.1}M", engine.config().parameter_count() as f64 / 1e6),
         perplexity: None,
+        bits_per_byte: None,
         results,
     }]);
     if let Some(md) = &args.markdown {

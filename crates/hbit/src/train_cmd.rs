@@ -15,7 +15,7 @@ use hbit_train::checkpoint::load_model;
 use hbit_train::config::{preset, HiddenAct, ModelConfig, Variant};
 use hbit_train::data::{read_documents, tokenize_cached, PackedData};
 use hbit_train::schedule::{paper_learning_rates, Schedule};
-use hbit_train::tokenizer::{load_tokenizer, save_tokenizer, train_bpe};
+use hbit_train::tokenizer::{load_tokenizer, save_tokenizer, token_byte_lengths, train_bpe};
 use hbit_train::trainer::{StepReport, Trainer, TrainerState};
 use hbit_train::BitnetModel;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,7 +77,7 @@ pub fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
     }
 }
 
-#[derive(Args, Debug, PartialEq)]
+#[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Training text: files, directories or JSONL (evaluation-set directories are refused).
     #[arg(long, required = true, num_args = 1..)]
@@ -166,120 +166,18 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// A run on `data` into `out` with every other flag at its command-line default (a test
-    /// holds the two equal).
-    pub fn new(data: Vec<PathBuf>, out: PathBuf) -> TrainArgs {
-        TrainArgs {
-            data,
-            out,
-            model: None,
-            preset: None,
-            variant: None,
-            act_bits: None,
-            hidden_act: None,
-            resume: false,
-            init_from: None,
-            tokenizer: None,
-            steps: None,
-            stop_after: None,
-            warmup: None,
-            lr1: None,
-            lr2: None,
-            weight_decay: 0.1,
-            batch_size: 8,
-            grad_accum: 1,
-            seq_len: None,
-            clip: 1.0,
-            seed: 0,
-            val_fraction: 0.02,
-            eval_every: 100,
-            eval_sequences: 64,
-            checkpoint_every: 200,
-            cache_dir: PathBuf::from(".hbit-cache"),
-            quiet: false,
+    /// Parses `hbit train …` arguments (`line[0]` is `train`) as the command line does, so a
+    /// logged command and the run it starts cannot differ (`hbit reproduce`).
+    pub fn parse_command_line(line: &[String]) -> Result<TrainArgs> {
+        #[derive(clap::Parser)]
+        struct Train {
+            #[command(flatten)]
+            args: TrainArgs,
         }
-    }
-}
-
-impl TrainArgs {
-    /// The arguments of `hbit train` that give this run, flags at their defaults left out
-    /// (`hbit reproduce` logs them; a test parses them back to the same run).
-    pub fn command_line(&self) -> Vec<String> {
-        let d = TrainArgs::new(Vec::new(), PathBuf::new());
-        let mut v = vec!["train".to_string(), "--data".to_string()];
-        v.extend(self.data.iter().map(|p| p.display().to_string()));
-        let mut flag = |name: &str, value: Option<String>| {
-            if let Some(value) = value {
-                v.push(format!("--{name}"));
-                v.push(value);
-            }
-        };
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        flag("out", Some(self.out.display().to_string()));
-        flag("model", path(&self.model));
-        flag("preset", self.preset.clone());
-        flag("variant", self.variant.clone());
-        flag("act-bits", self.act_bits.map(|b| b.to_string()));
-        flag("hidden-act", self.hidden_act.clone());
-        flag("init-from", path(&self.init_from));
-        flag("tokenizer", path(&self.tokenizer));
-        flag("steps", self.steps.map(|x| x.to_string()));
-        flag("stop-after", self.stop_after.map(|x| x.to_string()));
-        flag("warmup", self.warmup.map(|x| x.to_string()));
-        flag("lr1", self.lr1.map(|x| x.to_string()));
-        flag("lr2", self.lr2.map(|x| x.to_string()));
-        let changed = |a: String, b: String| (a != b).then_some(a);
-        flag(
-            "weight-decay",
-            changed(self.weight_decay.to_string(), d.weight_decay.to_string()),
-        );
-        flag(
-            "batch-size",
-            changed(self.batch_size.to_string(), d.batch_size.to_string()),
-        );
-        flag(
-            "grad-accum",
-            changed(self.grad_accum.to_string(), d.grad_accum.to_string()),
-        );
-        flag("seq-len", self.seq_len.map(|x| x.to_string()));
-        flag("clip", changed(self.clip.to_string(), d.clip.to_string()));
-        flag("seed", changed(self.seed.to_string(), d.seed.to_string()));
-        flag(
-            "val-fraction",
-            changed(self.val_fraction.to_string(), d.val_fraction.to_string()),
-        );
-        flag(
-            "eval-every",
-            changed(self.eval_every.to_string(), d.eval_every.to_string()),
-        );
-        flag(
-            "eval-sequences",
-            changed(
-                self.eval_sequences.to_string(),
-                d.eval_sequences.to_string(),
-            ),
-        );
-        flag(
-            "checkpoint-every",
-            changed(
-                self.checkpoint_every.to_string(),
-                d.checkpoint_every.to_string(),
-            ),
-        );
-        flag(
-            "cache-dir",
-            changed(
-                self.cache_dir.display().to_string(),
-                d.cache_dir.display().to_string(),
-            ),
-        );
-        if self.resume {
-            v.push("--resume".to_string());
-        }
-        if self.quiet {
-            v.push("--quiet".to_string());
-        }
-        v
+        use clap::Parser;
+        Ok(Train::try_parse_from(line)
+            .map_err(|e| anyhow::anyhow!("hbit {}: {e}", line.join(" ")))?
+            .args)
     }
 }
 
@@ -423,27 +321,54 @@ fn fresh_model(args: &TrainArgs, vocab: usize) -> Result<(BitnetModel, String)> 
     Ok((BitnetModel::init(&config, args.seed)?, name.to_string()))
 }
 
-/// Set by Ctrl-C. One handler per process (a second `set_handler` fails), shared by every run a
-/// process trains (`hbit reproduce` trains many).
-fn ctrl_c_flag() -> Result<&'static AtomicBool> {
-    static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by the first Ctrl-C during a training run: the run saves its checkpoint and stops. It
+/// stays set for the life of the process (`hbit reproduce` then stops after the run).
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Whether a training loop is running, i.e. whether Ctrl-C should save rather than exit.
+static TRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Installs the process's one Ctrl-C handler (a second `set_handler` fails; `hbit reproduce`
+/// trains many runs): during a training loop the first Ctrl-C asks it to save and stop;
+/// anywhere else, or a second time, the process exits at once (status 130).
+fn install_ctrl_c() -> Result<()> {
     static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     INSTALLED
         .get_or_init(|| {
-            ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).map_err(|e| e.to_string())
+            ctrlc::set_handler(|| {
+                if !TRAINING.load(Ordering::SeqCst) || STOP.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            })
+            .map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
-    Ok(&STOP)
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))
 }
 
 /// Whether Ctrl-C stopped a training run of this process (its checkpoint was saved).
 pub fn interrupted() -> bool {
-    ctrl_c_flag().is_ok_and(|f| f.load(Ordering::SeqCst))
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Marks a training loop as running for the Ctrl-C handler, until dropped.
+struct TrainingLoop;
+
+impl TrainingLoop {
+    fn start() -> Result<TrainingLoop> {
+        install_ctrl_c()?;
+        TRAINING.store(true, Ordering::SeqCst);
+        Ok(TrainingLoop)
+    }
+}
+
+impl Drop for TrainingLoop {
+    fn drop(&mut self) {
+        TRAINING.store(false, Ordering::SeqCst);
+    }
 }
 
 fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<()> {
-    let stop = ctrl_c_flag()?;
+    let _running = TrainingLoop::start()?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
@@ -474,6 +399,7 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
     );
     bar.set_position(trainer.state.step);
     let tok_copy = (!args.out.join(TOKENIZER_FILE).exists()).then_some(tok_path);
+    let val_bytes = validation_bytes(trainer, args.eval_sequences, tok_path)?;
     let mut window_start = Instant::now();
     let mut window_tokens = 0u64;
     let mut interrupted = false;
@@ -487,26 +413,34 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
         } else {
             None
         };
+        let val_bpb = val.and_then(|v| val_bytes.as_ref().map(|b| b.bits_per_byte(v)));
         write_metrics(
             &metrics_path,
             &report,
             tokens_per_s,
             cfg.activation_bits.bits(),
             val,
+            val_bpb,
         )?;
         bar.set_position(report.step);
         bar.set_message(format!(
-            "loss {:.3}{} | {:.0} tok/s",
+            "loss {:.3}{}{} | {:.0} tok/s",
             report.loss,
             val.map(|v| format!(" val {v:.3}")).unwrap_or_default(),
+            val_bpb
+                .map(|b| format!(" ({b:.3} bits/byte)"))
+                .unwrap_or_default(),
             tokens_per_s
         ));
         if args.quiet && val.is_some() {
             eprintln!(
-                "step {} loss {:.4} val {:.4} lr {:.2e} {:.0} tok/s",
+                "step {} loss {:.4} val {:.4}{} lr {:.2e} {:.0} tok/s",
                 report.step,
                 report.loss,
                 val.unwrap_or(f64::NAN),
+                val_bpb
+                    .map(|b| format!(" ({b:.4} bits/byte)"))
+                    .unwrap_or_default(),
                 report.lr,
                 tokens_per_s
             );
@@ -515,7 +449,7 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
             window_start = Instant::now();
             window_tokens = 0;
         }
-        interrupted = stop.load(Ordering::SeqCst);
+        interrupted = STOP.load(Ordering::SeqCst);
         let at_checkpoint =
             args.checkpoint_every > 0 && report.step.is_multiple_of(args.checkpoint_every);
         if at_checkpoint || interrupted || report.step == last {
@@ -546,6 +480,42 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
     Ok(())
 }
 
+/// The targets [`Trainer::validation_loss`] scores: their count and their UTF-8 bytes.
+struct ValidationText {
+    tokens: u64,
+    bytes: u64,
+}
+
+impl ValidationText {
+    /// Bits per byte of a mean validation loss (nats per target token).
+    fn bits_per_byte(&self, mean_loss: f64) -> f64 {
+        hbit_eval::ppl::bits_per_byte(mean_loss * self.tokens as f64, self.bytes)
+    }
+}
+
+/// The validation targets' text size, for bits per byte (`None` without validation sequences
+/// or when they stand for no text).
+fn validation_bytes(
+    trainer: &Trainer,
+    eval_sequences: usize,
+    tok_path: &Path,
+) -> Result<Option<ValidationText>> {
+    let n = trainer.data().validation_sequences().min(eval_sequences);
+    if n == 0 {
+        return Ok(None);
+    }
+    let lengths = token_byte_lengths(&load_tokenizer(tok_path)?);
+    let (_, targets) = trainer.data().validation_batch(0, n);
+    let bytes = targets
+        .iter()
+        .map(|&t| lengths.get(t as usize).copied().unwrap_or(0) as u64)
+        .sum();
+    Ok((bytes > 0).then_some(ValidationText {
+        tokens: targets.len() as u64,
+        bytes,
+    }))
+}
+
 /// Appends one line. The file is reopened per line because checkpoint saves swap the run
 /// directory in by rename (carrying metrics.jsonl over); a handle held across a save would keep
 /// writing into the replaced directory's file and the lines would be lost.
@@ -555,6 +525,7 @@ fn write_metrics(
     tokens_per_s: f64,
     act_bits: u8,
     val: Option<f64>,
+    val_bits_per_byte: Option<f64>,
 ) -> Result<()> {
     let mut line = serde_json::json!({
         "step": r.step,
@@ -569,6 +540,9 @@ fn write_metrics(
     if let Some(v) = val {
         line["val_loss"] = v.into();
     }
+    if let Some(b) = val_bits_per_byte {
+        line["val_bits_per_byte"] = b.into();
+    }
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -581,46 +555,45 @@ fn write_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        train: TrainArgs,
-    }
-
-    /// Stages that build a run in code (`hbit reproduce`) get the same run as the command line.
-    #[test]
-    fn train_args_new_equals_the_command_line_defaults() {
-        let parsed = Wrapper::try_parse_from(["train", "--data", "a", "b", "--out", "o"])
-            .unwrap()
-            .train;
-        let built = TrainArgs::new(vec!["a".into(), "b".into()], "o".into());
-        assert_eq!(built, parsed);
-    }
 
     #[test]
-    fn a_command_line_parses_back_to_the_same_run() {
-        let mut runs = vec![TrainArgs::new(vec!["d".into()], "o".into())];
-        let mut a = TrainArgs::new(vec!["x y".into(), "z".into()], "runs/v2".into());
-        a.init_from = Some("runs/v2-part".into());
-        a.act_bits = Some(4);
-        a.variant = Some("bitnet_a48".into());
-        a.hidden_act = Some("relu2".into());
-        a.tokenizer = Some("tok.json".into());
-        (a.steps, a.stop_after, a.warmup) = (Some(10), Some(8), Some(3));
-        (a.lr1, a.lr2, a.weight_decay, a.clip) = (Some(1.5e-3), Some(1e-3), 0.05, 0.0);
-        (a.batch_size, a.grad_accum, a.seq_len, a.seed) = (2, 4, Some(64), 7);
-        (a.val_fraction, a.eval_every, a.eval_sequences) = (0.1, 5, 32);
-        (a.checkpoint_every, a.cache_dir, a.quiet) = (1, "c".into(), true);
-        runs.push(a);
-        let mut b = TrainArgs::new(vec!["d".into()], "o".into());
-        (b.resume, b.preset, b.model) = (true, None, None);
-        runs.push(b);
-        for run in runs {
-            let line = run.command_line();
-            let parsed = Wrapper::try_parse_from(&line).unwrap().train;
-            assert_eq!(parsed, run, "{line:?}");
-        }
+    fn a_logged_command_line_parses_to_its_run_and_bad_ones_are_errors() {
+        let line: Vec<String> = [
+            "train",
+            "--data",
+            "a",
+            "b",
+            "--out",
+            "o",
+            "--quiet",
+            "--eval-every",
+            "5",
+            "--init-from",
+            "p",
+            "--act-bits",
+            "4",
+            "--variant",
+            "bitnet_a48",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let a = TrainArgs::parse_command_line(&line).unwrap();
+        assert_eq!(a.data, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(
+            (a.out, a.quiet, a.eval_every),
+            (PathBuf::from("o"), true, 5)
+        );
+        assert_eq!(a.init_from, Some(PathBuf::from("p")));
+        assert_eq!(
+            (a.act_bits, a.variant.as_deref()),
+            (Some(4), Some("bitnet_a48"))
+        );
+        // Defaults as on the command line.
+        assert_eq!((a.batch_size, a.seed, a.eval_sequences), (8, 0, 64));
+        let mut bad = line.clone();
+        bad.push("--no-such-flag".into());
+        let err = TrainArgs::parse_command_line(&bad).unwrap_err().to_string();
+        assert!(err.contains("--no-such-flag"), "{err}");
     }
 }

@@ -41,17 +41,22 @@ impl Study<'_> {
             name: label.into(),
             size: self.args.preset.clone(),
             perplexity: r["wikitext2"]["perplexity"].as_f64(),
+            bits_per_byte: r["wikitext2"]["bits_per_byte"].as_f64(),
             results,
         })
     }
 
-    /// Final validation loss of a run, from its metrics.jsonl.
-    fn final_val_loss(&self, key: &str) -> Option<(u64, f64)> {
+    /// Final validation loss of a run (nats per token) and its bits per byte where the run
+    /// logged it, from its metrics.jsonl.
+    fn final_val_loss(&self, key: &str) -> Option<(u64, f64, Option<f64>)> {
         let text = std::fs::read_to_string(self.dir(key).join("metrics.jsonl")).ok()?;
         text.lines()
             .rev()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|v| Some((v["step"].as_u64()?, v["val_loss"].as_f64()?)))
+            .find_map(|v| {
+                let loss = v["val_loss"].as_f64()?;
+                Some((v["step"].as_u64()?, loss, v["val_bits_per_byte"].as_f64()))
+            })
     }
 
     pub(super) fn write_report(&self) -> Result<()> {
@@ -93,15 +98,16 @@ impl Study<'_> {
             a.steps * tokens_per_step,
         ));
 
-        md.push_str("## Validation loss at the end of training (nats, held-out split of the training corpus)\n\n| run | step | validation loss |\n|---|---|---|\n");
+        md.push_str("## Validation loss at the end of training (held-out split of the training corpus)\n\n| run | step | validation loss (nats / token) | bits / byte |\n|---|---|---|---|\n");
         for m in [
             &B158, &A48, &V2A8, &V2A4, &NOROT_A8, &NOROT_A4, &WROT_A8, &WROT_A4,
         ] {
             match self.final_val_loss(m.key) {
-                Some((step, loss)) => {
-                    md.push_str(&format!("| {} | {step} | {loss:.4} |\n", m.label))
+                Some((step, loss, bpb)) => {
+                    let bpb = bpb.map_or("–".into(), |b| format!("{b:.4}"));
+                    md.push_str(&format!("| {} | {step} | {loss:.4} | {bpb} |\n", m.label))
                 }
-                None => md.push_str(&format!("| {} | – | – |\n", m.label)),
+                None => md.push_str(&format!("| {} | – | – | – |\n", m.label)),
             }
         }
 
@@ -174,7 +180,7 @@ impl Study<'_> {
             "\nPaper (1.3B, fused rotation):\n\n{PAPER_TABLE4}"
         ));
 
-        md.push_str("\n## Table 5: ablations on the Hadamard transform of H-BitLinear\n\nOurs (Avg of the six tasks; PPL on WikiText-2):\n\n| Methods | #Bits | Acc.↑ | PPL↓ |\n|---|---|---|---|\n");
+        md.push_str("\n## Table 5: ablations on the Hadamard transform of H-BitLinear\n\nOurs (Avg of the six tasks; PPL and bits per byte on WikiText-2):\n\n| Methods | #Bits | Acc.↑ | PPL↓ | BPB↓ |\n|---|---|---|---|---|\n");
         for (label, key, bits) in [
             ("No rotation", NOROT_A8.key, "W1.58A8"),
             ("Weight & activation rotation", WROT_A8.key, "W1.58A8"),
@@ -188,7 +194,8 @@ impl Study<'_> {
                 .average_percent()
                 .map_or("–".into(), |a| format!("{a:.2}"));
             let ppl = row.perplexity.map_or("–".into(), |p| format!("{p:.2}"));
-            md.push_str(&format!("| {label} | {bits} | {acc} | {ppl} |\n"));
+            let bpb = row.bits_per_byte.map_or("–".into(), |b| format!("{b:.3}"));
+            md.push_str(&format!("| {label} | {bits} | {acc} | {ppl} | {bpb} |\n"));
         }
         md.push_str(&format!("\nPaper (1.3B):\n\n{PAPER_TABLE5_13B}"));
 

@@ -19,6 +19,7 @@ use crate::eval_cmd::{prefix_token, run_task};
 use crate::model_cmds::{ptq, PtqArgs};
 use crate::stats_cmd::{activations, ActivationsArgs};
 use crate::train_cmd::{self, TokenizerTrainArgs, TrainArgs};
+use hbit_train::tokenizer::token_byte_lengths;
 
 /// One stage of the study. Each leaves a file behind, so a rerun skips it.
 #[derive(Debug, PartialEq)]
@@ -125,7 +126,8 @@ pub fn plan() -> Vec<Stage> {
 
 impl Study<'_> {
     /// Carries out `stage` unless its file is there. A training run Ctrl-C stopped (its
-    /// checkpoint saved) ends the study with an error, so no later stage reads a partial run.
+    /// checkpoint saved) ends the study with an error, so no later stage reads a partial run;
+    /// Ctrl-C outside a training run ends the process at once.
     pub fn run(&self, stage: &Stage) -> Result<Outcome> {
         let outcome = match *stage {
             Stage::Tokenizer => self.train_tokenizer()?,
@@ -168,32 +170,40 @@ impl Study<'_> {
         Ok(Outcome::Ran)
     }
 
-    /// A run into `out` with the flags every training run of the study shares.
-    fn run_args(&self, out: &Path) -> TrainArgs {
-        let mut a = TrainArgs::new(self.args.data.clone(), out.to_path_buf());
-        a.quiet = true;
-        a.eval_every = (self.args.steps / 4).max(1);
-        a.eval_sequences = 32;
-        a.checkpoint_every = (self.args.steps / 10).max(1);
-        a
+    /// The `hbit train` flags every training run of the study shares.
+    fn common(&self, out: &Path) -> Vec<String> {
+        let mut v = vec!["--data".to_string()];
+        v.extend(self.args.data.iter().map(|p| p.display().to_string()));
+        v.extend(strings(&["--out", &out.display().to_string(), "--quiet"]));
+        v.extend(strings(&[
+            "--eval-every",
+            &(self.args.steps / 4).max(1).to_string(),
+            "--eval-sequences",
+            "32",
+            "--checkpoint-every",
+            &(self.args.steps / 10).max(1).to_string(),
+        ]));
+        v
     }
 
     /// Brings `dir` to `target` steps: nothing if it is there, a resume if it has a checkpoint,
-    /// else `start` (a fresh run).
-    fn train_to(&self, dir: &Path, target: u64, start: Option<TrainArgs>) -> Result<Outcome> {
-        let args = match Self::step_of(dir)? {
+    /// else `start` (the arguments of a fresh run). The arguments are the logged command line
+    /// itself, parsed as `hbit train` parses it, so the log and the run cannot differ.
+    fn train_to(&self, dir: &Path, target: u64, start: Option<Vec<String>>) -> Result<Outcome> {
+        let line = match Self::step_of(dir)? {
             Some(step) if step >= target => return Ok(Outcome::AlreadyDone),
             Some(_) => {
-                let mut a = self.run_args(dir);
-                a.resume = true;
-                a.stop_after = Some(target);
+                let mut a = strings(&["train", "--resume"]);
+                a.extend(self.common(dir));
+                a.extend(strings(&["--stop-after", &target.to_string()]));
                 a
             }
             None => {
                 start.with_context(|| format!("{}: no checkpoint to resume from", dir.display()))?
             }
         };
-        self.log_command(&args.command_line())?;
+        let args = TrainArgs::parse_command_line(&line)?;
+        self.log_command(&line)?;
         train_cmd::train(&args)?;
         Ok(Outcome::Ran)
     }
@@ -201,16 +211,29 @@ impl Study<'_> {
     fn train_a8_part(&self, model: &Model, variant: &str) -> Result<Outcome> {
         let dir = self.part_dir(model);
         let a = self.args;
-        let mut start = self.run_args(&dir);
-        start.tokenizer = Some(self.tokenizer.clone());
-        start.preset = Some(a.preset.clone());
-        start.variant = Some(variant.to_string());
-        start.act_bits = Some(8);
-        start.steps = Some(a.steps);
-        start.stop_after = Some(self.switch_step);
-        start.batch_size = a.batch_size;
-        start.seed = a.seed;
-        start.seq_len = a.seq_len;
+        let mut start = strings(&["train"]);
+        start.extend(self.common(&dir));
+        start.extend(strings(&[
+            "--tokenizer",
+            &self.tokenizer.display().to_string(),
+            "--preset",
+            &a.preset,
+            "--variant",
+            variant,
+            "--act-bits",
+            "8",
+            "--steps",
+            &a.steps.to_string(),
+            "--stop-after",
+            &self.switch_step.to_string(),
+            "--batch-size",
+            &a.batch_size.to_string(),
+            "--seed",
+            &a.seed.to_string(),
+        ]));
+        if let Some(l) = a.seq_len {
+            start.extend(strings(&["--seq-len", &l.to_string()]));
+        }
         self.train_to(&dir, self.switch_step, Some(start))
     }
 
@@ -235,10 +258,17 @@ impl Study<'_> {
 
     fn continue_a4(&self, from: &Model, model: &Model, variant: Option<&str>) -> Result<Outcome> {
         let dir = self.dir(model.key);
-        let mut start = self.run_args(&dir);
-        start.init_from = Some(self.part_dir(from));
-        start.act_bits = Some(4);
-        start.variant = variant.map(str::to_string);
+        let mut start = strings(&["train"]);
+        start.extend(self.common(&dir));
+        start.extend(strings(&[
+            "--init-from",
+            &self.part_dir(from).display().to_string(),
+            "--act-bits",
+            "4",
+        ]));
+        if let Some(v) = variant {
+            start.extend(strings(&["--variant", v]));
+        }
         self.train_to(&dir, self.args.steps, Some(start))
     }
 
@@ -290,13 +320,21 @@ impl Study<'_> {
             if self.args.ppl_tokens > 0 {
                 ids.truncate(self.args.ppl_tokens);
             }
+            // The UTF-8 bytes of the scored tokens (the whole text unless --ppl-tokens cuts it).
+            let lengths = token_byte_lengths(&tokenizer);
+            let bytes: usize = ids
+                .iter()
+                .map(|&id| lengths.get(id as usize).copied().unwrap_or(0) as usize)
+                .sum();
             let context = engine.config().max_position_embeddings.min(2048);
             let p = perplexity(engine, prefix, &ids, context, context, kv, &mut |_, _| {})?;
             report["wikitext2"] = json!({
                 "data": wiki.display().to_string(),
                 "tokens": p.tokens,
+                "bytes": bytes,
                 "context": context,
                 "perplexity": p.perplexity(),
+                "bits_per_byte": p.bits_per_byte(bytes),
             });
         }
         let mut tasks = Vec::new();
@@ -346,4 +384,8 @@ impl Study<'_> {
         })?;
         Ok(Outcome::Ran)
     }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
 }

@@ -134,6 +134,42 @@ fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
     assert!(first.iter().all(|(_, o)| *o == Outcome::Ran), "{first:?}");
     let results = std::fs::read_dir(args.out.join("results")).unwrap().count();
     assert_eq!(results, 10 + 2 * 4);
+    // Bits per byte beside perplexity: the same total NLL over the text's UTF-8 bytes (the
+    // whole WikiText-2 file here, every byte of which the byte-level tokens cover).
+    let v2a4: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(args.out.join("results/v2-a4.json")).unwrap(),
+    )
+    .unwrap();
+    let wiki = &v2a4["wikitext2"];
+    let text_bytes = std::fs::metadata(args.eval_data[0].join("wikitext2/wiki.test.raw"))
+        .unwrap()
+        .len();
+    assert_eq!(wiki["bytes"].as_u64(), Some(text_bytes));
+    let nll_bits = wiki["perplexity"].as_f64().unwrap().log2() * wiki["tokens"].as_f64().unwrap();
+    let bpb = wiki["bits_per_byte"].as_f64().unwrap();
+    assert!(
+        (bpb - nll_bits / text_bytes as f64).abs() < 1e-9 * bpb,
+        "{wiki}"
+    );
+    // Training logs validation bits per byte: below bits per token, as tokens are ≥ 1 byte.
+    let metrics = std::fs::read_to_string(study.dir(V2A4.key).join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = metrics
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("val_loss").is_some())
+        .unwrap();
+    let (val, val_bpb) = (
+        last["val_loss"].as_f64().unwrap(),
+        last["val_bits_per_byte"].as_f64(),
+    );
+    assert!(
+        val_bpb.is_some_and(|b| b > 0.0 && b < val / std::f64::consts::LN_2),
+        "{last}"
+    );
+    let tables = std::fs::read_to_string(args.out.join("paper-tables.md")).unwrap();
+    assert!(tables.contains("| PPL↓ | BPB↓ |"), "{tables}");
+
     let quarot = std::fs::read_to_string(study.dir(QUAROT.key).join("config.json")).unwrap();
     assert!(quarot.contains("bitnet_b158_quarot"), "{quarot}");
     let commands = args.out.join("commands.txt");
