@@ -3,8 +3,9 @@
 //! Map: [`tensor_io`] (safetensors decoding, finiteness checks; a leaf) serves the readers:
 //! [`checkpoint`] (training checkpoints), [`hf_bitnet`] (microsoft/bitnet-b1.58-2B-4T's
 //! layout) and [`format`] (the packed model file, read into memory or memory-mapped). [`pack`]
-//! picks the source layout and writes packed files. [`weights`] (packed projections, norms,
-//! embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`] caches at
+//! picks the source layout and writes packed files. [`gguf`] reads and writes llama.cpp's and
+//! bitnet.cpp's container (I2_S, TQ1_0, TQ2_0, Q6_K, floats). [`weights`] (packed projections,
+//! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`] caches at
 //! f32/f16/int8/int4/int3); [`sample`], [`text_stream`] and [`generate`] turn logits into text.
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod error;
 pub mod format;
 pub mod forward;
 pub mod generate;
+pub mod gguf;
 pub mod hf_bitnet;
 pub mod kv;
 pub mod pack;

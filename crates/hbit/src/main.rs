@@ -8,6 +8,7 @@ mod cli_reference;
 mod demo;
 mod engine_cmds;
 mod eval_cmd;
+mod gguf_cmd;
 mod model_cmds;
 mod plot;
 mod reproduce;
@@ -62,6 +63,11 @@ enum Command {
     Ptq(model_cmds::PtqArgs),
     /// Pack a training checkpoint into a packed inference model file (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
+    /// GGUF files (llama.cpp, bitnet.cpp): inspect what hbit reads from them.
+    Gguf {
+        #[command(subcommand)]
+        what: gguf_cmd::GgufCommand,
+    },
     /// Evaluate a model on the inference engine: perplexity and zero-shot tasks.
     Eval {
         #[command(subcommand)]
@@ -134,6 +140,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => model_cmds::init(&args),
         Command::Logits(args) => model_cmds::logits(&args),
         Command::Pack(args) => engine_cmds::pack(&args),
+        Command::Gguf { what } => gguf_cmd::run(what),
         Command::Ptq(args) => model_cmds::ptq(&args),
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Eval { what } => eval_cmd::run(what),
