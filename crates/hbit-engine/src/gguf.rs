@@ -469,12 +469,18 @@ impl Gguf {
         }
         let (codes, scales) = match info.ty {
             GgmlType::I2S | GgmlType::TQ1_0 | GgmlType::TQ2_0 => ternary_codes(info.ty, data, n),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let values = self.floats(name)?;
+                let (codes, alpha) = ternary_of_floats(&values)
+                    .map_err(|m| EngineError::tensor(&self.path, name, m))?;
+                (codes, Scales::Tensor(alpha))
+            }
             other => {
                 return Err(EngineError::tensor(
                     &self.path,
                     name,
                     format!(
-                        "expected a ternary type (I2_S, TQ1_0, TQ2_0), found {}",
+                        "expected a ternary type (I2_S, TQ1_0, TQ2_0) or ternary floats, found {}",
                         other.name()
                     ),
                 ))
@@ -492,6 +498,30 @@ impl Gguf {
         }
         Ok(TernaryWeights::from_codes(rows, cols, alpha, codes)?)
     }
+}
+
+/// Codes and scale of float weights that are ternary already (`code · alpha`, as a BitNet
+/// model's weights stored at f16 or f32): `alpha = max|w|`, and every weight must be 0 or ±alpha.
+fn ternary_of_floats(values: &[f32]) -> std::result::Result<(Vec<i8>, f32), String> {
+    let alpha = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let codes = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if v == 0.0 {
+                Ok(0)
+            } else if v == alpha {
+                Ok(1)
+            } else if v == -alpha {
+                Ok(-1)
+            } else {
+                Err(format!(
+                    "value {v} at flat index {i} is neither 0 nor ±{alpha}: not ternary weights"
+                ))
+            }
+        })
+        .collect::<std::result::Result<Vec<i8>, String>>()?;
+    Ok((codes, alpha))
 }
 
 /// The 2-bit code of element `i` of I2_S data.

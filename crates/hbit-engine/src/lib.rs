@@ -16,6 +16,7 @@ pub mod format;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_model;
 pub mod hf_bitnet;
 pub mod kv;
 pub mod pack;

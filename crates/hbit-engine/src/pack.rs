@@ -9,6 +9,7 @@ use hbit_model::files::{MODEL_FILE, TOKENIZER_CONFIG_FILE};
 use crate::checkpoint::{checked_latent, read_checkpoint};
 use crate::error::{EngineError, Result};
 use crate::format::write_packed;
+use crate::gguf_model::{is_gguf, read_gguf_model};
 use crate::hf_bitnet::{is_hf_bitnet, read_hf_bitnet};
 use crate::weights::{Int4Layout, Weights};
 
@@ -56,8 +57,8 @@ pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
     }
 }
 
-/// `hbit pack`: quantizes a checkpoint directory ([`load_checkpoint_dir`]) and writes the
-/// packed model file, projections with INT4 inputs in `int4_layout`, with `chat_template` or
+/// `hbit pack`: quantizes a checkpoint directory ([`load_checkpoint_dir`]) or reads a GGUF
+/// BitNet model ([`crate::gguf_model`]) and writes the packed model file, projections with INT4 inputs in `int4_layout`, with `chat_template` or
 /// else the checkpoint's own ([`read_chat_template`]). Returns the packed weights.
 pub fn pack_checkpoint(
     dir: &Path,
@@ -66,12 +67,18 @@ pub fn pack_checkpoint(
     int4_layout: Int4Layout,
     chat_template: Option<String>,
 ) -> Result<Weights> {
-    let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
-    let weights = weights.with_int4_layout(int4_layout);
-    let template = match chat_template {
-        Some(t) => Some(t),
-        None => read_chat_template(dir)?,
+    let (weights, tokenizer, own_template) = match is_gguf(dir) {
+        true => {
+            let m = read_gguf_model(dir, half_embeddings)?;
+            (m.weights, m.tokenizer_json, m.chat_template)
+        }
+        false => {
+            let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
+            (weights, tokenizer, read_chat_template(dir)?)
+        }
     };
+    let weights = weights.with_int4_layout(int4_layout);
+    let template = chat_template.or(own_template);
     write_packed(out, &weights, tokenizer.as_deref(), template.as_deref())?;
     Ok(weights)
 }

@@ -46,6 +46,14 @@ pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
 /// checkpoint directory (training layout or microsoft/bitnet-b1.58-2B-4T layout) in memory,
 /// embeddings kept at f32 so its logits match the training framework's.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    if hbit_engine::gguf_model::is_gguf(path) {
+        let m = hbit_engine::gguf_model::read_gguf_model(path, false)?;
+        return Ok(LoadedModel {
+            engine: Engine::new(m.weights),
+            tokenizer_json: m.tokenizer_json,
+            chat_template: m.chat_template,
+        });
+    }
     if path.is_dir() {
         let (weights, tokenizer_json) = load_checkpoint_dir(path, false)?;
         return Ok(LoadedModel {
@@ -86,7 +94,8 @@ const LAYOUT_NOTE_MIN_BYTES: usize = 16 << 20;
 
 #[derive(Args)]
 pub struct PackArgs {
-    /// Training checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    /// Training checkpoint directory (config.json, model.safetensors, tokenizer.json), an HF
+    /// BitNet checkpoint, or a GGUF BitNet model (bitnet.cpp's I2_S, llama.cpp's TQ1_0/TQ2_0).
     #[arg(long)]
     model: PathBuf,
     /// Output packed model file (one file; read into memory or memory-mapped when loaded).
@@ -388,4 +397,50 @@ pub fn end_tokens(config: &hbit_model::ModelConfig, tokenizer: &Tokenizer) -> Ve
         end.extend(tokenizer.token_to_id(name));
     }
     end
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Format: gguf (bitnet.cpp / llama.cpp). (hf is not written yet.)
+    #[arg(long)]
+    format: String,
+    /// GGUF storage of the ternary projections: i2_s (bitnet.cpp, exact), tq2_0 or tq1_0
+    /// (llama.cpp; scale rounded to f16), f16.
+    #[arg(long, default_value = "i2_s")]
+    quant: String,
+    /// The model: a packed file, a checkpoint directory or a GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output file (replaced whole or not at all).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `hbit export`: a model in another ecosystem's format.
+pub fn export(args: &ExportArgs) -> Result<()> {
+    use hbit_engine::gguf_model::{write_gguf_model, GgufQuant};
+    match args.format.as_str() {
+        "gguf" => {}
+        "hf" => bail!("--format hf: not written yet (GGUF is); see issue 26"),
+        other => bail!("--format {other:?}: expected gguf"),
+    }
+    let quant = GgufQuant::parse(&args.quant)?;
+    let loaded = load_model(&args.model)?;
+    write_gguf_model(
+        &loaded.engine.weights,
+        loaded.tokenizer_json.as_deref(),
+        loaded.chat_template.as_deref(),
+        quant,
+        &args.out,
+    )?;
+    let size = std::fs::metadata(&args.out)
+        .with_context(|| args.out.display().to_string())?
+        .len();
+    println!(
+        "wrote {} (GGUF, projections {}, {:.2} MB)",
+        args.out.display(),
+        args.quant,
+        size as f64 / 1e6
+    );
+    Ok(())
 }

@@ -63,6 +63,8 @@ enum Command {
     Ptq(model_cmds::PtqArgs),
     /// Pack a training checkpoint into a packed inference model file (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
+    /// Write a model for another engine: GGUF for bitnet.cpp / llama.cpp (BitNet b1.58 a8).
+    Export(engine_cmds::ExportArgs),
     /// GGUF files (llama.cpp, bitnet.cpp): inspect what hbit reads from them.
     Gguf {
         #[command(subcommand)]
@@ -141,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logits(args) => model_cmds::logits(&args),
         Command::Pack(args) => engine_cmds::pack(&args),
         Command::Gguf { what } => gguf_cmd::run(what),
+        Command::Export(args) => engine_cmds::export(&args),
         Command::Ptq(args) => model_cmds::ptq(&args),
         Command::Generate(args) => engine_cmds::generate_cmd(&args),
         Command::Eval { what } => eval_cmd::run(what),

@@ -197,7 +197,10 @@ fn what_the_writer_writes_reads_back() {
     // Every tensor starts on the alignment.
     assert!(f.tensors.iter().all(|t| t.offset % DEFAULT_ALIGNMENT == 0));
     let e = f.ternary("f32").unwrap_err().to_string();
-    assert!(e.contains("f32") && e.contains("ternary type"), "{e}");
+    assert!(
+        e.contains("f32") && e.contains("not ternary weights"),
+        "{e}"
+    );
     assert!(f
         .floats("nope")
         .unwrap_err()
@@ -237,6 +240,21 @@ fn per_block_scales_must_agree_for_one_ternary_scale() {
     let mut w = GgufWriter::new();
     w.tensor("w", &[2, 256], GgmlType::TQ2_0, bytes).unwrap();
     assert_eq!(file(&w).ternary("w").unwrap().alpha, 0.5);
+}
+
+/// Floats that are `code · alpha` read back as those codes and alpha.
+#[test]
+fn ternary_floats_read_as_codes_and_scale() {
+    let codes = random_codes(96, 9);
+    let alpha = f16::from_f32(0.3).to_f32();
+    let half: Vec<u8> = codes
+        .iter()
+        .flat_map(|&c| f16::from_f32(c as f32 * alpha).to_le_bytes())
+        .collect();
+    let mut w = GgufWriter::new();
+    w.tensor("w", &[3, 32], GgmlType::F16, half).unwrap();
+    let t = file(&w).ternary("w").unwrap();
+    assert_eq!((t.alpha, t.codes), (alpha, codes));
 }
 
 #[test]
