@@ -243,3 +243,182 @@ impl TensorSource for HfSource<'_> {
         Ok(FloatMatrix { rows, cols, data })
     }
 }
+
+/// HF's packed `[out/4, in]` bytes of ternary `codes` `[out, in]` (the inverse of
+/// [`unpack_hf_codes`]): row `r` goes to field `r / (out/4)` of packed row `r % (out/4)`.
+pub fn pack_hf_codes(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
+    let p = rows / 4;
+    let mut packed = vec![0u8; p * cols];
+    for r in 0..rows {
+        for k in 0..cols {
+            packed[(r % p) * cols + k] |= ((codes[r * cols + k] + 1) as u8) << (2 * (r / p));
+        }
+    }
+    packed
+}
+
+/// The `weight_scale` of a tensor of scale `alpha`: `1 / alpha` (the scale divides), nudged by
+/// an ulp where that makes the reader's `1 / weight_scale` give `alpha` back exactly.
+fn weight_scale(alpha: f32) -> f32 {
+    let s = 1.0 / alpha;
+    [
+        s,
+        f32::from_bits(s.to_bits() + 1),
+        f32::from_bits(s.to_bits() - 1),
+    ]
+    .into_iter()
+    .find(|&c| 1.0 / c == alpha)
+    .unwrap_or(s)
+}
+
+/// Writes `weights` into `dir` in the layout transformers' `BitNetForCausalLM` loads (that of
+/// microsoft/bitnet-b1.58-2B-4T): `config.json` with `quantization_config`, `model.safetensors`
+/// with packed U8 `[out/4, in]` projections and their `weight_scale`, norms and embeddings at
+/// f32, and the tokenizer files when given. BitNet b1.58 at 8-bit activations only: the other
+/// variants need a modeling file of their own.
+pub fn write_hf_bitnet(
+    weights: &Weights,
+    tokenizer_json: Option<&str>,
+    chat_template: Option<&str>,
+    dir: &Path,
+) -> Result<()> {
+    let c = &weights.config;
+    if c.variant != Variant::BitnetB158 || c.activation_bits != hbit_kernels::ActBits::Int8 {
+        return Err(EngineError::Input(format!(
+            "HF export: transformers' BitNetForCausalLM runs BitNet b1.58 at 8-bit activations;              a {} a{} model needs a remote-code modeling file, which hbit does not write yet",
+            c.variant.name(),
+            c.activation_bits.bits()
+        )));
+    }
+    if let Some(p) = weights
+        .layers
+        .iter()
+        .flat_map(|l| hbit_model::Proj::ALL.map(|p| l.projection(p)))
+        .find(|p| !p.weight.rows().is_multiple_of(4))
+    {
+        return Err(EngineError::Input(format!(
+            "HF export: a projection of {} rows does not pack four rows a byte",
+            p.weight.rows()
+        )));
+    }
+    let config = serde_json::json!({
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "hidden_act": c.hidden_act.name(),
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "torch_dtype": "float32",
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "bitlinear",
+            "quantization_mode": "offline",
+        },
+    });
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let matrix = |m: &FloatMatrix| -> Vec<u8> {
+        match m.view() {
+            hbit_kernels::FloatWeights::F32(v) => f32_bytes(v),
+            hbit_kernels::FloatWeights::F16(v) => {
+                v.iter().flat_map(|x| x.to_f32().to_le_bytes()).collect()
+            }
+            hbit_kernels::FloatWeights::I8 { codes, scales } => codes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &q)| (q as f32 * scales[i / m.cols]).to_le_bytes())
+                .collect(),
+        }
+    };
+    use hbit_model::tensors::{
+        layer_norm, proj_weight, ATTN_SUB_NORM, EMBED_TOKENS, FFN_SUB_NORM, FINAL_NORM, INPUT_NORM,
+        LM_HEAD, POST_ATTENTION_NORM,
+    };
+    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![(
+        EMBED_TOKENS.into(),
+        Dtype::F32,
+        vec![c.vocab_size, c.hidden_size],
+        matrix(&weights.embed_tokens),
+    )];
+    blobs.push((
+        FINAL_NORM.into(),
+        Dtype::F32,
+        vec![c.hidden_size],
+        f32_bytes(&weights.norm),
+    ));
+    if let Some(head) = &weights.lm_head {
+        blobs.push((
+            LM_HEAD.into(),
+            Dtype::F32,
+            vec![c.vocab_size, c.hidden_size],
+            matrix(head),
+        ));
+    }
+    for (l, layer) in weights.layers.iter().enumerate() {
+        for (key, v) in [
+            (INPUT_NORM, &layer.input_layernorm),
+            (ATTN_SUB_NORM, &layer.attn_sub_norm),
+            (POST_ATTENTION_NORM, &layer.post_attention_layernorm),
+            (FFN_SUB_NORM, &layer.ffn_sub_norm),
+        ] {
+            blobs.push((layer_norm(l, key), Dtype::F32, vec![v.len()], f32_bytes(v)));
+        }
+        for p in hbit_model::Proj::ALL {
+            let t = layer.projection(p).weight.unpack();
+            let name = proj_weight(l, p);
+            let packed = pack_hf_codes(&t.codes, t.rows, t.cols);
+            blobs.push((name.clone(), Dtype::U8, vec![t.rows / 4, t.cols], packed));
+            let scale = weight_scale(t.alpha).to_le_bytes().to_vec();
+            blobs.push((format!("{name}_scale"), Dtype::F32, vec![1], scale));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
+        .iter()
+        .map(|(n, d, shape, b)| {
+            safetensors::tensor::TensorView::new(*d, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| EngineError::Input(format!("HF export: tensor {n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let tmp = dir.with_extension("partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
+    let write = |name: &str, bytes: &[u8]| -> Result<()> {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))
+    };
+    write(
+        CONFIG_FILE,
+        serde_json::to_string_pretty(&config)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let model = tmp.join(MODEL_FILE);
+    safetensors::serialize_to_file(views, None, &model)
+        .map_err(|e| EngineError::format(&model, format!("writing safetensors: {e}")))?;
+    if let Some(t) = tokenizer_json {
+        write(TOKENIZER_FILE, t.as_bytes())?;
+    }
+    if let Some(t) = chat_template {
+        let cfg = serde_json::json!({ "chat_template": t });
+        write(
+            hbit_model::files::TOKENIZER_CONFIG_FILE,
+            cfg.to_string().as_bytes(),
+        )?;
+    }
+    // The finished directory replaces any earlier one whole.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| EngineError::io(dir, e))
+}

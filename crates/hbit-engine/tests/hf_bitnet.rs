@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use half::bf16;
 use hbit_engine::format::load_packed;
-use hbit_engine::hf_bitnet::unpack_hf_codes;
+use hbit_engine::hf_bitnet::{pack_hf_codes, unpack_hf_codes};
 use hbit_engine::pack::{load_checkpoint_dir, pack_checkpoint};
 use hbit_engine::{Engine, KvBits, Logits, Weights};
 use hbit_kernels::{quantize_ternary, ActBits};
@@ -28,18 +28,6 @@ fn latent() -> HashMap<String, Vec<f32>> {
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
         .collect()
-}
-
-/// HF's packing: row `r` is field `r / (out/4)` of packed row `r % (out/4)`.
-fn pack_hf(codes: &[i8], rows: usize, cols: usize) -> Vec<u8> {
-    let p = rows / 4;
-    let mut packed = vec![0u8; p * cols];
-    for r in 0..rows {
-        for k in 0..cols {
-            packed[(r % p) * cols + k] |= ((codes[r * cols + k] + 1) as u8) << (2 * (r / p));
-        }
-    }
-    packed
 }
 
 /// Writes the checkpoint in the 2B4T layout; `scale_of(alpha)` is what goes in `weight_scale`.
@@ -68,7 +56,7 @@ fn write_hf(dir: &Path, scale_of: impl Fn(f32) -> f32) {
                 name.clone(),
                 Dtype::U8,
                 vec![rows / 4, cols],
-                pack_hf(&q.codes, rows, cols),
+                pack_hf_codes(&q.codes, rows, cols),
             ));
             let s = bf16::from_f32(scale_of(q.alpha)).to_le_bytes().to_vec();
             blobs.push((format!("{name}_scale"), Dtype::BF16, vec![1], s));
@@ -159,10 +147,61 @@ fn hf_bitnet_layout_loads_and_weight_scale_divides() {
 fn unpacking_follows_the_hf_layout_and_refuses_code_3() {
     // 8 rows, 1 column: packed row 0 holds rows 0, 2, 4, 6 in fields 0..4; row 1 the odd rows.
     let codes: Vec<i8> = vec![-1, 0, 1, -1, 0, 1, 1, 0];
-    let packed = pack_hf(&codes, 8, 1);
+    let packed = pack_hf_codes(&codes, 8, 1);
     // Even rows -1, 1, 0, 1 -> codes 0, 2, 1, 2 in fields 0..4; odd rows 0, -1, 1, 0 -> 1, 0, 2, 1.
     assert_eq!(packed, vec![0b10_01_10_00, 0b01_10_00_01]);
     assert_eq!(unpack_hf_codes(&packed, 8, 1).unwrap(), codes);
     let e = unpack_hf_codes(&[0b11, 0], 8, 1).unwrap_err();
     assert!(e.contains("code 3"), "{e}");
+}
+
+/// hbit's HF export reads back through the HF reader to the same config and bit-identical
+/// logits, for both FFN activations; a BitNet v2 model is refused.
+#[test]
+fn an_hf_export_reads_back_to_the_same_logits() {
+    let dir = std::env::temp_dir().join(format!("hbit-hf-export-{}", std::process::id()));
+    for act in [HiddenAct::Relu2, HiddenAct::Silu] {
+        let c = preset("micro", Variant::BitnetB158, ActBits::Int8)
+            .unwrap()
+            .with_quantization(Variant::BitnetB158, ActBits::Int8, act)
+            .unwrap();
+        let model = BitnetModel::init(&c, 17).unwrap();
+        let latent: HashMap<String, Vec<f32>> = model
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        let weights = || Weights::from_latent(&c, &latent, false, Path::new("<test>")).unwrap();
+        hbit_engine::hf_bitnet::write_hf_bitnet(&weights(), None, Some("{{ x }}"), &dir).unwrap();
+        let (back, tokenizer) = load_checkpoint_dir(&dir, false).unwrap();
+        assert!(tokenizer.is_none());
+        assert_eq!(back.config, c);
+        assert_eq!(
+            logits(back).iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            logits(weights())
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            "{act:?}"
+        );
+        assert_eq!(
+            hbit_engine::pack::read_chat_template(&dir)
+                .unwrap()
+                .as_deref(),
+            Some("{{ x }}")
+        );
+    }
+    let v2 = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+    let model = BitnetModel::init(&v2, 1).unwrap();
+    let latent: HashMap<String, Vec<f32>> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    let w = Weights::from_latent(&v2, &latent, false, Path::new("<test>")).unwrap();
+    let e = hbit_engine::hf_bitnet::write_hf_bitnet(&w, None, None, &dir.join("v2"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bitnet_v2") && e.contains("remote-code"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

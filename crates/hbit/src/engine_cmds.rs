@@ -401,17 +401,18 @@ pub fn end_tokens(config: &hbit_model::ModelConfig, tokenizer: &Tokenizer) -> Ve
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Format: gguf (bitnet.cpp / llama.cpp). (hf is not written yet.)
+    /// Format: gguf (bitnet.cpp / llama.cpp: a file) or hf (transformers' BitNetForCausalLM
+    /// layout: a directory).
     #[arg(long)]
     format: String,
     /// GGUF storage of the ternary projections: i2_s (bitnet.cpp, exact), tq2_0 or tq1_0
-    /// (llama.cpp; scale rounded to f16), f16.
+    /// (llama.cpp; scale rounded to f16), f16. Not used by --format hf.
     #[arg(long, default_value = "i2_s")]
     quant: String,
     /// The model: a packed file, a checkpoint directory or a GGUF file.
     #[arg(long)]
     model: PathBuf,
-    /// Output file (replaced whole or not at all).
+    /// Output file (gguf) or directory (hf), replaced whole or not at all.
     #[arg(long)]
     out: PathBuf,
 }
@@ -419,13 +420,22 @@ pub struct ExportArgs {
 /// `hbit export`: a model in another ecosystem's format.
 pub fn export(args: &ExportArgs) -> Result<()> {
     use hbit_engine::gguf_model::{write_gguf_model, GgufQuant};
+    let loaded = load_model(&args.model)?;
     match args.format.as_str() {
         "gguf" => {}
-        "hf" => bail!("--format hf: not written yet (GGUF is); see issue 26"),
-        other => bail!("--format {other:?}: expected gguf"),
+        "hf" => {
+            hbit_engine::hf_bitnet::write_hf_bitnet(
+                &loaded.engine.weights,
+                loaded.tokenizer_json.as_deref(),
+                loaded.chat_template.as_deref(),
+                &args.out,
+            )?;
+            println!("wrote {} (HF BitNetForCausalLM layout)", args.out.display());
+            return Ok(());
+        }
+        other => bail!("--format {other:?}: expected gguf or hf"),
     }
     let quant = GgufQuant::parse(&args.quant)?;
-    let loaded = load_model(&args.model)?;
     write_gguf_model(
         &loaded.engine.weights,
         loaded.tokenizer_json.as_deref(),
