@@ -328,9 +328,9 @@ fn triple_split_by_tokens(rows: usize, tokens: usize) -> bool {
 /// Whether a lookup-table product splits its token tiles, not its rows, across the threads.
 /// Every token's tables cost 8 bytes per column, the weights 2 bits per row and column: with
 /// more than `rows / 32` tokens the tables outweigh the weights, and a row split would have
-/// every part read all of them (at 768×3072 and 128 tokens, 3.1 MB of tables against 0.6 MB of
-/// weights, INT4 ran at 0.71× INT8). Splitting the token tiles reads each table once; every
-/// part then reads the smaller weights. Needs enough tiles to keep every thread busy.
+/// every part read all of them. Splitting the token tiles reads each table once; every part
+/// then reads the smaller weights. Needs enough tiles to keep every thread busy
+/// (reports/kernels.md, "After the fourth run: token split").
 fn lut_split_by_tokens(rows: usize, tokens: usize, token_tile: usize) -> bool {
     let tiles = tokens.div_ceil(token_tile);
     tokens * 32 > rows && tiles >= 2 * rayon::current_num_threads()
