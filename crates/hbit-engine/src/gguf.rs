@@ -41,6 +41,8 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// At most this many dimensions per tensor (ggml's `GGML_MAX_DIMS`).
 const MAX_DIMS: u32 = 4;
+/// At most this many elements per metadata array.
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -298,6 +300,7 @@ impl Gguf {
         };
         r.check_count(n_tensors, 24, "tensor count")?;
         let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
+        let mut names = std::collections::HashSet::new();
         for i in 0..n_tensors {
             let name = r.string(&format!("tensor {i} name"))?;
             let n_dims = r.u32(&format!("tensor {name:?} dimension count"))?;
@@ -339,7 +342,7 @@ impl Gguf {
                     format!("offset {offset} is not a multiple of the alignment {alignment}"),
                 ));
             }
-            if tensors.iter().any(|t| t.name == name) {
+            if !names.insert(name.clone()) {
                 return Err(r.tensor_err(&name, "appears twice"));
             }
             tensors.push(TensorInfo {
@@ -489,11 +492,11 @@ impl Gguf {
         let alpha = scales
             .single(&codes)
             .map_err(|m| EngineError::tensor(&self.path, name, m))?;
-        if !alpha.is_finite() {
+        if !alpha.is_finite() || alpha < 0.0 {
             return Err(EngineError::tensor(
                 &self.path,
                 name,
-                format!("scale {alpha} is not finite"),
+                format!("scale {alpha}: expected a finite, non-negative scale"),
             ));
         }
         Ok(TernaryWeights::from_codes(rows, cols, alpha, codes)?)
@@ -762,6 +765,14 @@ impl Reader<'_> {
                     other => return Err(self.err(format!("{what}: array element type {other}"))),
                 };
                 self.check_count(count, min, &what)?;
+                // Each element costs a `Value` in memory, many times its bytes in the file: a
+                // cap keeps a crafted file from exhausting memory (vocabularies and merges are
+                // well below it).
+                if count > MAX_ARRAY_ELEMENTS {
+                    return Err(self.err(format!(
+                        "{what}: an array of {count} elements (at most {MAX_ARRAY_ELEMENTS} read)"
+                    )));
+                }
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem, key, false)?);
@@ -823,14 +834,40 @@ impl GgufWriter {
         Ok(self)
     }
 
-    /// The file's bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let alignment = self
-            .metadata
-            .iter()
-            .find(|(k, _)| k == ALIGNMENT_KEY)
-            .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(DEFAULT_ALIGNMENT);
+    /// The file's bytes; errors for metadata a reader would refuse (an alignment that is not a
+    /// u32 power of two, an array of mixed or no types, a key given twice).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let bad = |m: String| EngineError::Input(format!("GGUF writer: {m}"));
+        let mut keys = std::collections::HashSet::new();
+        for (k, v) in &self.metadata {
+            if !keys.insert(k) {
+                return Err(bad(format!("metadata {k:?} given twice")));
+            }
+            if let Value::Array(items) = v {
+                let first = items.first().map(Value::type_id);
+                if first.is_none() || items.iter().any(|i| Some(i.type_id()) != first) {
+                    return Err(bad(format!(
+                        "metadata {k:?}: arrays must be non-empty and of one type"
+                    )));
+                }
+                if first == Some(9) {
+                    return Err(bad(format!("metadata {k:?}: an array of arrays")));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some((info, _)) = self.tensors.iter().find(|(t, _)| !names.insert(&t.name)) {
+            return Err(bad(format!("tensor {:?} given twice", info.name)));
+        }
+        let alignment = match self.metadata.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
+            Some((_, v)) => {
+                return Err(bad(format!(
+                    "{ALIGNMENT_KEY}: expected a u32 power of two, found {v:?}"
+                )))
+            }
+        };
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -857,15 +894,27 @@ impl GgufWriter {
             out.extend_from_slice(data);
             pad(&mut out, alignment);
         }
-        out
+        Ok(out)
     }
 
-    /// Writes the file through a temporary file and a rename, so an existing file is replaced
-    /// whole or not at all.
+    /// Writes the file through a temporary file (synced before the rename), so an existing file
+    /// is replaced whole or not at all.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("gguf.partial");
-        std::fs::write(&tmp, self.to_bytes()).map_err(|e| EngineError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
+        use std::io::Write;
+        let bytes = self.to_bytes()?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".partial-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(EngineError::io(&tmp, e));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            EngineError::io(path, e)
+        })
     }
 }
 
@@ -891,6 +940,7 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
         Value::Bool(v) => out.push(u8::from(*v)),
         Value::String(s) => put_string(out, s),
         Value::Array(items) => {
+            // `to_bytes` checked that arrays are non-empty and of one type.
             let elem = items.first().map_or(4, Value::type_id);
             out.extend_from_slice(&elem.to_le_bytes());
             out.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -905,7 +955,8 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
 }
 
 /// I2_S bytes of ternary `codes` (a whole number of 128-element blocks) with `scale`.
-pub fn encode_i2s(codes: &[i8], scale: f32) -> Vec<u8> {
+pub fn encode_i2s(codes: &[i8], scale: f32) -> Result<Vec<u8>> {
+    whole_blocks(codes, 128, "I2_S")?;
     let n = codes.len();
     let mut out = vec![0u8; n / 4 + 32];
     for (i, &c) in codes.iter().enumerate() {
@@ -913,11 +964,29 @@ pub fn encode_i2s(codes: &[i8], scale: f32) -> Vec<u8> {
         out[block * 32 + j % 32] |= ((c + 1) as u8) << (6 - 2 * (j / 32));
     }
     out[n / 4..n / 4 + 4].copy_from_slice(&scale.to_le_bytes());
-    out
+    Ok(out)
+}
+
+/// Refuses codes that are not whole blocks of `block` or not ternary.
+fn whole_blocks(codes: &[i8], block: usize, what: &str) -> Result<()> {
+    if !codes.len().is_multiple_of(block) {
+        return Err(EngineError::Input(format!(
+            "{what}: {} values are not whole blocks of {block}",
+            codes.len()
+        )));
+    }
+    if let Some(i) = codes.iter().position(|c| !(-1..=1).contains(c)) {
+        return Err(EngineError::Input(format!(
+            "{what}: code {} at index {i} is not ternary",
+            codes[i]
+        )));
+    }
+    Ok(())
 }
 
 /// TQ2_0 bytes of ternary `codes` (whole 256-element blocks), every block with scale `d`.
-pub fn encode_tq2_0(codes: &[i8], d: f16) -> Vec<u8> {
+pub fn encode_tq2_0(codes: &[i8], d: f16) -> Result<Vec<u8>> {
+    whole_blocks(codes, 256, "TQ2_0")?;
     let mut out = Vec::with_capacity(codes.len() / 256 * 66);
     for block in codes.chunks(256) {
         let mut qs = [0u8; 64];
@@ -931,12 +1000,13 @@ pub fn encode_tq2_0(codes: &[i8], d: f16) -> Vec<u8> {
         out.extend_from_slice(&qs);
         out.extend_from_slice(&d.to_le_bytes());
     }
-    out
+    Ok(out)
 }
 
 /// TQ1_0 bytes of ternary `codes` (whole 256-element blocks), every block with scale `d`:
 /// each byte the base-3 number of its trits (first most significant) as `ceil(q · 256 / 243)`.
-pub fn encode_tq1_0(codes: &[i8], d: f16) -> Vec<u8> {
+pub fn encode_tq1_0(codes: &[i8], d: f16) -> Result<Vec<u8>> {
+    whole_blocks(codes, 256, "TQ1_0")?;
     let byte = |trits: &[i8]| -> u8 {
         let q = trits.iter().fold(0u16, |q, &c| q * 3 + (c + 1) as u16);
         (q * 256).div_ceil(243) as u8
@@ -959,7 +1029,7 @@ pub fn encode_tq1_0(codes: &[i8], d: f16) -> Vec<u8> {
         }
         out.extend_from_slice(&d.to_le_bytes());
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! sub-norms before W_o and W_down, rotate-half RoPE over Q/K rows in HF order, the output
 //! layer tied to `token_embd` unless `output.weight` is present. That is hbit's `bitnet_b158`
 //! variant at a8, tensor for tensor ([`gguf_name`]); a BitNet v2 model, whose W_o and W_down
-//! inputs pass through a Hadamard transform those engines do not apply, is refused.
+//! inputs pass through a Hadamard transform those engines do not apply, is refused. Upstream
+//! llama.cpp knows `bitnet` (SwiGLU) only; `bitnet-b1.58` files run in bitnet.cpp. I2_S is the
+//! x86 layout of bitnet.cpp (its ARM build packs 64-weight blocks; files carry no marker).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -116,7 +118,10 @@ pub fn gguf_config(file: &Gguf) -> Result<ModelConfig> {
         intermediate_size: int("feed_forward_length")?,
         num_hidden_layers: int("block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+        num_key_value_heads: match file.get(&format!("{arch}.attention.head_count_kv")) {
+            None => heads,
+            Some(_) => int("attention.head_count_kv")?,
+        },
         vocab_size,
         max_position_embeddings: int("context_length")?,
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
@@ -134,6 +139,18 @@ pub fn gguf_config(file: &Gguf) -> Result<ModelConfig> {
             hadamard_block: None,
         },
     };
+    // Every block's tensors must be in the file: a layer count read from metadata decides
+    // allocations before any tensor is read, so a damaged count is refused here.
+    let last = config_file.num_hidden_layers.checked_sub(1);
+    if last.is_none_or(|l| file.tensor(&format!("blk.{l}.attn_q.weight")).is_none()) {
+        return Err(EngineError::format(
+            path,
+            format!(
+                "{arch}.block_count {}: the file has no blk.N.attn_q.weight for the last block",
+                config_file.num_hidden_layers
+            ),
+        ));
+    }
     let config = ModelConfig::from_file(&config_file)
         .map_err(|e| EngineError::format(path, e.to_string()))?;
     if let Ok(rot) = int("rope.dimension_count") {
@@ -271,12 +288,21 @@ impl TensorSource for GgufSource<'_> {
 /// ggml's token types.
 const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+const TOKEN_UNUSED: i32 = 5;
 
 /// An HF `tokenizer.json` for a GGUF `gpt2` vocabulary (byte-level BPE: tokens, merges, control
 /// tokens as special added tokens); `None` for other tokenizer models.
 fn tokenizer_json(file: &Gguf) -> Result<Option<String>> {
     if file.get("tokenizer.ggml.model").and_then(Value::as_str) != Some("gpt2") {
         return Ok(None);
+    }
+    // Only GPT-2's own pre-tokenizer is rebuilt; others (Llama-3's "llama-bpe", ...) split
+    // text differently, and a tokenizer that looked right but split wrongly would be worse
+    // than none.
+    match file.get("tokenizer.ggml.pre").and_then(Value::as_str) {
+        None | Some("gpt-2") | Some("default") => {}
+        Some(_) => return Ok(None),
     }
     let strings = |key: &str| -> Result<Vec<String>> {
         let items = file
@@ -312,10 +338,16 @@ fn tokenizer_json(file: &Gguf) -> Result<Option<String>> {
     let added: Vec<Json> = tokens
         .iter()
         .enumerate()
-        .filter(|&(i, _)| types.get(i) == Some(&TOKEN_CONTROL))
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+        .filter_map(|(i, t)| {
+            let special = match types.get(i) {
+                Some(&TOKEN_CONTROL) => true,
+                Some(&TOKEN_USER_DEFINED) => false,
+                _ => return None,
+            };
+            Some(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": !special, "special": special}),
+            )
         })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
@@ -365,8 +397,8 @@ impl GgufQuant {
     }
 }
 
-/// Writes `weights` as a GGUF model bitnet.cpp and llama.cpp load, projections in `quant`,
-/// norms at f32, the embedding (and an untied head) at f32 or f16 as held; the vocabulary
+/// Writes `weights` as a GGUF model for bitnet.cpp (and, SwiGLU models in TQ types, llama.cpp),
+/// projections in `quant`, norms at f32, the (tied) embedding at f32 or f16 as held; the vocabulary
 /// from an HF byte-level BPE `tokenizer_json` and the chat template when given. Refuses models those engines would
 /// run differently (BitNet v2's Hadamard, a4, a4.8's sparsity, rotated PTQ baselines).
 pub fn write_gguf_model(
@@ -390,6 +422,13 @@ pub fn write_gguf_model(
                 _ => "their graph has no place for this variant's changes",
             }
         )));
+    }
+    if !c.tie_word_embeddings {
+        return Err(EngineError::Input(
+            "GGUF export: bitnet.cpp's BitNet graphs take the output layer from token_embd; a \
+             model with its own LM head cannot be written for them"
+                .into(),
+        ));
     }
     let arch = architecture(c.hidden_act);
     let mut w = GgufWriter::new();
@@ -458,10 +497,6 @@ pub fn write_gguf_model(
         GgmlType::F32,
         f32_bytes(&weights.norm),
     )?;
-    if let Some(head) = &weights.lm_head {
-        let (ty, bytes) = floats(head);
-        w.tensor("output.weight", &[c.vocab_size, c.hidden_size], ty, bytes)?;
-    }
     for (l, layer) in weights.layers.iter().enumerate() {
         let name = |short: &str| format!("blk.{l}.{short}.weight");
         let norms = [
@@ -499,12 +534,13 @@ fn encode_ternary(
 ) -> std::result::Result<(GgmlType, Vec<u8>), String> {
     let scale16 = f16::from_f32(t.alpha);
     match quant {
-        GgufQuant::I2S if t.codes.len().is_multiple_of(128) => {
-            Ok((GgmlType::I2S, encode_i2s(&t.codes, t.alpha)))
-        }
+        // bitnet.cpp reads row r at byte r·cols/4: its 128-weight blocks must not span rows.
+        GgufQuant::I2S if t.cols.is_multiple_of(128) => encode_i2s(&t.codes, t.alpha)
+            .map(|b| (GgmlType::I2S, b))
+            .map_err(|e| e.to_string()),
         GgufQuant::I2S => Err(format!(
-            "I2_S packs 128 weights a block; {} weights are not whole blocks",
-            t.codes.len()
+            "I2_S packs 128 weights of a row a block; rows of {} columns do not fill them",
+            t.cols
         )),
         GgufQuant::TQ2_0 | GgufQuant::TQ1_0 if !t.cols.is_multiple_of(256) => Err(format!(
             "{} packs rows in blocks of 256; rows of {} columns do not fill them",
@@ -515,8 +551,12 @@ fn encode_ternary(
             },
             t.cols
         )),
-        GgufQuant::TQ2_0 => Ok((GgmlType::TQ2_0, encode_tq2_0(&t.codes, scale16))),
-        GgufQuant::TQ1_0 => Ok((GgmlType::TQ1_0, encode_tq1_0(&t.codes, scale16))),
+        GgufQuant::TQ2_0 => encode_tq2_0(&t.codes, scale16)
+            .map(|b| (GgmlType::TQ2_0, b))
+            .map_err(|e| e.to_string()),
+        GgufQuant::TQ1_0 => encode_tq1_0(&t.codes, scale16)
+            .map(|b| (GgmlType::TQ1_0, b))
+            .map_err(|e| e.to_string()),
         GgufQuant::F16 => Ok((
             GgmlType::F16,
             t.codes
@@ -534,9 +574,18 @@ fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) -> Result<(
     let bad = |m: &str| EngineError::Tokenizer(format!("GGUF export: tokenizer.json {m}"));
     let v: Json = serde_json::from_str(text).map_err(|e| bad(&format!("is not JSON ({e})")))?;
     let model = &v["model"];
-    if model["type"].as_str() != Some("BPE") {
+    let byte_level = |part: &str| {
+        v[part]["type"].as_str() == Some("ByteLevel")
+            || v[part]["pretokenizers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
+    };
+    if model["type"].as_str() != Some("BPE")
+        || !byte_level("pre_tokenizer")
+        || !byte_level("decoder")
+    {
         return Err(bad(
-            "is not a BPE model (only byte-level BPE vocabularies are written)",
+            "is not a byte-level BPE (only those are written as llama.cpp's gpt2 vocabulary)",
         ));
     }
     let vocab = model["vocab"]
@@ -564,15 +613,22 @@ fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) -> Result<(
             continue;
         };
         place(token, id)?;
-        if t["special"].as_bool() == Some(true) {
-            types[id as usize] = TOKEN_CONTROL;
-        }
+        types[id as usize] = match t["special"].as_bool() {
+            Some(true) => TOKEN_CONTROL,
+            _ => TOKEN_USER_DEFINED,
+        };
     }
-    // Ids no token claims (a vocabulary smaller than the embedding) get unique placeholders.
+    // Ids no token claims (a vocabulary smaller than the embedding) get unused placeholders.
     for (i, t) in tokens.iter_mut().enumerate() {
         if t.is_empty() {
             *t = format!("[PAD{i}]");
+            types[i] = TOKEN_UNUSED;
         }
+    }
+    // llama.cpp refuses a vocabulary with a token string twice.
+    let mut seen = HashSet::new();
+    if let Some(t) = tokens.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(bad(&format!("has the token {t:?} twice")));
     }
     let merges: Vec<Value> = model["merges"]
         .as_array()
@@ -600,6 +656,12 @@ fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) -> Result<(
             Value::Array(types.into_iter().map(Value::I32).collect()),
         )
         .metadata("tokenizer.ggml.merges", Value::Array(merges));
+    // hbit starts every sequence with the model's BOS when it has one; say so, as llama.cpp
+    // adds none for a gpt2 vocabulary unless told.
+    w.metadata(
+        "tokenizer.ggml.add_bos_token",
+        Value::Bool(c.bos_token_id.is_some()),
+    );
     if let Some(b) = c.bos_token_id {
         w.metadata("tokenizer.ggml.bos_token_id", Value::U32(b));
     }

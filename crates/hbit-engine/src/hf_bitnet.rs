@@ -23,7 +23,7 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
-use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE};
+use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 
 use crate::error::{EngineError, Result};
 use crate::tensor_io::{check_finite, decode_floats};
@@ -285,7 +285,8 @@ pub fn write_hf_bitnet(
     let c = &weights.config;
     if c.variant != Variant::BitnetB158 || c.activation_bits != hbit_kernels::ActBits::Int8 {
         return Err(EngineError::Input(format!(
-            "HF export: transformers' BitNetForCausalLM runs BitNet b1.58 at 8-bit activations;              a {} a{} model needs a remote-code modeling file, which hbit does not write yet",
+            "HF export: transformers' BitNetForCausalLM runs BitNet b1.58 at 8-bit activations; \
+             a {} a{} model needs a remote-code modeling file, which hbit does not write yet",
             c.variant.name(),
             c.activation_bits.bits()
         )));
@@ -388,37 +389,92 @@ pub fn write_hf_bitnet(
                 .map_err(|e| EngineError::Input(format!("HF export: tensor {n}: {e}")))
         })
         .collect::<Result<_>>()?;
-    let tmp = dir.with_extension("partial");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        .ok_or_else(|| {
+            EngineError::Input(format!(
+                "HF export: {} names no directory to create (give a new directory's path)",
+                dir.display()
+            ))
+        })?;
+    refuse_foreign_files(dir)?;
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-    let write = |name: &str, bytes: &[u8]| -> Result<()> {
-        let path = tmp.join(name);
-        std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))
-    };
-    write(
-        CONFIG_FILE,
-        serde_json::to_string_pretty(&config)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    let model = tmp.join(MODEL_FILE);
-    safetensors::serialize_to_file(views, None, &model)
-        .map_err(|e| EngineError::format(&model, format!("writing safetensors: {e}")))?;
-    if let Some(t) = tokenizer_json {
-        write(TOKENIZER_FILE, t.as_bytes())?;
+    let result = (|| -> Result<()> {
+        let write = |name: &str, bytes: &[u8]| -> Result<()> {
+            let path = tmp.join(name);
+            std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))
+        };
+        let config = serde_json::to_string_pretty(&config).unwrap_or_default();
+        write(CONFIG_FILE, config.as_bytes())?;
+        let model = tmp.join(MODEL_FILE);
+        safetensors::serialize_to_file(views, None, &model)
+            .map_err(|e| EngineError::format(&model, format!("writing safetensors: {e}")))?;
+        if let Some(t) = tokenizer_json {
+            write(TOKENIZER_FILE, t.as_bytes())?;
+        }
+        if let Some(t) = chat_template {
+            let cfg = serde_json::json!({ "chat_template": t });
+            write(TOKENIZER_CONFIG_FILE, cfg.to_string().as_bytes())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    if let Some(t) = chat_template {
-        let cfg = serde_json::json!({ "chat_template": t });
-        write(
-            hbit_model::files::TOKENIZER_CONFIG_FILE,
-            cfg.to_string().as_bytes(),
-        )?;
+    // An earlier export (checked to hold only the files written here) moves aside, the new
+    // directory takes its name, then the old one goes: `dir` always holds a whole export.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(|e| EngineError::io(dir, e))?;
     }
-    // The finished directory replaces any earlier one whole.
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    std::fs::rename(&tmp, dir).map_err(|e| EngineError::io(dir, e))?;
+    if had_old {
+        std::fs::remove_dir_all(&old).map_err(|e| EngineError::io(&old, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| EngineError::io(dir, e))
+    Ok(())
+}
+
+/// The files an HF export writes.
+const EXPORT_FILES: [&str; 4] = [
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+];
+
+/// Refuses an output path that exists and holds anything but an earlier export's files, so an
+/// export never deletes what it did not write.
+fn refuse_foreign_files(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err(EngineError::Input(format!(
+            "HF export: {} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| EngineError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| EngineError::io(dir, e))?;
+        let name = entry.file_name();
+        if !EXPORT_FILES.iter().any(|f| name == *f) {
+            return Err(EngineError::Input(format!(
+                "HF export: {} holds {:?}, which an export does not write; choose a new or \
+                 empty directory",
+                dir.display(),
+                name
+            )));
+        }
+    }
+    Ok(())
 }

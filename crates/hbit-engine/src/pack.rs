@@ -67,18 +67,26 @@ pub fn pack_checkpoint(
     int4_layout: Int4Layout,
     chat_template: Option<String>,
 ) -> Result<Weights> {
-    let (weights, tokenizer, own_template) = match is_gguf(dir) {
+    let (weights, tokenizer, template) = match is_gguf(dir) {
         true => {
             let m = read_gguf_model(dir, half_embeddings)?;
-            (m.weights, m.tokenizer_json, m.chat_template)
+            (
+                m.weights,
+                m.tokenizer_json,
+                chat_template.or(m.chat_template),
+            )
         }
         false => {
             let (weights, tokenizer) = load_checkpoint_dir(dir, half_embeddings)?;
-            (weights, tokenizer, read_chat_template(dir)?)
+            // The checkpoint's template is read only when none is given.
+            let template = match chat_template {
+                Some(t) => Some(t),
+                None => read_chat_template(dir)?,
+            };
+            (weights, tokenizer, template)
         }
     };
     let weights = weights.with_int4_layout(int4_layout);
-    let template = chat_template.or(own_template);
     write_packed(out, &weights, tokenizer.as_deref(), template.as_deref())?;
     Ok(weights)
 }

@@ -49,7 +49,8 @@ fn dir(tag: &str) -> PathBuf {
 fn an_i2s_export_reads_back_to_the_same_logits() {
     let d = dir("i2s");
     for relu2 in [false, true] {
-        let mut config = preset("micro", Variant::BitnetB158, ActBits::Int8).unwrap();
+        // Rows of 256 and 768 columns: whole I2_S blocks per row, as bitnet.cpp reads them.
+        let mut config = preset("tiny", Variant::BitnetB158, ActBits::Int8).unwrap();
         if relu2 {
             config.hidden_act = hbit_model::config::HiddenAct::Relu2;
         }
@@ -67,13 +68,13 @@ fn an_i2s_export_reads_back_to_the_same_logits() {
         );
         assert_eq!(
             file.tensor("blk.1.ffn_down.weight").unwrap().shape(),
-            [64, 192]
+            [256, 768]
         );
         let model = read_gguf_model(&path, false).unwrap();
         assert!(model.tokenizer_json.is_none() && model.chat_template.is_none());
         let back = model.weights;
         assert_eq!(back.config, config);
-        let toks = [1u32, 5, 9, 200, 511, 3];
+        let toks = [1u32, 5, 9, 200, 4095, 3];
         let want = logits(weights(&config, 3), &toks);
         let got = logits(back, &toks);
         assert_eq!(
@@ -106,7 +107,7 @@ fn tq_and_f16_exports_keep_the_codes_with_the_scale_at_f16() {
             }
         }
     }
-    // The micro model's 64-column rows do not fill TQ blocks: a clear error.
+    // The micro model's 64-column rows fill neither TQ's nor I2_S's blocks: clear errors.
     let micro = preset("micro", Variant::BitnetB158, ActBits::Int8).unwrap();
     let e = write_gguf_model(
         &weights(&micro, 1),
@@ -121,6 +122,16 @@ fn tq_and_f16_exports_keep_the_codes_with_the_scale_at_f16() {
         e.contains("blocks of 256") && e.contains("64 columns"),
         "{e}"
     );
+    let e = write_gguf_model(
+        &weights(&micro, 1),
+        None,
+        None,
+        GgufQuant::I2S,
+        &d.join("x.gguf"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("I2_S") && e.contains("64 columns"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -158,7 +169,7 @@ fn the_vocabulary_travels_as_a_gpt2_tokenizer() {
         &weights2,
         Some(&json),
         Some(template),
-        GgufQuant::I2S,
+        GgufQuant::F16,
         &path,
     )
     .unwrap();
@@ -189,7 +200,7 @@ fn a_gguf_with_a_stray_tensor_or_another_architecture_is_refused() {
     let d = dir("stray");
     let config = preset("micro", Variant::BitnetB158, ActBits::Int8).unwrap();
     let path = d.join("m.gguf");
-    write_gguf_model(&weights(&config, 4), None, None, GgufQuant::I2S, &path).unwrap();
+    write_gguf_model(&weights(&config, 4), None, None, GgufQuant::F16, &path).unwrap();
     // Rewrite with one more tensor.
     let file = Gguf::read(&path).unwrap();
     let mut w = hbit_engine::gguf::GgufWriter::new();
@@ -217,5 +228,37 @@ fn a_gguf_with_a_stray_tensor_or_another_architecture_is_refused() {
         e.contains("general.architecture") && e.contains("llama"),
         "{e}"
     );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Random byte changes of a whole model file: reading it as a model never panics (a damaged
+/// layer count, shape or type is an error).
+#[test]
+fn damaged_model_files_never_panic() {
+    let d = dir("fuzz");
+    let config = preset("micro", Variant::BitnetB158, ActBits::Int8).unwrap();
+    let path = d.join("m.gguf");
+    write_gguf_model(&weights(&config, 6), None, None, GgufQuant::F16, &path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = hbit_model::rng::SplitMix64::new(5);
+    // The header and tensor infos, where a change alters structure rather than values.
+    let head = 4096.min(good.len());
+    for round in 0..300 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + rng.next_u64() % 3 {
+            let at = (rng.next_u64() % head as u64) as usize;
+            bytes[at] = rng.next_u64() as u8;
+        }
+        if round % 50 == 0 {
+            // A layer count of 2^40 must not drive an allocation.
+            let at = bytes.windows(18).position(|w| w == b"bitnet.block_count");
+            if let Some(at) = at {
+                let value = at + 18 + 4;
+                bytes[value..value + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = read_gguf_model(&path, false);
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -191,6 +191,28 @@ fn an_hf_export_reads_back_to_the_same_logits() {
             Some("{{ x }}")
         );
     }
+    // An earlier export is replaced whole; a directory holding anything else is left alone.
+    let c = config();
+    let w = Weights::from_latent(&c, &latent(), false, Path::new("<test>")).unwrap();
+    hbit_engine::hf_bitnet::write_hf_bitnet(&w, None, None, &dir).unwrap();
+    assert!(!dir.join("tokenizer_config.json").exists());
+    let mine = dir.join("notes.txt");
+    std::fs::write(&mine, "keep me").unwrap();
+    let e = hbit_engine::hf_bitnet::write_hf_bitnet(&w, None, None, &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("notes.txt"), "{e}");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "keep me");
+    std::fs::remove_file(&mine).unwrap();
+    for bad in [Path::new("."), Path::new("..")] {
+        assert!(hbit_engine::hf_bitnet::write_hf_bitnet(&w, None, None, bad).is_err());
+    }
+    let leftovers = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("hbit-hf-export") && e.path() != dir)
+        .count();
+    assert_eq!(leftovers, 0, "temporary directories left behind");
     let v2 = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
     let model = BitnetModel::init(&v2, 1).unwrap();
     let latent: HashMap<String, Vec<f32>> = model

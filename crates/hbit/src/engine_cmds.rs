@@ -436,6 +436,13 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         other => bail!("--format {other:?}: expected gguf or hf"),
     }
     let quant = GgufQuant::parse(&args.quant)?;
+    if loaded.tokenizer_json.is_none() {
+        bail!(
+            "{}: the model carries no tokenizer, and bitnet.cpp / llama.cpp load no GGUF without \
+             a vocabulary (pack or train the model with its tokenizer.json)",
+            args.model.display()
+        );
+    }
     write_gguf_model(
         &loaded.engine.weights,
         loaded.tokenizer_json.as_deref(),

@@ -13,7 +13,7 @@ fn random_codes(n: usize, seed: u64) -> Vec<i8> {
 }
 
 fn file(w: &GgufWriter) -> Gguf {
-    Gguf::parse(path(), w.to_bytes()).unwrap()
+    Gguf::parse(path(), w.to_bytes().unwrap()).unwrap()
 }
 
 /// By hand: elements 0, 32, 64, 96 = −1, 0, +1, +1 are codes 0, 1, 2, 2 in bits 7-6, 5-4, 3-2,
@@ -23,7 +23,7 @@ fn file(w: &GgufWriter) -> Gguf {
 fn i2s_by_hand() {
     let mut codes = vec![0i8; 128];
     (codes[0], codes[32], codes[64], codes[96]) = (-1, 0, 1, 1);
-    let bytes = encode_i2s(&codes, 0.25);
+    let bytes = encode_i2s(&codes, 0.25).unwrap();
     assert_eq!(bytes.len(), 128 / 4 + 32);
     assert_eq!(bytes[0], 0x1A);
     assert!(bytes[1..32].iter().all(|&b| b == 0x55));
@@ -48,7 +48,7 @@ fn i2s_by_hand() {
 fn tq2_0_by_hand() {
     let mut codes = vec![0i8; 256];
     (codes[0], codes[32], codes[64], codes[96], codes[128]) = (1, -1, 0, 1, -1);
-    let bytes = encode_tq2_0(&codes, f16::from_f32(0.5));
+    let bytes = encode_tq2_0(&codes, f16::from_f32(0.5)).unwrap();
     assert_eq!(bytes.len(), 66);
     assert_eq!(bytes[0], 0x92);
     assert_eq!(bytes[32], 0b01_01_01_00);
@@ -73,7 +73,7 @@ fn tq1_0_by_hand() {
         codes[32 * n] = d - 1;
     }
     codes[255] = 1; // qh[3], trit 3
-    let bytes = encode_tq1_0(&codes, f16::from_f32(2.0));
+    let bytes = encode_tq1_0(&codes, f16::from_f32(2.0)).unwrap();
     assert_eq!(bytes.len(), 54);
     assert_eq!(bytes[0], 186);
     let mut w = GgufWriter::new();
@@ -146,28 +146,33 @@ fn sample_file() -> (GgufWriter, Vec<i8>, Vec<f32>) {
         .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
         .collect();
     let plain: Vec<u8> = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
-    w.tensor("i2s", &[3, 512], GgmlType::I2S, encode_i2s(&codes, 0.125))
-        .unwrap()
-        .tensor(
-            "tq2",
-            &[3, 512],
-            GgmlType::TQ2_0,
-            encode_tq2_0(&codes, f16::from_f32(0.125)),
-        )
-        .unwrap()
-        .tensor(
-            "tq1",
-            &[3, 512],
-            GgmlType::TQ1_0,
-            encode_tq1_0(&codes, f16::from_f32(0.125)),
-        )
-        .unwrap()
-        .tensor("f32", &[3, 40], GgmlType::F32, plain)
-        .unwrap()
-        .tensor("f16", &[3, 40], GgmlType::F16, half)
-        .unwrap()
-        .tensor("bf16", &[3, 40], GgmlType::BF16, brain)
-        .unwrap();
+    w.tensor(
+        "i2s",
+        &[3, 512],
+        GgmlType::I2S,
+        encode_i2s(&codes, 0.125).unwrap(),
+    )
+    .unwrap()
+    .tensor(
+        "tq2",
+        &[3, 512],
+        GgmlType::TQ2_0,
+        encode_tq2_0(&codes, f16::from_f32(0.125)).unwrap(),
+    )
+    .unwrap()
+    .tensor(
+        "tq1",
+        &[3, 512],
+        GgmlType::TQ1_0,
+        encode_tq1_0(&codes, f16::from_f32(0.125)).unwrap(),
+    )
+    .unwrap()
+    .tensor("f32", &[3, 40], GgmlType::F32, plain)
+    .unwrap()
+    .tensor("f16", &[3, 40], GgmlType::F16, half)
+    .unwrap()
+    .tensor("bf16", &[3, 40], GgmlType::BF16, brain)
+    .unwrap();
     (w, codes, floats)
 }
 
@@ -220,7 +225,7 @@ fn what_the_writer_writes_reads_back() {
 #[test]
 fn per_block_scales_must_agree_for_one_ternary_scale() {
     let mut codes = random_codes(512, 3);
-    let mut bytes = encode_tq2_0(&codes, f16::from_f32(0.5));
+    let mut bytes = encode_tq2_0(&codes, f16::from_f32(0.5)).unwrap();
     bytes[66 + 64..66 + 66].copy_from_slice(&f16::from_f32(0.25).to_le_bytes());
     let mut w = GgufWriter::new();
     w.tensor("w", &[2, 256], GgmlType::TQ2_0, bytes).unwrap();
@@ -235,7 +240,7 @@ fn per_block_scales_must_agree_for_one_ternary_scale() {
     assert_eq!(v[256 + 5], codes[256 + 5] as f32 * 0.25);
     // A block of zeros may carry any scale.
     codes[256..].iter_mut().for_each(|c| *c = 0);
-    let mut bytes = encode_tq2_0(&codes, f16::from_f32(0.5));
+    let mut bytes = encode_tq2_0(&codes, f16::from_f32(0.5)).unwrap();
     bytes[66 + 64..66 + 66].copy_from_slice(&f16::ZERO.to_le_bytes());
     let mut w = GgufWriter::new();
     w.tensor("w", &[2, 256], GgmlType::TQ2_0, bytes).unwrap();
@@ -259,7 +264,7 @@ fn ternary_floats_read_as_codes_and_scale() {
 
 #[test]
 fn i2s_code_3_is_refused() {
-    let mut bytes = encode_i2s(&random_codes(128, 5), 1.0);
+    let mut bytes = encode_i2s(&random_codes(128, 5), 1.0).unwrap();
     bytes[7] |= 0b1100_0000;
     let mut w = GgufWriter::new();
     w.tensor("w", &[1, 128], GgmlType::I2S, bytes).unwrap();
@@ -330,16 +335,30 @@ fn damaged_files_give_errors_naming_the_problem() {
     assert!(error_of(header(3, 2, 0, &two)).contains("appears twice"));
     let e = error_of(header(3, 1, 0, &tensor("t", 0, 0)));
     assert!(e.contains("runs past the end"), "{e}");
-    // Elements that are not whole blocks.
+    // Elements that are not whole blocks; what the writer refuses to write.
     let mut w = GgufWriter::new();
     assert!(w.tensor("t", &[100], GgmlType::TQ2_0, vec![0; 66]).is_err());
+    assert!(encode_i2s(&[0; 100], 1.0).is_err() && encode_tq1_0(&[2; 256], f16::ONE).is_err());
+    for (k, v) in [
+        (ALIGNMENT_KEY, Value::U32(0)),
+        (ALIGNMENT_KEY, Value::U64(64)),
+        ("a", Value::Array(Vec::new())),
+        ("a", Value::Array(vec![Value::U8(1), Value::I8(1)])),
+    ] {
+        let mut w = GgufWriter::new();
+        w.metadata(k, v.clone());
+        assert!(w.to_bytes().is_err(), "{k} = {v:?}");
+    }
+    let mut w = GgufWriter::new();
+    w.metadata("k", Value::U8(1)).metadata("k", Value::U8(2));
+    assert!(w.to_bytes().unwrap_err().to_string().contains("twice"));
 }
 
 /// Every truncation and random byte changes of a valid file: parsing and reading never panic.
 #[test]
 fn damaged_files_never_panic() {
     let (w, _, _) = sample_file();
-    let good = w.to_bytes();
+    let good = w.to_bytes().unwrap();
     let read_all = |bytes: Vec<u8>| {
         if let Ok(f) = Gguf::parse(path(), bytes) {
             for t in f.tensors.clone() {
@@ -370,7 +389,10 @@ fn the_writer_replaces_a_file_whole() {
     std::fs::write(&out, b"old").unwrap();
     let (w, codes, _) = sample_file();
     w.write(&out).unwrap();
-    assert!(!out.with_extension("gguf.partial").exists());
+    assert!(
+        std::fs::read_dir(&dir).unwrap().count() == 1,
+        "no temporary file left"
+    );
     assert_eq!(
         Gguf::read(&out).unwrap().ternary("i2s").unwrap().codes,
         codes
