@@ -13,3 +13,6 @@ pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// A training checkpoint's step, schedule and data position.
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+/// Written last into a checkpoint: every other file's length and CRC-32, so a directory a crash
+/// tore is told from a complete one.
+pub const MANIFEST_FILE: &str = "manifest.json";

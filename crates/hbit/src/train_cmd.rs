@@ -201,6 +201,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     } else {
         args.init_from.as_deref().or(args.model.as_deref())
     };
+    // A crash during a checkpoint save leaves a whole copy beside the directory: put it back.
+    if let Some(dir) = source {
+        if let Some(which) = hbit_train::checkpoint::recover(dir)? {
+            eprintln!(
+                "{}: restored the checkpoint from its {which} copy (a save was cut short)",
+                dir.display()
+            );
+        }
+    }
     let tok_path = tokenizer_path(args, source)?;
     let tokenizer = load_tokenizer(&tok_path)?;
     let vocab = tokenizer.get_vocab_size(true);
