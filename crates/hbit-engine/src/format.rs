@@ -233,12 +233,29 @@ pub fn write_packed(
         views.push((name.to_string(), view));
     }
     let tmp = temporary_path(path);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| EngineError::format(&tmp, format!("cannot write: {e}")))?;
+    let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| EngineError::format(&tmp, format!("cannot write: {e}")))
+        .and_then(|_| {
+            // Synced before the rename, so a power loss never leaves a renamed empty file.
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| EngineError::io(&tmp, e))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         EngineError::io(path, e)
-    })
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| EngineError::io(parent, e))
 }
 
 fn temporary_path(path: &Path) -> PathBuf {

@@ -27,8 +27,13 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     }
     let tmp = sibling(path, &format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    if let Err(e) = write_synced(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
+    // The rename is durable once the directory is: a power loss then keeps the new file.
+    sync_dir(&parent_of(path))
 }
 
 /// Serializes named tensors to safetensors bytes.
