@@ -21,7 +21,7 @@ use serde_json::{json, Value as Json};
 use crate::error::{EngineError, Result};
 use crate::gguf::{encode_i2s, encode_tq1_0, encode_tq2_0, GgmlType, Gguf, GgufWriter, Value};
 use crate::tensor_io::check_finite;
-use crate::weights::{FloatData, FloatMatrix, TensorSource, TernaryMatrix, Weights};
+use crate::weights::{FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
 /// The GGUF name of an hbit (HF) tensor name, `None` for names outside the model.
 pub fn gguf_name(name: &str) -> Option<String> {
@@ -277,11 +277,12 @@ impl TensorSource for GgufSource<'_> {
 
     fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
         let values = self.floats(name, rows * cols)?;
-        let data = match self.half_embeddings {
-            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
-            false => FloatData::F32(values),
-        };
-        Ok(FloatMatrix { rows, cols, data })
+        Ok(FloatMatrix::from_f32(
+            rows,
+            cols,
+            values,
+            self.half_embeddings,
+        ))
     }
 }
 
@@ -463,27 +464,17 @@ pub fn write_gguf_model(
     if let Some(template) = chat_template {
         w.metadata(CHAT_TEMPLATE_KEY, Value::String(template.into()));
     }
+    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    // An f16 embedding stays f16; any other storage is written at f32.
     let floats = |m: &FloatMatrix| -> (GgmlType, Vec<u8>) {
         match m.view() {
             hbit_kernels::FloatWeights::F16(v) => (
                 GgmlType::F16,
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
-            hbit_kernels::FloatWeights::F32(v) => (
-                GgmlType::F32,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            hbit_kernels::FloatWeights::I8 { codes, scales } => {
-                let cols = m.cols;
-                let v = codes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &q)| q as f32 * scales[i / cols]);
-                (GgmlType::F32, v.flat_map(|x| x.to_le_bytes()).collect())
-            }
+            _ => (GgmlType::F32, f32_bytes(&m.to_f32())),
         }
     };
-    let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let (ty, bytes) = floats(&weights.embed_tokens);
     w.tensor(
         "token_embd.weight",

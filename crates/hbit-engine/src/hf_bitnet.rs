@@ -15,7 +15,6 @@
 
 use std::path::Path;
 
-use half::f16;
 use hbit_kernels::TernaryWeights;
 use hbit_model::config::{ConfigFile, QuantizationFile};
 use hbit_model::{InputQuant, ModelConfig, Variant};
@@ -27,7 +26,7 @@ use hbit_model::files::{CONFIG_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZE
 
 use crate::error::{EngineError, Result};
 use crate::tensor_io::{check_finite, decode_floats};
-use crate::weights::{FloatData, FloatMatrix, TensorSource, TernaryMatrix, Weights};
+use crate::weights::{FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
 /// Whether `dir/config.json` declares HF's BitNet quantization (the 2B4T layout).
 pub fn is_hf_bitnet(dir: &Path) -> bool {
@@ -236,11 +235,12 @@ impl TensorSource for HfSource<'_> {
 
     fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
         let values = self.floats(name, rows * cols)?;
-        let data = match self.half_embeddings {
-            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
-            false => FloatData::F32(values),
-        };
-        Ok(FloatMatrix { rows, cols, data })
+        Ok(FloatMatrix::from_f32(
+            rows,
+            cols,
+            values,
+            self.half_embeddings,
+        ))
     }
 }
 
@@ -326,19 +326,7 @@ pub fn write_hf_bitnet(
         },
     });
     let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let matrix = |m: &FloatMatrix| -> Vec<u8> {
-        match m.view() {
-            hbit_kernels::FloatWeights::F32(v) => f32_bytes(v),
-            hbit_kernels::FloatWeights::F16(v) => {
-                v.iter().flat_map(|x| x.to_f32().to_le_bytes()).collect()
-            }
-            hbit_kernels::FloatWeights::I8 { codes, scales } => codes
-                .iter()
-                .enumerate()
-                .flat_map(|(i, &q)| (q as f32 * scales[i / m.cols]).to_le_bytes())
-                .collect(),
-        }
-    };
+    let matrix = |m: &FloatMatrix| f32_bytes(&m.to_f32());
     use hbit_model::tensors::{
         layer_norm, proj_weight, ATTN_SUB_NORM, EMBED_TOKENS, FFN_SUB_NORM, FINAL_NORM, INPUT_NORM,
         LM_HEAD, POST_ATTENTION_NORM,

@@ -300,13 +300,28 @@ impl FloatMatrix {
         }
     }
 
-    /// An 8-bit copy (absmax per row): half the bytes of f16 for a memory-bound GEMV.
-    pub fn to_int8(&self) -> FloatMatrix {
+    /// A matrix of `values` (`[rows, cols]`), stored at f16 when `half`.
+    pub fn from_f32(rows: usize, cols: usize, values: Vec<f32>, half: bool) -> FloatMatrix {
+        let data = match half {
+            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
+            false => FloatData::F32(values),
+        };
+        FloatMatrix { rows, cols, data }
+    }
+
+    /// The values widened to f32, row-major, whatever the storage.
+    pub fn to_f32(&self) -> Vec<f32> {
         let mut values = vec![0.0f32; self.rows * self.cols];
         let view = self.view();
         for (r, row) in values.chunks_exact_mut(self.cols).enumerate() {
             view.row_into(r, self.cols, row);
         }
+        values
+    }
+
+    /// An 8-bit copy (absmax per row): half the bytes of f16 for a memory-bound GEMV.
+    pub fn to_int8(&self) -> FloatMatrix {
+        let values = self.to_f32();
         let (codes, scales) =
             hbit_kernels::float_gemv::quantize_rows_int8(&values, self.rows, self.cols);
         FloatMatrix {
@@ -581,12 +596,13 @@ impl TensorSource for LatentSource<'_> {
     }
 
     fn float_matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
-        let values = self.get(name, rows * cols)?;
-        let data = match self.half_embeddings {
-            true => FloatData::F16(values.iter().map(|&v| f16::from_f32(v)).collect()),
-            false => FloatData::F32(values.to_vec()),
-        };
-        Ok(FloatMatrix { rows, cols, data })
+        let values = self.get(name, rows * cols)?.to_vec();
+        Ok(FloatMatrix::from_f32(
+            rows,
+            cols,
+            values,
+            self.half_embeddings,
+        ))
     }
 }
 
