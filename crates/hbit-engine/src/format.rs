@@ -12,6 +12,8 @@
 //! * `config` — the model's `config.json` (variant, activation bits, architecture);
 //! * `int4_layout` — `pairs` or `triples`, the layout of the projections with INT4 inputs
 //!   (present when the model has any; version 1 files are `pairs`);
+//! * `checksum` — `xxh3-64:<hex>` of the metadata and tensor bytes ([`crate::checksum`]),
+//!   checked on load; files packed before it existed load unchecked;
 //! * `tokenizer` — the HF `tokenizer.json`, when the checkpoint had one;
 //! * `chat_template` — the Jinja chat template (the checkpoint's `tokenizer_config.json`
 //!   `chat_template`, or one given to `hbit pack --chat-template`), when there is one.
@@ -48,6 +50,7 @@ use hbit_model::{tensors, InputQuant, ModelConfig, Proj};
 use safetensors::tensor::{Dtype, Metadata, TensorView};
 use safetensors::SafeTensors;
 
+use crate::checksum::{self, content_checksum, ChecksumStatus, CHECKSUM_KEY};
 use crate::error::{EngineError, Result};
 use crate::tensor_io::check_finite;
 use crate::weights::{FloatMatrix, Int4Layout, TensorSource, TernaryMatrix, Weights};
@@ -69,6 +72,8 @@ pub struct PackedModel {
     pub chat_template: Option<String>,
     /// Size of the file on disk.
     pub file_bytes: u64,
+    /// Whether the content checksum was checked and found equal.
+    pub checksum: ChecksumStatus,
 }
 
 /// `….weight` → `….weight_scale`.
@@ -232,6 +237,8 @@ pub fn write_packed(
             TensorView::new(dtype, vec![m.rows, m.cols], bytes).map_err(|e| view_err(name, e))?;
         views.push((name.to_string(), view));
     }
+    let checksum = content_checksum(&metadata, views.iter().map(|(n, v)| (n.as_str(), v.data())));
+    metadata.insert(CHECKSUM_KEY.to_string(), checksum);
     let tmp = temporary_path(path);
     let written = safetensors::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| EngineError::format(&tmp, format!("cannot write: {e}")))
@@ -307,14 +314,28 @@ impl LoadMode {
     }
 }
 
-/// Loads ([`LoadMode::Read`]) and validates a packed model: format tag and version, config,
-/// every tensor's presence, dtype and shape, no extra tensors, valid ternary codes.
+/// Loads ([`LoadMode::Read`]) and validates a packed model: content checksum, format tag and
+/// version, config, every tensor's presence, dtype and shape, no extra tensors, valid ternary
+/// codes.
 pub fn load_packed(path: &Path) -> Result<PackedModel> {
     load_packed_with(path, LoadMode::Read)
 }
 
 /// [`load_packed`] with an explicit [`LoadMode`].
 pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
+    load_packed_opts(path, mode, Verify::Checksum)
+}
+
+/// Whether loading checks the content checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    Checksum,
+    /// For a file known to be good (`--no-verify`): saves one pass over its bytes.
+    Skip,
+}
+
+/// [`load_packed_with`], the checksum check optional.
+pub fn load_packed_opts(path: &Path, mode: LoadMode, verify: Verify) -> Result<PackedModel> {
     let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
     let file_bytes = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
     let map = match mode {
@@ -331,6 +352,22 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
         )
     })?;
     let meta = metadata.metadata().clone().unwrap_or_default();
+    let data_start = 8 + header_len;
+    let checksum = match verify {
+        Verify::Skip => ChecksumStatus::Skipped,
+        Verify::Checksum => {
+            let bytes: &[u8] = &map;
+            let mut tensors = Vec::new();
+            for (name, info) in metadata.tensors() {
+                let (s, e) = info.data_offsets;
+                let data = bytes.get(data_start + s..data_start + e).ok_or_else(|| {
+                    EngineError::tensor(path, &name, "data offsets run past the end of the file")
+                })?;
+                tensors.push((name, data));
+            }
+            checksum::verify(path, &meta, tensors.iter().map(|(n, d)| (n.as_str(), *d)))?
+        }
+    };
     match meta.get("format").map(String::as_str) {
         Some(FORMAT_TAG) => {}
         other => {
@@ -376,7 +413,7 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
     let mut source = MappedSource {
         path,
         buffer,
-        data_start: 8 + header_len,
+        data_start,
         metadata: &metadata,
         int4_layout,
         used: Vec::new(),
@@ -396,6 +433,7 @@ pub fn load_packed_with(path: &Path, mode: LoadMode) -> Result<PackedModel> {
         tokenizer_json: meta.get("tokenizer").cloned(),
         chat_template: meta.get(CHAT_TEMPLATE_KEY).cloned(),
         file_bytes,
+        checksum,
     })
 }
 

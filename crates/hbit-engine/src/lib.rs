@@ -2,7 +2,8 @@
 //!
 //! Map: [`tensor_io`] (safetensors decoding, finiteness checks; a leaf) serves the readers:
 //! [`checkpoint`] (training checkpoints), [`hf_bitnet`] (microsoft/bitnet-b1.58-2B-4T's
-//! layout) and [`format`] (the packed model file, read into memory or memory-mapped). [`pack`]
+//! layout) and [`format`] (the packed model file, read into memory or memory-mapped, its contents checked
+//! against a [`checksum`]). [`pack`]
 //! picks the source layout and writes packed files. [`gguf`] reads and writes llama.cpp's and
 //! bitnet.cpp's container (I2_S, TQ1_0, TQ2_0, Q6_K, floats). [`weights`] (packed projections,
 //! norms, embeddings) feed [`forward`] (batched prefill and decode over per-sequence [`kv`] caches at
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod error;
 pub mod format;
 pub mod forward;

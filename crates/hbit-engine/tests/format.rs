@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use hbit_engine::format::{load_packed, load_packed_with, write_packed, LoadMode};
+use hbit_engine::checksum::ChecksumStatus;
+use hbit_engine::format::{
+    load_packed, load_packed_opts, load_packed_with, write_packed, LoadMode, Verify,
+};
 use hbit_engine::{Engine, Int4Layout, KvBits, Logits, Weights};
 use hbit_kernels::ActBits;
 use hbit_train::config::{preset, Variant};
@@ -48,6 +51,7 @@ fn packed_file_round_trips_exactly() {
             assert_eq!(loaded.weights.config, w.config);
             assert_eq!(loaded.weights.embed_tokens.is_f16(), half);
             assert_eq!(loaded.file_bytes, std::fs::metadata(&path).unwrap().len());
+            assert!(matches!(loaded.checksum, ChecksumStatus::Verified(_)));
             let want = logits(w, &TOKENS);
             let got = logits(loaded.weights, &TOKENS);
             assert!(
@@ -103,7 +107,7 @@ fn both_int4_layouts_round_trip_and_version_1_loads() {
         let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
         bytes[at + key.len() - 2] = b'1';
         std::fs::write(dir.join(to), bytes).unwrap();
-        load_packed(&dir.join(to))
+        load_packed_opts(&dir.join(to), LoadMode::Read, Verify::Skip)
     };
     let v1 = as_version_1("pairs.hbit", "v1.hbit").unwrap();
     assert_eq!(v1.weights.int4_layout(), Some(Int4Layout::Pairs));
@@ -126,7 +130,7 @@ fn both_int4_layouts_round_trip_and_version_1_loads() {
     let mut bad = good.clone();
     bad[8 + header + info.data_offsets.0] ^= 2;
     std::fs::write(dir.join("bad-sums.hbit"), &bad).unwrap();
-    let e = load_packed(&dir.join("bad-sums.hbit"))
+    let e = load_packed_opts(&dir.join("bad-sums.hbit"), LoadMode::Read, Verify::Skip)
         .err()
         .unwrap()
         .to_string();
@@ -181,6 +185,15 @@ fn damaged_files_give_clear_errors_and_writes_are_atomic() {
     let corrupt = dir.join("corrupt.hbit");
     std::fs::write(&corrupt, &bad).unwrap();
     let e = load_packed(&corrupt).err().unwrap().to_string();
+    assert!(
+        e.contains("corrupt.hbit") && e.contains("content checksum mismatch"),
+        "{e}"
+    );
+    // Unchecked (`--no-verify`), the structural check still names the tensor.
+    let e = load_packed_opts(&corrupt, LoadMode::Read, Verify::Skip)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains(name) && e.contains("invalid code"), "{e}");
 
     // A failed write (directory missing) leaves nothing behind and the old file intact.

@@ -251,6 +251,13 @@ pub struct ModelConfig {
 
 /// Largest context accepted: RoPE tables are built for every position (Llama-3's 131072 fits).
 pub const MAX_POSITIONS: usize = 1 << 18;
+/// Upper bounds of a config's sizes, each well above the largest open models' (hidden 16384,
+/// FFN 53248, 126 layers, 128 heads, vocabularies of 256 K).
+pub const MAX_HIDDEN: usize = 1 << 16;
+pub const MAX_INTERMEDIATE: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_HEADS: usize = 1 << 10;
+pub const MAX_VOCAB: usize = 1 << 22;
 
 /// a4.8 keeps the top half of each token's intermediate values (Q-Sparse's K = 50%).
 pub const DEFAULT_TOPK_KEEP: f32 = 0.5;
@@ -277,6 +284,28 @@ impl ModelConfig {
         for (field, value) in positive {
             if value == 0 {
                 return Err(field_err(field, "must be greater than zero, found 0"));
+            }
+        }
+        // Sizes far above any real model's: a damaged or hostile file is refused here rather
+        // than by an allocation sized from it.
+        let largest = [
+            ("hidden_size", file.hidden_size, MAX_HIDDEN),
+            (
+                "intermediate_size",
+                file.intermediate_size,
+                MAX_INTERMEDIATE,
+            ),
+            ("num_hidden_layers", file.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", file.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", file.num_key_value_heads, MAX_HEADS),
+            ("vocab_size", file.vocab_size, MAX_VOCAB),
+        ];
+        for (field, value, max) in largest {
+            if value > max {
+                return Err(field_err(
+                    field,
+                    format!("{value} exceeds the largest supported {max}"),
+                ));
             }
         }
         if file.max_position_embeddings > MAX_POSITIONS {

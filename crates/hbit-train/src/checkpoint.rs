@@ -215,6 +215,53 @@ fn is_complete(dir: &Path, legacy_ok: bool) -> bool {
     })
 }
 
+/// Checks every file `dir`'s manifest lists against its recorded length and CRC-32 (`hbit
+/// verify`); returns the files checked, or an error naming the first that differs.
+pub fn check_manifest(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            TrainError::Input(format!(
+                "{}: no {MANIFEST_FILE}, so nothing records its files' checksums (checkpoints \
+                 saved by hbit since manifests were added have one)",
+                dir.display()
+            ))
+        } else {
+            TrainError::io(&path, e)
+        }
+    })?;
+    let files = match serde_json::from_slice(&text) {
+        Ok(serde_json::Value::Object(files)) => files,
+        _ => {
+            return Err(TrainError::Input(format!(
+                "{}: not a JSON object of file entries",
+                path.display()
+            )))
+        }
+    };
+    let mut names = Vec::new();
+    for (name, want) in &files {
+        if name.contains(['/', '\\']) || name == ".." || name.is_empty() {
+            return Err(TrainError::Input(format!(
+                "{}: entry {name:?} is not a file name in the checkpoint directory",
+                path.display()
+            )));
+        }
+        let file = dir.join(name);
+        let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
+        let found = entry_of(&bytes);
+        if found != *want {
+            return Err(TrainError::Input(format!(
+                "{}: content differs from {MANIFEST_FILE}: expected {want}, found {found}; the \
+                 file is corrupt",
+                file.display()
+            )));
+        }
+        names.push(name.clone());
+    }
+    Ok(names)
+}
+
 /// Makes `dir` a whole checkpoint again after a crash in [`CheckpointFiles::commit`]: when
 /// `dir` is missing or torn, the newest whole copy (`<dir>.partial` if its manifest checks out,
 /// else `<dir>.old`) takes its place, and stale copies beside a whole `dir` are removed.

@@ -100,9 +100,23 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer, TrainError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file not found"),
         });
     }
-    Tokenizer::from_file(path).map_err(|e| TrainError::Parse {
-        path: path.to_path_buf(),
-        message: format!("not a valid tokenizer.json ({e})"),
+    let json = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    parse_tokenizer(&json, path)
+}
+
+/// Parses a `tokenizer.json` text that came from `origin` (a file, or a model file embedding
+/// it). The tokenizers crate panics on some malformed decoder sections instead of returning an
+/// error; that panic becomes an error here, so damaged input never aborts a command.
+pub fn parse_tokenizer(json: &[u8], origin: &Path) -> Result<Tokenizer, TrainError> {
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(json));
+    let message = match parsed {
+        Ok(Ok(tokenizer)) => return Ok(tokenizer),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "its structure is malformed".to_string(),
+    };
+    Err(TrainError::Parse {
+        path: origin.to_path_buf(),
+        message: format!("not a valid tokenizer.json ({message})"),
     })
 }
 

@@ -3,10 +3,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::format::{load_packed_with, LoadMode};
+use hbit_engine::format::{load_packed_opts, LoadMode, Verify};
 use hbit_engine::pack::{load_checkpoint_dir, pack_checkpoint, read_chat_template};
 use hbit_engine::{generate, Engine, GenerateOptions, KvBits, Logits, SamplingParams};
 use tokenizers::Tokenizer;
@@ -62,7 +63,12 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             chat_template: read_chat_template(path)?,
         });
     }
-    let packed = load_packed_with(path, LoadMode::from_env()?)?;
+    let verify = if CHECKSUMS_OFF.load(Ordering::Relaxed) {
+        Verify::Skip
+    } else {
+        Verify::Checksum
+    };
+    let packed = load_packed_opts(path, LoadMode::from_env()?, verify)?;
     // Which INT4 layout a file holds matters for speed only; say so where the weights are
     // large enough for it to show (not for the bundled tiny model).
     let native = hbit_engine::Int4Layout::native();
@@ -86,6 +92,14 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         tokenizer_json: packed.tokenizer_json,
         chat_template: packed.chat_template,
     })
+}
+
+/// Set by `--no-verify` (a global flag, so every command that loads a model honours it).
+static CHECKSUMS_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Packed models load without checking their content checksum from now on.
+pub fn skip_checksums() {
+    CHECKSUMS_OFF.store(true, Ordering::Relaxed);
 }
 
 /// Ternary bytes above which loading a model whose INT4 layout is not this CPU's faster one
@@ -280,11 +294,9 @@ pub fn load_tokenizer(
     model_path: &Path,
 ) -> Result<Tokenizer> {
     let tok = match (explicit, &model.tokenizer_json) {
-        (Some(p), _) => {
-            Tokenizer::from_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
-        }
-        (None, Some(json)) => Tokenizer::from_bytes(json.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{}: embedded tokenizer: {e}", model_path.display()))?,
+        (Some(p), _) => hbit_train::tokenizer::load_tokenizer(p)?,
+        (None, Some(json)) => hbit_train::tokenizer::parse_tokenizer(json.as_bytes(), model_path)
+            .context("the tokenizer embedded in the model")?,
         (None, None) => bail!(
             "{}: the model carries no tokenizer; pass --tokenizer tokenizer.json",
             model_path.display()

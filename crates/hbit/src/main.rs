@@ -15,6 +15,7 @@ mod reproduce;
 mod serve_cmd;
 mod stats_cmd;
 mod train_cmd;
+mod verify_cmd;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -44,6 +45,10 @@ const TRAINING_KEEP_FREED_PAGES_MS: i64 = -1;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Load packed model files without checking their content checksum (for a file known to
+    /// be good: saves one pass over its bytes).
+    #[arg(long, global = true)]
+    no_verify: bool,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +101,8 @@ enum Command {
     Serve(Box<serve_cmd::ServeArgs>),
     /// Chat with the model in the terminal (the server's template and stop rules).
     Chat(Box<serve_cmd::ChatArgs>),
+    /// Check a model file's content checksum (packed file) or its manifest (checkpoint).
+    Verify(verify_cmd::VerifyArgs),
     /// Write the command-line reference (docs/cli.md) from this parser.
     CliReference(cli_reference::CliReferenceArgs),
     /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
@@ -137,6 +144,9 @@ fn run(cli: Cli) -> Result<()> {
         // inflate the latter's resident memory (see the function's note).
         hbit_kernels::allocator::no_transparent_huge_pages();
     }
+    if cli.no_verify {
+        engine_cmds::skip_checksums();
+    }
     match cli.command {
         Command::Bench { what } => bench::run(what),
         Command::Demo(args) => demo::demo(&args),
@@ -155,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve_cmd::serve(&args),
         Command::CliReference(args) => cli_reference::run(&args, Cli::command()),
         Command::Chat(args) => serve_cmd::chat(&args),
+        Command::Verify(args) => verify_cmd::verify(&args),
         Command::Cpu { paths } => {
             let supported = KernelPath::supported();
             if paths {

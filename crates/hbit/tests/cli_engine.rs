@@ -359,3 +359,56 @@ fn bench_e2e_alternate_reports_ratios_to_int8() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn verify_catches_a_flipped_byte_and_no_verify_skips_the_check() {
+    let dir = tempdir("verify");
+    let ckpt = dir.join("ckpt");
+    let model = dir.join("model.hbit");
+    ok(&["init", "--preset", "micro", "--out", s(&ckpt)]);
+    ok(&["pack", "--model", s(&ckpt), "--out", s(&model)]);
+    let report = ok(&["verify", "--model", s(&model)]);
+    assert!(report.contains("ok, xxh3-64:"), "{report}");
+
+    // One bit of the embedding (the file's last tensor bytes): loads refuse, naming the file.
+    let mut bytes = std::fs::read(&model).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    let damaged = dir.join("damaged.hbit");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let e = err(&["verify", "--model", s(&damaged)]);
+    assert!(
+        e.contains("damaged.hbit") && e.contains("checksum mismatch"),
+        "{e}"
+    );
+    let generate = [
+        "logits",
+        "--engine",
+        "--model",
+        s(&damaged),
+        "--tokens",
+        "1,2",
+    ];
+    let e = err(&generate);
+    assert!(e.contains("checksum mismatch"), "{e}");
+    // `--no-verify` is global: accepted before or after the subcommand.
+    let mut skipped = generate.to_vec();
+    skipped.push("--no-verify");
+    ok(&skipped);
+    ok(&[&["--no-verify"][..], &generate[..]].concat());
+
+    // A checkpoint is checked against its manifest.
+    let listed = ok(&["verify", "--model", s(&ckpt)]);
+    assert!(listed.contains("model.safetensors"), "{listed}");
+    let weights = ckpt.join("model.safetensors");
+    let mut w = std::fs::read(&weights).unwrap();
+    let last = w.len() - 1;
+    w[last] ^= 0x80;
+    std::fs::write(&weights, &w).unwrap();
+    let e = err(&["verify", "--model", s(&ckpt)]);
+    assert!(
+        e.contains("model.safetensors") && e.contains("manifest.json"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
