@@ -16,10 +16,10 @@ use half::f16;
 use hbit_kernels::{ActBits, TernaryWeights};
 use hbit_model::config::{ConfigFile, HiddenAct, QuantizationFile};
 use hbit_model::{InputQuant, ModelConfig, Variant};
-use serde_json::{json, Value as Json};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::{encode_i2s, encode_tq1_0, encode_tq2_0, GgmlType, Gguf, GgufWriter, Value};
+use crate::gguf_vocab;
 use crate::tensor_io::check_finite;
 use crate::weights::{FloatMatrix, TensorSource, TernaryMatrix, Weights};
 
@@ -108,11 +108,7 @@ pub fn gguf_config(file: &Gguf) -> Result<ModelConfig> {
         }
     };
     let heads = int("attention.head_count")?;
-    let token = |key: &str| {
-        file.get(&format!("tokenizer.ggml.{key}"))
-            .and_then(Value::as_u64)
-            .map(|v| v as u32)
-    };
+    let (bos_token_id, eos_token_id) = gguf_vocab::special_ids(file);
     let config_file = ConfigFile {
         hidden_size: int("embedding_length")?,
         intermediate_size: int("feed_forward_length")?,
@@ -128,8 +124,8 @@ pub fn gguf_config(file: &Gguf) -> Result<ModelConfig> {
         rope_theta: float("rope.freq_base", 10000.0),
         hidden_act: hidden_act.into(),
         tie_word_embeddings: file.tensor("output.weight").is_none(),
-        bos_token_id: token("bos_token_id"),
-        eos_token_id: token("eos_token_id"),
+        bos_token_id,
+        eos_token_id,
         quantization: QuantizationFile {
             variant: Variant::BitnetB158.name().into(),
             weight_bits: 1.58,
@@ -207,7 +203,7 @@ pub fn read_gguf_model(path: &Path, half_embeddings: bool) -> Result<GgufModel> 
     }
     Ok(GgufModel {
         weights,
-        tokenizer_json: tokenizer_json(&file)?,
+        tokenizer_json: gguf_vocab::tokenizer_json(&file)?,
         chat_template: file
             .get(CHAT_TEMPLATE_KEY)
             .and_then(Value::as_str)
@@ -286,92 +282,6 @@ impl TensorSource for GgufSource<'_> {
     }
 }
 
-/// ggml's token types.
-const TOKEN_NORMAL: i32 = 1;
-const TOKEN_CONTROL: i32 = 3;
-const TOKEN_USER_DEFINED: i32 = 4;
-const TOKEN_UNUSED: i32 = 5;
-
-/// An HF `tokenizer.json` for a GGUF `gpt2` vocabulary (byte-level BPE: tokens, merges, control
-/// tokens as special added tokens); `None` for other tokenizer models.
-fn tokenizer_json(file: &Gguf) -> Result<Option<String>> {
-    if file.get("tokenizer.ggml.model").and_then(Value::as_str) != Some("gpt2") {
-        return Ok(None);
-    }
-    // Only GPT-2's own pre-tokenizer is rebuilt; others (Llama-3's "llama-bpe", ...) split
-    // text differently, and a tokenizer that looked right but split wrongly would be worse
-    // than none.
-    match file.get("tokenizer.ggml.pre").and_then(Value::as_str) {
-        None | Some("gpt-2") | Some("default") => {}
-        Some(_) => return Ok(None),
-    }
-    let strings = |key: &str| -> Result<Vec<String>> {
-        let items = file
-            .get(key)
-            .and_then(Value::as_array)
-            .ok_or_else(|| EngineError::format(&file.path, format!("{key}: expected an array")))?;
-        items
-            .iter()
-            .map(|v| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    EngineError::format(&file.path, format!("{key}: expected strings"))
-                })
-            })
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<i32> = match file
-        .get("tokenizer.ggml.token_type")
-        .and_then(Value::as_array)
-    {
-        Some(t) => t
-            .iter()
-            .map(|v| v.as_f64().map_or(TOKEN_NORMAL, |x| x as i32))
-            .collect(),
-        None => vec![TOKEN_NORMAL; tokens.len()],
-    };
-    let vocab: serde_json::Map<String, Json> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let added: Vec<Json> = tokens
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            let special = match types.get(i) {
-                Some(&TOKEN_CONTROL) => true,
-                Some(&TOKEN_USER_DEFINED) => false,
-                _ => return None,
-            };
-            Some(
-                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": !special, "special": special}),
-            )
-        })
-        .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": byte_level,
-        "post_processor": null,
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null,
-            "continuing_subword_prefix": null, "end_of_word_suffix": null,
-            "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges,
-        },
-    });
-    Ok(Some(tokenizer.to_string()))
-}
-
-/// How ternary projections are stored in an exported GGUF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgufQuant {
     /// bitnet.cpp's layout: 2 bits a weight, one f32 scale per tensor (exact).
@@ -459,7 +369,7 @@ pub fn write_gguf_model(
         )
         .metadata(&key("vocab_size"), Value::U32(c.vocab_size as u32));
     if let Some(text) = tokenizer_json {
-        write_vocabulary(&mut w, text, c)?;
+        gguf_vocab::write_vocabulary(&mut w, text, c)?;
     }
     if let Some(template) = chat_template {
         w.metadata(CHAT_TEMPLATE_KEY, Value::String(template.into()));
@@ -556,108 +466,4 @@ fn encode_ternary(
                 .collect(),
         )),
     }
-}
-
-/// The `tokenizer.ggml.*` keys of an HF byte-level BPE `tokenizer.json` (llama.cpp's `gpt2`
-/// model): tokens by id, their types (special added tokens are control tokens), merges, and
-/// the model's BOS / EOS ids.
-fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) -> Result<()> {
-    let bad = |m: &str| EngineError::Tokenizer(format!("GGUF export: tokenizer.json {m}"));
-    let v: Json = serde_json::from_str(text).map_err(|e| bad(&format!("is not JSON ({e})")))?;
-    let model = &v["model"];
-    let byte_level = |part: &str| {
-        v[part]["type"].as_str() == Some("ByteLevel")
-            || v[part]["pretokenizers"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
-    };
-    if model["type"].as_str() != Some("BPE")
-        || !byte_level("pre_tokenizer")
-        || !byte_level("decoder")
-    {
-        return Err(bad(
-            "is not a byte-level BPE (only those are written as llama.cpp's gpt2 vocabulary)",
-        ));
-    }
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| bad("has no model.vocab"))?;
-    let mut tokens = vec![String::new(); c.vocab_size];
-    let mut types = vec![TOKEN_NORMAL; c.vocab_size];
-    let mut place = |token: &str, id: u64| -> Result<()> {
-        let slot = tokens.get_mut(id as usize).ok_or_else(|| {
-            bad(&format!(
-                "token {token:?} has id {id} ≥ the model's vocabulary"
-            ))
-        })?;
-        *slot = token.to_string();
-        Ok(())
-    };
-    for (token, id) in vocab {
-        place(
-            token,
-            id.as_u64().ok_or_else(|| bad("has a non-integer id"))?,
-        )?;
-    }
-    for t in v["added_tokens"].as_array().into_iter().flatten() {
-        let (Some(token), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) else {
-            continue;
-        };
-        place(token, id)?;
-        types[id as usize] = match t["special"].as_bool() {
-            Some(true) => TOKEN_CONTROL,
-            _ => TOKEN_USER_DEFINED,
-        };
-    }
-    // Ids no token claims (a vocabulary smaller than the embedding) get unused placeholders.
-    for (i, t) in tokens.iter_mut().enumerate() {
-        if t.is_empty() {
-            *t = format!("[PAD{i}]");
-            types[i] = TOKEN_UNUSED;
-        }
-    }
-    // llama.cpp refuses a vocabulary with a token string twice.
-    let mut seen = HashSet::new();
-    if let Some(t) = tokens.iter().find(|t| !seen.insert(t.as_str())) {
-        return Err(bad(&format!("has the token {t:?} twice")));
-    }
-    let merges: Vec<Value> = model["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Json::String(s) => Some(s.clone()),
-            Json::Array(pair) => Some(format!(
-                "{} {}",
-                pair.first()?.as_str()?,
-                pair.get(1)?.as_str()?
-            )),
-            _ => None,
-        })
-        .map(Value::String)
-        .collect();
-    w.metadata("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .metadata("tokenizer.ggml.pre", Value::String("gpt-2".into()))
-        .metadata(
-            "tokenizer.ggml.tokens",
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        )
-        .metadata(
-            "tokenizer.ggml.token_type",
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        )
-        .metadata("tokenizer.ggml.merges", Value::Array(merges));
-    // hbit starts every sequence with the model's BOS when it has one; say so, as llama.cpp
-    // adds none for a gpt2 vocabulary unless told.
-    w.metadata(
-        "tokenizer.ggml.add_bos_token",
-        Value::Bool(c.bos_token_id.is_some()),
-    );
-    if let Some(b) = c.bos_token_id {
-        w.metadata("tokenizer.ggml.bos_token_id", Value::U32(b));
-    }
-    if let Some(e) = c.eos_token_id {
-        w.metadata("tokenizer.ggml.eos_token_id", Value::U32(e));
-    }
-    Ok(())
 }

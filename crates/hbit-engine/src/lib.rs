@@ -19,6 +19,7 @@ pub mod forward;
 pub mod generate;
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_vocab;
 pub mod hf_bitnet;
 pub mod kv;
 pub mod pack;
