@@ -37,6 +37,8 @@ pub fn is_hf_bitnet(dir: &Path) -> bool {
         return false;
     };
     v["quantization_config"]["quant_method"].as_str() == Some("bitnet")
+        || (v["model_type"].as_str() == Some(REMOTE_MODEL_TYPE)
+            && v["hbit_quantization"]["weights"].as_str() == Some("packed"))
 }
 
 /// Our config for an HF BitNet `config.json`.
@@ -76,16 +78,65 @@ pub fn hf_config(path: &Path, v: &Value) -> Result<ModelConfig> {
         tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
         bos_token_id: token("bos_token_id"),
         eos_token_id: token("eos_token_id"),
-        quantization: QuantizationFile {
-            variant: Variant::BitnetB158.name().into(),
-            weight_bits: 1.58,
-            activation_bits: 8,
-            hadamard: Vec::new(),
-            topk_keep: None,
-            hadamard_block: None,
+        quantization: match v.get("hbit_quantization") {
+            Some(q) => remote_quantization(path, q)?,
+            None => QuantizationFile {
+                variant: Variant::BitnetB158.name().into(),
+                weight_bits: 1.58,
+                activation_bits: 8,
+                hadamard: Vec::new(),
+                topk_keep: None,
+                hadamard_block: None,
+            },
         },
     };
     ModelConfig::from_file(&file).map_err(|e| EngineError::format(path, e.to_string()))
+}
+
+/// `hbit_quantization` of a remote-code export (or of what transformers saved from one).
+fn remote_quantization(path: &Path, q: &Value) -> Result<QuantizationFile> {
+    let bad = |field: &str, want: &str| {
+        EngineError::format(
+            path,
+            format!(
+                "hbit_quantization.{field}: expected {want}, found {}",
+                q[field]
+            ),
+        )
+    };
+    let variant = q["variant"]
+        .as_str()
+        .ok_or_else(|| bad("variant", "a string"))?;
+    let activation_bits = q["activation_bits"]
+        .as_u64()
+        .and_then(|b| u8::try_from(b).ok())
+        .ok_or_else(|| bad("activation_bits", "8 or 4"))?;
+    let hadamard = match &q["hadamard"] {
+        Value::Null => Vec::new(),
+        Value::Array(a) => a
+            .iter()
+            .map(|p| p.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("hadamard", "a list of projection names"))?,
+        _ => return Err(bad("hadamard", "a list of projection names")),
+    };
+    let optional_number = |field: &str| -> Result<Option<f64>> {
+        match &q[field] {
+            Value::Null => Ok(None),
+            v => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| bad(field, "a number or null")),
+        }
+    };
+    Ok(QuantizationFile {
+        variant: variant.to_string(),
+        weight_bits: 1.58,
+        activation_bits,
+        hadamard,
+        topk_keep: optional_number("topk_keep")?,
+        hadamard_block: optional_number("hadamard_block")?.map(|b| b as usize),
+    })
 }
 
 /// Reads an HF BitNet checkpoint directory into packed weights and its tokenizer text.
@@ -283,14 +334,6 @@ pub fn write_hf_bitnet(
     dir: &Path,
 ) -> Result<()> {
     let c = &weights.config;
-    if c.variant != Variant::BitnetB158 || c.activation_bits != hbit_kernels::ActBits::Int8 {
-        return Err(EngineError::Input(format!(
-            "HF export: transformers' BitNetForCausalLM runs BitNet b1.58 at 8-bit activations; \
-             a {} a{} model needs a remote-code modeling file, which hbit does not write yet",
-            c.variant.name(),
-            c.activation_bits.bits()
-        )));
-    }
     if let Some(p) = weights
         .layers
         .iter()
@@ -302,29 +345,12 @@ pub fn write_hf_bitnet(
             p.weight.rows()
         )));
     }
-    let config = serde_json::json!({
-        "architectures": ["BitNetForCausalLM"],
-        "model_type": "bitnet",
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads,
-        "vocab_size": c.vocab_size,
-        "max_position_embeddings": c.max_position_embeddings,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "hidden_act": c.hidden_act.name(),
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_id,
-        "torch_dtype": "float32",
-        "quantization_config": {
-            "quant_method": "bitnet",
-            "linear_class": "bitlinear",
-            "quantization_mode": "offline",
-        },
-    });
+    let remote = needs_remote_code(c);
+    let config = if remote {
+        remote_code_config(c)
+    } else {
+        bitnet_config(c)
+    };
     let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let matrix = |m: &FloatMatrix| f32_bytes(&m.to_f32());
     use hbit_model::tensors::{
@@ -411,6 +437,10 @@ pub fn write_hf_bitnet(
             let cfg = serde_json::json!({ "chat_template": t });
             write(TOKENIZER_CONFIG_FILE, cfg.to_string().as_bytes())?;
         }
+        if remote {
+            write(REMOTE_CONFIG_FILE, REMOTE_CONFIG_SOURCE.as_bytes())?;
+            write(REMOTE_MODELING_FILE, REMOTE_MODELING_SOURCE.as_bytes())?;
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -432,12 +462,105 @@ pub fn write_hf_bitnet(
 }
 
 /// The files an HF export writes.
-const EXPORT_FILES: [&str; 4] = [
+const EXPORT_FILES: [&str; 6] = [
     CONFIG_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
     TOKENIZER_CONFIG_FILE,
+    REMOTE_CONFIG_FILE,
+    REMOTE_MODELING_FILE,
 ];
+
+/// transformers' `model_type` of hbit's remote-code models.
+pub const REMOTE_MODEL_TYPE: &str = "hbit_bitnet";
+const REMOTE_CONFIG_FILE: &str = "configuration_hbit_bitnet.py";
+const REMOTE_MODELING_FILE: &str = "modeling_hbit_bitnet.py";
+const REMOTE_CONFIG_SOURCE: &str =
+    include_str!("../../../python/hbit_bitnet/configuration_hbit_bitnet.py");
+const REMOTE_MODELING_SOURCE: &str =
+    include_str!("../../../python/hbit_bitnet/modeling_hbit_bitnet.py");
+
+/// Whether transformers' own `BitNetForCausalLM` computes this model: BitNet b1.58 at 8-bit
+/// activations only. The others (a Hadamard, 4-bit activations, top-K) need hbit's modeling
+/// file.
+pub fn needs_remote_code(c: &ModelConfig) -> bool {
+    c.variant != Variant::BitnetB158 || c.activation_bits != hbit_kernels::ActBits::Int8
+}
+
+/// The hyper-parameters both layouts share.
+fn architecture_fields(c: &ModelConfig) -> serde_json::Map<String, Value> {
+    let v = serde_json::json!({
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "hidden_act": c.hidden_act.name(),
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "torch_dtype": "float32",
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// transformers' BitNet `config.json` (microsoft/bitnet-b1.58-2B-4T's).
+fn bitnet_config(c: &ModelConfig) -> Value {
+    let mut m = architecture_fields(c);
+    m.insert(
+        "architectures".into(),
+        serde_json::json!(["BitNetForCausalLM"]),
+    );
+    m.insert("model_type".into(), "bitnet".into());
+    m.insert(
+        "quantization_config".into(),
+        serde_json::json!({
+            "quant_method": "bitnet",
+            "linear_class": "bitlinear",
+            "quantization_mode": "offline",
+        }),
+    );
+    Value::Object(m)
+}
+
+/// The `config.json` of hbit's remote-code model (`python/hbit_bitnet/`): the same weights
+/// layout, how each projection quantizes its input under `hbit_quantization`, and the
+/// `auto_map` that lets `AutoModelForCausalLM` find the modeling file.
+fn remote_code_config(c: &ModelConfig) -> Value {
+    let mut m = architecture_fields(c);
+    m.insert(
+        "architectures".into(),
+        serde_json::json!(["HbitBitnetForCausalLM"]),
+    );
+    m.insert("model_type".into(), REMOTE_MODEL_TYPE.into());
+    m.insert(
+        "auto_map".into(),
+        serde_json::json!({
+            "AutoConfig": "configuration_hbit_bitnet.HbitBitnetConfig",
+            "AutoModelForCausalLM": "modeling_hbit_bitnet.HbitBitnetForCausalLM",
+        }),
+    );
+    let q = c.to_file().quantization;
+    m.insert(
+        "hbit_quantization".into(),
+        serde_json::json!({
+            "variant": q.variant,
+            "activation_bits": q.activation_bits,
+            "hadamard": q.hadamard,
+            "hadamard_block": q.hadamard_block,
+            "topk_keep": q.topk_keep,
+            "weights": "packed",
+        }),
+    );
+    Value::Object(m)
+}
 
 /// Refuses an output path that exists and holds anything but an earlier export's files, so an
 /// export never deletes what it did not write.

@@ -213,17 +213,51 @@ fn an_hf_export_reads_back_to_the_same_logits() {
         .filter(|e| e.file_name().to_string_lossy().contains("hbit-hf-export") && e.path() != dir)
         .count();
     assert_eq!(leftovers, 0, "temporary directories left behind");
-    let v2 = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
-    let model = BitnetModel::init(&v2, 1).unwrap();
-    let latent: HashMap<String, Vec<f32>> = model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    let w = Weights::from_latent(&v2, &latent, false, Path::new("<test>")).unwrap();
-    let e = hbit_engine::hf_bitnet::write_hf_bitnet(&w, None, None, &dir.join("v2"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("bitnet_v2") && e.contains("remote-code"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Variants transformers' BitNet class does not compute travel with hbit's modeling file and
+/// come back to the same logits bit for bit.
+#[test]
+fn remote_code_exports_read_back_to_the_same_logits() {
+    let dir = std::env::temp_dir().join(format!("hbit-hf-remote-{}", std::process::id()));
+    for (variant, bits) in [
+        (Variant::BitnetV2, ActBits::Int8),
+        (Variant::BitnetV2, ActBits::Int4),
+        (Variant::BitnetA48, ActBits::Int4),
+        (Variant::BitnetV2WeightRotation, ActBits::Int4),
+        (Variant::BitnetV2NoRotation, ActBits::Int4),
+    ] {
+        let c = preset("micro", variant, bits).unwrap();
+        let model = BitnetModel::init(&c, 1).unwrap();
+        let latent: HashMap<String, Vec<f32>> = model
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        let weights = || Weights::from_latent(&c, &latent, false, Path::new("<test>")).unwrap();
+        hbit_engine::hf_bitnet::write_hf_bitnet(&weights(), None, None, &dir).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["model_type"], "hbit_bitnet");
+        assert!(config.get("quantization_config").is_none());
+        assert_eq!(
+            config["auto_map"]["AutoModelForCausalLM"],
+            "modeling_hbit_bitnet.HbitBitnetForCausalLM"
+        );
+        assert_eq!(config["hbit_quantization"]["variant"], variant.name());
+        for file in ["modeling_hbit_bitnet.py", "configuration_hbit_bitnet.py"] {
+            assert!(dir.join(file).is_file(), "{file}");
+        }
+        let (back, _) = load_checkpoint_dir(&dir, false).unwrap();
+        assert_eq!(back.config, c, "{}", variant.name());
+        assert!(
+            logits(back) == logits(weights()),
+            "{} a{}",
+            variant.name(),
+            bits.bits()
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

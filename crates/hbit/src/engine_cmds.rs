@@ -413,8 +413,8 @@ pub fn end_tokens(config: &hbit_model::ModelConfig, tokenizer: &Tokenizer) -> Ve
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Format: gguf (bitnet.cpp / llama.cpp: a file) or hf (transformers' BitNetForCausalLM
-    /// layout: a directory).
+    /// Format: gguf (bitnet.cpp / llama.cpp: a file) or hf (a directory for transformers:
+    /// its BitNetForCausalLM for BitNet b1.58 a8, hbit's remote-code model for the others).
     #[arg(long)]
     format: String,
     /// GGUF storage of the ternary projections: i2_s (bitnet.cpp, exact), tq2_0 or tq1_0
@@ -442,7 +442,14 @@ pub fn export(args: &ExportArgs) -> Result<()> {
                 loaded.chat_template.as_deref(),
                 &args.out,
             )?;
-            println!("wrote {} (HF BitNetForCausalLM layout)", args.out.display());
+            let c = &loaded.engine.weights.config;
+            let class = if hbit_engine::hf_bitnet::needs_remote_code(c) {
+                "hbit's HbitBitnetForCausalLM with its modeling file: load with \
+                 trust_remote_code=True"
+            } else {
+                "transformers' BitNetForCausalLM"
+            };
+            println!("wrote {} ({class})", args.out.display());
             return Ok(());
         }
         other => bail!("--format {other:?}: expected gguf or hf"),

@@ -68,8 +68,8 @@ enum Command {
     Ptq(model_cmds::PtqArgs),
     /// Pack a training checkpoint into a packed inference model file (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),
-    /// Write a model for another engine: GGUF (bitnet.cpp, llama.cpp) or HF (transformers);
-    /// BitNet b1.58 a8.
+    /// Write a model for another engine: GGUF (bitnet.cpp, llama.cpp; BitNet b1.58 a8) or HF
+    /// (transformers; every variant, with a remote-code modeling file where needed).
     Export(engine_cmds::ExportArgs),
     /// GGUF files (llama.cpp, bitnet.cpp): inspect what hbit reads from them.
     Gguf {
