@@ -13,10 +13,11 @@
 //!
 //! Activations are INT8 absmax per token (BitNet b1.58), so the model is our `bitnet_b158` a8.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use hbit_kernels::TernaryWeights;
-use hbit_model::config::{ConfigFile, QuantizationFile};
+use hbit_model::config::ConfigFile;
 use hbit_model::{InputQuant, ModelConfig, Variant};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -41,102 +42,10 @@ pub fn is_hf_bitnet(dir: &Path) -> bool {
             && v["hbit_quantization"]["weights"].as_str() == Some("packed"))
 }
 
-/// Our config for an HF BitNet `config.json`.
+/// Our config for an HF BitNet `config.json` (transformers' or hbit's remote-code model).
 pub fn hf_config(path: &Path, v: &Value) -> Result<ModelConfig> {
-    let field = |name: &str| -> Result<usize> {
-        v[name].as_u64().map(|n| n as usize).ok_or_else(|| {
-            EngineError::format(
-                path,
-                format!(
-                    "field `{name}`: expected a positive integer, found {}",
-                    v[name]
-                ),
-            )
-        })
-    };
-    let float = |name: &str, default: f64| v[name].as_f64().unwrap_or(default);
-    // Token ids may be one integer or a list (Llama-3 instruct); the first is the one we use.
-    let token = |name: &str| match &v[name] {
-        Value::Number(n) => n.as_u64().map(|n| n as u32),
-        Value::Array(a) => a.first().and_then(Value::as_u64).map(|n| n as u32),
-        _ => None,
-    };
-    let heads = field("num_attention_heads")?;
-    let file = ConfigFile {
-        hidden_size: field("hidden_size")?,
-        intermediate_size: field("intermediate_size")?,
-        num_hidden_layers: field("num_hidden_layers")?,
-        num_attention_heads: heads,
-        num_key_value_heads: v["num_key_value_heads"]
-            .as_u64()
-            .map_or(heads, |n| n as usize),
-        vocab_size: field("vocab_size")?,
-        max_position_embeddings: field("max_position_embeddings")?,
-        rms_norm_eps: float("rms_norm_eps", 1e-5),
-        rope_theta: float("rope_theta", 10000.0),
-        hidden_act: v["hidden_act"].as_str().unwrap_or("relu2").to_string(),
-        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
-        bos_token_id: token("bos_token_id"),
-        eos_token_id: token("eos_token_id"),
-        quantization: match v.get("hbit_quantization") {
-            Some(q) => remote_quantization(path, q)?,
-            None => QuantizationFile {
-                variant: Variant::BitnetB158.name().into(),
-                weight_bits: 1.58,
-                activation_bits: 8,
-                hadamard: Vec::new(),
-                topk_keep: None,
-                hadamard_block: None,
-            },
-        },
-    };
+    let file = ConfigFile::from_hf_json(v).map_err(|e| EngineError::format(path, e.to_string()))?;
     ModelConfig::from_file(&file).map_err(|e| EngineError::format(path, e.to_string()))
-}
-
-/// `hbit_quantization` of a remote-code export (or of what transformers saved from one).
-fn remote_quantization(path: &Path, q: &Value) -> Result<QuantizationFile> {
-    let bad = |field: &str, want: &str| {
-        EngineError::format(
-            path,
-            format!(
-                "hbit_quantization.{field}: expected {want}, found {}",
-                q[field]
-            ),
-        )
-    };
-    let variant = q["variant"]
-        .as_str()
-        .ok_or_else(|| bad("variant", "a string"))?;
-    let activation_bits = q["activation_bits"]
-        .as_u64()
-        .and_then(|b| u8::try_from(b).ok())
-        .ok_or_else(|| bad("activation_bits", "8 or 4"))?;
-    let hadamard = match &q["hadamard"] {
-        Value::Null => Vec::new(),
-        Value::Array(a) => a
-            .iter()
-            .map(|p| p.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| bad("hadamard", "a list of projection names"))?,
-        _ => return Err(bad("hadamard", "a list of projection names")),
-    };
-    let optional_number = |field: &str| -> Result<Option<f64>> {
-        match &q[field] {
-            Value::Null => Ok(None),
-            v => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| bad(field, "a number or null")),
-        }
-    };
-    Ok(QuantizationFile {
-        variant: variant.to_string(),
-        weight_bits: 1.58,
-        activation_bits,
-        hadamard,
-        topk_keep: optional_number("topk_keep")?,
-        hadamard_block: optional_number("hadamard_block")?.map(|b| b as usize),
-    })
 }
 
 /// Reads an HF BitNet checkpoint directory into packed weights and its tokenizer text.
@@ -395,6 +304,45 @@ pub fn write_hf_bitnet(
             blobs.push((format!("{name}_scale"), Dtype::F32, vec![1], scale));
         }
     }
+    write_export_dir(dir, &config, &blobs, tokenizer_json, chat_template, remote)
+}
+
+/// A training checkpoint's latent (float) weights in the HF layout of hbit's remote-code model
+/// (`weights: latent`): transformers loads the model and can train on, with the paper's STE
+/// forward and backward; hbit reads the directory back as a checkpoint (to pack, or to train).
+pub fn write_hf_latent(
+    config: &ModelConfig,
+    tensors: &HashMap<String, Vec<f32>>,
+    tokenizer_json: Option<&str>,
+    chat_template: Option<&str>,
+    dir: &Path,
+) -> Result<()> {
+    let mut json = remote_code_config(config);
+    json["hbit_quantization"]["weights"] = "latent".into();
+    let mut blobs = Vec::new();
+    for (name, shape) in hbit_model::parameter_shapes(config) {
+        let values = tensors.get(&name).ok_or_else(|| {
+            EngineError::Input(format!("HF export: the checkpoint has no tensor {name}"))
+        })?;
+        let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        blobs.push((name, Dtype::F32, shape, bytes));
+    }
+    write_export_dir(dir, &json, &blobs, tokenizer_json, chat_template, true)
+}
+
+/// One tensor of an export: name, dtype, shape, little-endian bytes.
+type Blob = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Writes an export directory whole or not at all: a temporary sibling, renamed into place
+/// (an earlier export there, checked to hold only export files, is replaced).
+fn write_export_dir(
+    dir: &Path,
+    config: &Value,
+    blobs: &[Blob],
+    tokenizer_json: Option<&str>,
+    chat_template: Option<&str>,
+    remote: bool,
+) -> Result<()> {
     let views: Vec<(String, safetensors::tensor::TensorView)> = blobs
         .iter()
         .map(|(n, d, shape, b)| {
@@ -425,7 +373,7 @@ pub fn write_hf_bitnet(
             let path = tmp.join(name);
             std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))
         };
-        let config = serde_json::to_string_pretty(&config).unwrap_or_default();
+        let config = serde_json::to_string_pretty(config).unwrap_or_default();
         write(CONFIG_FILE, config.as_bytes())?;
         let model = tmp.join(MODEL_FILE);
         safetensors::serialize_to_file(views, None, &model)
@@ -472,7 +420,7 @@ const EXPORT_FILES: [&str; 6] = [
 ];
 
 /// transformers' `model_type` of hbit's remote-code models.
-pub const REMOTE_MODEL_TYPE: &str = "hbit_bitnet";
+pub use hbit_model::config::HF_MODEL_TYPE as REMOTE_MODEL_TYPE;
 const REMOTE_CONFIG_FILE: &str = "configuration_hbit_bitnet.py";
 const REMOTE_MODELING_FILE: &str = "modeling_hbit_bitnet.py";
 const REMOTE_CONFIG_SOURCE: &str =

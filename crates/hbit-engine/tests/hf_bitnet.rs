@@ -261,3 +261,29 @@ fn remote_code_exports_read_back_to_the_same_logits() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A training checkpoint's HF export keeps its latent weights: hbit reads the directory back as
+/// a checkpoint (same logits as the source) and the trainer can start from it.
+#[test]
+fn latent_exports_read_back_as_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("hbit-hf-latent-{}", std::process::id()));
+    let c = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+    let model = BitnetModel::init(&c, 5).unwrap();
+    let latent: HashMap<String, Vec<f32>> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    hbit_engine::hf_bitnet::write_hf_latent(&c, &latent, None, None, &dir).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["hbit_quantization"]["weights"], "latent");
+    assert_eq!(config["hbit_quantization"]["activation_bits"], 4);
+    let (back, _) = load_checkpoint_dir(&dir, false).unwrap();
+    assert_eq!(back.config, c);
+    let want = Weights::from_latent(&c, &latent, false, Path::new("<test>")).unwrap();
+    assert!(logits(back) == logits(want));
+    let trainable = hbit_train::checkpoint::load_model(&dir).unwrap();
+    assert_eq!(trainable.config(), &c);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

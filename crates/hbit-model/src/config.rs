@@ -35,6 +35,113 @@ pub struct ConfigFile {
     pub quantization: QuantizationFile,
 }
 
+/// `model_type` of hbit's remote-code model for transformers (`python/hbit_bitnet/`).
+pub const HF_MODEL_TYPE: &str = "hbit_bitnet";
+
+impl ConfigFile {
+    /// The config of an HF `config.json`: hbit's remote-code model (`model_type` hbit_bitnet,
+    /// quantization under `hbit_quantization`) or transformers' BitNet (b1.58 at 8-bit
+    /// activations; squared-ReLU unless `hidden_act` says otherwise).
+    pub fn from_hf_json(v: &serde_json::Value) -> Result<ConfigFile, ConfigError> {
+        let size = |name: &'static str| -> Result<usize, ConfigError> {
+            v[name]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| field_err(name, format!("expected an integer, found {}", v[name])))
+        };
+        let float = |name: &str, default: f64| v[name].as_f64().unwrap_or(default);
+        // Token ids may be one integer or a list (Llama-3 instruct); the first is the one used.
+        let token = |name: &str| match &v[name] {
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            serde_json::Value::Array(a) => a
+                .first()
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok()),
+            _ => None,
+        };
+        let heads = size("num_attention_heads")?;
+        let quantization = match v.get("hbit_quantization") {
+            Some(q) => QuantizationFile::from_hf_json(q)?,
+            None => QuantizationFile {
+                variant: Variant::BitnetB158.name().into(),
+                weight_bits: 1.58,
+                activation_bits: 8,
+                hadamard: Vec::new(),
+                topk_keep: None,
+                hadamard_block: None,
+            },
+        };
+        Ok(ConfigFile {
+            hidden_size: size("hidden_size")?,
+            intermediate_size: size("intermediate_size")?,
+            num_hidden_layers: size("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: match v["num_key_value_heads"] {
+                serde_json::Value::Null => heads,
+                _ => size("num_key_value_heads")?,
+            },
+            vocab_size: size("vocab_size")?,
+            max_position_embeddings: size("max_position_embeddings")?,
+            rms_norm_eps: float("rms_norm_eps", 1e-5),
+            rope_theta: float("rope_theta", 10000.0),
+            hidden_act: v["hidden_act"].as_str().unwrap_or("relu2").to_string(),
+            tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
+            bos_token_id: token("bos_token_id"),
+            eos_token_id: token("eos_token_id"),
+            quantization,
+        })
+    }
+}
+
+impl QuantizationFile {
+    /// `hbit_quantization` of an HF `config.json` (its `weights` key, packed or latent, says
+    /// how the weights file stores projections and is not part of the model's config).
+    fn from_hf_json(q: &serde_json::Value) -> Result<QuantizationFile, ConfigError> {
+        let bad = |field: &'static str, want: &str| {
+            field_err(field, format!("expected {want}, found {}", q[field]))
+        };
+        let variant = q["variant"]
+            .as_str()
+            .ok_or_else(|| bad("hbit_quantization.variant", "a string"))?;
+        let activation_bits = q["activation_bits"]
+            .as_u64()
+            .and_then(|b| u8::try_from(b).ok())
+            .ok_or_else(|| bad("hbit_quantization.activation_bits", "8 or 4"))?;
+        let hadamard = match &q["hadamard"] {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("hbit_quantization.hadamard", "projection names"))?,
+            _ => return Err(bad("hbit_quantization.hadamard", "projection names")),
+        };
+        let topk_keep = match &q["topk_keep"] {
+            serde_json::Value::Null => None,
+            v => Some(
+                v.as_f64()
+                    .ok_or_else(|| bad("hbit_quantization.topk_keep", "a number or null"))?,
+            ),
+        };
+        let hadamard_block = match &q["hadamard_block"] {
+            serde_json::Value::Null => None,
+            v => Some(
+                v.as_u64()
+                    .and_then(|b| usize::try_from(b).ok())
+                    .ok_or_else(|| bad("hbit_quantization.hadamard_block", "an integer or null"))?,
+            ),
+        };
+        Ok(QuantizationFile {
+            variant: variant.to_string(),
+            weight_bits: 1.58,
+            activation_bits,
+            hadamard,
+            topk_keep,
+            hadamard_block,
+        })
+    }
+}
+
 /// The `quantization` object of `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizationFile {
@@ -485,13 +592,20 @@ impl ModelConfig {
         }
     }
 
-    /// Reads and validates `config.json`; errors name the file.
+    /// Reads and validates `config.json` (hbit's, or the HF one of hbit's remote-code model:
+    /// see [`ConfigFile::from_hf_json`]); errors name the file.
     pub fn load(path: &Path) -> Result<ModelConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
-        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse = |e: serde_json::Error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+        let file = if value["model_type"].as_str() == Some(HF_MODEL_TYPE) {
+            ConfigFile::from_hf_json(&value).map_err(|e| e.in_file(path))?
+        } else {
+            serde_json::from_value(value).map_err(parse)?
+        };
         ModelConfig::from_file(&file).map_err(|e| e.in_file(path))
     }
 
@@ -927,5 +1041,46 @@ mod tests {
             .to_file();
         plain.quantization.hadamard_block = Some(256);
         assert!(ModelConfig::from_file(&plain).is_err());
+    }
+
+    #[test]
+    fn hf_configs_of_the_remote_code_model_load_as_hbit_configs() {
+        let want = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+        let f = want.to_file();
+        let mut hf = serde_json::json!({
+            "model_type": HF_MODEL_TYPE,
+            "hidden_size": f.hidden_size,
+            "intermediate_size": f.intermediate_size,
+            "num_hidden_layers": f.num_hidden_layers,
+            "num_attention_heads": f.num_attention_heads,
+            "num_key_value_heads": f.num_key_value_heads,
+            "vocab_size": f.vocab_size,
+            "max_position_embeddings": f.max_position_embeddings,
+            "rms_norm_eps": f.rms_norm_eps,
+            "rope_theta": f.rope_theta,
+            "hidden_act": "silu",
+            "tie_word_embeddings": true,
+            "hbit_quantization": {"variant": "bitnet_v2", "activation_bits": 4,
+                "hadamard": ["o_proj", "down_proj"], "hadamard_block": null,
+                "topk_keep": null, "weights": "latent"},
+        });
+        let dir = std::env::temp_dir().join(format!("hbit-hf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        std::fs::write(&path, hf.to_string()).unwrap();
+        assert_eq!(ModelConfig::load(&path).unwrap(), want);
+        hf["hbit_quantization"]["activation_bits"] = serde_json::json!("four");
+        std::fs::write(&path, hf.to_string()).unwrap();
+        let e = ModelConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("hbit_quantization.activation_bits"),
+            "{e}"
+        );
+        hf["hbit_quantization"]["activation_bits"] = serde_json::json!(4);
+        hf["hbit_quantization"]["hadamard"] = serde_json::json!([]);
+        std::fs::write(&path, hf.to_string()).unwrap();
+        // The projection list must agree with the variant, as in hbit's own config.json.
+        assert!(ModelConfig::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -427,11 +427,40 @@ pub struct ExportArgs {
     /// Output file (gguf) or directory (hf), replaced whole or not at all.
     #[arg(long)]
     out: PathBuf,
+    /// With --format hf and a training checkpoint: write its ternary codes (inference) instead
+    /// of the latent float weights (the default there, so PyTorch can train on).
+    #[arg(long)]
+    packed: bool,
 }
 
 /// `hbit export`: a model in another ecosystem's format.
 pub fn export(args: &ExportArgs) -> Result<()> {
     use hbit_engine::gguf_model::{write_gguf_model, GgufQuant};
+    let training_checkpoint = args.model.is_dir()
+        && !hbit_engine::hf_bitnet::is_hf_bitnet(&args.model)
+        && args.model.join(hbit_model::files::MODEL_FILE).is_file();
+    if args.format == "hf" && training_checkpoint && !args.packed {
+        let ckpt = hbit_engine::checkpoint::read_checkpoint(&args.model)?;
+        let path = args.model.join(hbit_model::files::MODEL_FILE);
+        let mut tensors = ckpt.tensors;
+        if ckpt.config.tie_word_embeddings {
+            tensors.remove(hbit_model::tensors::LM_HEAD); // HF writes the tied head in some files
+        }
+        let latent = hbit_engine::checkpoint::checked_latent(&ckpt.config, tensors, &path)?;
+        hbit_engine::hf_bitnet::write_hf_latent(
+            &ckpt.config,
+            &latent,
+            ckpt.tokenizer_json.as_deref(),
+            read_chat_template(&args.model)?.as_deref(),
+            &args.out,
+        )?;
+        println!(
+            "wrote {} (hbit's HbitBitnetForCausalLM with latent weights, trainable in PyTorch: \
+             load with trust_remote_code=True)",
+            args.out.display()
+        );
+        return Ok(());
+    }
     let loaded = load_model(&args.model)?;
     match args.format.as_str() {
         "gguf" => {}
