@@ -1,15 +1,19 @@
-//! Checkpoints in the layout of microsoft/bitnet-b1.58-2B-4T (HF transformers' `BitNet`
-//! integration): `config.json` with `"quantization_config": {"quant_method": "bitnet"}`,
-//! squared-ReLU GLU, tied embeddings, and in `model.safetensors` each projection as
+//! HF transformers' BitNet checkpoints (`config.json` with `"quantization_config":
+//! {"quant_method": "bitnet", ...}`, squared-ReLU GLU, sub-norms) and hbit's remote-code model
+//! (`model_type: hbit_bitnet`, `python/hbit_bitnet/`), read and written.
 //!
-//! * `….weight` — U8 `[out/4, in]`: weight row `r` of `out` is field `r / (out/4)` (bits
-//!   `2f..2f+2`) of packed row `r % (out/4)`, holding `w + 1`;
-//! * `….weight_scale` — one value `s` with `W = code / s`. HF's `BitLinear` computes
-//!   `y = (x_q · codesᵀ) / (input_scale · weight_scale)` where `x = x_q / input_scale`, so the
-//!   scale **divides**: `s = 1 / mean|W|`, and our per-tensor `alpha` (eq. 2, multiplied) is `1/s`.
-//!   The test `hf_bitnet_layout_loads_and_weight_scale_divides` checks this numerically: the
-//!   model loaded with `alpha = 1/s` reproduces the latent model's logits, the other reading
-//!   (`alpha = s`) does not come close.
+//! A packed projection is `….weight` U8 `[out/4, in]`: weight row `r` of `out` is field
+//! `r / (out/4)` (bits `2f..2f+2`) of packed row `r % (out/4)`, holding `code + 1`. What its
+//! `….weight_scale` means depends on transformers' `linear_class` ([`WeightRule`]), settled by
+//! running transformers' own modules (reports/interop.md, `scripts/hf_bitnet_variants_check.py`):
+//! * `bitlinear` (the default; Falcon3-1.58bit, Llama3-8B-1.58, hbit's exports): `BitLinear`
+//!   computes `y = (x_q · codesᵀ) / (input_scale · weight_scale)`, so the scale **divides**:
+//!   `s = 1 / mean|W|` and our `alpha` (eq. 2, multiplied) is `1/s`;
+//! * `autobitlinear` offline (microsoft/bitnet-b1.58-2B-4T): `AutoBitLinear` multiplies its
+//!   output by `weight_scale`, so `alpha = s`; the weight may also be stored as float ternary
+//!   values `{-a, 0, a}` (then `alpha = s·a`);
+//! * `autobitlinear` online (the 2B4T `-bf16` master weights): float weights quantized per
+//!   tensor at load, absmean with rounding half to even, as transformers' `WeightQuant`.
 //!
 //! Activations are INT8 absmax per token (BitNet b1.58), so the model is our `bitnet_b158` a8.
 
@@ -42,6 +46,62 @@ pub fn is_hf_bitnet(dir: &Path) -> bool {
             && v["hbit_quantization"]["weights"].as_str() == Some("packed"))
 }
 
+/// How a checkpoint stores each projection, from transformers' `quantization_config`
+/// (`linear_class`, `quantization_mode`); each rule was checked against transformers' own
+/// modules (reports/interop.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightRule {
+    /// `bitlinear` (or no `linear_class`; its mode is ignored): packed U8 codes, and
+    /// `weight_scale` divides, `W = code / s`. Falcon3-1.58bit, Llama3-8B-1.58, hbit's exports.
+    PackedDivide,
+    /// `autobitlinear` + `offline`: codes packed in U8 or stored as float ternary values, and
+    /// `weight_scale` multiplies, `W = weight * s`. microsoft/bitnet-b1.58-2B-4T.
+    OfflineMultiply,
+    /// `autobitlinear` + `online`: float master weights, quantized per tensor at load as
+    /// transformers does (absmean, round half to even). microsoft/bitnet-b1.58-2B-4T-bf16.
+    OnlineMaster,
+}
+
+impl WeightRule {
+    /// The rule of an HF `config.json`; refuses what hbit's model does not compute.
+    pub fn of_config(path: &Path, v: &Value) -> Result<WeightRule> {
+        match v["model_type"].as_str() {
+            Some("bitnet") | Some(REMOTE_MODEL_TYPE) => {}
+            other => {
+                return Err(EngineError::format(
+                    path,
+                    format!(
+                        "model_type {other:?}: hbit reads BitNet models (`bitnet`, as \
+                         microsoft/bitnet-b1.58-2B-4T, or `{REMOTE_MODEL_TYPE}`); Llama-architecture \
+                         1.58-bit models (Falcon3, Llama3-8B-1.58) have no sub-norms, which hbit's \
+                         model always applies"
+                    ),
+                ))
+            }
+        }
+        let q = &v["quantization_config"];
+        if q["use_rms_norm"].as_bool() == Some(true) {
+            return Err(EngineError::format(
+                path,
+                "quantization_config.use_rms_norm: an extra RMSNorm before every projection is \
+                 not part of hbit's model",
+            ));
+        }
+        match (q["linear_class"].as_str(), q["quantization_mode"].as_str()) {
+            (None | Some("bitlinear"), _) => Ok(WeightRule::PackedDivide),
+            (Some("autobitlinear"), None | Some("offline")) => Ok(WeightRule::OfflineMultiply),
+            (Some("autobitlinear"), Some("online")) => Ok(WeightRule::OnlineMaster),
+            (class, mode) => Err(EngineError::format(
+                path,
+                format!(
+                    "quantization_config: linear_class {class:?} with quantization_mode {mode:?} \
+                     is not one transformers defines (bitlinear, or autobitlinear offline / online)"
+                ),
+            )),
+        }
+    }
+}
+
 /// Our config for an HF BitNet `config.json` (transformers' or hbit's remote-code model).
 pub fn hf_config(path: &Path, v: &Value) -> Result<ModelConfig> {
     let file = ConfigFile::from_hf_json(v).map_err(|e| EngineError::format(path, e.to_string()))?;
@@ -55,6 +115,7 @@ pub fn read_hf_bitnet(dir: &Path, half_embeddings: bool) -> Result<(Weights, Opt
         std::fs::read_to_string(&config_path).map_err(|e| EngineError::io(&config_path, e))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| EngineError::format(&config_path, format!("invalid JSON: {e}")))?;
+    let rule = WeightRule::of_config(&config_path, &v)?;
     let config = hf_config(&config_path, &v)?;
     let model_path = dir.join(MODEL_FILE);
     let bytes = std::fs::read(&model_path).map_err(|e| EngineError::io(&model_path, e))?;
@@ -65,6 +126,7 @@ pub fn read_hf_bitnet(dir: &Path, half_embeddings: bool) -> Result<(Weights, Opt
         path: &model_path,
         st: &st,
         half_embeddings,
+        rule,
         used: Vec::new(),
     };
     let weights = Weights::assemble(&config, &mut source)?;
@@ -95,6 +157,7 @@ struct HfSource<'a> {
     path: &'a Path,
     st: &'a SafeTensors<'a>,
     half_embeddings: bool,
+    rule: WeightRule,
     used: Vec<String>,
 }
 
@@ -121,6 +184,61 @@ impl HfSource<'_> {
         self.used.push(name.to_string());
         Ok(values)
     }
+}
+
+impl HfSource<'_> {
+    /// `<weight>_scale`: one positive value.
+    fn scale(&mut self, weight: &str) -> Result<f32> {
+        let name = format!("{weight}_scale");
+        let scale = self.floats(&name, 1)?[0];
+        if scale > 0.0 {
+            Ok(scale)
+        } else {
+            Err(EngineError::tensor(
+                self.path,
+                &name,
+                format!("expected a positive scale, found {scale}"),
+            ))
+        }
+    }
+}
+
+/// Float weights that hold ternary values `{-a, 0, a}`: their codes and `a` (1 when all are
+/// zero). Anything else is not a ternary weight.
+fn ternary_values(values: &[f32]) -> std::result::Result<(Vec<i8>, f32), String> {
+    let magnitude = values
+        .iter()
+        .map(|v| v.abs())
+        .find(|&a| a > 0.0)
+        .unwrap_or(1.0);
+    let mut codes = Vec::with_capacity(values.len());
+    for (i, &v) in values.iter().enumerate() {
+        codes.push(match v {
+            _ if v == 0.0 => 0,
+            _ if v == magnitude => 1,
+            _ if v == -magnitude => -1,
+            _ => {
+                return Err(format!(
+                    "value {v} at {i} is not one of 0, ±{magnitude}: an offline autobitlinear \
+                     weight stored as floats must be ternary"
+                ))
+            }
+        });
+    }
+    Ok((codes, magnitude))
+}
+
+/// transformers' online weight quantizer (`WeightQuant`), in f32: `m = max(mean|W|, 1e-5)`,
+/// `s = 1/m`, codes `clamp(round_half_even(W·s), -1, 1)`, alpha `1/s`.
+fn absmean_round_half_even(values: &[f32]) -> (Vec<i8>, f32) {
+    let mean =
+        (values.iter().map(|v| v.abs() as f64).sum::<f64>() / values.len().max(1) as f64) as f32;
+    let inverse = 1.0 / mean.max(1e-5);
+    let codes = values
+        .iter()
+        .map(|&v| (v * inverse).round_ties_even().clamp(-1.0, 1.0) as i8)
+        .collect();
+    (codes, 1.0 / inverse)
 }
 
 /// Ternary codes `[out, in]` from HF's packed `[out/4, in]` bytes.
@@ -162,30 +280,61 @@ impl TensorSource for HfSource<'_> {
             .st
             .tensor(name)
             .map_err(|_| EngineError::tensor(self.path, name, "missing"))?;
-        let expected = [rows / 4, cols];
-        if view.dtype() != Dtype::U8 || view.shape() != expected || !rows.is_multiple_of(4) {
+        let packed_shape = [rows / 4, cols];
+        let is_packed = view.dtype() == Dtype::U8;
+        let (codes, alpha) = match (self.rule, is_packed) {
+            (WeightRule::PackedDivide | WeightRule::OfflineMultiply, true) => {
+                if view.shape() != packed_shape || !rows.is_multiple_of(4) {
+                    return Err(EngineError::tensor(
+                        self.path,
+                        name,
+                        format!(
+                            "expected packed U8 {packed_shape:?} (out/4, in), found {:?}",
+                            view.shape()
+                        ),
+                    ));
+                }
+                let codes = unpack_hf_codes(view.data(), rows, cols)
+                    .map_err(|m| EngineError::tensor(self.path, name, m))?;
+                self.used.push(name.to_string());
+                let scale = self.scale(name)?;
+                let alpha = match self.rule {
+                    WeightRule::PackedDivide => 1.0 / scale,
+                    _ => scale,
+                };
+                (codes, alpha)
+            }
+            (WeightRule::OfflineMultiply, false) => {
+                let values = self.floats(name, rows * cols)?;
+                let (codes, magnitude) =
+                    ternary_values(&values).map_err(|m| EngineError::tensor(self.path, name, m))?;
+                (codes, self.scale(name)? * magnitude)
+            }
+            (WeightRule::OnlineMaster, false) => {
+                let values = self.floats(name, rows * cols)?;
+                absmean_round_half_even(&values)
+            }
+            (rule, _) => {
+                return Err(EngineError::tensor(
+                    self.path,
+                    name,
+                    format!(
+                        "found {:?} {:?}; {rule:?} checkpoints store {}",
+                        view.dtype(),
+                        view.shape(),
+                        match rule {
+                            WeightRule::OnlineMaster => "float master weights [out, in]",
+                            _ => "packed U8 [out/4, in]",
+                        }
+                    ),
+                ))
+            }
+        };
+        if !(alpha > 0.0 && alpha.is_finite()) {
             return Err(EngineError::tensor(
                 self.path,
                 name,
-                format!(
-                    "expected packed U8 {expected:?} (out/4, in), found {:?} {:?}",
-                    view.dtype(),
-                    view.shape()
-                ),
-            ));
-        }
-        let codes = unpack_hf_codes(view.data(), rows, cols)
-            .map_err(|m| EngineError::tensor(self.path, name, m))?;
-        self.used.push(name.to_string());
-        let scale_name = format!("{name}_scale");
-        let scale = self.floats(&scale_name, 1)?[0];
-        // `weight_scale` divides (module docs): alpha = 1 / weight_scale.
-        let alpha = 1.0 / scale;
-        if scale <= 0.0 || !alpha.is_finite() {
-            return Err(EngineError::tensor(
-                self.path,
-                &scale_name,
-                format!("expected a positive scale with a finite inverse, found {scale}"),
+                format!("the weight scale gives alpha {alpha}, expected positive and finite"),
             ));
         }
         let w = TernaryWeights::from_codes(rows, cols, alpha, codes)

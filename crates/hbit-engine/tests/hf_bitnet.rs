@@ -1,5 +1,7 @@
-//! The microsoft/bitnet-b1.58-2B-4T checkpoint layout, on a `micro` model written in that
-//! layout: it loads, packs, and reproduces the latent model; `weight_scale` divides.
+//! transformers' BitNet checkpoint layouts, on a `micro` model written in each: it loads, packs,
+//! and reproduces the latent model only with the scale rule of its `linear_class` (`bitlinear`
+//! divides, `autobitlinear` offline multiplies, online quantizes master weights); hbit's own
+//! exports (every variant, packed or latent) read back exactly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,8 +32,20 @@ fn latent() -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
-/// Writes the checkpoint in the 2B4T layout; `scale_of(alpha)` is what goes in `weight_scale`.
-fn write_hf(dir: &Path, scale_of: impl Fn(f32) -> f32) {
+/// How a test checkpoint stores its projections.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// Packed U8 codes and `weight_scale = scale_of(alpha)`.
+    Packed,
+    /// Float codes (ternary values 0, ±1) and `weight_scale = scale_of(alpha)`.
+    FloatCodes,
+    /// The latent master weights, no scale.
+    Master,
+}
+
+/// Writes the checkpoint in transformers' BitNet layout with `quantization_config` =
+/// `quant` and projections stored as `storage`.
+fn write_hf(dir: &Path, quant: serde_json::Value, storage: Storage, scale_of: impl Fn(f32) -> f32) {
     std::fs::create_dir_all(dir).unwrap();
     let c = config();
     let hf_config = serde_json::json!({
@@ -42,22 +56,33 @@ fn write_hf(dir: &Path, scale_of: impl Fn(f32) -> f32) {
         "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta, "hidden_act": "relu2", "tie_word_embeddings": true,
         "bos_token_id": 1, "eos_token_id": [2, 3], "torch_dtype": "bfloat16",
-        "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                "quantization_mode": "offline"}
+        "quantization_config": quant,
     });
     std::fs::write(dir.join("config.json"), hf_config.to_string()).unwrap();
     let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, shape) in hbit_model::parameter_shapes(&c) {
         let values = &latent()[&name];
-        if shape.len() == 2 && name.contains("layers") {
+        let projection = shape.len() == 2 && name.contains("layers");
+        if projection && !matches!(storage, Storage::Master) {
             let (rows, cols) = (shape[0], shape[1]);
             let q = quantize_ternary(values, rows, cols).unwrap();
-            blobs.push((
-                name.clone(),
-                Dtype::U8,
-                vec![rows / 4, cols],
-                pack_hf_codes(&q.codes, rows, cols),
-            ));
+            match storage {
+                Storage::Packed => blobs.push((
+                    name.clone(),
+                    Dtype::U8,
+                    vec![rows / 4, cols],
+                    pack_hf_codes(&q.codes, rows, cols),
+                )),
+                _ => blobs.push((
+                    name.clone(),
+                    Dtype::BF16,
+                    shape.clone(),
+                    q.codes
+                        .iter()
+                        .flat_map(|&c| bf16::from_f32(c as f32).to_le_bytes())
+                        .collect(),
+                )),
+            }
             let s = bf16::from_f32(scale_of(q.alpha)).to_le_bytes().to_vec();
             blobs.push((format!("{name}_scale"), Dtype::BF16, vec![1], s));
         } else {
@@ -104,43 +129,104 @@ fn tempdir(tag: &str) -> PathBuf {
 /// latent f32 model.
 const BF16_REL_TOL: f32 = 5e-2;
 
-#[test]
-fn hf_bitnet_layout_loads_and_weight_scale_divides() {
+fn quant(class: &str, mode: &str) -> serde_json::Value {
+    serde_json::json!({"quant_method": "bitnet", "linear_class": class, "quantization_mode": mode})
+}
+
+/// Logits of a checkpoint written as `quant` / `storage` with `scale_of`, relative to the
+/// latent model's.
+fn reading(tag: &str, q: serde_json::Value, storage: Storage, scale_of: fn(f32) -> f32) -> f32 {
     let want =
         logits(Weights::from_latent(&config(), &latent(), false, Path::new("<latent>")).unwrap());
-
-    // The 2B4T convention: weight_scale = 1 / mean|W|, so W = code / weight_scale.
-    let dir = tempdir("divide");
-    write_hf(&dir, |alpha| 1.0 / alpha);
+    let dir = tempdir(tag);
+    write_hf(&dir, q, storage, scale_of);
     let (weights, tokenizer) = load_checkpoint_dir(&dir, false).unwrap();
     assert!(tokenizer.is_none());
     assert_eq!(weights.config.eos_token_id, Some(2));
     assert_eq!(weights.config.hidden_act, HiddenAct::Relu2);
     assert_eq!(weights.config.variant, Variant::BitnetB158);
     let got = logits(weights);
-    let diff = rel_diff(&got, &want);
-    assert!(diff < BF16_REL_TOL, "dividing reading: {diff}");
-
-    // Read the other way (a writer that stored alpha itself), the same loader is far off:
-    // only the dividing reading reproduces the model.
-    let wrong = tempdir("multiply");
-    write_hf(&wrong, |alpha| alpha);
-    let off = rel_diff(
-        &logits(load_checkpoint_dir(&wrong, false).unwrap().0),
-        &want,
-    );
-    assert!(
-        off > 20.0 * diff.max(1e-3),
-        "multiplying reading should not match: {off} vs {diff}"
-    );
-
-    println!("relative logit difference: weight_scale divides {diff:.2e}, multiplies {off:.2e}");
     // Packing it gives the same model.
     let out = dir.join("packed.hbit");
     pack_checkpoint(&dir, &out, false, hbit_engine::Int4Layout::native(), None).unwrap();
-    assert!(logits(load_packed(&out).unwrap().weights) == got);
+    assert!(logits(load_packed(&out).unwrap().weights) == got, "{tag}");
     std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::remove_dir_all(&wrong).unwrap();
+    rel_diff(&got, &want)
+}
+
+#[test]
+fn bitlinear_weight_scale_divides() {
+    // Falcon3-1.58bit / Llama3-8B-1.58 / hbit's writer: weight_scale = 1 / mean|W|.
+    let divide = reading(
+        "bl-div",
+        quant("bitlinear", "offline"),
+        Storage::Packed,
+        |a| 1.0 / a,
+    );
+    assert!(divide < BF16_REL_TOL, "dividing reading: {divide}");
+    // No linear_class means bitlinear too, and its mode is ignored.
+    let bare = serde_json::json!({"quant_method": "bitnet"});
+    assert!(reading("bl-bare", bare, Storage::Packed, |a| 1.0 / a) < BF16_REL_TOL);
+    // A writer that stored alpha itself is far off under this class.
+    let off = reading(
+        "bl-mul",
+        quant("bitlinear", "online"),
+        Storage::Packed,
+        |a| a,
+    );
+    assert!(off > 20.0 * divide.max(1e-3), "{off} vs {divide}");
+}
+
+#[test]
+fn autobitlinear_offline_weight_scale_multiplies() {
+    // microsoft/bitnet-b1.58-2B-4T: AutoBitLinear multiplies its output by weight_scale.
+    let q = || quant("autobitlinear", "offline");
+    let multiply = reading("abl-mul", q(), Storage::Packed, |a| a);
+    assert!(multiply < BF16_REL_TOL, "multiplying reading: {multiply}");
+    // Float ternary values are read the same way.
+    let floats = reading("abl-float", q(), Storage::FloatCodes, |a| a);
+    assert!(floats < BF16_REL_TOL, "float codes: {floats}");
+    let off = reading("abl-div", q(), Storage::Packed, |a| 1.0 / a);
+    assert!(off > 20.0 * multiply.max(1e-3), "{off} vs {multiply}");
+}
+
+#[test]
+fn autobitlinear_online_quantizes_master_weights() {
+    // microsoft/bitnet-b1.58-2B-4T-bf16: bf16 master weights, absmean per tensor at load.
+    let online = reading(
+        "abl-online",
+        quant("autobitlinear", "online"),
+        Storage::Master,
+        |a| a,
+    );
+    assert!(online < BF16_REL_TOL, "online: {online}");
+}
+
+#[test]
+fn what_hbits_model_does_not_compute_is_refused() {
+    let dir = tempdir("refused");
+    let cases = [
+        ("use_rms_norm", {
+            let mut q = quant("bitlinear", "offline");
+            q["use_rms_norm"] = true.into();
+            q
+        }),
+        ("autobitlinear", quant("autobitlinear", "sometimes")),
+    ];
+    for (needle, q) in cases {
+        write_hf(&dir, q, Storage::Packed, |a| 1.0 / a);
+        let e = load_checkpoint_dir(&dir, false).err().unwrap().to_string();
+        assert!(e.contains("config.json") && e.contains(needle), "{e}");
+    }
+    // A Llama-architecture 1.58-bit model (Falcon3): no sub-norms.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["model_type"] = "llama".into();
+    config["quantization_config"] = quant("bitlinear", "offline");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let e = load_checkpoint_dir(&dir, false).err().unwrap().to_string();
+    assert!(e.contains("\"llama\"") && e.contains("sub-norms"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -83,7 +83,7 @@ impl ConfigFile {
             vocab_size: size("vocab_size")?,
             max_position_embeddings: size("max_position_embeddings")?,
             rms_norm_eps: float("rms_norm_eps", 1e-5),
-            rope_theta: float("rope_theta", 10000.0),
+            rope_theta: rope_theta(v)?,
             hidden_act: v["hidden_act"].as_str().unwrap_or("relu2").to_string(),
             tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(true),
             bos_token_id: token("bos_token_id"),
@@ -91,6 +91,29 @@ impl ConfigFile {
             quantization,
         })
     }
+}
+
+/// RoPE's base of an HF config: `rope_theta` (transformers 4), or `rope_parameters`
+/// (transformers 5 writes `{"rope_theta": ..., "rope_type": "default"}` there); a scaled RoPE
+/// (Llama-3's `llama3`, `yarn`, ...) is refused, as hbit rotates by the plain frequencies.
+fn rope_theta(v: &serde_json::Value) -> Result<f64, ConfigError> {
+    for key in ["rope_parameters", "rope_scaling"] {
+        let p = &v[key];
+        if p.is_null() {
+            continue;
+        }
+        let kind = p["rope_type"].as_str().or(p["type"].as_str());
+        if !matches!(kind, None | Some("default")) {
+            return Err(field_err(
+                "rope_parameters",
+                format!("RoPE type {kind:?}: hbit applies unscaled RoPE only"),
+            ));
+        }
+        if let Some(theta) = p["rope_theta"].as_f64() {
+            return Ok(theta);
+        }
+    }
+    Ok(v["rope_theta"].as_f64().unwrap_or(10000.0))
 }
 
 impl QuantizationFile {
@@ -451,6 +474,17 @@ impl ModelConfig {
                 "num_attention_heads",
                 format!("head_dim {head_dim} must be even for rotate-half RoPE"),
             ));
+        }
+        for (field, id) in [
+            ("bos_token_id", file.bos_token_id),
+            ("eos_token_id", file.eos_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= file.vocab_size) {
+                return Err(field_err(
+                    field,
+                    format!("{id} is outside the vocabulary of {}", file.vocab_size),
+                ));
+            }
         }
         if !(file.rms_norm_eps > 0.0 && file.rms_norm_eps.is_finite()) {
             return Err(field_err(
@@ -1081,6 +1115,20 @@ mod tests {
         std::fs::write(&path, hf.to_string()).unwrap();
         // The projection list must agree with the variant, as in hbit's own config.json.
         assert!(ModelConfig::load(&path).is_err());
+        hf["hbit_quantization"]["hadamard"] = serde_json::json!(["o_proj", "down_proj"]);
+        // transformers 5 keeps RoPE's base under rope_parameters; scaled RoPE is refused.
+        hf["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
+        std::fs::write(&path, hf.to_string()).unwrap();
+        assert_eq!(ModelConfig::load(&path).unwrap().rope_theta, 500000.0);
+        hf["rope_parameters"]["rope_type"] = "llama3".into();
+        std::fs::write(&path, hf.to_string()).unwrap();
+        let e = ModelConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("rope_parameters") && e.contains("llama3"), "{e}");
+        hf["rope_parameters"]["rope_type"] = "default".into();
+        hf["bos_token_id"] = serde_json::json!(128000);
+        std::fs::write(&path, hf.to_string()).unwrap();
+        let e = ModelConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("bos_token_id") && e.contains("128000"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
