@@ -9,7 +9,10 @@ passage's relative error ||hbit - torch|| / ||torch|| <= 1e-2 and the argmax agr
 of the 192 positions (a disagreement is printed with the gap between hbit's two best logits). Then transformers saves the model (`save_pretrained`) and hbit must read that
 directory back to the same logits as the export it came from.
 
-Usage: scripts/hf_transformers_check.py path/to/hbit EXPORT_DIR [EXPORT_DIR ...]
+With --random-weights (untrained models, whose nearly flat logits make the argmax a coin
+toss among near ties) only the relative error decides; top-1 agreement is printed.
+
+Usage: scripts/hf_transformers_check.py [--random-weights] path/to/hbit EXPORT_DIR [EXPORT_DIR ...]
 """
 
 import json
@@ -67,7 +70,7 @@ def passages(export):
     return out
 
 
-def check(hbit, export):
+def check(hbit, export, random_weights=False):
     export = Path(export)
     kind = json.loads((export / "config.json").read_text())
     label = kind.get("hbit_quantization", {}).get("variant", "bitnet_b158") + " a" + str(
@@ -91,7 +94,7 @@ def check(hbit, export):
             best = ours[pos].topk(2).values
             print(f"     position {pos}: top-1 differs; hbit's two best logits are {float(best[0] - best[1]):.2e} apart")
     top1 = agree / total
-    good = top1 >= MIN_TOP1_AGREEMENT
+    good = random_weights or top1 >= MIN_TOP1_AGREEMENT
     ok &= good
     print(f"{'ok  ' if good else 'FAIL'} {export.name}: top-1 agreement {agree}/{total} = {top1:.1%}")
     with tempfile.TemporaryDirectory() as saved:
@@ -106,9 +109,11 @@ def check(hbit, export):
 
 
 def main():
-    hbit, exports = sys.argv[1], sys.argv[2:]
+    args = [a for a in sys.argv[1:] if a != "--random-weights"]
+    random_weights = len(args) < len(sys.argv) - 1
+    hbit, exports = args[0], args[1:]
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    results = [check(hbit, e) for e in exports]
+    results = [check(hbit, e, random_weights) for e in exports]
     if not all(results):
         sys.exit(1)
 

@@ -3,7 +3,8 @@
 # paper's BitNet v2 recipe: a8 from scratch for 90% of the tokens, then a4 reusing the optimizer
 # state. Every stage checkpoints; rerunning the same command resumes where it stopped.
 #
-#   scripts/train_bundled_model.sh [RUN_DIR]    (default runs/bundled; needs ../shared/data)
+#   scripts/train_bundled_model.sh [RUN_DIR]    (from the repository root; default runs/bundled;
+#                                                needs ../shared/data)
 set -euo pipefail
 
 HBIT=${HBIT:-target/release/hbit}

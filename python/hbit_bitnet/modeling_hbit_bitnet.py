@@ -309,14 +309,21 @@ class HbitBitnetModel(HbitBitnetPreTrainedModel):
         inv = torch.tensor(
             [self.config.rope_theta ** (-(2.0 * i) / hd) for i in range(hd // 2)], dtype=torch.float64
         )
-        angles = torch.outer(torch.arange(t, dtype=torch.float64), inv)
-        angles = torch.cat([angles, angles], dim=1)
+        # Positions count real tokens only, so left padding (batched generate) changes nothing.
+        if attention_mask is not None:
+            positions = (attention_mask.to(torch.long).cumsum(-1) - 1).clamp(min=0).to(torch.float64)
+        else:
+            positions = torch.arange(t, dtype=torch.float64).expand(b, t)
+        angles = positions[..., None] * inv
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # [b, 1, t, hd]
         cos, sin = angles.cos().to(x.dtype).to(x.device), angles.sin().to(x.dtype).to(x.device)
-        mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
-        mask = mask.to(x.dtype)[None, None]
+        # The most negative finite value, not -inf: a padding row masked whole stays finite.
+        lowest = torch.finfo(x.dtype).min
+        mask = torch.triu(torch.full((t, t), lowest, dtype=x.dtype, device=x.device), diagonal=1)
+        mask = mask[None, None]
         if attention_mask is not None:
             keep = attention_mask[:, None, None, :].to(torch.bool)
-            mask = mask.masked_fill(~keep, float("-inf"))
+            mask = mask.masked_fill(~keep, lowest)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
         return self.norm(x)

@@ -98,8 +98,9 @@ pub fn tokenizer_json(file: &Gguf) -> Result<Option<String>> {
 /// the vocabulary skip the merges; `None` for names not rebuilt here.
 fn byte_level_splits(pre: Option<&str>) -> Option<(Vec<&'static str>, bool)> {
     match pre {
-        None | Some("gpt-2") => Some((vec![GPT2_SPLIT], false)),
-        Some("default") => Some((DEFAULT_SPLITS.to_vec(), false)),
+        Some("gpt-2") => Some((vec![GPT2_SPLIT], false)),
+        // llama.cpp runs its default pre-tokenizer when the key is missing.
+        None | Some("default") => Some((DEFAULT_SPLITS.to_vec(), false)),
         Some(name) if LLAMA3_NAMES.contains(&name) => Some((vec![LLAMA3_SPLIT], true)),
         Some(_) => None,
     }
@@ -336,6 +337,29 @@ fn merges_by_score(tokens: &[String], scores: &[f64]) -> Vec<Json> {
         .collect()
 }
 
+/// llama.cpp's name for an HF byte-level pre-tokenizer: `gpt-2` for ByteLevel with its own
+/// regex, `llama-bpe` for Llama-3's Split then ByteLevel; `None` for any other splitting.
+fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
+    let byte_level = |p: &Json, regex: bool| {
+        p["type"].as_str() == Some("ByteLevel") && p["use_regex"].as_bool().unwrap_or(true) == regex
+    };
+    if byte_level(pre, true) {
+        return Some("gpt-2");
+    }
+    let steps = pre["pretokenizers"].as_array()?;
+    match steps.as_slice() {
+        [split, last]
+            if split["type"].as_str() == Some("Split")
+                && split["pattern"]["Regex"].as_str() == Some(LLAMA3_SPLIT)
+                && byte_level(last, false) =>
+        {
+            Some("llama-bpe")
+        }
+        [only] if byte_level(only, true) => Some("gpt-2"),
+        _ => None,
+    }
+}
+
 /// The `tokenizer.ggml.*` keys of an HF byte-level BPE `tokenizer.json` (llama.cpp's `gpt2`
 /// model): tokens by id, their types (special added tokens are control tokens), merges, and
 /// the model's BOS / EOS ids.
@@ -357,6 +381,12 @@ pub(crate) fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) 
             "is not a byte-level BPE (only those are written as llama.cpp's gpt2 vocabulary)",
         ));
     }
+    let pre = pre_tokenizer_name(&v["pre_tokenizer"]).ok_or_else(|| {
+        bad(
+            "splits text with a pre-tokenizer llama.cpp has no name for (GPT-2's ByteLevel \
+             regex and Llama-3's Split are written)",
+        )
+    })?;
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| bad("has no model.vocab"))?;
@@ -415,7 +445,7 @@ pub(crate) fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) 
         .map(Value::String)
         .collect();
     w.metadata("tokenizer.ggml.model", Value::String("gpt2".into()))
-        .metadata("tokenizer.ggml.pre", Value::String("gpt-2".into()))
+        .metadata("tokenizer.ggml.pre", Value::String(pre.into()))
         .metadata(
             "tokenizer.ggml.tokens",
             Value::Array(tokens.into_iter().map(Value::String).collect()),
@@ -438,4 +468,24 @@ pub(crate) fn write_vocabulary(w: &mut GgufWriter, text: &str, c: &ModelConfig) 
         w.metadata("tokenizer.ggml.eos_token_id", Value::U32(e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_tokenizers_are_named_as_llama_cpp_names_them() {
+        let byte_level = |regex: bool| json!({"type": "ByteLevel", "use_regex": regex});
+        assert_eq!(pre_tokenizer_name(&byte_level(true)), Some("gpt-2"));
+        let split =
+            |r: &str| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated"});
+        let llama3 = json!({"type": "Sequence",
+                            "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]});
+        assert_eq!(pre_tokenizer_name(&llama3), Some("llama-bpe"));
+        let other = json!({"type": "Sequence",
+                           "pretokenizers": [split(r"\p{N}"), byte_level(false)]});
+        assert_eq!(pre_tokenizer_name(&other), None);
+        assert_eq!(pre_tokenizer_name(&byte_level(false)), None);
+    }
 }

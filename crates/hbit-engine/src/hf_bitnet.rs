@@ -187,6 +187,27 @@ impl HfSource<'_> {
 }
 
 impl HfSource<'_> {
+    /// A float projection must be `[out, in]` (a transposed one has the same count).
+    fn expect_shape(
+        &self,
+        name: &str,
+        view: &safetensors::tensor::TensorView,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        if view.shape() == [rows, cols] {
+            return Ok(());
+        }
+        Err(EngineError::tensor(
+            self.path,
+            name,
+            format!(
+                "expected shape [{rows}, {cols}] (out, in), found {:?}",
+                view.shape()
+            ),
+        ))
+    }
+
     /// `<weight>_scale`: one positive value.
     fn scale(&mut self, weight: &str) -> Result<f32> {
         let name = format!("{weight}_scale");
@@ -305,12 +326,14 @@ impl TensorSource for HfSource<'_> {
                 (codes, alpha)
             }
             (WeightRule::OfflineMultiply, false) => {
+                self.expect_shape(name, &view, rows, cols)?;
                 let values = self.floats(name, rows * cols)?;
                 let (codes, magnitude) =
                     ternary_values(&values).map_err(|m| EngineError::tensor(self.path, name, m))?;
                 (codes, self.scale(name)? * magnitude)
             }
             (WeightRule::OnlineMaster, false) => {
+                self.expect_shape(name, &view, rows, cols)?;
                 let values = self.floats(name, rows * cols)?;
                 absmean_round_half_even(&values)
             }
@@ -511,7 +534,10 @@ fn write_export_dir(
             ))
         })?;
     refuse_foreign_files(dir)?;
-    let parent = dir.parent().unwrap_or(Path::new("."));
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
@@ -520,13 +546,15 @@ fn write_export_dir(
     let result = (|| -> Result<()> {
         let write = |name: &str, bytes: &[u8]| -> Result<()> {
             let path = tmp.join(name);
-            std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))
+            std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, e))?;
+            sync(&path)
         };
         let config = serde_json::to_string_pretty(config).unwrap_or_default();
         write(CONFIG_FILE, config.as_bytes())?;
         let model = tmp.join(MODEL_FILE);
         safetensors::serialize_to_file(views, None, &model)
             .map_err(|e| EngineError::format(&model, format!("writing safetensors: {e}")))?;
+        sync(&model)?;
         if let Some(t) = tokenizer_json {
             write(TOKENIZER_FILE, t.as_bytes())?;
         }
@@ -546,16 +574,32 @@ fn write_export_dir(
     }
     // An earlier export (checked to hold only the files written here) moves aside, the new
     // directory takes its name, then the old one goes: `dir` always holds a whole export.
+    sync(&tmp)?;
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let had_old = dir.exists();
     if had_old {
         std::fs::rename(dir, &old).map_err(|e| EngineError::io(dir, e))?;
     }
-    std::fs::rename(&tmp, dir).map_err(|e| EngineError::io(dir, e))?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Put the earlier export back rather than leave no export at all.
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(EngineError::io(dir, e));
+    }
+    sync(parent)?;
     if had_old {
         std::fs::remove_dir_all(&old).map_err(|e| EngineError::io(&old, e))?;
     }
     Ok(())
+}
+
+/// Flushes a file or directory to the disk (a rename is durable once its directory is).
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| EngineError::io(path, e))
 }
 
 /// The files an HF export writes.

@@ -113,6 +113,60 @@ pub fn perplexity(
     Ok(result)
 }
 
+/// Perplexity as llama.cpp's `llama-perplexity` computes it by default, to compare numbers with
+/// llama.cpp and bitnet.cpp: the text's tokens, after `bos` when the model adds one, are cut into
+/// `n_ctx`-token chunks (a last partial chunk is dropped); each chunk's first token becomes `bos`
+/// (when there is one) and only its second half is scored: row `j` for `n_ctx/2 <= j < n_ctx - 1`
+/// predicts token `j + 1`.
+pub fn perplexity_llama_cpp(
+    engine: &Engine,
+    bos: Option<u32>,
+    tokens: &[u32],
+    n_ctx: usize,
+    kv: KvBits,
+    on_window: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
+    let max = engine.config().max_position_embeddings;
+    if n_ctx < 4 || n_ctx > max {
+        return Err(EngineError::Input(format!(
+            "perplexity: context {n_ctx} must be in 4..={max} (max_position_embeddings)"
+        )));
+    }
+    let mut seq = Vec::with_capacity(tokens.len() + 1);
+    seq.extend(bos);
+    seq.extend_from_slice(tokens);
+    let chunks = seq.len() / n_ctx;
+    if chunks < 2 {
+        return Err(EngineError::Input(format!(
+            "perplexity: {} tokens make fewer than two chunks of {n_ctx} (llama.cpp's minimum)",
+            seq.len()
+        )));
+    }
+    let v = engine.config().vocab_size;
+    let first = n_ctx / 2;
+    let mut result = Perplexity {
+        tokens: 0,
+        nll_sum: 0.0,
+        windows: chunks,
+    };
+    for c in 0..chunks {
+        let mut chunk = seq[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        let mut cache = engine.new_cache(kv);
+        let logits = engine
+            .forward(&mut [&mut cache], &[&chunk], Logits::All)?
+            .remove(0);
+        for j in first..n_ctx - 1 {
+            result.nll_sum -= log_prob(&logits[j * v..(j + 1) * v], chunk[j + 1]);
+            result.tokens += 1;
+        }
+        on_window(c + 1, chunks);
+    }
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

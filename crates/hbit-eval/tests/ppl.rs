@@ -123,3 +123,50 @@ fn bad_settings_are_refused() {
     }
     assert!(perplexity(&engine, 0, &[], 8, 8, KvBits::F16, &mut |_, _| {}).is_err());
 }
+
+/// llama.cpp's method: BOS then the text, cut into 64-token chunks (the partial tail
+/// dropped), each chunk starting with BOS, rows 32..63 scored.
+#[test]
+fn llama_cpp_perplexity_scores_the_second_half_of_bos_chunks() {
+    let (model, engine) = setup();
+    let text: Vec<u32> = (0..150u32).map(|i| (i * 131 + 7) % 512).collect();
+    let bos = 1;
+    let p = hbit_eval::ppl::perplexity_llama_cpp(
+        &engine,
+        Some(bos),
+        &text,
+        64,
+        KvBits::F32,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // 151 tokens with BOS: two whole chunks; 31 targets each (rows 32..=62 predict 33..=63).
+    assert_eq!((p.tokens, p.windows), (62, 2));
+    let mut seq = vec![bos];
+    seq.extend_from_slice(&text);
+    let mut want = 0.0;
+    for c in 0..2 {
+        let mut chunk = seq[c * 64..(c + 1) * 64].to_vec();
+        chunk[0] = bos;
+        want += framework_nll_of(&model, &chunk, 0, 33, 64);
+    }
+    assert!(
+        (p.nll_sum - want).abs() < NLL_REL_TOL * want,
+        "{} vs {want}",
+        p.nll_sum
+    );
+    // Without a BOS the text is chunked as it is; too little text for two chunks is an error.
+    let plain =
+        hbit_eval::ppl::perplexity_llama_cpp(&engine, None, &text, 64, KvBits::F32, &mut |_, _| {})
+            .unwrap();
+    assert_eq!(plain.windows, 2);
+    assert!(hbit_eval::ppl::perplexity_llama_cpp(
+        &engine,
+        None,
+        &text,
+        128,
+        KvBits::F32,
+        &mut |_, _| {}
+    )
+    .is_err());
+}

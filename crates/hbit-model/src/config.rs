@@ -104,8 +104,13 @@ fn rope_theta(v: &serde_json::Value) -> Result<f64, ConfigError> {
         }
         let kind = p["rope_type"].as_str().or(p["type"].as_str());
         if !matches!(kind, None | Some("default")) {
+            let field = if key == "rope_scaling" {
+                "rope_scaling"
+            } else {
+                "rope_parameters"
+            };
             return Err(field_err(
-                "rope_parameters",
+                field,
                 format!("RoPE type {kind:?}: hbit applies unscaled RoPE only"),
             ));
         }
@@ -638,7 +643,8 @@ impl ModelConfig {
         let file = if value["model_type"].as_str() == Some(HF_MODEL_TYPE) {
             ConfigFile::from_hf_json(&value).map_err(|e| e.in_file(path))?
         } else {
-            serde_json::from_value(value).map_err(parse)?
+            // From the text again: serde's errors then carry line and column.
+            serde_json::from_str::<ConfigFile>(&text).map_err(parse)?
         };
         ModelConfig::from_file(&file).map_err(|e| e.in_file(path))
     }

@@ -63,12 +63,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
             chat_template: read_chat_template(path)?,
         });
     }
-    let verify = if CHECKSUMS_OFF.load(Ordering::Relaxed) {
-        Verify::Skip
-    } else {
-        Verify::Checksum
-    };
-    let packed = load_packed_opts(path, LoadMode::from_env()?, verify)?;
+    let packed = load_packed_opts(path, LoadMode::from_env()?, verify_mode())?;
     // Which INT4 layout a file holds matters for speed only; say so where the weights are
     // large enough for it to show (not for the bundled tiny model).
     let native = hbit_engine::Int4Layout::native();
@@ -100,6 +95,15 @@ static CHECKSUMS_OFF: AtomicBool = AtomicBool::new(false);
 /// Packed models load without checking their content checksum from now on.
 pub fn skip_checksums() {
     CHECKSUMS_OFF.store(true, Ordering::Relaxed);
+}
+
+/// Whether loads check checksums (`--no-verify` turns it off).
+pub fn verify_mode() -> Verify {
+    if CHECKSUMS_OFF.load(Ordering::Relaxed) {
+        Verify::Skip
+    } else {
+        Verify::Checksum
+    }
 }
 
 /// Ternary bytes above which loading a model whose INT4 layout is not this CPU's faster one

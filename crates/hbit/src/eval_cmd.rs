@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hbit_engine::{Engine, KvBits};
-use hbit_eval::ppl::perplexity;
+use hbit_eval::ppl::{perplexity, perplexity_llama_cpp};
 use hbit_eval::report::{table1, ModelRow};
 use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Task, TaskResult};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -92,6 +92,12 @@ pub struct PplArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// How windows are cut and scored: rolling (lm-evaluation-harness: every token once,
+    /// after the prefix token) or llama-cpp (llama.cpp's `llama-perplexity`: --context-sized
+    /// chunks starting with BOS, the second half of each scored), to compare with llama.cpp and
+    /// bitnet.cpp.
+    #[arg(long, default_value = "rolling")]
+    method: String,
 }
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
@@ -117,7 +123,6 @@ fn ppl(args: &PplArgs) -> Result<()> {
     if tokens.is_empty() {
         bail!("{}: no tokens to score", args.data.display());
     }
-    let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
     let context = args
         .context
         .unwrap_or(config.max_position_embeddings.min(2048));
@@ -125,19 +130,25 @@ fn ppl(args: &PplArgs) -> Result<()> {
     let kv = KvBits::parse(&args.kv_bits)?;
     let start = Instant::now();
     let show = !args.json;
-    let p = perplexity(
-        engine,
-        prefix,
-        &tokens,
-        context,
-        stride,
-        kv,
-        &mut |done, total| {
-            if show {
-                eprint!("\rwindow {done}/{total}");
+    let mut progress = |done, total| {
+        if show {
+            eprint!("\rwindow {done}/{total}");
+        }
+    };
+    let p = match args.method.as_str() {
+        "rolling" => {
+            let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
+            perplexity(engine, prefix, &tokens, context, stride, kv, &mut progress)?
+        }
+        "llama-cpp" => {
+            if args.stride.is_some() || args.prefix_token.is_some() {
+                bail!("--method llama-cpp scores llama.cpp's chunks: --stride and --prefix-token do not apply");
             }
-        },
-    )?;
+            let bos = config.bos_token_id;
+            perplexity_llama_cpp(engine, bos, &tokens, context, kv, &mut progress)?
+        }
+        other => bail!("--method {other:?}: expected rolling or llama-cpp"),
+    };
     if show {
         eprintln!();
     }
@@ -149,6 +160,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
         "data": args.data.display().to_string(),
         "tokens": p.tokens,
         "windows": p.windows,
+        "method": args.method,
         "context": context,
         "stride": stride,
         "kv_bits": kv.name(),

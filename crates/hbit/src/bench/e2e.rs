@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hbit_engine::format::{load_packed_with, LoadMode};
+use hbit_engine::format::{load_packed_opts, LoadMode};
 use hbit_engine::sample::argmax;
 use hbit_engine::{Engine, Int4Layout, KvBits, KvCache, Logits};
 use hbit_kernels::ActBits;
@@ -365,7 +365,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             let mut loaded = Vec::with_capacity(group.len());
             for &(bits, layout) in group {
                 let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
-                let packed = load_packed_with(&path, load)?;
+                let packed = load_packed_opts(&path, load, crate::engine_cmds::verify_mode())?;
                 loaded.push(LoadedModel {
                     bits,
                     layout,
