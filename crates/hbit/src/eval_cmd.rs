@@ -155,29 +155,38 @@ fn ppl(args: &PplArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let bytes = text.len();
     let words = text.split_whitespace().count().max(1);
+    // Word perplexity and bits per byte need every token scored once (the rolling method);
+    // llama.cpp's chunks score half of them.
+    let whole_text = args.method == "rolling";
+    let word_ppl = whole_text.then(|| (p.nll_sum / words as f64).exp());
+    let bpb = whole_text.then(|| p.bits_per_byte(bytes));
     let report = serde_json::json!({
         "model": model.display().to_string(),
         "data": args.data.display().to_string(),
+        "method": args.method,
         "tokens": p.tokens,
         "windows": p.windows,
-        "method": args.method,
         "context": context,
         "stride": stride,
         "kv_bits": kv.name(),
         "nll_sum": p.nll_sum,
         "mean_nll": p.mean_nll(),
         "perplexity": p.perplexity(),
-        "word_perplexity": (p.nll_sum / words as f64).exp(),
-        "bits_per_byte": p.bits_per_byte(bytes),
+        "word_perplexity": word_ppl,
+        "bits_per_byte": bpb,
         "seconds": seconds,
         "tokens_per_s": p.tokens as f64 / seconds.max(1e-9),
     });
     if args.json {
         println!("{report}");
     } else {
+        let whole = match (word_ppl, bpb) {
+            (Some(w), Some(b)) => format!(", word perplexity {w:.4}, bits per byte {b:.4}"),
+            _ => " (llama.cpp's method: the second half of each chunk scored)".to_string(),
+        };
         println!(
             "{}: {} tokens in {} windows (context {context}, stride {stride}, KV {})\n\
-             token perplexity {:.4} (mean NLL {:.4} nats), word perplexity {:.4}, bits per byte {:.4}\n\
+             token perplexity {:.4} (mean NLL {:.4} nats){whole}\n\
              {:.1} s, {:.0} tokens/s",
             args.data.display(),
             p.tokens,
@@ -185,8 +194,6 @@ fn ppl(args: &PplArgs) -> Result<()> {
             kv.name(),
             p.perplexity(),
             p.mean_nll(),
-            (p.nll_sum / words as f64).exp(),
-            p.bits_per_byte(bytes),
             seconds,
             p.tokens as f64 / seconds.max(1e-9)
         );
