@@ -412,3 +412,33 @@ fn verify_catches_a_flipped_byte_and_no_verify_skips_the_check() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A reader that stops early (`hbit … | head`) ends the command quietly, not with a panic.
+#[test]
+fn a_closed_stdout_pipe_is_not_a_panic() {
+    let dir = tempdir("pipe");
+    let ckpt = dir.join("ckpt");
+    ok(&["init", "--preset", "micro", "--out", s(&ckpt)]);
+    let tokens: Vec<String> = (0..48).map(|i| (i * 7 % 512).to_string()).collect();
+    // 48 positions x 512 logits of JSON: far more than a pipe buffer holds, so the writer
+    // blocks until the reader is gone and then meets a broken pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hbit"))
+        .args([
+            "logits",
+            "--model",
+            s(&ckpt),
+            "--tokens",
+            &tokens.join(","),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
