@@ -126,14 +126,7 @@ pub fn gguf_config(file: &Gguf) -> Result<ModelConfig> {
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         bos_token_id,
         eos_token_id,
-        quantization: QuantizationFile {
-            variant: Variant::BitnetB158.name().into(),
-            weight_bits: 1.58,
-            activation_bits: 8,
-            hadamard: Vec::new(),
-            topk_keep: None,
-            hadamard_block: None,
-        },
+        quantization: QuantizationFile::b158_a8(),
     };
     // Every block's tensors must be in the file: a layer count read from metadata decides
     // allocations before any tensor is read, so a damaged count is refused here.

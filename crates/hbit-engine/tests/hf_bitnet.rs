@@ -24,12 +24,7 @@ fn config() -> ModelConfig {
 }
 
 fn latent() -> HashMap<String, Vec<f32>> {
-    let model = BitnetModel::init(&config(), 31).unwrap();
-    model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
+    latent_values(&BitnetModel::init(&config(), 31).unwrap())
 }
 
 /// How a test checkpoint stores its projections.
@@ -252,11 +247,7 @@ fn an_hf_export_reads_back_to_the_same_logits() {
             .with_quantization(Variant::BitnetB158, ActBits::Int8, act)
             .unwrap();
         let model = BitnetModel::init(&c, 17).unwrap();
-        let latent: HashMap<String, Vec<f32>> = model
-            .named_vars()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-            .collect();
+        let latent = latent_values(&model);
         let weights = || Weights::from_latent(&c, &latent, false, Path::new("<test>")).unwrap();
         hbit_engine::hf_bitnet::write_hf_bitnet(&weights(), None, Some("{{ x }}"), &dir).unwrap();
         let (back, tokenizer) = load_checkpoint_dir(&dir, false).unwrap();
@@ -316,11 +307,7 @@ fn remote_code_exports_read_back_to_the_same_logits() {
     ] {
         let c = preset("micro", variant, bits).unwrap();
         let model = BitnetModel::init(&c, 1).unwrap();
-        let latent: HashMap<String, Vec<f32>> = model
-            .named_vars()
-            .into_iter()
-            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-            .collect();
+        let latent = latent_values(&model);
         let weights = || Weights::from_latent(&c, &latent, false, Path::new("<test>")).unwrap();
         hbit_engine::hf_bitnet::write_hf_bitnet(&weights(), None, None, &dir).unwrap();
         let config: serde_json::Value =
@@ -355,11 +342,7 @@ fn latent_exports_read_back_as_checkpoints() {
     let dir = std::env::temp_dir().join(format!("hbit-hf-latent-{}", std::process::id()));
     let c = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
     let model = BitnetModel::init(&c, 5).unwrap();
-    let latent: HashMap<String, Vec<f32>> = model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
+    let latent = latent_values(&model);
     hbit_engine::hf_bitnet::write_hf_latent(&c, &latent, None, None, &dir).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -372,4 +355,13 @@ fn latent_exports_read_back_as_checkpoints() {
     let trainable = hbit_train::checkpoint::load_model(&dir).unwrap();
     assert_eq!(trainable.config(), &c);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every parameter of `model` as a flat vector, by name.
+fn latent_values(model: &BitnetModel) -> HashMap<String, Vec<f32>> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
 }

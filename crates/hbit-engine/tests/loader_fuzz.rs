@@ -103,11 +103,7 @@ fn micro_model(variant: Variant, bits: ActBits) -> (ModelConfig, BitnetModel) {
 
 fn packed_bytes(dir: &Path) -> Vec<u8> {
     let (config, model) = micro_model(Variant::BitnetV2, ActBits::Int4);
-    let latent: HashMap<String, Vec<f32>> = model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
+    let latent = latent_values(&model);
     let weights = Weights::from_latent(&config, &latent, true, Path::new("<test>")).unwrap();
     let path = dir.join("good.hbit");
     write_packed(&path, &weights, Some("{\"not\": \"checked here\"}"), None).unwrap();
@@ -318,11 +314,7 @@ fn damaged_tokenizer_files_are_errors() {
 fn damaged_gguf_models_are_errors_naming_the_file() {
     let dir = tempdir("gguf");
     let (config, model) = micro_model(Variant::BitnetB158, ActBits::Int8);
-    let latent: HashMap<String, Vec<f32>> = model
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
+    let latent = latent_values(&model);
     let weights = Weights::from_latent(&config, &latent, false, Path::new("<test>")).unwrap();
     let path = dir.join("case.gguf");
     write_gguf_model(&weights, None, None, GgufQuant::F16, &path).unwrap();
@@ -337,4 +329,13 @@ fn damaged_gguf_models_are_errors_naming_the_file() {
         }
     });
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every parameter of `model` as a flat vector, by name.
+fn latent_values(model: &BitnetModel) -> HashMap<String, Vec<f32>> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
 }

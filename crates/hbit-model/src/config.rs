@@ -62,14 +62,7 @@ impl ConfigFile {
         let heads = size("num_attention_heads")?;
         let quantization = match v.get("hbit_quantization") {
             Some(q) => QuantizationFile::from_hf_json(q)?,
-            None => QuantizationFile {
-                variant: Variant::BitnetB158.name().into(),
-                weight_bits: 1.58,
-                activation_bits: 8,
-                hadamard: Vec::new(),
-                topk_keep: None,
-                hadamard_block: None,
-            },
+            None => QuantizationFile::b158_a8(),
         };
         Ok(ConfigFile {
             hidden_size: size("hidden_size")?,
@@ -122,6 +115,19 @@ fn rope_theta(v: &serde_json::Value) -> Result<f64, ConfigError> {
 }
 
 impl QuantizationFile {
+    /// BitNet b1.58 at 8-bit activations: what transformers' BitNet class and llama.cpp's
+    /// `bitnet` architectures compute.
+    pub fn b158_a8() -> QuantizationFile {
+        QuantizationFile {
+            variant: Variant::BitnetB158.name().into(),
+            weight_bits: 1.58,
+            activation_bits: 8,
+            hadamard: Vec::new(),
+            topk_keep: None,
+            hadamard_block: None,
+        }
+    }
+
     /// `hbit_quantization` of an HF `config.json` (its `weights` key, packed or latent, says
     /// how the weights file stores projections and is not part of the model's config).
     fn from_hf_json(q: &serde_json::Value) -> Result<QuantizationFile, ConfigError> {
