@@ -27,7 +27,7 @@ fi
 if ! "$VENV/bin/python" -c "import torch, transformers, tokenizers, accelerate" 2>/dev/null; then
   python3 -m venv "$VENV"
   # The versions the checks were written and measured against (reports/interop.md).
-  "$VENV/bin/pip" install -q torch==2.15.0 transformers==5.25.0 tokenizers==0.23.3 accelerate==1.16.0
+  "$VENV/bin/pip" install -q --no-cache-dir torch==2.15.0 transformers==5.25.0 tokenizers==0.23.3 accelerate==1.16.0
 fi
 "$VENV/bin/python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
