@@ -3,8 +3,8 @@
 `hbit export --format hf` writes this file beside `modeling_hbit_bitnet.py`, `config.json`
 (whose `auto_map` names both) and the weights. `hbit_quantization` says how each projection
 quantizes its input: the variant (bitnet_b158, bitnet_v2, bitnet_a48, bitnet_v2_no_rotation,
-bitnet_v2_weight_rotation, bitnet_b158_quarot), the activation width (8 or 4), which
-projections apply the online Hadamard transform first, its block (for widths with no Hadamard
+bitnet_v2_weight_rotation, bitnet_b158_quarot, bitnet_b158_spinquant), the activation width
+(8 or 4), which projections apply the online Hadamard transform first, its block (for widths with no Hadamard
 matrix) and a4.8's top-K share, and whether the weights are stored `packed` (ternary codes and
 scale: inference) or `latent` (float master weights: training).
 """

@@ -181,6 +181,7 @@ class HbitLinear(nn.Module):
         self.rotate_weight = self.hadamard and variant in (
             "bitnet_v2_weight_rotation",
             "bitnet_b158_quarot",
+            "bitnet_b158_spinquant",
         )
         self.topk = q.get("topk_keep") if variant == "bitnet_a48" and name in INTERMEDIATE else None
         self.bits = 8 if (variant == "bitnet_b158" or self.topk) else int(q["activation_bits"])

@@ -33,6 +33,7 @@ fn variants() -> Vec<(Variant, ActBits)> {
         (Variant::BitnetV2NoRotation, ActBits::Int4),
         (Variant::BitnetV2WeightRotation, ActBits::Int4),
         (Variant::BitnetB158Quarot, ActBits::Int4),
+        (Variant::BitnetB158SpinQuant, ActBits::Int4),
     ]
 }
 

@@ -217,16 +217,22 @@ pub enum Variant {
     /// before every projection and weights Q_w(W·H) (QuaRot-style; `hbit ptq` writes it, with
     /// random signs folded into the norm gains and weight columns).
     BitnetB158Quarot,
+    /// Post-training baseline (paper Table 4): a trained b1.58 model with SpinQuant's learned
+    /// rotations folded into its weights (residual stream R1, value/output R2, norm gains fused)
+    /// and an online Hadamard before W_down only, weights Q_w(W·H) there (`hbit ptq --rotation
+    /// spinquant` writes it).
+    BitnetB158SpinQuant,
 }
 
 impl Variant {
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "bitnet_b158",
         "bitnet_v2",
         "bitnet_a48",
         "bitnet_v2_no_rotation",
         "bitnet_v2_weight_rotation",
         "bitnet_b158_quarot",
+        "bitnet_b158_spinquant",
     ];
 
     pub fn name(self) -> &'static str {
@@ -237,6 +243,7 @@ impl Variant {
             Variant::BitnetV2NoRotation => "bitnet_v2_no_rotation",
             Variant::BitnetV2WeightRotation => "bitnet_v2_weight_rotation",
             Variant::BitnetB158Quarot => "bitnet_b158_quarot",
+            Variant::BitnetB158SpinQuant => "bitnet_b158_spinquant",
         }
     }
 
@@ -248,6 +255,7 @@ impl Variant {
             "bitnet_v2_no_rotation" => Variant::BitnetV2NoRotation,
             "bitnet_v2_weight_rotation" => Variant::BitnetV2WeightRotation,
             "bitnet_b158_quarot" => Variant::BitnetB158Quarot,
+            "bitnet_b158_spinquant" => Variant::BitnetB158SpinQuant,
             other => {
                 return Err(ConfigError::Field {
                     field: "quantization.variant",
@@ -260,12 +268,15 @@ impl Variant {
         })
     }
 
-    /// Whether the inputs of W_o and W_down (and, for the QuaRot baseline, of every
-    /// projection) are Hadamard-rotated (eq. 7).
+    /// Whether the inputs of W_o and W_down (for the QuaRot baseline, of every projection; for
+    /// SpinQuant, of W_down only) are Hadamard-rotated online (eq. 7).
     pub fn rotates_activations(self) -> bool {
         matches!(
             self,
-            Variant::BitnetV2 | Variant::BitnetV2WeightRotation | Variant::BitnetB158Quarot
+            Variant::BitnetV2
+                | Variant::BitnetV2WeightRotation
+                | Variant::BitnetB158Quarot
+                | Variant::BitnetB158SpinQuant
         )
     }
 
@@ -276,6 +287,7 @@ impl Variant {
                 .iter()
                 .map(|p| p.key().rsplit('.').next().unwrap_or_default().to_string())
                 .collect(),
+            Variant::BitnetB158SpinQuant => vec!["down_proj".into()],
             _ if self.rotates_activations() => vec!["o_proj".into(), "down_proj".into()],
             _ => Vec::new(),
         }
@@ -584,10 +596,11 @@ impl ModelConfig {
         };
         if variant.rotates_activations() {
             // Fail at load time, not mid-forward, when a rotated input has no transform.
-            for (field, n) in [
-                ("hidden_size", config.hidden_size),
-                ("intermediate_size", config.intermediate_size),
-            ] {
+            let mut rotated = vec![("intermediate_size", config.intermediate_size)];
+            if variant != Variant::BitnetB158SpinQuant {
+                rotated.push(("hidden_size", config.hidden_size));
+            }
+            for (field, n) in rotated {
                 config
                     .hadamard(n)
                     .map_err(|e| field_err(field, e.to_string()))?;
@@ -722,7 +735,9 @@ impl ModelConfig {
             bits: self.activation_bits,
             rotate_weight: false,
         };
-        if self.variant == Variant::BitnetB158Quarot {
+        if self.variant == Variant::BitnetB158Quarot
+            || (self.variant == Variant::BitnetB158SpinQuant && proj == Proj::Down)
+        {
             return InputQuant {
                 hadamard: true,
                 rotate_weight: true,
@@ -733,7 +748,10 @@ impl ModelConfig {
             return plain;
         }
         match self.variant {
-            Variant::BitnetB158 | Variant::BitnetV2NoRotation | Variant::BitnetB158Quarot => plain,
+            Variant::BitnetB158
+            | Variant::BitnetV2NoRotation
+            | Variant::BitnetB158Quarot
+            | Variant::BitnetB158SpinQuant => plain,
             Variant::BitnetV2 => InputQuant {
                 hadamard: true,
                 ..plain
@@ -1000,9 +1018,21 @@ mod tests {
                 assert_eq!(c.to_file().quantization.hadamard.len(), 7);
                 continue;
             }
+            if variant == Variant::BitnetB158SpinQuant {
+                // Learned rotations are folded offline; only W_down's input turns online.
+                for p in Proj::ALL {
+                    let iq = c.input_quant(p);
+                    let down = p == Proj::Down;
+                    assert!(iq.hadamard == down && iq.rotate_weight == down, "{p:?}");
+                }
+                assert_eq!(c.to_file().quantization.hadamard, ["down_proj"]);
+                continue;
+            }
             assert!(!q.hadamard && q.topk_keep.is_none() && q.bits == bits);
             match variant {
-                Variant::BitnetB158Quarot => unreachable!("handled above"),
+                Variant::BitnetB158Quarot | Variant::BitnetB158SpinQuant => {
+                    unreachable!("handled above")
+                }
                 Variant::BitnetB158 | Variant::BitnetV2NoRotation => assert_eq!(o, q),
                 Variant::BitnetV2 => assert!(o.hadamard && !o.rotate_weight && o.bits == bits),
                 Variant::BitnetV2WeightRotation => assert!(o.hadamard && o.rotate_weight),

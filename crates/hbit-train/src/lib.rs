@@ -21,6 +21,8 @@ pub mod ptq;
 /// Re-exported from `hbit-model` (the engine samples with it too).
 pub use hbit_model::rng;
 pub mod schedule;
+pub mod spinquant;
+pub mod stiefel;
 pub mod tokenizer;
 pub mod trainer;
 

@@ -47,6 +47,7 @@ impl BitLinear {
         weight: Var,
         quant: InputQuant,
         config: &ModelConfig,
+        quantize: bool,
         hadamards: &mut HadamardCache,
     ) -> Result<BitLinear> {
         let (_, cols) = weight.dims2()?;
@@ -63,10 +64,12 @@ impl BitLinear {
                 hadamard: hadamard.clone(),
                 bits: quant.bits,
                 topk_keep: quant.topk_keep,
+                quantize,
             },
             // Ablation: Qw(W·H) (H symmetric), so W·H·(H·x) = W·x unquantized.
             matmul_op: TernaryMatmul {
                 rotate_weight: hadamard.filter(|_| quant.rotate_weight),
+                quantize,
             },
         })
     }
@@ -168,6 +171,8 @@ pub struct BitnetModel {
     /// `[V, H]`, absent when tied to the embedding.
     lm_head: Option<Var>,
     rope: Arc<RopeTables>,
+    /// `false` for [`BitnetModel::unquantized`].
+    quantize: bool,
 }
 
 impl BitnetModel {
@@ -233,10 +238,14 @@ impl BitnetModel {
                 "unexpected tensor (not part of this config's model)".into(),
             ));
         }
-        BitnetModel::assemble(config, vars)
+        BitnetModel::assemble(config, vars, true)
     }
 
-    fn assemble(config: &ModelConfig, mut vars: HashMap<String, Var>) -> Result<BitnetModel> {
+    fn assemble(
+        config: &ModelConfig,
+        mut vars: HashMap<String, Var>,
+        quantize: bool,
+    ) -> Result<BitnetModel> {
         let mut take = |name: String| {
             vars.remove(&name)
                 .ok_or_else(|| TrainError::Input(format!("internal: parameter {name} missing")))
@@ -246,7 +255,13 @@ impl BitnetModel {
         for l in 0..config.num_layers {
             let mut linear = |proj: Proj, take: &mut dyn FnMut(String) -> Result<Var>| {
                 let w = take(names::proj_weight(l, proj))?;
-                BitLinear::new(w, config.input_quant(proj), config, &mut hadamards)
+                BitLinear::new(
+                    w,
+                    config.input_quant(proj),
+                    config,
+                    quantize,
+                    &mut hadamards,
+                )
             };
             let input_layernorm = take(names::layer_norm(l, names::INPUT_NORM))?;
             let self_attn = Attention {
@@ -284,6 +299,7 @@ impl BitnetModel {
             norm,
             lm_head,
             rope: rope_tables(config),
+            quantize,
         })
     }
 
@@ -348,7 +364,18 @@ impl BitnetModel {
                 self.config.to_file()
             )));
         }
-        BitnetModel::assemble(config, self.named_vars().into_iter().collect())
+        BitnetModel::assemble(
+            config,
+            self.named_vars().into_iter().collect(),
+            self.quantize,
+        )
+    }
+
+    /// The same parameters (shared) with every quantizer off: rotations still apply, weights
+    /// and activations stay full precision. Rotation folding is exact only here, which is what
+    /// the PTQ tests check.
+    pub fn unquantized(&self) -> Result<BitnetModel> {
+        BitnetModel::assemble(&self.config, self.named_vars().into_iter().collect(), false)
     }
 
     /// Logits `[B, T, V]` for token ids `[B, T]` (u32), positions 0..T.

@@ -37,7 +37,14 @@ fn h_bitlinear_gradients_are_ste_through_quantizers_and_hadamard_of_gradient() {
             Var::from_tensor(&Tensor::from_vec(xs.clone(), (tokens, n_in), &Device::Cpu).unwrap())
                 .unwrap();
         let config = preset("micro", Variant::BitnetV2, bits).unwrap();
-        let lin = BitLinear::new(w.clone(), quant, &config, &mut HadamardCache::default()).unwrap();
+        let lin = BitLinear::new(
+            w.clone(),
+            quant,
+            &config,
+            true,
+            &mut HadamardCache::default(),
+        )
+        .unwrap();
         let y = lin.forward(x.as_tensor()).unwrap();
         let c = Tensor::from_vec(cs.clone(), (tokens, n_out), &Device::Cpu).unwrap();
         let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();

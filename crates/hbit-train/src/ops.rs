@@ -195,6 +195,9 @@ pub struct QuantizeInput {
     pub hadamard: Option<Arc<Hadamard>>,
     pub bits: ActBits,
     pub topk_keep: Option<f32>,
+    /// `false` skips `Qa` (the rotation still applies): the full-precision model that checks
+    /// rotation folding (see `BitnetModel::unquantized`).
+    pub quantize: bool,
 }
 
 impl QuantizeInput {
@@ -224,7 +227,9 @@ impl CustomOp1 for QuantizeInput {
                 .try_for_each(|rows| h.apply(rows)) // eqs. (3)-(4), (7)
                 .map_err(Error::wrap)?;
         }
-        fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep); // eq. (5) / (6)
+        if self.quantize {
+            fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep); // eq. (5) / (6)
+        }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -246,6 +251,8 @@ impl CustomOp1 for QuantizeInput {
 pub struct TernaryMatmul {
     /// `H` of the weight-rotation ablation, `None` for `W' = W`.
     pub rotate_weight: Option<Arc<Hadamard>>,
+    /// `false` multiplies by `W'` itself instead of `Qw(W')`.
+    pub quantize: bool,
 }
 
 impl TernaryMatmul {
@@ -270,6 +277,9 @@ impl TernaryMatmul {
             }
             None => w,
         };
+        if !self.quantize {
+            return Ok(w.to_vec());
+        }
         Ok(quantize_ternary(w, rows, cols)
             .map_err(Error::wrap)?
             .dequantize()) // eqs. (1)-(2)
@@ -556,11 +566,13 @@ mod tests {
                 hadamard: transform.clone(),
                 bits,
                 topk_keep: keep,
+                quantize: true,
             }
             .apply(x.as_tensor())
             .unwrap();
             let fused = TernaryMatmul {
                 rotate_weight: transform.clone().filter(|_| rotate),
+                quantize: true,
             }
             .apply(&fused_in, w.as_tensor())
             .unwrap();

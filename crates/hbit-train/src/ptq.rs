@@ -25,7 +25,7 @@ use crate::model::BitnetModel;
 type Result<T> = std::result::Result<T, TrainError>;
 
 /// Each norm and the projections that read its output.
-const NORM_READERS: [(&str, &[Proj]); 4] = [
+pub(crate) const NORM_READERS: [(&str, &[Proj]); 4] = [
     (tensors::INPUT_NORM, &[Proj::Q, Proj::K, Proj::V]),
     (tensors::ATTN_SUB_NORM, &[Proj::O]),
     (tensors::POST_ATTENTION_NORM, &[Proj::Gate, Proj::Up]),
@@ -47,13 +47,13 @@ impl Rotation {
             "hadamard" | "quarot" => Ok(Rotation::Hadamard),
             "none" => Ok(Rotation::None),
             other => Err(TrainError::Input(format!(
-                "--rotation {other}: expected hadamard (QuaRot-style) or none"
+                "--rotation {other}: expected hadamard (QuaRot-style), spinquant or none"
             ))),
         }
     }
 }
 
-fn latent(model: &BitnetModel) -> Result<HashMap<String, Vec<f32>>> {
+pub(crate) fn latent(model: &BitnetModel) -> Result<HashMap<String, Vec<f32>>> {
     model
         .named_vars()
         .into_iter()

@@ -64,7 +64,8 @@ enum Command {
     Init(model_cmds::InitArgs),
     /// Print a model's logits for a token sequence (training framework, or --engine).
     Logits(model_cmds::LogitsArgs),
-    /// Post-training baselines from a trained b1.58 model: QuaRot-style rotation + A4 (Table 4).
+    /// Post-training baselines from a trained b1.58 model: QuaRot-style or SpinQuant rotation + A4
+    /// (Table 4).
     Ptq(model_cmds::PtqArgs),
     /// Pack a training checkpoint into a packed inference model file (2-bit ternary weights).
     Pack(engine_cmds::PackArgs),

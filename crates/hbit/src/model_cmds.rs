@@ -1,7 +1,7 @@
 //! `hbit init` and `hbit logits`: create a checkpoint, and print the training framework's
 //! forward pass so independent implementations can be compared against it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -189,22 +189,42 @@ pub struct PtqArgs {
     /// Output checkpoint directory (must not hold a checkpoint yet).
     #[arg(long)]
     pub out: PathBuf,
-    /// hadamard: QuaRot-style randomized Hadamard before every projection; none: only the
-    /// activation bits change.
+    /// hadamard: QuaRot-style randomized Hadamard before every projection; spinquant: rotations
+    /// learned on calibration text (--data) by Cayley SGD, folded into the weights, with an
+    /// online Hadamard before W_down; none: only the activation bits change.
     #[arg(long, default_value = "hadamard")]
     pub rotation: String,
     /// Activation bits of the quantized model.
     #[arg(long, default_value_t = 4)]
     pub act_bits: u8,
-    /// Seed of the random signs.
+    /// Seed of the random signs (QuaRot), of the initial Hadamards and calibration order
+    /// (SpinQuant).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// SpinQuant: calibration text, files or directories (e.g. the model's training data).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// SpinQuant: Cayley SGD steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// SpinQuant: Cayley SGD learning rate (decays linearly to zero).
+    #[arg(long, default_value_t = 1.5)]
+    pub lr: f64,
+    /// SpinQuant: calibration sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// SpinQuant: tokens per calibration sequence [default: the model's context, at most 256].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// SpinQuant: token cache directory (shared with `hbit train`).
+    #[arg(long, default_value = ".hbit-cache")]
+    pub cache_dir: PathBuf,
 }
 
 impl PtqArgs {
     /// The arguments of `hbit ptq` for this run.
     pub fn command_line(&self) -> Vec<String> {
-        vec![
+        let mut line = vec![
             "ptq".to_string(),
             "--model".into(),
             self.model.display().to_string(),
@@ -216,8 +236,69 @@ impl PtqArgs {
             self.act_bits.to_string(),
             "--seed".into(),
             self.seed.to_string(),
-        ]
+        ];
+        if self.rotation == "spinquant" {
+            line.push("--data".into());
+            line.extend(self.data.iter().map(|p| p.display().to_string()));
+            line.extend([
+                "--steps".into(),
+                self.steps.to_string(),
+                "--lr".into(),
+                self.lr.to_string(),
+                "--batch-size".into(),
+                self.batch_size.to_string(),
+                "--cache-dir".into(),
+                self.cache_dir.display().to_string(),
+            ]);
+            if let Some(n) = self.seq_len {
+                line.extend(["--seq-len".into(), n.to_string()]);
+            }
+        }
+        line
     }
+}
+
+/// SpinQuant's rotations learned for the checkpoint at `args.model` on `args.data`.
+fn spinquant_ptq(args: &PtqArgs, bits: ActBits, tokenizer: &Path) -> Result<BitnetModel> {
+    use hbit_train::data::{tokenize_cached, PackedData};
+    use hbit_train::spinquant::{spinquant, SpinQuantOptions};
+    if args.data.is_empty() {
+        bail!("--rotation spinquant learns its rotations on calibration text: give --data");
+    }
+    let model = load_model(&args.model)?;
+    let tokenizer = hbit_train::tokenizer::load_tokenizer(tokenizer).with_context(|| {
+        format!(
+            "{}: SpinQuant tokenizes its calibration text with the checkpoint's tokenizer",
+            args.model.display()
+        )
+    })?;
+    let (tokens, _) = tokenize_cached(&args.data, &tokenizer, &args.cache_dir)?;
+    let seq_len = args
+        .seq_len
+        .unwrap_or(model.config().max_position_embeddings.min(256));
+    let data = PackedData::new(tokens, seq_len, 0.0, args.seed)?;
+    let options = SpinQuantOptions {
+        steps: args.steps,
+        learning_rate: args.lr,
+        batch_size: args.batch_size,
+        seed: args.seed,
+    };
+    let every = (args.steps / 10).max(1);
+    let started = std::time::Instant::now();
+    let rotated = spinquant(&model, bits, &data, &options, |s| {
+        if s.step % every == 0 || s.step + 1 == args.steps {
+            eprintln!(
+                "spinquant step {:>4}/{}: calibration loss {:.4} (a{} quantized), step size {:.3e}, {:.0} s",
+                s.step + 1,
+                args.steps,
+                s.loss,
+                bits.bits(),
+                s.step_size,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    })?;
+    Ok(rotated)
 }
 
 /// `hbit ptq`: the post-training baselines of the paper's Table 4 from a trained b1.58 model.
@@ -229,21 +310,23 @@ pub fn ptq(args: &PtqArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let rotation = Rotation::parse(&args.rotation)?;
     let bits = ActBits::from_bits(args.act_bits)
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
-    let model = load_model(&args.model)?;
-    let quantized = post_training_quantize(&model, rotation, bits, args.seed)?;
     let tokenizer = args.model.join(hbit_train::checkpoint::TOKENIZER_FILE);
+    let quantized = if args.rotation == "spinquant" {
+        spinquant_ptq(args, bits, &tokenizer)?
+    } else {
+        let rotation = Rotation::parse(&args.rotation)?;
+        post_training_quantize(&load_model(&args.model)?, rotation, bits, args.seed)?
+    };
     save_model(
         &args.out,
         &quantized,
         tokenizer.is_file().then_some(tokenizer.as_path()),
     )?;
     println!(
-        "{} a{} → {} ({} a{}, rotation {})",
+        "{} → {} ({} a{}, rotation {})",
         args.model.display(),
-        model.config().activation_bits.bits(),
         args.out.display(),
         quantized.config().variant.name(),
         bits.bits(),
@@ -269,9 +352,15 @@ mod tests {
         let args = PtqArgs {
             model: "runs/b158-a8".into(),
             out: "runs/quarot a4".into(),
-            rotation: "none".into(),
+            rotation: "spinquant".into(),
             act_bits: 8,
             seed: 3,
+            data: vec!["../shared/data/pretrain".into()],
+            steps: 7,
+            lr: 0.5,
+            batch_size: 2,
+            seq_len: Some(64),
+            cache_dir: "c d".into(),
         };
         let back = Ptq::try_parse_from(args.command_line()).unwrap().args;
         assert_eq!(
@@ -280,14 +369,20 @@ mod tests {
                 back.out,
                 back.rotation,
                 back.act_bits,
-                back.seed
+                back.seed,
+                back.data,
+                (back.steps, back.lr, back.batch_size, back.seq_len),
+                back.cache_dir
             ),
             (
                 args.model,
                 args.out,
                 args.rotation,
                 args.act_bits,
-                args.seed
+                args.seed,
+                args.data,
+                (args.steps, args.lr, args.batch_size, args.seq_len),
+                args.cache_dir
             )
         );
     }

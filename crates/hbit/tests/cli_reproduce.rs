@@ -70,6 +70,8 @@ fn reproduce_at_micro_scale_and_resume() {
         &s(&eval),
         "--stats-tokens",
         "64",
+        "--spinquant-steps",
+        "3",
     ];
     reproduce(&args);
 
@@ -84,9 +86,9 @@ fn reproduce_at_micro_scale_and_resume() {
     ] {
         assert!(tables.contains(heading), "missing {heading}:\n{tables}");
     }
-    // Ten models at f16 KV, and four more attention settings for each BitNet v2.
+    // Eleven models at f16 KV, and four more attention settings for each BitNet v2.
     let results = std::fs::read_dir(out.join("results")).unwrap().count();
-    assert_eq!(results, 10 + 2 * 4);
+    assert_eq!(results, 11 + 2 * 4);
     let v2a4: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results/v2-a4.json")).unwrap())
             .unwrap();
@@ -116,6 +118,15 @@ fn reproduce_at_micro_scale_and_resume() {
         serde_json::from_str(&std::fs::read_to_string(runs.join("quarot-a4/config.json")).unwrap())
             .unwrap();
     assert_eq!(quarot["quantization"]["variant"], "bitnet_b158_quarot");
+    let spin: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("spinquant-a4/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spin["quantization"]["variant"], "bitnet_b158_spinquant");
+    assert_eq!(
+        spin["quantization"]["hadamard"],
+        serde_json::json!(["down_proj"])
+    );
 
     // Resume: a finished study reruns nothing; a lost run and a lost result are redone alone.
     let commands = out.join("commands.txt");

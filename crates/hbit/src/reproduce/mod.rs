@@ -2,8 +2,8 @@
 //! command. On the same tokens and seed it trains BitNet b1.58 (a8), BitNet v2 a8, BitNet v2 a4
 //! (continued from a8 for the last share of tokens, reusing the optimizer state), BitNet a4.8
 //! (continued from the b1.58 a8 checkpoint), and the two rotation ablations at a8 and a4; it
-//! derives the post-training baselines from the b1.58 model (QuaRot-style rotation + A4, and A4
-//! without rotation); it evaluates every model on the engine (WikiText-2 perplexity, the six
+//! derives the post-training baselines from the b1.58 model (QuaRot-style rotation + A4,
+//! SpinQuant's learned rotations + A4, and A4 without rotation); it evaluates every model on the engine (WikiText-2 perplexity, the six
 //! tasks, KV / QKV at 8, 4 and 3 bits for BitNet v2, activation statistics) and writes
 //! `paper-tables.md` laid out like the paper's Tables 1–5, with the paper's numbers beside ours.
 //!
@@ -74,6 +74,9 @@ pub struct ReproduceArgs {
     /// Tokens run for the activation statistics.
     #[arg(long, default_value_t = 2048)]
     pub(crate) stats_tokens: usize,
+    /// Cayley SGD steps of the SpinQuant baseline (4 calibration sequences each).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) spinquant_steps: usize,
 }
 
 /// The WinoGrande and LAMBADA fixtures (hand-written, official layouts), written beside the
@@ -132,6 +135,10 @@ const WROT_A4: Model = Model {
 const QUAROT: Model = Model {
     key: "quarot-a4",
     label: "BitNet b1.58 + QuaRot-style rotation, A4 (PTQ)",
+};
+const SPINQUANT: Model = Model {
+    key: "spinquant-a4",
+    label: "BitNet b1.58 + SpinQuant (learned rotations), A4 (PTQ)",
 };
 const B158_A4: Model = Model {
     key: "b158-a4-ptq",

@@ -7,8 +7,8 @@ use hbit_eval::{Task, TaskResult};
 use serde_json::Value;
 
 use super::{
-    Study, A48, ATTENTION_SETTINGS, B158, B158_A4, NOROT_A4, NOROT_A8, QUAROT, V2A4, V2A8, WROT_A4,
-    WROT_A8,
+    Study, A48, ATTENTION_SETTINGS, B158, B158_A4, NOROT_A4, NOROT_A8, QUAROT, SPINQUANT, V2A4,
+    V2A8, WROT_A4, WROT_A8,
 };
 use crate::stats_cmd::summary_table;
 
@@ -170,8 +170,8 @@ impl Study<'_> {
             md.push_str(&format!("\nPaper (3B):\n\n{paper}"));
         }
 
-        md.push_str("\n## Table 4: BitNet v2 (a4) vs post-training rotation of BitNet b1.58\n\nOurs (all W1.58 A4; the rotation is kept online for activations, norm scales not fused, weights Q_w(W·Rᵀ) by absmean, as the paper's baselines):\n\n");
-        let rows = [&B158_A4, &QUAROT, &V2A4]
+        md.push_str("\n## Table 4: BitNet v2 (a4) vs post-training rotation of BitNet b1.58\n\nOurs (all W1.58 A4, weights by absmean after rotation; QuaRot-style: randomized Hadamards kept online before every projection, norm scales not fused; SpinQuant: residual and value rotations learned by Cayley SGD on the training text and folded into the weights with the norm scales, an online Hadamard before W_down):\n\n");
+        let rows = [&B158_A4, &QUAROT, &SPINQUANT, &V2A4]
             .iter()
             .map(|m| self.row(m.key, m.label))
             .collect::<Result<Vec<_>>>()?;

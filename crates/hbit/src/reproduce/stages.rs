@@ -11,8 +11,8 @@ use hbit_model::files::CONFIG_FILE;
 use serde_json::json;
 
 use super::{
-    Model, Study, A48, ATTENTION_SETTINGS, B158, B158_A4, NOROT_A4, NOROT_A8, QUAROT, V2A4, V2A8,
-    WROT_A4, WROT_A8,
+    Model, Study, A48, ATTENTION_SETTINGS, B158, B158_A4, NOROT_A4, NOROT_A8, QUAROT, SPINQUANT,
+    V2A4, V2A8, WROT_A4, WROT_A8,
 };
 use crate::engine_cmds::{load_model, load_tokenizer};
 use crate::eval_cmd::{prefix_token, run_task};
@@ -103,11 +103,16 @@ pub fn plan() -> Vec<Stage> {
         rotation: "hadamard",
     });
     stages.push(Stage::Ptq {
+        model: &SPINQUANT,
+        rotation: "spinquant",
+    });
+    stages.push(Stage::Ptq {
         model: &B158_A4,
         rotation: "none",
     });
     for model in [
-        &B158, &A48, &V2A8, &V2A4, &NOROT_A8, &NOROT_A4, &WROT_A8, &WROT_A4, &QUAROT, &B158_A4,
+        &B158, &A48, &V2A8, &V2A4, &NOROT_A8, &NOROT_A4, &WROT_A8, &WROT_A4, &QUAROT, &SPINQUANT,
+        &B158_A4,
     ] {
         stages.push(Stage::Evaluate { model, setting: 0 });
     }
@@ -283,6 +288,13 @@ impl Study<'_> {
             rotation: rotation.to_string(),
             act_bits: 4,
             seed: self.args.seed,
+            // SpinQuant calibrates on the study's training text.
+            data: self.args.data.clone(),
+            steps: self.args.spinquant_steps,
+            lr: 1.5,
+            batch_size: 4,
+            seq_len: self.args.seq_len,
+            cache_dir: ".hbit-cache".into(),
         };
         self.log_command(&args.command_line())?;
         ptq(&args)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::stages::{plan, Outcome, Stage};
-use super::{ReproduceArgs, Study, B158, QUAROT, V2A4, V2A8, WROT_A4};
+use super::{ReproduceArgs, Study, B158, QUAROT, SPINQUANT, V2A4, V2A8, WROT_A4};
 
 /// Which model's files a stage writes (`None`: shared files).
 fn writes(stage: &Stage) -> Option<&'static str> {
@@ -53,11 +53,11 @@ fn every_stage_comes_after_its_inputs() {
             _ => {}
         }
     }
-    // Ten models at f16 KV, four more attention settings for each BitNet v2, stats for three.
+    // Eleven models at f16 KV, four more attention settings for each BitNet v2, stats for three.
     let evaluations = stages
         .iter()
         .filter(|s| matches!(s, Stage::Evaluate { .. }));
-    assert_eq!(evaluations.count(), 10 + 2 * 4);
+    assert_eq!(evaluations.count(), 11 + 2 * 4);
     for model in [&V2A8, &V2A4] {
         for setting in 0..5 {
             assert!(stages.contains(&Stage::Evaluate { model, setting }));
@@ -108,6 +108,7 @@ fn micro_args(dir: &Path) -> ReproduceArgs {
         task_limit: 500,
         ppl_tokens: 0,
         stats_tokens: 64,
+        spinquant_steps: 3,
     }
 }
 
@@ -133,7 +134,7 @@ fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
     let first = run_all(&study);
     assert!(first.iter().all(|(_, o)| *o == Outcome::Ran), "{first:?}");
     let results = std::fs::read_dir(args.out.join("results")).unwrap().count();
-    assert_eq!(results, 10 + 2 * 4);
+    assert_eq!(results, 11 + 2 * 4);
     // Bits per byte beside perplexity: the same total NLL over the text's UTF-8 bytes (the
     // whole WikiText-2 file here, every byte of which the byte-level tokens cover).
     let v2a4: serde_json::Value = serde_json::from_str(
@@ -172,10 +173,13 @@ fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
 
     let quarot = std::fs::read_to_string(study.dir(QUAROT.key).join("config.json")).unwrap();
     assert!(quarot.contains("bitnet_b158_quarot"), "{quarot}");
+    let spin = std::fs::read_to_string(study.dir(SPINQUANT.key).join("config.json")).unwrap();
+    assert!(spin.contains("bitnet_b158_spinquant"), "{spin}");
+    assert!(tables.contains(SPINQUANT.label), "{tables}");
     let commands = args.out.join("commands.txt");
     let logged = std::fs::read_to_string(&commands).unwrap();
-    // The tokenizer, 4 × (a8 part, a8 finish, a4), 2 PTQ baselines: one command line each.
-    assert_eq!(logged.lines().count(), 1 + 4 * 3 + 2, "{logged}");
+    // The tokenizer, 4 × (a8 part, a8 finish, a4), 3 PTQ baselines: one command line each.
+    assert_eq!(logged.lines().count(), 1 + 4 * 3 + 3, "{logged}");
 
     // A finished study reruns nothing but the report.
     let again = run_all(&study);
