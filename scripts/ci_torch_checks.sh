@@ -38,7 +38,7 @@ echo "-- transformers loads the bundled v2 a4 model's HF export"
 echo "-- hbit's PyTorch model against hbit for every variant (micro: Paley-size FFN, GQA), packed and latent"
 "$HBIT" tokenizer train --data "$DATA/pretrain/tiny_shakespeare" --vocab-size 512 --out "$WORK/tok.json"
 VARIANT_EXPORTS=()
-for spec in bitnet_v2:8 bitnet_v2:4 bitnet_a48:4 bitnet_v2_weight_rotation:4 bitnet_v2_no_rotation:4 bitnet_b158:8; do
+for spec in bitnet_v2:8 bitnet_v2:4 bitnet_a48:4 bitnet_v2_weight_rotation:4 bitnet_v2_no_rotation:4 bitnet_b158_quarot:4 bitnet_b158_spinquant:4 bitnet_b158:8; do
   variant="${spec%%:*}" bits="${spec##*:}"
   ckpt="$WORK/$variant-a$bits"
   "$HBIT" init --preset micro --variant "$variant" --act-bits "$bits" --vocab-size 512 --seed 7 --out "$ckpt" >/dev/null

@@ -105,6 +105,7 @@ pub fn packed_shape(rows: usize, cols: usize, bits: ActBits, layout: Int4Layout)
             row_blocks,
             cols.div_ceil(TRIPLE_CHUNK_COLS) * TRIPLE_CHUNK_BYTES,
         ],
+        (ActBits::Int4, Int4Layout::Rows) => [rows, padded / 4],
     }
 }
 
@@ -113,9 +114,16 @@ fn int4_layout_of(path: &Path, weights: &Weights) -> Result<Option<Int4Layout>> 
     let mut found = None;
     for layer in &weights.layers {
         for proj in Proj::ALL {
-            let layout = layer.projection(proj).weight.int4_layout();
+            let p = layer.projection(proj);
+            let layout = p.weight.int4_layout(p.quant.bits);
             match (found, layout) {
                 (_, None) => {}
+                (_, Some(Int4Layout::Rows)) => {
+                    return Err(EngineError::format(
+                        path,
+                        "INT4 projections in the rows layout: that is a load-time choice, a                          model file holds pairs or triples",
+                    ))
+                }
                 (None, Some(l)) => found = Some(l),
                 (Some(a), Some(b)) if a != b => {
                     return Err(EngineError::format(
@@ -197,7 +205,7 @@ pub fn write_packed(
             let name = hbit_model::tensors::proj_weight(l, proj);
             let w = &layer.projection(proj).weight;
             let bits = weights.config.input_quant(proj).bits;
-            let layout = w.int4_layout().unwrap_or(Int4Layout::Pairs);
+            let layout = w.int4_layout(bits).unwrap_or(Int4Layout::Pairs);
             let [a, b] = packed_shape(w.rows(), w.cols(), bits, layout);
             let mut tensor = |name: String, dtype, shape, bytes| -> Result<()> {
                 let view = TensorView::new(dtype, shape, bytes).map_err(|e| view_err(&name, e))?;
@@ -505,7 +513,8 @@ impl TensorSource for MappedSource<'_> {
         let path = self.path;
         let wrap = |e: hbit_kernels::KernelError| EngineError::tensor(path, name, e.to_string());
         Ok(match (quant.bits, layout) {
-            (ActBits::Int8, _) => {
+            // Files never name `rows` (the reader refuses it); the arm keeps the match whole.
+            (ActBits::Int8, _) | (ActBits::Int4, Int4Layout::Rows) => {
                 TernaryMatrix::Row(RowPacked::from_parts(rows, cols, alpha, bytes).map_err(wrap)?)
             }
             (ActBits::Int4, Int4Layout::Pairs) => {

@@ -34,13 +34,17 @@ pub enum TernaryMatrix {
     Triple(TriplePacked),
 }
 
-/// Which of the two INT4 layouts a matrix for INT4 inputs is packed in.
+/// Which layout a matrix for INT4 inputs is packed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Int4Layout {
     /// [`LutPacked`]: two weights per lookup, 2 bits per weight.
     Pairs,
     /// [`TriplePacked`]: three weights per lookup, 1.67 bits per weight.
     Triples,
+    /// [`RowPacked`]: the INT8 multiply-add kernels on the 4-bit codes (exact: 4-bit codes are
+    /// 8-bit codes), 2 bits per weight. A load-time choice for CPUs where the lookup kernels are
+    /// compute-bound; model files hold pairs or triples.
+    Rows,
 }
 
 impl Int4Layout {
@@ -57,17 +61,19 @@ impl Int4Layout {
         match self {
             Int4Layout::Pairs => "pairs",
             Int4Layout::Triples => "triples",
+            Int4Layout::Rows => "rows",
         }
     }
 
-    /// `pairs`, `triples`, or `native` ([`Int4Layout::native`]).
+    /// `pairs`, `triples`, `rows`, or `native` ([`Int4Layout::native`]).
     pub fn parse(s: &str) -> Result<Int4Layout> {
         match s.trim().to_ascii_lowercase().as_str() {
             "pairs" => Ok(Int4Layout::Pairs),
             "triples" => Ok(Int4Layout::Triples),
+            "rows" => Ok(Int4Layout::Rows),
             "native" => Ok(Int4Layout::native()),
             other => Err(EngineError::Input(format!(
-                "INT4 weight layout: expected pairs, triples or native, found {other:?}"
+                "INT4 weight layout: expected pairs, triples, rows or native, found {other:?}"
             ))),
         }
     }
@@ -100,13 +106,13 @@ impl TernaryMatrix {
         self.packed().packed_bytes()
     }
 
-    /// The INT4 layout, if the matrix is packed for INT4 inputs.
-    pub fn int4_layout(&self) -> Option<Int4Layout> {
-        match self {
-            TernaryMatrix::Row(_) => None,
-            TernaryMatrix::Lut(_) => Some(Int4Layout::Pairs),
-            TernaryMatrix::Triple(_) => Some(Int4Layout::Triples),
-        }
+    /// The layout of this matrix for inputs `bits` wide: `None` for INT8 inputs.
+    pub fn int4_layout(&self, bits: ActBits) -> Option<Int4Layout> {
+        (bits == ActBits::Int4).then_some(match self {
+            TernaryMatrix::Row(_) => Int4Layout::Rows,
+            TernaryMatrix::Lut(_) => Int4Layout::Pairs,
+            TernaryMatrix::Triple(_) => Int4Layout::Triples,
+        })
     }
 
     /// The layout a projection whose input is quantized to `bits` needs, INT4 in this CPU's
@@ -125,6 +131,7 @@ impl TernaryMatrix {
             (ActBits::Int8, _) => TernaryMatrix::Row(RowPacked::pack(w)),
             (ActBits::Int4, Int4Layout::Pairs) => TernaryMatrix::Lut(LutPacked::pack(w)),
             (ActBits::Int4, Int4Layout::Triples) => TernaryMatrix::Triple(TriplePacked::pack(w)),
+            (ActBits::Int4, Int4Layout::Rows) => TernaryMatrix::Row(RowPacked::pack(w)),
         }
     }
 
@@ -510,9 +517,12 @@ impl Weights {
     pub fn with_int4_layout(mut self, layout: Int4Layout) -> Weights {
         for layer in &mut self.layers {
             for proj in Proj::ALL {
-                let w = &mut layer.projection_mut(proj).weight;
-                if w.int4_layout().is_some_and(|l| l != layout) {
-                    *w = TernaryMatrix::pack_with(&w.unpack(), ActBits::Int4, layout);
+                let p = layer.projection_mut(proj);
+                if p.weight
+                    .int4_layout(p.quant.bits)
+                    .is_some_and(|l| l != layout)
+                {
+                    p.weight = TernaryMatrix::pack_with(&p.weight.unpack(), ActBits::Int4, layout);
                 }
             }
         }
@@ -523,7 +533,12 @@ impl Weights {
     pub fn int4_layout(&self) -> Option<Int4Layout> {
         self.layers
             .iter()
-            .flat_map(|l| Proj::ALL.map(|p| l.projection(p).weight.int4_layout()))
+            .flat_map(|l| {
+                Proj::ALL.map(|p| {
+                    let p = l.projection(p);
+                    p.weight.int4_layout(p.quant.bits)
+                })
+            })
             .flatten()
             .next()
     }

@@ -93,6 +93,15 @@ fn both_int4_layouts_round_trip_and_version_1_loads() {
         }
         sizes.push(std::fs::metadata(&path).unwrap().len());
     }
+    // The multiply-add layout on 4-bit codes: the same logits; a load-time choice only, so a
+    // file of it is refused with the reason and nothing is left behind.
+    let rows = base.clone().with_int4_layout(Int4Layout::Rows);
+    assert_eq!(rows.int4_layout(), Some(Int4Layout::Rows));
+    assert!(logits(rows.clone(), &TOKENS) == want, "rows in memory");
+    let path = dir.join("rows.hbit");
+    let e = write_packed(&path, &rows, None, None).unwrap_err();
+    assert!(e.to_string().contains("load-time choice"), "{e}");
+    assert!(!path.exists());
     assert!(
         sizes[1] < sizes[0],
         "triples {} vs pairs {} bytes",

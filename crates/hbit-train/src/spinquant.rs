@@ -38,7 +38,7 @@ use crate::stiefel::Orthogonal;
 type Result<T> = std::result::Result<T, TrainError>;
 
 /// How the rotations are learned. The defaults are SpinQuant's (100 Cayley SGD steps at
-/// learning rate 1.5, decaying linearly), on fewer and shorter calibration sequences.
+/// learning rate 1.5 with cosine decay), on fewer and shorter calibration sequences.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpinQuantOptions {
     pub steps: usize,
@@ -259,7 +259,9 @@ impl FusedWeights {
         let mut surrogate = Tensor::zeros((), DType::F32, &Device::Cpu)?;
         for (name, var) in model.named_vars() {
             if let (Some(w), Some(g)) = (refolded.get(&name), grads.get(&var)) {
-                surrogate = (surrogate + (w * g)?.sum_all()?)?;
+                // Detached: the weight gradient still links to the forward graph, which the
+                // surrogate's backward would otherwise walk again.
+                surrogate = (surrogate + (w * g.detach())?.sum_all()?)?;
             }
         }
         let rgrads = surrogate.backward()?;
@@ -302,6 +304,19 @@ pub fn spinquant(
             "SpinQuant needs at least one calibration sequence per step".into(),
         ));
     }
+    if !(options.learning_rate.is_finite() && options.learning_rate >= 0.0) {
+        return Err(TrainError::Input(format!(
+            "SpinQuant learning rate {}: expected a finite value ≥ 0",
+            options.learning_rate
+        )));
+    }
+    if data.seq_len() > model.config().max_position_embeddings {
+        return Err(TrainError::Input(format!(
+            "calibration sequences of {} tokens exceed the model's context ({} tokens)",
+            data.seq_len(),
+            model.config().max_position_embeddings
+        )));
+    }
     let fused = FusedWeights::new(model)?;
     let mut rotations = Rotations::random_hadamard(model.config(), options.seed);
     let seq_len = data.seq_len();
@@ -312,8 +327,10 @@ pub fn spinquant(
         let inputs = Tensor::from_vec(inputs, shape, &Device::Cpu)?;
         let targets = Tensor::from_vec(targets, shape, &Device::Cpu)?;
         let (loss, g1, g2) = fused.loss_and_gradients(&rotations, bits, &inputs, &targets, true)?;
-        // Linear decay to zero over the run, as SpinQuant's schedule.
-        let lr = options.learning_rate * (1.0 - step as f64 / options.steps as f64);
+        // Cosine decay to zero over the run, as SpinQuant's schedule.
+        let progress_share = step as f64 / options.steps as f64;
+        let lr =
+            options.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress_share).cos());
         let step_size = rotations.r1.cayley_step(&g1, lr);
         for (r, g) in rotations.r2.iter_mut().zip(&g2) {
             r.cayley_step(g, lr);

@@ -78,9 +78,13 @@ fn folded_rotations_leave_the_full_precision_logits_unchanged() {
             diff < 2e-5,
             "seed {seed}: logits moved by {diff} (relative)"
         );
-        // Quantized, the rotation matters: it is a different model.
-        let quantized = logits(&rotated, &tokens);
-        assert!(max_relative_diff(&reference, &quantized) > 1e-3);
+        // Quantized, the rotation matters: against the same fused model without rotations.
+        let identity = Rotations {
+            r1: Orthogonal::identity(model.config().hidden_size),
+            r2: vec![Orthogonal::identity(model.config().head_dim); model.config().num_layers],
+        };
+        let unrotated = logits(&fused.model(&identity, ActBits::Int4).unwrap(), &tokens);
+        assert!(max_relative_diff(&unrotated, &logits(&rotated, &tokens)) > 1e-3);
     }
     // A fold that skipped R2 on either side of attention would not cancel: check one does.
     let rotations = Rotations::random_hadamard(model.config(), 1);
@@ -133,12 +137,15 @@ fn the_rotation_gradient_is_the_chain_rules() {
         full < 1e-3 * quantized,
         "full precision {full} vs {quantized}"
     );
-    let quantized = generator(&rotations.r2[1], &g2[1]);
-    let full = generator(&rotations.r2[1], &f2[1]);
-    assert!(
-        full < 1e-3 * quantized,
-        "R2: full precision {full} vs {quantized}"
-    );
+    for l in 0..2 {
+        let quantized = generator(&rotations.r2[l], &g2[l]);
+        let full = generator(&rotations.r2[l], &f2[l]);
+        assert!(quantized > 1e-5, "R2[{l}]: no quantized gradient");
+        assert!(
+            full < 1e-3 * quantized,
+            "R2[{l}]: full precision {full} vs {quantized}"
+        );
+    }
 }
 
 #[test]
@@ -160,7 +167,16 @@ fn learning_keeps_the_rotations_orthogonal_and_the_model_exact() {
     let rotated = spinquant(&model, ActBits::Int4, &data, &options, |s| seen.push(*s)).unwrap();
     assert_eq!(seen.len(), 6);
     assert!(seen.iter().all(|s| s.loss.is_finite() && s.step_size > 0.0));
+    // The steps moved the model away from its random-Hadamard start.
+    let start = FusedWeights::new(&model)
+        .unwrap()
+        .model(
+            &Rotations::random_hadamard(&config, options.seed),
+            ActBits::Int4,
+        )
+        .unwrap();
     let (tokens, _) = batch(&config, 1, 20, 8);
+    assert!(max_relative_diff(&logits(&start, &tokens), &logits(&rotated, &tokens)) > 1e-4);
     let diff = max_relative_diff(
         &logits(&model.unquantized().unwrap(), &tokens),
         &logits(&rotated.unquantized().unwrap(), &tokens),

@@ -72,10 +72,10 @@ impl Orthogonal {
     }
 
     /// One Cayley SGD step against the Euclidean gradient `grad` (`∂L/∂R`, row-major):
-    /// `A = G·Rᵀ − R·Gᵀ` (skew-symmetric, the Riemannian gradient's generator) and
-    /// `R ← (I + α/2·A)⁻¹ (I − α/2·A) R`, to first order `R − α(G − R·Gᵀ·R)`. The step is
-    /// `α = min(learning_rate, 1/‖A‖₁)` as in Li et al.'s optimizer, so one step never turns
-    /// the matrix far. Returns the `α` taken.
+    /// `A = ½(G·Rᵀ − R·Gᵀ)` (skew-symmetric, the Riemannian gradient's generator, scaled as in
+    /// Li et al.'s optimizer that SpinQuant uses) and `R ← (I + α/2·A)⁻¹ (I − α/2·A) R`, to
+    /// first order `R − (α/2)(G − R·Gᵀ·R)`. The step is `α = min(learning_rate, 1/‖A‖₁)`, as
+    /// there, so one step never turns the matrix far. Returns the `α` taken.
     pub fn cayley_step(&mut self, grad: &[f64], learning_rate: f64) -> f64 {
         let n = self.n;
         assert_eq!(grad.len(), n * n, "gradient of an {n}×{n} rotation");
@@ -83,7 +83,7 @@ impl Orthogonal {
         let mut a = vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {
-                a[i * n + j] = gr_t[i * n + j] - gr_t[j * n + i]; // G·Rᵀ − (G·Rᵀ)ᵀ
+                a[i * n + j] = 0.5 * (gr_t[i * n + j] - gr_t[j * n + i]); // ½(G·Rᵀ − (G·Rᵀ)ᵀ)
             }
         }
         let norm_one = (0..n)
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_small_step_follows_the_projected_gradient() {
-        // To first order R' = R − α(G − R·Gᵀ·R).
+        // To first order R' = R − (α/2)(G − R·Gᵀ·R).
         let n = 6;
         let r0 = Orthogonal::random_hadamard(n, 3);
         let g = random(n, 4);
@@ -252,7 +252,7 @@ mod tests {
         for i in 0..n {
             for j in 0..n {
                 let rgtr: f64 = (0..n).map(|k| rgt[i * n + k] * r0.data()[k * n + j]).sum();
-                let want = r0.data()[i * n + j] - alpha * (g[i * n + j] - rgtr);
+                let want = r0.data()[i * n + j] - alpha / 2.0 * (g[i * n + j] - rgtr);
                 assert!((r.data()[i * n + j] - want).abs() < 1e-10);
             }
         }

@@ -148,6 +148,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
                 }
                 (ActBits::Int4, Int4Layout::Pairs) =>
                     "lookup-table kernels, two weights per lookup",
+                (ActBits::Int4, Int4Layout::Rows) => "multiply-add kernels on 4-bit codes",
                 (ActBits::Int8, _) => "multiply-add kernels",
             }
         );

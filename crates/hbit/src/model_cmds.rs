@@ -266,6 +266,20 @@ fn spinquant_ptq(args: &PtqArgs, bits: ActBits, tokenizer: &Path) -> Result<Bitn
         bail!("--rotation spinquant learns its rotations on calibration text: give --data");
     }
     let model = load_model(&args.model)?;
+    let context = model.config().max_position_embeddings;
+    if args.seq_len.is_some_and(|n| n == 0 || n > context) {
+        bail!(
+            "--seq-len {}: expected 1..={context} (the model's context)",
+            args.seq_len.unwrap_or(0)
+        );
+    }
+    if model.config().variant != hbit_train::Variant::BitnetB158 {
+        bail!(
+            "{}: SpinQuant starts from a bitnet_b158 model; this one is {}",
+            args.model.display(),
+            model.config().variant.name()
+        );
+    }
     let tokenizer = hbit_train::tokenizer::load_tokenizer(tokenizer).with_context(|| {
         format!(
             "{}: SpinQuant tokenizes its calibration text with the checkpoint's tokenizer",
@@ -316,6 +330,12 @@ pub fn ptq(args: &PtqArgs) -> Result<()> {
     let quantized = if args.rotation == "spinquant" {
         spinquant_ptq(args, bits, &tokenizer)?
     } else {
+        if !args.data.is_empty() {
+            bail!(
+                "--data is SpinQuant's calibration text; --rotation {} uses none",
+                args.rotation
+            );
+        }
         let rotation = Rotation::parse(&args.rotation)?;
         post_training_quantize(&load_model(&args.model)?, rotation, bits, args.seed)?
     };

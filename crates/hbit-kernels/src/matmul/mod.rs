@@ -475,7 +475,9 @@ fn check_operands(
 ) -> Result<(), KernelError> {
     path.check_supported()?;
     check_cols(cols, x)?;
-    if x.bits != bits {
+    // 4-bit codes (−8..=7) are 8-bit codes: the multiply-add kernels take them exactly.
+    let accepted = x.bits == bits || (bits == ActBits::Int8 && x.bits == ActBits::Int4);
+    if !accepted {
         return Err(KernelError::ActivationBitsMismatch {
             expected: bits.bits(),
             found: x.bits.bits(),

@@ -102,6 +102,17 @@ fn check_all_paths(w: &TernaryWeights, x8: &QuantizedActivations, x4: &Quantized
             &want4,
             &format!("int4 {path} {}x{} t{}", w.rows, w.cols, x4.tokens),
         );
+        // 4-bit codes through the multiply-add kernels: the same integers, the same bits.
+        let mut y = vec![f32::NAN; x4.tokens * w.rows];
+        matmul_int8_with(path, &row, x4, &mut y).unwrap();
+        assert_bits_equal(
+            &y,
+            &want4,
+            &format!(
+                "int4 on int8 rows {path} {}x{} t{}",
+                w.rows, w.cols, x4.tokens
+            ),
+        );
     }
 }
 
@@ -198,6 +209,13 @@ fn threads_do_not_change_results() {
             assert_bits_equal(&y, &want8, &format!("int8 threads {threads}"));
             matmul_int4(&LutPacked::pack(&w), &x4, &mut y).unwrap();
             assert_bits_equal(&y, &want4, &format!("int4 threads {threads}"));
+            let mut ys = [vec![0.0; 13 * 100], vec![0.0; 13 * 100]];
+            let [a, b] = &mut ys;
+            let row = RowPacked::pack(&w);
+            matmul_int8_many(&[&row, &row], &x4, &mut [a, b]).unwrap();
+            for y in &ys {
+                assert_bits_equal(y, &want4, &format!("int4 on int8 rows threads {threads}"));
+            }
         });
     }
 }

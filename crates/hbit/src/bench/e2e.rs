@@ -48,7 +48,8 @@ pub struct E2eArgs {
     #[arg(long, value_delimiter = ',', default_value = "16")]
     head_bits: Vec<u8>,
     /// Layouts of the a4 models' projections: pairs (two weights per table lookup), triples
-    /// (three), native (this CPU's faster one).
+    /// (three), rows (the INT8 multiply-add kernels on the 4-bit codes; re-laid out at load from
+    /// a pairs file), native (this CPU's built-in choice).
     #[arg(long, value_delimiter = ',', default_value = "native")]
     int4_layout: Vec<String>,
     /// How the model file comes into memory: read (a private copy, the default) and/or map.
@@ -364,13 +365,22 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             let before = resident_bytes_in_use().unwrap_or(0);
             let mut loaded = Vec::with_capacity(group.len());
             for &(bits, layout) in group {
-                let path = dummy_model(&args.cache_dir, shape, bits, layout)?;
+                // Files hold pairs or triples; rows is a load-time relayout.
+                let file_layout = layout.map(|l| match l {
+                    Int4Layout::Rows => Int4Layout::Pairs,
+                    other => other,
+                });
+                let path = dummy_model(&args.cache_dir, shape, bits, file_layout)?;
                 let packed = load_packed_opts(&path, load, crate::engine_cmds::verify_mode())?;
+                let weights = match layout {
+                    Some(Int4Layout::Rows) => packed.weights.with_int4_layout(Int4Layout::Rows),
+                    _ => packed.weights,
+                };
                 loaded.push(LoadedModel {
                     bits,
                     layout,
                     file_bytes: packed.file_bytes,
-                    engine: Engine::new(packed.weights),
+                    engine: Engine::new(weights),
                 });
             }
             // Resident memory belongs to one model only when one is loaded.

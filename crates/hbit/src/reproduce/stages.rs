@@ -289,7 +289,10 @@ impl Study<'_> {
             act_bits: 4,
             seed: self.args.seed,
             // SpinQuant calibrates on the study's training text.
-            data: self.args.data.clone(),
+            data: match rotation {
+                "spinquant" => self.args.data.clone(),
+                _ => Vec::new(),
+            },
             steps: self.args.spinquant_steps,
             lr: 1.5,
             batch_size: 4,
