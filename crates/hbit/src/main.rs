@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli_reference;
+mod cpu_cmd;
 mod demo;
 mod engine_cmds;
 mod eval_cmd;
@@ -19,8 +20,6 @@ mod verify_cmd;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
-use hbit_kernels::cpu::cpu_has_avx512_vnni;
-use hbit_kernels::{active_path, KernelPath};
 
 /// mimalloc with freed pages kept mapped (see `hbit_kernels::allocator` for the measurement).
 #[global_allocator]
@@ -106,12 +105,9 @@ enum Command {
     Verify(verify_cmd::VerifyArgs),
     /// Write the command-line reference (docs/cli.md) from this parser.
     CliReference(cli_reference::CliReferenceArgs),
-    /// Show the kernel paths this CPU runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
-    Cpu {
-        /// Print only the supported path names, one per line (for scripts).
-        #[arg(long)]
-        paths: bool,
-    },
+    /// Show this CPU's signature (vendor, family/model, features, cores, caches), its DRAM read
+    /// bandwidth, the kernel paths it runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
+    Cpu(cpu_cmd::CpuArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -186,20 +182,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::CliReference(args) => cli_reference::run(&args, Cli::command()),
         Command::Chat(args) => serve_cmd::chat(&args),
         Command::Verify(args) => verify_cmd::verify(&args),
-        Command::Cpu { paths } => {
-            let supported = KernelPath::supported();
-            if paths {
-                supported.iter().for_each(|p| println!("{p}"));
-            } else {
-                let names: Vec<&str> = supported.iter().map(|p| p.name()).collect();
-                println!("supported kernel paths: {}", names.join(", "));
-                println!(
-                    "AVX-512 VNNI: {}",
-                    if cpu_has_avx512_vnni() { "yes" } else { "no" }
-                );
-                println!("active path: {}", active_path()?);
-            }
-            Ok(())
-        }
+        Command::Cpu(args) => cpu_cmd::cpu(&args),
     }
 }

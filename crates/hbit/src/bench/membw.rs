@@ -58,23 +58,5 @@ impl ColdBuffer {
 
 /// Size of the last-level cache in bytes as the OS reports it (largest cache index), if known.
 pub fn last_level_cache_bytes() -> Option<usize> {
-    let mut best = None;
-    for index in 0..8 {
-        let path = format!("/sys/devices/system/cpu/cpu0/cache/index{index}/size");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let text = text.trim();
-        let (num, mult) = match text.strip_suffix('K') {
-            Some(n) => (n, 1024),
-            None => match text.strip_suffix('M') {
-                Some(n) => (n, 1024 * 1024),
-                None => (text, 1),
-            },
-        };
-        if let Ok(v) = num.parse::<usize>() {
-            best = best.max(Some(v * mult));
-        }
-    }
-    best
+    crate::cpu_cmd::CpuSignature::detect().last_level_cache_bytes()
 }

@@ -2,7 +2,7 @@
 
 mod e2e;
 mod kernels;
-mod membw;
+pub(crate) mod membw;
 mod serve;
 mod train;
 
