@@ -515,7 +515,9 @@ impl Weights {
     /// The same model with its INT4 projections in `layout` (repacked where they are not):
     /// products are the same integers either way, only the kernel differs.
     pub fn with_int4_layout(mut self, layout: Int4Layout) -> Weights {
-        for layer in &mut self.layers {
+        use rayon::prelude::*;
+        // One layer per task: repacking a large model is seconds of single-core work.
+        self.layers.par_iter_mut().for_each(|layer| {
             for proj in Proj::ALL {
                 let p = layer.projection_mut(proj);
                 if p.weight
@@ -525,7 +527,7 @@ impl Weights {
                     p.weight = TernaryMatrix::pack_with(&p.weight.unpack(), ActBits::Int4, layout);
                 }
             }
-        }
+        });
         self
     }
 

@@ -211,6 +211,36 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         if cpu_has_avx512_vnni() { "yes" } else { "no" }
     );
     println!("active path: {active}");
+    match crate::tune::current_profile() {
+        Some(profile) => {
+            println!("a4 layout per projection shape and batch bucket (tune profile):");
+            let mut timings = profile.timings.clone();
+            timings.sort_by_key(|t| (t.rows, t.cols, t.tokens));
+            for t in timings {
+                let line: Vec<String> = t
+                    .seconds
+                    .iter()
+                    .map(|(layout, s)| format!("{layout} {:.1} µs", s * 1e6))
+                    .collect();
+                let fastest = t
+                    .seconds
+                    .iter()
+                    .min_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or("?", |(l, _)| l.as_str());
+                println!(
+                    "  {} × {}, batch {}: {fastest} ({})",
+                    t.rows,
+                    t.cols,
+                    t.bucket,
+                    line.join(", ")
+                );
+            }
+        }
+        None => println!(
+            "a4 layout: built-in ({}); `hbit tune --model M` measures this CPU",
+            hbit_engine::Int4Layout::native().name()
+        ),
+    }
     Ok(())
 }
 

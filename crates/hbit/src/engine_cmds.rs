@@ -47,6 +47,46 @@ pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
 /// checkpoint directory (training layout or microsoft/bitnet-b1.58-2B-4T layout) in memory,
 /// embeddings kept at f32 so its logits match the training framework's.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    let loaded = load_model_as_stored(path)?;
+    // a4 projections in the layout this CPU's tune profile chooses (`hbit tune`).
+    let Some(layout) = loaded.engine.weights.int4_layout() else {
+        return Ok(loaded);
+    };
+    let Some(profile) = crate::tune::current_profile() else {
+        // Which INT4 layout a file holds matters for speed only; say so where the weights are
+        // large enough for it to show (not for the bundled tiny model).
+        let native = hbit_engine::Int4Layout::native();
+        let large = loaded.engine.weights.ternary_bytes() > LAYOUT_NOTE_MIN_BYTES;
+        if layout != native && large {
+            eprintln!(
+                "note: {} holds its INT4 projections in the {} layout; this CPU's built-in choice \
+                 is the {} layout (`hbit tune --model {}` measures which is faster here)",
+                path.display(),
+                layout.name(),
+                native.name(),
+                path.display()
+            );
+        }
+        return Ok(loaded);
+    };
+    let LoadedModel {
+        engine,
+        tokenizer_json,
+        chat_template,
+    } = loaded;
+    let (weights, note) = crate::tune::apply_profile(engine.weights, Some(&profile));
+    if let Some(note) = note {
+        eprintln!("note: {}: {note}", path.display());
+    }
+    Ok(LoadedModel {
+        engine: Engine::new(weights),
+        tokenizer_json,
+        chat_template,
+    })
+}
+
+/// [`load_model`] with the weights in the layout the file or checkpoint gives them.
+pub fn load_model_as_stored(path: &Path) -> Result<LoadedModel> {
     if hbit_engine::gguf_model::is_gguf(path) {
         let m = hbit_engine::gguf_model::read_gguf_model(path, false)?;
         return Ok(LoadedModel {
@@ -64,24 +104,6 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         });
     }
     let packed = load_packed_opts(path, LoadMode::from_env()?, verify_mode())?;
-    // Which INT4 layout a file holds matters for speed only; say so where the weights are
-    // large enough for it to show (not for the bundled tiny model).
-    let native = hbit_engine::Int4Layout::native();
-    let large = packed.weights.ternary_bytes() > LAYOUT_NOTE_MIN_BYTES;
-    if let Some(layout) = packed
-        .weights
-        .int4_layout()
-        .filter(|&l| l != native && large)
-    {
-        eprintln!(
-            "note: {} holds its INT4 projections in the {} layout; this CPU multiplies the {} \
-             layout faster (`hbit pack --int4-layout {}` writes it)",
-            path.display(),
-            layout.name(),
-            native.name(),
-            native.name()
-        );
-    }
     Ok(LoadedModel {
         engine: Engine::new(packed.weights),
         tokenizer_json: packed.tokenizer_json,

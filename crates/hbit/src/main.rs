@@ -16,6 +16,7 @@ mod reproduce;
 mod serve_cmd;
 mod stats_cmd;
 mod train_cmd;
+mod tune;
 mod verify_cmd;
 
 use anyhow::Result;
@@ -108,6 +109,10 @@ enum Command {
     /// Show this CPU's signature (vendor, family/model, features, cores, caches), its DRAM read
     /// bandwidth, the kernel paths it runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu(cpu_cmd::CpuArgs),
+    /// Measure which weight layout this CPU multiplies a model's a4 projections fastest in (per
+    /// shape and batch bucket) and remember it in a profile under the user cache directory;
+    /// loading then re-lays the model out (HBIT_TUNE=off keeps the file's layout).
+    Tune(tune::TuneArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -183,5 +188,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chat(args) => serve_cmd::chat(&args),
         Command::Verify(args) => verify_cmd::verify(&args),
         Command::Cpu(args) => cpu_cmd::cpu(&args),
+        Command::Tune(args) => tune::tune(&args),
     }
 }
