@@ -121,7 +121,7 @@ fn int4_layout_of(path: &Path, weights: &Weights) -> Result<Option<Int4Layout>> 
                 (_, Some(Int4Layout::Rows)) => {
                     return Err(EngineError::format(
                         path,
-                        "INT4 projections in the rows layout: that is a load-time choice, a                          model file holds pairs or triples",
+                        "INT4 projections in the rows layout: that is a load-time choice; a model file holds pairs or triples",
                     ))
                 }
                 (None, Some(l)) => found = Some(l),

@@ -133,8 +133,9 @@ fn parse_size(text: &str) -> Option<usize> {
 /// The caches under `dir` (`…/cpu0/cache`), in index order; none where it is unreadable.
 pub fn read_caches(dir: &std::path::Path) -> Vec<Cache> {
     (0..16)
-        .map_while(|i| {
-            let index = dir.join(format!("index{i}"));
+        .map(|i| dir.join(format!("index{i}")))
+        .take_while(|index| index.is_dir())
+        .filter_map(|index| {
             let read = |f: &str| std::fs::read_to_string(index.join(f)).ok();
             let size = read("size")?;
             Some(Cache {
@@ -149,6 +150,7 @@ pub fn read_caches(dir: &std::path::Path) -> Vec<Cache> {
 /// DRAM read bandwidth in bytes/s: the best of 4 reads of a buffer 4× the last-level cache
 /// (at least 256 MiB), with every core.
 pub fn dram_read_bandwidth(signature: &CpuSignature) -> (usize, f64) {
+    // cpu0's last-level cache may be one of several (one per CCD): 256 MiB at least.
     let bytes = signature
         .last_level_cache_bytes()
         .map_or(0, |b| 4 * b)

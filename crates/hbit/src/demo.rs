@@ -121,15 +121,20 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         ActBits::Int4 => ActBits::Int8,
         ActBits::Int8 => ActBits::Int4,
     };
-    // INT4 weights in this CPU's faster layout (the bundled file holds two weights per lookup).
+    // INT4 weights in this CPU's faster layout: the tune profile's when it covers the model
+    // (load_model applied it), else the built-in choice (the bundled file holds pairs).
     let native = Int4Layout::native();
+    let tuned = crate::tune::current_profile()
+        .and_then(|p| p.choose(&crate::tune::int4_shapes(&engine.weights)))
+        .is_some();
     let relaid = match engine.weights.int4_layout() {
-        Some(layout) if layout != native => {
+        Some(layout) if layout != native && !tuned => {
             Some(Engine::new(engine.weights.clone().with_int4_layout(native)))
         }
         _ => None,
     };
     let engine_native = relaid.as_ref().unwrap_or(engine);
+    let used = engine_native.weights.int4_layout().unwrap_or(native);
     let mut speeds = vec![(
         c.activation_bits,
         decode_speed(engine_native, &prompt[0], args)?,
@@ -142,7 +147,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
         println!(
             "INT{} activations ({}): {tps:.1} tokens/s",
             bits.bits(),
-            match (bits, native) {
+            match (bits, used) {
                 (ActBits::Int4, Int4Layout::Triples) => {
                     "lookup-table kernels, three weights per lookup"
                 }

@@ -35,7 +35,7 @@ pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
     let bundled = PathBuf::from(BUNDLED_MODEL);
     if !bundled.is_file() {
         bail!(
-            "no --model given and the bundled model {} is missing (this binary was built in a              checkout that has moved); pass --model FILE",
+            "no --model given and the bundled model {} is missing (this binary was built in a checkout that has moved); pass --model FILE",
             bundled.display()
         );
     }
@@ -111,6 +111,17 @@ pub fn load_model_as_stored(path: &Path) -> Result<LoadedModel> {
     })
 }
 
+/// A layout a model file can hold (`rows` is a load-time choice only).
+pub fn file_layout(name: &str) -> Result<hbit_engine::Int4Layout> {
+    match hbit_engine::Int4Layout::parse(name)? {
+        hbit_engine::Int4Layout::Rows => bail!(
+            "--int4-layout rows: model files hold pairs or triples; rows is chosen at load \
+             (`hbit tune`)"
+        ),
+        layout => Ok(layout),
+    }
+}
+
 /// Set by `--no-verify` (a global flag, so every command that loads a model honours it).
 static CHECKSUMS_OFF: AtomicBool = AtomicBool::new(false);
 
@@ -161,7 +172,7 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         "f32" => false,
         other => bail!("--embed-dtype {other:?}: expected f16 or f32"),
     };
-    let layout = hbit_engine::Int4Layout::parse(&args.int4_layout)?;
+    let layout = file_layout(&args.int4_layout)?;
     let template = match &args.chat_template {
         Some(file) => Some(
             std::fs::read_to_string(file)
@@ -487,7 +498,8 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let loaded = load_model(&args.model)?;
+    // Written out, so the layout the file gives is the one to keep.
+    let loaded = load_model_as_stored(&args.model)?;
     match args.format.as_str() {
         "gguf" => {}
         "hf" => {

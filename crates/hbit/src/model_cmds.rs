@@ -53,7 +53,7 @@ pub fn init(args: &InitArgs) -> Result<()> {
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
     if args.dummy {
         let shape = args.shape.as_deref().unwrap_or_default();
-        let layout = hbit_engine::Int4Layout::parse(&args.int4_layout)?;
+        let layout = crate::engine_cmds::file_layout(&args.int4_layout)?;
         return init_dummy(shape, bits, layout, args.seed, &args.out, args.force);
     }
     let preset_name = args.preset.as_deref().unwrap_or_default();

@@ -25,6 +25,12 @@ use crate::cpu_cmd::CpuSignature;
 
 /// Batch buckets: a name and the token count measured for it.
 pub const BUCKETS: [(&str, usize); 4] = [("1", 1), ("2-8", 4), ("9-32", 16), ("33+", 64)];
+const DECODE_BUCKET: &str = BUCKETS[0].0;
+const PREFILL_BUCKET: &str = BUCKETS[3].0;
+
+/// Bumped when the profile's meaning changes (the kernels it timed, its fields): part of the
+/// file name and checked on read.
+const PROFILE_SCHEMA: u32 = 1;
 
 const LAYOUTS: [Int4Layout; 3] = [Int4Layout::Pairs, Int4Layout::Triples, Int4Layout::Rows];
 
@@ -42,16 +48,21 @@ pub struct ShapeTiming {
 /// What `hbit tune` wrote for this CPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
+    pub schema: u32,
     pub hbit_version: String,
     pub signature: String,
+    /// Threads the timings ran on.
+    pub threads: usize,
     pub timings: Vec<ShapeTiming>,
 }
 
 impl Profile {
-    fn empty(signature: &CpuSignature) -> Profile {
+    fn empty(signature: &CpuSignature, threads: usize) -> Profile {
         Profile {
+            schema: PROFILE_SCHEMA,
             hbit_version: env!("CARGO_PKG_VERSION").to_string(),
             signature: signature.key(),
+            threads,
             timings: Vec::new(),
         }
     }
@@ -86,13 +97,13 @@ impl Profile {
         };
         let decode: Vec<(Int4Layout, f64)> = LAYOUTS
             .iter()
-            .map(|&l| Some((l, total("1", l)?)))
+            .map(|&l| Some((l, total(DECODE_BUCKET, l)?)))
             .collect::<Option<_>>()?;
         let best = decode.iter().map(|d| d.1).fold(f64::INFINITY, f64::min);
         decode
             .iter()
             .filter(|(_, s)| *s <= best * 1.02)
-            .map(|&(l, s)| (l, total("33+", l).unwrap_or(s)))
+            .map(|&(l, _)| (l, total(PREFILL_BUCKET, l).unwrap_or(f64::INFINITY)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(l, _)| l)
     }
@@ -109,7 +120,11 @@ pub fn profile_dir() -> Option<PathBuf> {
 
 /// This CPU's profile file (the name carries a hash of the signature and hbit's version).
 pub fn profile_path(signature: &CpuSignature) -> Option<PathBuf> {
-    let key = format!("{}|{}", signature.key(), env!("CARGO_PKG_VERSION"));
+    let key = format!(
+        "{}|{}|{PROFILE_SCHEMA}",
+        signature.key(),
+        env!("CARGO_PKG_VERSION")
+    );
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
@@ -118,7 +133,10 @@ pub fn profile_path(signature: &CpuSignature) -> Option<PathBuf> {
 
 /// Whether profiles are used (`HBIT_TUNE=off` turns them off).
 pub fn enabled() -> bool {
-    !matches!(std::env::var("HBIT_TUNE").as_deref(), Ok("off" | "0"))
+    let value = std::env::var("HBIT_TUNE")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    !matches!(value.as_str(), "off" | "0" | "false" | "no")
 }
 
 /// The profile at `path` if it is this CPU's and this version's; a stale or damaged one is
@@ -138,7 +156,10 @@ pub fn read_profile(path: &Path, signature: &CpuSignature) -> Option<Profile> {
             return None;
         }
     };
-    if profile.signature != signature.key() || profile.hbit_version != env!("CARGO_PKG_VERSION") {
+    if profile.signature != signature.key()
+        || profile.hbit_version != env!("CARGO_PKG_VERSION")
+        || profile.schema != PROFILE_SCHEMA
+    {
         warn(format!(
             "written for {} by hbit {}, this is {} with hbit {}",
             profile.signature,
@@ -214,7 +235,7 @@ fn measure(
     let w = TernaryWeights::from_codes(rows, cols, 0.5, codes)?;
     let one = TernaryMatrix::pack_with(&w, ActBits::Int4, layout);
     let copies = if tokens == 1 {
-        cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 64)
+        cold_bytes.div_ceil(one.bytes().max(1)).max(1)
     } else {
         1
     };
@@ -264,13 +285,15 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     shapes.sort_unstable();
     shapes.dedup();
     let signature = CpuSignature::detect();
+    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
     let out = profile_path(&signature).context("no cache directory: set XDG_CACHE_HOME or HOME")?;
     let mut profile = std::fs::read_to_string(&out)
         .ok()
         .and_then(|_| read_profile(&out, &signature))
-        .unwrap_or_else(|| Profile::empty(&signature));
-    let cold_bytes = 4 * signature.last_level_cache_bytes().unwrap_or(32 << 20);
-    let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
+        .filter(|p| p.threads == threads)
+        .unwrap_or_else(|| Profile::empty(&signature, threads));
+    // cpu0's last-level cache may be one of several (one per CCD): 256 MiB at least.
+    let cold_bytes = (4 * signature.last_level_cache_bytes().unwrap_or(0)).max(256 << 20);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
@@ -350,8 +373,10 @@ mod tests {
 
     fn profile(timings: Vec<ShapeTiming>) -> Profile {
         Profile {
+            schema: PROFILE_SCHEMA,
             hbit_version: env!("CARGO_PKG_VERSION").into(),
             signature: "test".into(),
+            threads: 2,
             timings,
         }
     }
