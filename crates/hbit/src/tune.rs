@@ -235,7 +235,8 @@ fn measure(
     let w = TernaryWeights::from_codes(rows, cols, 0.5, codes)?;
     let one = TernaryMatrix::pack_with(&w, ActBits::Int4, layout);
     let copies = if tokens == 1 {
-        cold_bytes.div_ceil(one.bytes().max(1)).max(1)
+        // Bounded for tiny matrices, whose products are latency-bound anyway.
+        cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 4096)
     } else {
         1
     };
