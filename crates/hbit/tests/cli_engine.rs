@@ -311,7 +311,7 @@ fn bundled_model_is_the_default() {
         "--json",
     ]));
     assert_eq!(logits_json.len(), 3);
-    assert_eq!(logits_json[0].len(), 4096);
+    assert_eq!(logits_json[0].len(), 8192); // the bundled model's vocabulary
 }
 
 /// `bench e2e --alternate` loads a shape's a8 and a4 models together and takes their rounds in
