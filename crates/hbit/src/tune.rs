@@ -288,9 +288,7 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let signature = CpuSignature::detect();
     let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
     let out = profile_path(&signature).context("no cache directory: set XDG_CACHE_HOME or HOME")?;
-    let mut profile = std::fs::read_to_string(&out)
-        .ok()
-        .and_then(|_| read_profile(&out, &signature))
+    let mut profile = read_profile(&out, &signature)
         .filter(|p| p.threads == threads)
         .unwrap_or_else(|| Profile::empty(&signature, threads));
     // cpu0's last-level cache may be one of several (one per CCD): 256 MiB at least.
