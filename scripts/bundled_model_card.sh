@@ -46,7 +46,7 @@ for i in "${!PROMPTS[@]}"; do
     echo "**Prompt:** \`${PROMPTS[$i]}\` (seed $seed)"
     echo
     echo '```text'
-    "$HBIT" generate --model "$MODEL" --prompt "${PROMPTS[$i]}" --max-tokens 64 --seed "$seed"
+    "$HBIT" generate --model "$MODEL" --prompt "${PROMPTS[$i]}" --max-tokens 64 --seed "$seed" --head-bits 16
     echo
     echo '```'
     echo

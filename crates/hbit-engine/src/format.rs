@@ -233,11 +233,11 @@ pub fn write_packed(
         let (dtype, bytes): (Dtype, &[u8]) = match m.view() {
             hbit_kernels::FloatWeights::F32(v) => (Dtype::F32, bytemuck::cast_slice(v)),
             hbit_kernels::FloatWeights::F16(v) => (Dtype::F16, bytemuck::cast_slice(v)),
-            hbit_kernels::FloatWeights::I8 { .. } => {
+            hbit_kernels::FloatWeights::I8 { .. } | hbit_kernels::FloatWeights::Block { .. } => {
                 return Err(EngineError::tensor(
                     path,
                     name,
-                    "an 8-bit head is a load-time option and is not written to model files",
+                    "a quantized head (8, 6 or 4 bits) is a load-time option and is not written to model files",
                 ))
             }
         };
@@ -548,7 +548,7 @@ impl TensorSource for MappedSource<'_> {
         match m.view() {
             hbit_kernels::FloatWeights::F32(v) => check_finite(self.path, name, v)?,
             hbit_kernels::FloatWeights::F16(v) => check_finite(self.path, name, v)?,
-            hbit_kernels::FloatWeights::I8 { .. } => {}
+            hbit_kernels::FloatWeights::I8 { .. } | hbit_kernels::FloatWeights::Block { .. } => {}
         }
         Ok(m)
     }

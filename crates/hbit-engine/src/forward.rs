@@ -60,8 +60,9 @@ pub struct Engine {
     pub weights: Weights,
     /// Quantize-dequantize each query head to this many bits (the paper's 4-bit Q), if set.
     pub q_bits: Option<u32>,
-    /// An 8-bit copy of the LM head used instead of the stored one ([`Engine::use_int8_head`]).
-    int8_head: Option<crate::weights::FloatMatrix>,
+    /// A quantized copy of the LM head used instead of the stored one
+    /// ([`Engine::use_head_bits`]).
+    quantized_head: Option<crate::weights::FloatMatrix>,
 }
 
 impl Engine {
@@ -69,7 +70,7 @@ impl Engine {
         Engine {
             weights,
             q_bits: None,
-            int8_head: None,
+            quantized_head: None,
         }
     }
 
@@ -81,12 +82,39 @@ impl Engine {
     /// f16 head per decode step, at the cost of the copy's memory and 8-bit rounding of the
     /// logits' weights (the embedding lookup keeps the stored table).
     pub fn use_int8_head(&mut self) {
-        self.int8_head = Some(self.weights.head().to_int8());
+        self.quantized_head = Some(self.weights.head().to_int8());
     }
 
     /// Back to the stored (f16 / f32) LM head.
     pub fn use_stored_head(&mut self) {
-        self.int8_head = None;
+        self.quantized_head = None;
+    }
+
+    /// The LM head at `bits`: 16 = as stored, 8 = absmax per row ([`Engine::use_int8_head`]),
+    /// 6 or 4 = one f16 scale per 32 weights (`hbit_kernels::block_quant`; the hidden size
+    /// must be a multiple of 32). The embedding lookup keeps the stored table.
+    pub fn use_head_bits(&mut self, bits: u8) -> Result<()> {
+        match bits {
+            16 => self.use_stored_head(),
+            8 => self.use_int8_head(),
+            6 | 4 => {
+                let block = hbit_kernels::block_quant::BlockBits::from_bits(bits)
+                    .expect("6 and 4 are block widths");
+                self.quantized_head = Some(self.weights.head().to_block(block)?);
+            }
+            other => {
+                return Err(EngineError::Input(format!(
+                    "head bits {other}: expected 16 (as stored), 8, 6 or 4"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Bits per weight of the head the logits use (16 or 32 as stored, 8, 6.5 or 4.5).
+    pub fn head_bits_per_weight(&self) -> f64 {
+        let head = self.quantized_head.as_ref().unwrap_or(self.weights.head());
+        8.0 * head.bytes() as f64 / (head.rows * head.cols) as f64
     }
 
     pub fn new_cache(&self, bits: KvBits) -> KvCache {
@@ -182,7 +210,7 @@ impl Engine {
             hidden.extend_from_slice(&x[i * h..(i + 1) * h]);
         }
         rms_norm_rows(&mut hidden, &self.weights.norm, c.rms_norm_eps);
-        let head = self.int8_head.as_ref().unwrap_or(self.weights.head());
+        let head = self.quantized_head.as_ref().unwrap_or(self.weights.head());
         let v = c.vocab_size;
         let mut logits = vec![0.0f32; picked.len() * v]; // [picked, V]
         float_matmul(head.view(), v, h, &hidden, &mut logits)?;

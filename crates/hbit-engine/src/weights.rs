@@ -238,6 +238,13 @@ pub enum FloatData {
         codes: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// 6- or 4-bit rows with an f16 scale per 32 weights (the optional smaller LM head, built at
+    /// load time; `hbit_kernels::block_quant`).
+    Block {
+        bits: hbit_kernels::block_quant::BlockBits,
+        codes: Vec<u8>,
+        scales: Vec<f16>,
+    },
     /// Little-endian f32 or f16 values in place in a mapped file, alignment checked at load.
     Mapped {
         bytes: hbit_kernels::PackedBytes,
@@ -259,6 +266,15 @@ impl FloatMatrix {
             FloatData::F32(v) => FloatWeights::F32(v),
             FloatData::F16(v) => FloatWeights::F16(v),
             FloatData::I8 { codes, scales } => FloatWeights::I8 { codes, scales },
+            FloatData::Block {
+                bits,
+                codes,
+                scales,
+            } => FloatWeights::Block {
+                bits: *bits,
+                codes,
+                scales,
+            },
             // Alignment was checked when the matrix was built (`FloatMatrix::mapped`).
             FloatData::Mapped { bytes, half: false } => {
                 FloatWeights::F32(bytemuck::cast_slice(bytes))
@@ -304,6 +320,7 @@ impl FloatMatrix {
             FloatWeights::F32(_) => 4 * self.rows * self.cols,
             FloatWeights::F16(_) => 2 * self.rows * self.cols,
             FloatWeights::I8 { .. } => self.rows * self.cols + 4 * self.rows,
+            FloatWeights::Block { codes, scales, .. } => codes.len() + 2 * scales.len(),
         }
     }
 
@@ -336,6 +353,22 @@ impl FloatMatrix {
             cols: self.cols,
             data: FloatData::I8 { codes, scales },
         }
+    }
+
+    /// A 6- or 4-bit copy, one f16 scale per 32 weights; `cols` must be a multiple of 32.
+    pub fn to_block(&self, bits: hbit_kernels::block_quant::BlockBits) -> Result<FloatMatrix> {
+        let values = self.to_f32();
+        let (codes, scales) =
+            hbit_kernels::block_quant::quantize_rows(&values, self.rows, self.cols, bits)?;
+        Ok(FloatMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            data: FloatData::Block {
+                bits,
+                codes,
+                scales,
+            },
+        })
     }
 }
 

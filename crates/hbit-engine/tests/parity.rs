@@ -437,3 +437,39 @@ fn int8_head_stays_close_to_the_stored_head() {
     engine.use_stored_head();
     assert!(run(&engine) == stored);
 }
+
+/// The 6- and 4-bit heads: logits within the block quantizer's error of the stored head's, the
+/// 6-bit closer than the 4-bit; bits per weight as documented; bad widths named.
+#[test]
+fn block_heads_stay_close_and_six_bits_beat_four() {
+    let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
+    let (_, mut engine) = model_and_engine(&config, 13);
+    let toks = tokens(20, config.vocab_size, 5);
+    let run = |engine: &Engine| {
+        let mut cache = engine.new_cache(KvBits::F32);
+        engine
+            .forward(&mut [&mut cache], &[&toks], Logits::All)
+            .unwrap()
+            .remove(0)
+    };
+    let stored = run(&engine);
+    let mut diffs = Vec::new();
+    for (bits, per_weight) in [(6u8, 6.5), (4, 4.5)] {
+        engine.use_head_bits(bits).unwrap();
+        assert_eq!(engine.head_bits_per_weight(), per_weight);
+        let logits = run(&engine);
+        let diff = max_rel_diff(&logits, &stored);
+        assert!(diff > 0.0 && diff < 0.2, "{bits}-bit head: {diff}");
+        diffs.push(diff);
+    }
+    assert!(
+        diffs[0] < diffs[1],
+        "6-bit {} vs 4-bit {}",
+        diffs[0],
+        diffs[1]
+    );
+    engine.use_head_bits(16).unwrap();
+    assert!(run(&engine) == stored);
+    let e = engine.use_head_bits(5).unwrap_err();
+    assert!(e.to_string().contains("expected 16"), "{e}");
+}

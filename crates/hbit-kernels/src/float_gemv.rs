@@ -10,6 +10,7 @@
 
 use half::f16;
 
+use crate::block_quant::{self, BlockBits, BLOCK};
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
 
@@ -24,6 +25,13 @@ pub enum FloatWeights<'a> {
         codes: &'a [i8],
         scales: &'a [f32],
     },
+    /// Below 8 bits ([`block_quant`]): `codes` `[rows, row_bytes]`, `scales` `[rows, cols / 32]`,
+    /// `W[r, k] = scales[r, k / 32] · q[r, k]`.
+    Block {
+        bits: BlockBits,
+        codes: &'a [u8],
+        scales: &'a [f16],
+    },
 }
 
 impl FloatWeights<'_> {
@@ -32,6 +40,9 @@ impl FloatWeights<'_> {
             FloatWeights::F32(w) => w.len(),
             FloatWeights::F16(w) => w.len(),
             FloatWeights::I8 { codes, .. } => codes.len(),
+            FloatWeights::Block { bits, codes, .. } => {
+                codes.len() / bits.group_bytes() * block_quant::GROUP
+            }
         }
     }
 
@@ -53,15 +64,38 @@ impl FloatWeights<'_> {
                     *o = scales[r] * c as f32;
                 }
             }
+            FloatWeights::Block { .. } => {
+                let at = self.block_row(r, cols);
+                for (k, o) in out.iter_mut().enumerate() {
+                    *o = at(k);
+                }
+            }
         }
     }
 
-    /// Bytes per stored weight.
-    fn element_bytes(&self) -> usize {
+    /// Weight `k` of row `r` of a block-quantized matrix (`d · q`, exact); panics on others.
+    fn block_row(&self, r: usize, cols: usize) -> impl Fn(usize) -> f32 + '_ {
+        let FloatWeights::Block {
+            bits,
+            codes,
+            scales,
+        } = *self
+        else {
+            unreachable!("block_row of a matrix that is not block-quantized")
+        };
+        let row_bytes = bits.row_bytes(cols);
+        let row = &codes[r * row_bytes..][..row_bytes];
+        let row_scales = &scales[r * cols / BLOCK..][..cols / BLOCK];
+        move |k| block_quant::value_at(bits, row, row_scales, k)
+    }
+
+    /// Bytes of one stored row of `cols` weights.
+    pub fn row_bytes(&self, cols: usize) -> usize {
         match self {
-            FloatWeights::F32(_) => 4,
-            FloatWeights::F16(_) => 2,
-            FloatWeights::I8 { .. } => 1,
+            FloatWeights::F32(_) => 4 * cols,
+            FloatWeights::F16(_) => 2 * cols,
+            FloatWeights::I8 { .. } => cols,
+            FloatWeights::Block { bits, .. } => bits.row_bytes(cols),
         }
     }
 
@@ -136,6 +170,28 @@ fn check(
             found: 0,
             reason: "must be non-zero",
         });
+    }
+    if let FloatWeights::Block {
+        bits,
+        codes,
+        scales,
+    } = w
+    {
+        block_quant::check_cols(cols)?;
+        if codes.len() != rows * bits.row_bytes(cols) {
+            return Err(KernelError::LengthMismatch {
+                what: "block-quantized codes [rows, row bytes]",
+                expected: rows * bits.row_bytes(cols),
+                found: codes.len(),
+            });
+        }
+        if scales.len() != rows * cols / BLOCK {
+            return Err(KernelError::LengthMismatch {
+                what: "block scales [rows, cols / 32]",
+                expected: rows * cols / BLOCK,
+                found: scales.len(),
+            });
+        }
     }
     if w.len() != rows * cols {
         return Err(KernelError::LengthMismatch {
@@ -220,7 +276,7 @@ fn rows_block(
     let wide = uses_wide_tile(path, w);
     let token_tile = if wide { WIDE_TOKENS } else { TOKEN_TILE };
     // Rows per group: the group's weights stay in L2 while every token tile passes over them.
-    let group = (ROW_GROUP_BYTES / (cols * w.element_bytes())).max(1);
+    let group = (ROW_GROUP_BYTES / w.row_bytes(cols)).max(1);
     let tiles = tokens.div_ceil(token_tile);
     for g0 in (r0..r1).step_by(group) {
         let g1 = (g0 + group).min(r1);
@@ -296,31 +352,40 @@ fn dot_tile(
     }
     let _ = path;
     for i in 0..tile {
-        sums[i] = match w {
-            FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| *v),
-            FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xs[i], |v| v.to_f32()),
-            FloatWeights::I8 { codes, .. } => {
-                dot_scalar(&codes[r * cols..][..cols], xs[i], |c| *c as f32)
-            }
-        };
+        sums[i] = dot_row_scalar(w, r, cols, xs[i]);
+    }
+}
+
+/// Row `r`'s unscaled sum with `x` in the defined order (8-bit rows: before the row scale).
+fn dot_row_scalar(w: &FloatWeights, r: usize, cols: usize, x: &[f32]) -> f32 {
+    match w {
+        FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], x, |v| *v),
+        FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], x, |v| v.to_f32()),
+        FloatWeights::I8 { codes, .. } => dot_scalar(&codes[r * cols..][..cols], x, |c| *c as f32),
+        FloatWeights::Block { .. } => dot_scalar_at(cols, x, w.block_row(r, cols)),
     }
 }
 
 /// The defined summation order (module docs), in scalar code.
 fn dot_scalar<T>(w: &[T], x: &[f32], to_f32: impl Fn(&T) -> f32) -> f32 {
-    let blocks = w.len() / 16;
+    dot_scalar_at(w.len(), x, |k| to_f32(&w[k]))
+}
+
+/// [`dot_scalar`] over `n` weights given by index.
+fn dot_scalar_at(n: usize, x: &[f32], w_at: impl Fn(usize) -> f32) -> f32 {
+    let blocks = n / 16;
     let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
     for blk in 0..blocks {
         for l in 0..8 {
             let k = 16 * blk + l;
-            a[l] = to_f32(&w[k]).mul_add(x[k], a[l]);
-            b[l] = to_f32(&w[k + 8]).mul_add(x[k + 8], b[l]);
+            a[l] = w_at(k).mul_add(x[k], a[l]);
+            b[l] = w_at(k + 8).mul_add(x[k + 8], b[l]);
         }
     }
     let s: [f32; 8] = std::array::from_fn(|l| a[l] + b[l]);
     let mut sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
-    for k in 16 * blocks..w.len() {
-        sum = to_f32(&w[k]).mul_add(x[k], sum);
+    for (k, xk) in x.iter().enumerate().take(n).skip(16 * blocks) {
+        sum = w_at(k).mul_add(*xk, sum);
     }
     sum
 }
@@ -338,12 +403,10 @@ pub fn float_matmul_reference(
     for t in 0..tokens {
         let xt = &x[t * cols..(t + 1) * cols];
         for r in 0..rows {
+            let sum = dot_row_scalar(&w, r, cols, xt);
             y[t * rows + r] = match w {
-                FloatWeights::F32(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| *v),
-                FloatWeights::F16(w) => dot_scalar(&w[r * cols..][..cols], xt, |v| v.to_f32()),
-                FloatWeights::I8 { codes, scales } => {
-                    dot_scalar(&codes[r * cols..][..cols], xt, |c| *c as f32) * scales[r]
-                }
+                FloatWeights::I8 { scales, .. } => sum * scales[r],
+                _ => sum,
             };
         }
     }
@@ -353,6 +416,7 @@ pub fn float_matmul_reference(
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use super::{FloatWeights, TOKEN_TILE, WIDE_ROWS, WIDE_TOKENS};
+    use crate::block_quant::{self, BlockBits, BLOCK, GROUP};
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -375,11 +439,13 @@ mod simd {
             share: usize,
             shares: usize,
         ) -> Ahead {
-            let (base, row_bytes) = match w {
-                FloatWeights::F32(w) => (w.as_ptr() as usize, 4 * cols),
-                FloatWeights::F16(w) => (w.as_ptr() as usize, 2 * cols),
-                FloatWeights::I8 { codes, .. } => (codes.as_ptr() as usize, cols),
+            let base = match w {
+                FloatWeights::F32(w) => w.as_ptr() as usize,
+                FloatWeights::F16(w) => w.as_ptr() as usize,
+                FloatWeights::I8 { codes, .. } => codes.as_ptr() as usize,
+                FloatWeights::Block { codes, .. } => codes.as_ptr() as usize,
             };
+            let row_bytes = w.row_bytes(cols);
             let (start, len) = (rows.start * row_bytes, rows.len() * row_bytes);
             let (from, to) = ((len * share / shares) & !63, len * (share + 1) / shares);
             let lines = to.saturating_sub(from).div_ceil(64);
@@ -401,7 +467,7 @@ mod simd {
     /// AVX2 + FMA are guaranteed by the non-scalar paths; f16 weights also need F16C.
     pub fn available(w: &FloatWeights) -> bool {
         match w {
-            FloatWeights::F32(_) | FloatWeights::I8 { .. } => true,
+            FloatWeights::F32(_) | FloatWeights::I8 { .. } | FloatWeights::Block { .. } => true,
             FloatWeights::F16(_) => std::arch::is_x86_feature_detected!("f16c"),
         }
     }
@@ -435,6 +501,65 @@ mod simd {
             FloatWeights::I8 { codes, .. } => unsafe {
                 by_tile!(tile_i8, &codes[r * cols..][..cols])
             },
+            FloatWeights::Block {
+                bits,
+                codes,
+                scales,
+            } => {
+                let row_bytes = bits.row_bytes(cols);
+                let row = BlockRow {
+                    bits: *bits,
+                    codes: &codes[r * row_bytes..][..row_bytes],
+                    scales: &scales[r * cols / BLOCK..][..cols / BLOCK],
+                };
+                // SAFETY: as for f32; `row` holds the codes and scales of `cols` weights
+                // (checked shape, cols a multiple of 32).
+                unsafe { by_tile!(tile_block, row) }
+            }
+        }
+    }
+
+    /// One row of a block-quantized matrix.
+    #[derive(Clone, Copy)]
+    struct BlockRow<'a> {
+        bits: BlockBits,
+        codes: &'a [u8],
+        scales: &'a [f16],
+    }
+
+    /// `tile_kernel` for a block-quantized row: each group of 16 widened to `d · q` (exact),
+    /// then the same fused multiply-adds in the same order; `cols` is a multiple of 32, so
+    /// there is no tail.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_block<const N: usize>(
+        row: BlockRow,
+        xs: &[&[f32]; TOKEN_TILE],
+        sums: &mut [f32; TOKEN_TILE],
+    ) {
+        let groups = row.scales.len() * (BLOCK / GROUP);
+        assert!(row.codes.len() >= groups * row.bits.group_bytes());
+        assert!(xs.iter().take(N).all(|x| x.len() >= groups * GROUP));
+        let mut a = [_mm256_setzero_ps(); N];
+        let mut b = [_mm256_setzero_ps(); N];
+        let gb = row.bits.group_bytes();
+        for g in 0..groups {
+            let d = row.scales[g / 2].to_f32();
+            // SAFETY: AVX2 is enabled; group g's bytes lie within `codes` (asserted).
+            let (w0, w1) = unsafe {
+                block_quant::simd::group_avx2(row.bits, row.codes.as_ptr().add(g * gb), d)
+            };
+            for i in 0..N {
+                let xp = xs[i].as_ptr();
+                // SAFETY: 16·g + 16 <= cols, within `xs[i]` (asserted).
+                unsafe {
+                    a[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(16 * g)), a[i]);
+                    b[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(16 * g + 8)), b[i]);
+                }
+            }
+        }
+        for i in 0..N {
+            // SAFETY: AVX2 is enabled for this function.
+            sums[i] = unsafe { reduce(_mm256_add_ps(a[i], b[i])) };
         }
     }
 
@@ -550,6 +675,98 @@ mod simd {
             FloatWeights::F16(w) => unsafe { by_shape!(wide_f16, w) },
             // SAFETY: as above.
             FloatWeights::I8 { codes, .. } => unsafe { by_shape!(wide_i8, codes) },
+            FloatWeights::Block {
+                bits,
+                codes,
+                scales,
+            } => {
+                let row_bytes = bits.row_bytes(cols);
+                let rows = BlockRows {
+                    bits: *bits,
+                    codes: &codes[r * row_bytes..(r + nr) * row_bytes],
+                    scales: &scales[r * cols / BLOCK..(r + nr) * cols / BLOCK],
+                    cols,
+                };
+                assert_eq!(xs.len(), tile * cols, "wide tile: activations [tile, cols]");
+                macro_rules! by_tokens {
+                    ($r:literal) => {
+                        // SAFETY: as for f32; `rows` holds `nr` rows' codes and scales.
+                        unsafe {
+                            match tile {
+                                1 => wide_block::<$r, 1>(rows, xs, sums, ahead),
+                                2 => wide_block::<$r, 2>(rows, xs, sums, ahead),
+                                3 => wide_block::<$r, 3>(rows, xs, sums, ahead),
+                                4 => wide_block::<$r, 4>(rows, xs, sums, ahead),
+                                5 => wide_block::<$r, 5>(rows, xs, sums, ahead),
+                                6 => wide_block::<$r, 6>(rows, xs, sums, ahead),
+                                7 => wide_block::<$r, 7>(rows, xs, sums, ahead),
+                                _ => wide_block::<$r, 8>(rows, xs, sums, ahead),
+                            }
+                        }
+                    };
+                }
+                match nr {
+                    1 => by_tokens!(1),
+                    2 => by_tokens!(2),
+                    _ => by_tokens!(3),
+                }
+            }
+        }
+    }
+
+    /// `R` consecutive rows of a block-quantized matrix with `cols` weights each.
+    #[derive(Clone, Copy)]
+    struct BlockRows<'a> {
+        bits: BlockBits,
+        codes: &'a [u8],
+        scales: &'a [f16],
+        cols: usize,
+    }
+
+    /// `wide_kernel` for block-quantized rows: each row's group widened to `d · q` (exact),
+    /// then the same fused multiply-adds; `cols` is a multiple of 32, so there is no tail.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn wide_block<const R: usize, const N: usize>(
+        rows: BlockRows,
+        xs: &[f32],
+        sums: &mut [[f32; WIDE_TOKENS]; WIDE_ROWS],
+        mut ahead: Ahead,
+    ) {
+        let cols = rows.cols;
+        let (gb, row_bytes) = (rows.bits.group_bytes(), rows.bits.row_bytes(cols));
+        let row_scales = cols / BLOCK;
+        assert!(rows.codes.len() >= R * row_bytes && rows.scales.len() >= R * row_scales);
+        assert!(xs.len() >= N * cols);
+        let groups = cols / GROUP;
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let (cp, xp) = (rows.codes.as_ptr(), xs.as_ptr());
+        for g in 0..groups {
+            ahead.step();
+            let wv: [__m512; R] = std::array::from_fn(|j| {
+                let d = rows.scales[j * row_scales + g / 2].to_f32();
+                // SAFETY: AVX-512 F is enabled; group g of row j lies within `codes` (asserted).
+                unsafe {
+                    block_quant::simd::group_avx512(rows.bits, cp.add(j * row_bytes + g * gb), d)
+                }
+            });
+            for i in 0..N {
+                // SAFETY: 16·g + 16 <= cols, within token i's values of `xs` (asserted).
+                let xv = unsafe { _mm512_loadu_ps(xp.add(i * cols + 16 * g)) };
+                for (acc_j, &wj) in acc.iter_mut().zip(&wv) {
+                    acc_j[i] = _mm512_fmadd_ps(wj, xv, acc_j[i]);
+                }
+            }
+        }
+        // As in `wide_kernel`: the epilogue reads a copy so the accumulators stay in registers.
+        let done = std::hint::black_box(acc);
+        for j in 0..R {
+            for i in 0..N {
+                let v = done[j][i];
+                let a = _mm512_castps512_ps256(v);
+                let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                // SAFETY: AVX2 is enabled for this function.
+                sums[j][i] = unsafe { reduce(_mm256_add_ps(a, b)) };
+            }
         }
     }
 
@@ -665,28 +882,72 @@ mod tests {
     /// the next group's lines ahead, and the results are still the definition's, bit for bit.
     #[test]
     fn many_row_groups_and_token_tiles_equal_reference() {
-        let (rows, cols, tokens) = (70, 2056, 9);
-        let w32 = values(rows * cols, 5);
-        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
-        let (c8, s8) = quantize_rows_int8(&w32, rows, cols);
-        let x = values(tokens * cols, 6);
-        for w in [
-            FloatWeights::F32(&w32),
-            FloatWeights::F16(&w16),
-            FloatWeights::I8 {
-                codes: &c8,
-                scales: &s8,
-            },
-        ] {
-            assert!(rows > 2 * ROW_GROUP_BYTES / (cols * w.element_bytes()));
-            let want = float_matmul_reference(w, rows, cols, &x).unwrap();
-            for path in KernelPath::supported() {
-                let mut y = vec![0.0; tokens * rows];
-                float_matmul_with(path, w, rows, cols, &x, &mut y).unwrap();
-                let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{path}, {} bytes per weight", w.element_bytes());
+        for (rows, cols, tokens) in [(70, 2056, 9), (150, 2048, 11)] {
+            let w32 = values(rows * cols, 5);
+            let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            let (c8, s8) = quantize_rows_int8(&w32, rows, cols);
+            let x = values(tokens * cols, 6);
+            let mut ws = vec![
+                FloatWeights::F32(&w32),
+                FloatWeights::F16(&w16),
+                FloatWeights::I8 {
+                    codes: &c8,
+                    scales: &s8,
+                },
+            ];
+            let blocks: Vec<_> = [BlockBits::Six, BlockBits::Four]
+                .into_iter()
+                .filter(|_| cols.is_multiple_of(BLOCK))
+                .map(|bits| {
+                    let (c, s) = block_quant::quantize_rows(&w32, rows, cols, bits).unwrap();
+                    (bits, c, s)
+                })
+                .collect();
+            for (bits, codes, scales) in &blocks {
+                ws.push(FloatWeights::Block {
+                    bits: *bits,
+                    codes,
+                    scales,
+                });
+            }
+            for w in ws {
+                assert!(rows > 2 * ROW_GROUP_BYTES / w.row_bytes(cols));
+                let want = float_matmul_reference(w, rows, cols, &x).unwrap();
+                for path in KernelPath::supported() {
+                    let mut y = vec![0.0; tokens * rows];
+                    float_matmul_with(path, w, rows, cols, &x, &mut y).unwrap();
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{path}, {} bytes per row", w.row_bytes(cols));
+                }
             }
         }
+    }
+
+    #[test]
+    fn block_shapes_are_checked() {
+        let (c, s) = block_quant::quantize_rows(&values(64, 1), 2, 32, BlockBits::Four).unwrap();
+        let w = FloatWeights::Block {
+            bits: BlockBits::Four,
+            codes: &c,
+            scales: &s,
+        };
+        let mut y = vec![0.0; 2];
+        float_matmul(w, 2, 32, &[1.0; 32], &mut y).unwrap();
+        // The same bytes read as 6-bit codes: wrong length, named.
+        let w6 = FloatWeights::Block {
+            bits: BlockBits::Six,
+            codes: &c,
+            scales: &s,
+        };
+        let e = float_matmul(w6, 2, 32, &[1.0; 32], &mut y).unwrap_err();
+        assert!(e.to_string().contains("block"), "{e}");
+        let short = FloatWeights::Block {
+            bits: BlockBits::Four,
+            codes: &c,
+            scales: &s[..1],
+        };
+        let e = float_matmul(short, 2, 32, &[1.0; 32], &mut y).unwrap_err();
+        assert!(e.to_string().contains("scales"), "{e}");
     }
 
     proptest! {
@@ -715,6 +976,29 @@ mod tests {
                         w.row_into(r, cols, &mut row);
                         let exact: f64 = row.iter().zip(&x[t * cols..]).map(|(a, b)| *a as f64 * *b as f64).sum();
                         prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (cols as f64).sqrt());
+                    }
+                }
+            }
+            // Block-quantized rows (whole blocks of 32 columns) on every path, bit for bit.
+            let bcols = 32 * cols.div_ceil(32);
+            let wb = values(rows * bcols, seed + 2);
+            let xb = values(tokens * bcols, seed + 3);
+            for bits in [BlockBits::Six, BlockBits::Four] {
+                let (c, s) = block_quant::quantize_rows(&wb, rows, bcols, bits).unwrap();
+                let w = FloatWeights::Block { bits, codes: &c, scales: &s };
+                let want = float_matmul_reference(w, rows, bcols, &xb).unwrap();
+                for path in KernelPath::supported() {
+                    let mut y = vec![0.0; tokens * rows];
+                    float_matmul_with(path, w, rows, bcols, &xb, &mut y).unwrap();
+                    let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    prop_assert!(same, "{path} {bits:?}: {y:?} vs {want:?}");
+                }
+                for t in 0..tokens {
+                    for r in 0..rows {
+                        let mut row = vec![0.0; bcols];
+                        w.row_into(r, bcols, &mut row);
+                        let exact: f64 = row.iter().zip(&xb[t * bcols..]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (bcols as f64).sqrt());
                     }
                 }
             }

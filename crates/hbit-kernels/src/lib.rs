@@ -10,6 +10,7 @@
 //! * [`matmul`] — `y[t, o] = alpha · s_x[t] · Σ_k Wq[o, k] · xq[t, k]` for one or many tokens,
 //!   multi-threaded, on the scalar / AVX2 / AVX-512 path picked at run time by [`cpu`].
 //! * [`float_gemv`] — the full-precision (f32 / f16) LM head, bit-identical on every path.
+//! * [`block_quant`] — 6- and 4-bit block-quantized rows (one f16 scale per 32) for a smaller head.
 //! * [`act`] — the GLU's SiLU with a vectorizing `exp`, shared by trainer and engine.
 //! * [`attention`] — attention's scores, softmax numerators and weighted sums over f32 / f16
 //!   cached rows; [`attention_int4`] the same products read from 4-bit codes in place.
@@ -45,6 +46,7 @@ pub mod act;
 pub mod allocator;
 pub mod attention;
 pub mod attention_int4;
+pub mod block_quant;
 pub mod cpu;
 #[cfg(feature = "dense-baseline")]
 pub mod dense;

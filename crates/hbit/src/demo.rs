@@ -65,7 +65,8 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
             .context("--threads")?;
     }
     let path = model_or_bundled(&args.model)?;
-    let loaded = load_model(&path)?;
+    let mut loaded = load_model(&path)?;
+    let head_bits = crate::engine_cmds::apply_head_bits(&mut loaded.engine, None)?;
     let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &path)?;
     let engine = &loaded.engine;
     let c = engine.config();
@@ -81,7 +82,7 @@ pub fn demo(args: &DemoArgs) -> Result<()> {
     );
 
     // 1. Generation, streamed.
-    println!("\n== generation (temperature 0.8, top-k 40, seed 0)");
+    println!("\n== generation (temperature 0.8, top-k 40, seed 0; {head_bits}-bit LM head)");
     let mut prompt = vec![tokenizer
         .encode(args.prompt.as_str(), false)
         .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?

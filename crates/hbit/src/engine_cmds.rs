@@ -28,6 +28,24 @@ pub const BUNDLED_MODEL: &str = concat!(
 
 /// `--model`, else the bundled model (with a clear error if this binary was moved away from
 /// the repository it was built in).
+/// The LM head that generation and serving use when `--head-bits` is not given: the smallest
+/// whose cost on WikiText-2 stayed within 0.5% bits per byte (reports/head-quantization.md).
+pub const DEFAULT_HEAD_BITS: u8 = 4;
+
+/// Puts the LM head at `requested` bits, or at [`DEFAULT_HEAD_BITS`] where the hidden size
+/// allows (a multiple of 32) and as stored elsewhere; returns the bits used.
+pub fn apply_head_bits(engine: &mut Engine, requested: Option<u8>) -> Result<u8> {
+    let bits = match requested {
+        Some(b) => b,
+        None if engine.weights.head().cols.is_multiple_of(32) => DEFAULT_HEAD_BITS,
+        None => 16,
+    };
+    engine
+        .use_head_bits(bits)
+        .with_context(|| format!("--head-bits {bits}"))?;
+    Ok(bits)
+}
+
 pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
     if let Some(m) = model {
         return Ok(m.clone());
@@ -279,9 +297,11 @@ pub struct GenerateArgs {
     /// Quantize queries to this many bits (the paper's 4-bit QKV, with --kv-bits 4).
     #[arg(long)]
     q_bits: Option<u32>,
-    /// LM head: 16 (as stored) or 8 (an 8-bit absmax copy: half the bytes per decode step).
-    #[arg(long, default_value_t = 16)]
-    head_bits: u8,
+    /// LM head: 16 (as stored), 8 (absmax per row), 6 or 4 (an f16 scale per 32 weights): a copy
+    /// made at load with fewer bytes per decode step [default: 4 where the hidden size is a
+    /// multiple of 32, else 16]
+    #[arg(long)]
+    head_bits: Option<u8>,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -358,11 +378,7 @@ pub fn generate_cmd(args: &GenerateArgs) -> Result<()> {
     let model = model_or_bundled(&args.model)?;
     let mut loaded = load_model(&model)?;
     loaded.engine.q_bits = args.q_bits;
-    match args.head_bits {
-        16 => {}
-        8 => loaded.engine.use_int8_head(),
-        other => bail!("--head-bits {other}: expected 16 or 8"),
-    }
+    apply_head_bits(&mut loaded.engine, args.head_bits)?;
     let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {

@@ -41,6 +41,10 @@ pub struct TasksArgs {
     /// KV-cache storage while scoring: 32, 16, 8, 4 or 3 bits.
     #[arg(long, default_value = "16")]
     kv_bits: String,
+    /// LM head: 16 (as stored: the model's own score), 8 (absmax per row), 6 or 4 (an f16 scale
+    /// per 32 weights; 4 is what `generate` and `serve` use by default).
+    #[arg(long, default_value_t = 16)]
+    head_bits: u8,
     /// Quantize queries to this many bits per head (the paper's 4-bit Q).
     #[arg(long)]
     q_bits: Option<u32>,
@@ -82,6 +86,10 @@ pub struct PplArgs {
     /// KV-cache storage while scoring: 32, 16, 8, 4 or 3 bits.
     #[arg(long, default_value = "16")]
     kv_bits: String,
+    /// LM head: 16 (as stored: the model's own score), 8 (absmax per row), 6 or 4 (an f16 scale
+    /// per 32 weights; 4 is what `generate` and `serve` use by default).
+    #[arg(long, default_value_t = 16)]
+    head_bits: u8,
     /// HF tokenizer.json (default: the one inside the model).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -111,7 +119,11 @@ fn ppl(args: &PplArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.data)
         .with_context(|| format!("{}: cannot read as UTF-8 text", args.data.display()))?;
     let model = model_or_bundled(&args.model)?;
-    let loaded = load_model(&model)?;
+    let mut loaded = load_model(&model)?;
+    loaded
+        .engine
+        .use_head_bits(args.head_bits)
+        .context("--head-bits")?;
     let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let engine = &loaded.engine;
     let config = engine.config();
@@ -169,6 +181,7 @@ fn ppl(args: &PplArgs) -> Result<()> {
         "context": context,
         "stride": stride,
         "kv_bits": kv.name(),
+        "head_bits": args.head_bits,
         "nll_sum": p.nll_sum,
         "mean_nll": p.mean_nll(),
         "perplexity": p.perplexity(),
@@ -259,6 +272,10 @@ fn tasks(args: &TasksArgs) -> Result<()> {
     let model = model_or_bundled(&args.model)?;
     let mut loaded = load_model(&model)?;
     loaded.engine.q_bits = args.q_bits;
+    loaded
+        .engine
+        .use_head_bits(args.head_bits)
+        .context("--head-bits")?;
     let tokenizer = load_tokenizer(&loaded, args.tokenizer.as_deref(), &model)?;
     let engine = &loaded.engine;
     let prefix = prefix_token(args.prefix_token, engine, &tokenizer)?;
@@ -316,6 +333,7 @@ fn tasks(args: &TasksArgs) -> Result<()> {
         let report = serde_json::json!({
             "model": model.display().to_string(),
             "kv_bits": kv.name(),
+        "head_bits": args.head_bits,
             "q_bits": args.q_bits,
             "limit": args.limit,
             "prefix_token": prefix,

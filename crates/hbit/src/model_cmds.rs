@@ -8,8 +8,60 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use hbit_kernels::quant::ActBits;
 use hbit_train::checkpoint::{load_model, save_model, CONFIG_FILE};
-use hbit_train::config::preset;
+use hbit_train::config::{preset, ConfigFile};
 use hbit_train::{BitnetModel, Variant};
+
+/// Changes to a preset's shape, for a model between or beside the presets (e.g. a reference
+/// implementation's 4-layer `tiny` with FFN 1024).
+#[derive(Args, Debug, Default, Clone)]
+pub struct ShapeArgs {
+    /// Hidden size instead of the preset's.
+    #[arg(long)]
+    pub(crate) hidden_size: Option<usize>,
+    /// GLU (FFN) size instead of the preset's: 2^m or 12·2^m where W_down has a Hadamard.
+    #[arg(long)]
+    pub(crate) intermediate_size: Option<usize>,
+    /// Number of transformer layers instead of the preset's.
+    #[arg(long)]
+    pub(crate) layers: Option<usize>,
+    /// Attention heads instead of the preset's.
+    #[arg(long)]
+    pub(crate) heads: Option<usize>,
+    /// Key/value heads (GQA) instead of the preset's; defaults to --heads when that is given.
+    #[arg(long)]
+    pub(crate) kv_heads: Option<usize>,
+}
+
+impl ShapeArgs {
+    pub fn is_set(&self) -> bool {
+        self.hidden_size.is_some()
+            || self.intermediate_size.is_some()
+            || self.layers.is_some()
+            || self.heads.is_some()
+            || self.kv_heads.is_some()
+    }
+
+    /// `file` with the given fields replaced; the caller validates through
+    /// `ModelConfig::from_file`, which names any field that makes no model.
+    pub fn apply(&self, file: &mut ConfigFile) {
+        if let Some(v) = self.hidden_size {
+            file.hidden_size = v;
+        }
+        if let Some(v) = self.intermediate_size {
+            file.intermediate_size = v;
+        }
+        if let Some(v) = self.layers {
+            file.num_hidden_layers = v;
+        }
+        if let Some(v) = self.heads {
+            file.num_attention_heads = v;
+            file.num_key_value_heads = v;
+        }
+        if let Some(v) = self.kv_heads {
+            file.num_key_value_heads = v;
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct InitArgs {
@@ -36,6 +88,8 @@ pub struct InitArgs {
     /// Vocabulary size (default: the preset's).
     #[arg(long)]
     vocab_size: Option<usize>,
+    #[command(flatten)]
+    shape_overrides: ShapeArgs,
     /// Output checkpoint directory.
     #[arg(long)]
     out: PathBuf,
@@ -52,18 +106,21 @@ pub fn init(args: &InitArgs) -> Result<()> {
     let bits = ActBits::from_bits(args.act_bits)
         .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
     if args.dummy {
+        if args.shape_overrides.is_set() {
+            bail!("--hidden-size, --intermediate-size, --layers, --heads and --kv-heads change a --preset; --dummy takes a --shape");
+        }
         let shape = args.shape.as_deref().unwrap_or_default();
         let layout = crate::engine_cmds::file_layout(&args.int4_layout)?;
         return init_dummy(shape, bits, layout, args.seed, &args.out, args.force);
     }
     let preset_name = args.preset.as_deref().unwrap_or_default();
     let variant = Variant::parse(&args.variant)?;
-    let mut config = preset(preset_name, variant, bits)?;
+    let mut file = preset(preset_name, variant, bits)?.to_file();
     if let Some(v) = args.vocab_size {
-        let mut file = config.to_file();
         file.vocab_size = v;
-        config = hbit_train::ModelConfig::from_file(&file)?;
     }
+    args.shape_overrides.apply(&mut file);
+    let config = hbit_train::ModelConfig::from_file(&file)?;
     if args.out.join(CONFIG_FILE).exists() && !args.force {
         bail!(
             "{}: a checkpoint already exists there (pass --force to replace it)",

@@ -37,9 +37,11 @@ pub struct ModelArgs {
     /// KV-cache storage: 16 (f16), 8, 4 or 3 bits, or 32.
     #[arg(long, default_value = "16")]
     kv_bits: String,
-    /// LM head: 16 (as stored) or 8 (an 8-bit copy: half the bytes per decode step).
-    #[arg(long, default_value_t = 16)]
-    head_bits: u8,
+    /// LM head: 16 (as stored), 8 (absmax per row), 6 or 4 (an f16 scale per 32 weights): a copy
+    /// made at load with fewer bytes per decode step [default: 4 where the hidden size is a
+    /// multiple of 32, else 16]
+    #[arg(long)]
+    head_bits: Option<u8>,
     /// Threads for the model (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -121,11 +123,7 @@ impl ModelArgs {
         let kv_bits = self.kv_bits()?;
         let path = model_or_bundled(&self.model)?;
         let mut loaded = load_model(&path)?;
-        match self.head_bits {
-            16 => {}
-            8 => loaded.engine.use_int8_head(),
-            other => bail!("--head-bits {other}: expected 16 or 8"),
-        }
+        crate::engine_cmds::apply_head_bits(&mut loaded.engine, self.head_bits)?;
         let tokenizer = load_tokenizer(&loaded, self.tokenizer.as_deref(), &path)?;
         let config = loaded.engine.config();
         let context = config.max_position_embeddings;

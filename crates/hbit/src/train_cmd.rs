@@ -92,6 +92,8 @@ pub struct TrainArgs {
     /// Fresh model of this preset (micro, tiny, 400m, ...), vocabulary from the tokenizer.
     #[arg(long, conflicts_with_all = ["model", "resume", "init_from"])]
     pub(crate) preset: Option<String>,
+    #[command(flatten)]
+    pub(crate) shape_overrides: crate::model_cmds::ShapeArgs,
     /// Variant of a fresh --preset model, or the variant to continue as with --init-from.
     #[arg(long)]
     pub(crate) variant: Option<String>,
@@ -196,6 +198,12 @@ fn tokenizer_path(args: &TrainArgs, source: Option<&Path>) -> Result<PathBuf> {
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
+    if args.shape_overrides.is_set() && args.preset.is_none() {
+        bail!(
+            "--hidden-size, --intermediate-size, --layers, --heads and --kv-heads change the shape \
+             of a fresh --preset model; a checkpoint keeps its own"
+        );
+    }
     let source: Option<&Path> = if args.resume {
         Some(&args.out)
     } else {
@@ -323,6 +331,7 @@ fn fresh_model(args: &TrainArgs, vocab: usize) -> Result<(BitnetModel, String)> 
     let bits =
         ActBits::from_bits(args.act_bits.unwrap_or(8)).context("--act-bits: expected 8 or 4")?;
     let mut file = preset(name, variant, bits)?.to_file();
+    args.shape_overrides.apply(&mut file);
     file.vocab_size = vocab;
     file.bos_token_id = Some(0);
     file.eos_token_id = Some(0);

@@ -301,6 +301,18 @@ fn bundled_model_is_the_default() {
         default.starts_with("Once upon a time") && default.len() > 16,
         "{default}"
     );
+    // The default LM head is the 4-bit block copy (hidden 256 is a multiple of 32); other
+    // widths run, and one that does not exist is named.
+    assert_eq!(default, ok(&[&args[..], &["--head-bits", "4"]].concat()));
+    for bits in ["16", "8", "6"] {
+        let text = ok(&[&args[..], &["--head-bits", bits]].concat());
+        assert!(text.starts_with("Once upon a time"), "{bits}: {text}");
+    }
+    let e = err(&[&args[..], &["--head-bits", "5"]].concat());
+    assert!(
+        e.contains("--head-bits 5") && e.contains("expected 16"),
+        "{e}"
+    );
     let logits_json = logits(&ok(&[
         "logits",
         "--engine",

@@ -44,7 +44,8 @@ pub struct E2eArgs {
     /// KV-cache storage (16 = f16; 8, 4, 3 = absmax integers).
     #[arg(long, value_delimiter = ',', default_value = "16,4")]
     kv_bits: Vec<String>,
-    /// LM head widths: 16 (as stored, f16) and/or 8 (an 8-bit absmax copy made at load).
+    /// LM head widths: 16 (as stored, f16), 8 (absmax per row), 6 and 4 (an f16 scale per 32
+    /// weights); each but 16 a copy made at load.
     #[arg(long, value_delimiter = ',', default_value = "16")]
     head_bits: Vec<u8>,
     /// Layouts of the a4 models' projections: pairs (two weights per table lookup), triples
@@ -388,13 +389,14 @@ pub fn run(args: &E2eArgs) -> Result<()> {
             let base = loaded.iter().position(|m| m.bits == ActBits::Int8);
             for &head in &args.head_bits {
                 for model in &mut loaded {
-                    match head {
-                        16 => model.engine.use_stored_head(),
-                        8 => model.engine.use_int8_head(),
-                        other => bail!("--head-bits {other}: expected 16 or 8"),
-                    }
+                    model.engine.use_head_bits(head).context("--head-bits")?;
                 }
-                let head_name = if head == 8 { "int8" } else { "f16" };
+                let head_name = match head {
+                    8 => "int8",
+                    6 => "q6",
+                    4 => "q4",
+                    _ => "f16",
+                };
                 let engines: Vec<&Engine> = loaded.iter().map(|m| &m.engine).collect();
                 for &t in &threads {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
