@@ -212,11 +212,288 @@ fn put_code(bits: BlockBits, row: &mut [u8], k: usize, q: i32) {
     }
 }
 
+/// Weights per chunk of the 4-bit integer product: 32 bytes of codes, two blocks.
+pub const CHUNK: usize = 64;
+
+/// The weight of chunk byte `j` (0..64) once the chunk's 32 bytes are split into their low
+/// nibbles (bytes 0–31) and high nibbles (bytes 32–63): see the layout in the module docs.
+#[inline]
+pub fn chunk_weight(j: usize) -> usize {
+    let (half, jj) = (j / 32, j % 32);
+    16 * (jj / 8) + 8 * half + jj % 8
+}
+
+/// Block (0 or 1) of a chunk's i32 lane `l` (bytes `4l..4l + 4`).
+#[inline]
+pub fn lane_block(l: usize) -> usize {
+    (l % 8) / 4
+}
+
+/// Activations for the 4-bit integer product ([`dot4`]): per token and block of 32, INT8 absmax
+/// codes `xq = RoundClip(x / s, −127, 127)`, `s = max|x| / 127`, in chunk order; and per chunk
+/// lane the scale `s` and the offset term `8 · s · Σ xq` over the lane's four bytes, which
+/// removes the `+ 8` of the stored codes.
+#[derive(Debug, Clone)]
+pub struct Int4HeadActs {
+    cols: usize,
+    /// `[tokens, cols]`, chunk-ordered.
+    codes: Vec<i8>,
+    /// `[tokens, cols / 64, 16]`.
+    lane_scale: Vec<f32>,
+    /// `[tokens, cols / 64, 16]`.
+    lane_offset: Vec<f32>,
+}
+
+/// Whether the 4-bit integer product applies: 4-bit codes and whole chunks.
+pub fn int4_product_applies(bits: BlockBits, cols: usize) -> bool {
+    bits == BlockBits::Four && cols > 0 && cols.is_multiple_of(CHUNK)
+}
+
+impl Int4HeadActs {
+    /// Quantizes `x` `[tokens, cols]` (`cols` a multiple of 64).
+    pub fn new(x: &[f32], cols: usize) -> Int4HeadActs {
+        assert!(cols.is_multiple_of(CHUNK) && x.len().is_multiple_of(cols));
+        let tokens = x.len() / cols;
+        let chunks = cols / CHUNK;
+        let mut codes = vec![0i8; x.len()];
+        let mut lane_scale = vec![0.0f32; tokens * chunks * 16];
+        let mut lane_offset = vec![0.0f32; tokens * chunks * 16];
+        for t in 0..tokens {
+            for c in 0..chunks {
+                let xs = &x[t * cols + c * CHUNK..][..CHUNK];
+                let mut q = [0i8; CHUNK];
+                let mut scale = [0.0f32; 2];
+                for (b, s) in scale.iter_mut().enumerate() {
+                    let block = &xs[b * BLOCK..][..BLOCK];
+                    let absmax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    *s = absmax / 127.0;
+                    if absmax > 0.0 {
+                        for (k, &v) in block.iter().enumerate() {
+                            q[b * BLOCK + k] =
+                                crate::quant::round_clip(v / *s, -127.0, 127.0) as i8;
+                        }
+                    }
+                }
+                let out = &mut codes[t * cols + c * CHUNK..][..CHUNK];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = q[chunk_weight(j)];
+                }
+                let lanes = (t * chunks + c) * 16;
+                for l in 0..16 {
+                    let s = scale[lane_block(l)];
+                    let sum: i32 = out[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum();
+                    lane_scale[lanes + l] = s;
+                    lane_offset[lanes + l] = 8.0 * s * sum as f32;
+                }
+            }
+        }
+        Int4HeadActs {
+            cols,
+            codes,
+            lane_scale,
+            lane_offset,
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.codes.len() / self.cols
+    }
+}
+
+/// Row `row` (4-bit codes, `scales` its f16 block scales) times token `t` of `acts`, in the
+/// defined order: per chunk and lane `l`, the exact integer `Σ (q + 8) · xq` over the lane's four
+/// bytes, then `f = isum · s − offset` (one rounding) and `acc[l] += f · d` (one rounding);
+/// then `a = acc[0..8] + acc[8..16]` lane-wise, reduced as
+/// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
+pub fn dot4_scalar(row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) -> f32 {
+    let cols = acts.cols;
+    let chunks = cols / CHUNK;
+    let x = &acts.codes[t * cols..][..cols];
+    let mut acc = [0.0f32; 16];
+    for c in 0..chunks {
+        let bytes = &row[c * 32..][..32];
+        let xs = &x[c * CHUNK..][..CHUNK];
+        let lanes = (t * chunks + c) * 16;
+        for (l, a) in acc.iter_mut().enumerate() {
+            let mut isum = 0i32;
+            for j in 4 * l..4 * l + 4 {
+                let code = if j < 32 {
+                    bytes[j] & 0x0F
+                } else {
+                    bytes[j - 32] >> 4
+                };
+                isum += code as i32 * xs[j] as i32;
+            }
+            let f = (isum as f32).mul_add(acts.lane_scale[lanes + l], -acts.lane_offset[lanes + l]);
+            let d = scales[2 * c + lane_block(l)].to_f32();
+            *a = f.mul_add(d, *a);
+        }
+    }
+    let s: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
+}
+
+/// Which kernel runs [`dot4_scalar`]'s product on a path (chosen once per matrix product).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dot4 {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Dot4 {
+    pub fn for_path(path: crate::KernelPath) -> Dot4 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f16c = std::arch::is_x86_feature_detected!("f16c");
+            let vnni = std::arch::is_x86_feature_detected!("avx512vnni");
+            match path {
+                crate::KernelPath::Avx512 if f16c && vnni => return Dot4::Avx512Vnni,
+                crate::KernelPath::Avx2 | crate::KernelPath::Avx512 if f16c => return Dot4::Avx2,
+                _ => {}
+            }
+        }
+        let _ = path;
+        Dot4::Scalar
+    }
+
+    /// Row `row` (codes and block scales) times token `t` of `acts`, bit for bit
+    /// [`dot4_scalar`].
+    pub fn dot(self, row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) -> f32 {
+        match self {
+            Dot4::Scalar => dot4_scalar(row, scales, acts, t),
+            // SAFETY: `for_path` chose this only on a supported AVX2 path with F16C (the
+            // dispatcher offers only paths the CPU has; AVX2 paths have FMA); the function
+            // asserts the slice lengths it reads.
+            #[cfg(target_arch = "x86_64")]
+            Dot4::Avx2 => unsafe { simd::dot4_avx2(row, scales, acts, t) },
+            // SAFETY: as above, with AVX-512 F/BW on the AVX-512 path and VNNI checked.
+            #[cfg(target_arch = "x86_64")]
+            Dot4::Avx512Vnni => unsafe { simd::dot4_avx512(row, scales, acts, t) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => dot4_scalar(row, scales, acts, t),
+        }
+    }
+}
+
 /// Widening of one group (16 weights) to f32, `d · q` per lane, for the float product's tiles.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd {
-    use super::BlockBits;
+    use super::{BlockBits, Int4HeadActs, CHUNK};
+    use half::f16;
     use std::arch::x86_64::*;
+
+    /// `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`, the order [`super::dot4_scalar`] uses.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce(s: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
+        _mm_cvtss_f32(one)
+    }
+
+    /// The two f16 block scales of chunk `c`, widened, in lanes 0 and 1.
+    ///
+    /// # Safety
+    /// F16C must be present; `scales` must hold `2c + 2` values.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn chunk_scales(scales: &[f16], c: usize) -> __m128 {
+        debug_assert!(scales.len() >= 2 * c + 2);
+        // SAFETY: two f16 values (4 bytes) at 2c are in `scales` (caller).
+        let word = unsafe { std::ptr::read_unaligned(scales.as_ptr().add(2 * c) as *const i32) };
+        _mm_cvtph_ps(_mm_cvtsi32_si128(word))
+    }
+
+    /// [`super::dot4_scalar`] with `vpmaddubsw` / `vpmaddwd` (the same exact lane sums).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be present; `row` and `scales` must hold the row's codes and
+    /// scales for `acts`' columns, and `t` must be one of its tokens.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_avx2(row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) -> f32 {
+        let cols = acts.cols;
+        let chunks = cols / CHUNK;
+        assert!(row.len() >= cols / 2 && scales.len() >= cols / 32 && t < acts.tokens());
+        let x = acts.codes[t * cols..][..cols].as_ptr();
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for c in 0..chunks {
+            let lanes = (t * chunks + c) * 16;
+            // SAFETY: chunk c's 32 code bytes and 64 activation codes are within the row and
+            // the token (asserted); the lane arrays hold 16 values per token and chunk.
+            unsafe {
+                let y = _mm256_loadu_si256(row.as_ptr().add(32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(y, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(y), mask);
+                let x0 = _mm256_loadu_si256(x.add(CHUNK * c) as *const __m256i);
+                let x1 = _mm256_loadu_si256(x.add(CHUNK * c + 32) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), ones);
+                let ls = acts.lane_scale.as_ptr().add(lanes);
+                let lo_ = acts.lane_offset.as_ptr().add(lanes);
+                let f0 = _mm256_fmsub_ps(
+                    _mm256_cvtepi32_ps(p0),
+                    _mm256_loadu_ps(ls),
+                    _mm256_loadu_ps(lo_),
+                );
+                let f1 = _mm256_fmsub_ps(
+                    _mm256_cvtepi32_ps(p1),
+                    _mm256_loadu_ps(ls.add(8)),
+                    _mm256_loadu_ps(lo_.add(8)),
+                );
+                let d = _mm256_permutevar8x32_ps(
+                    _mm256_castps128_ps256(chunk_scales(scales, c)),
+                    spread,
+                );
+                acc0 = _mm256_fmadd_ps(f0, d, acc0);
+                acc1 = _mm256_fmadd_ps(f1, d, acc1);
+            }
+        }
+        reduce(_mm256_add_ps(acc0, acc1))
+    }
+
+    /// [`super::dot4_scalar`] with AVX-512 VNNI `vpdpbusd` (the same exact lane sums).
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and VNNI, AVX2, FMA and F16C must be present; arguments as for
+    /// [`dot4_avx2`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot4_avx512(row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) -> f32 {
+        let cols = acts.cols;
+        let chunks = cols / CHUNK;
+        assert!(row.len() >= cols / 2 && scales.len() >= cols / 32 && t < acts.tokens());
+        let x = acts.codes[t * cols..][..cols].as_ptr();
+        let mask = _mm256_set1_epi8(0x0F);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+        let mut acc = _mm512_setzero_ps();
+        for c in 0..chunks {
+            let lanes = (t * chunks + c) * 16;
+            // SAFETY: as in `dot4_avx2`.
+            unsafe {
+                let y = _mm256_loadu_si256(row.as_ptr().add(32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(y, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(y), mask);
+                let codes = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                let xv = _mm512_loadu_si512(x.add(CHUNK * c) as *const _);
+                let isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv);
+                let f = _mm512_fmsub_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_loadu_ps(acts.lane_scale.as_ptr().add(lanes)),
+                    _mm512_loadu_ps(acts.lane_offset.as_ptr().add(lanes)),
+                );
+                let d =
+                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(chunk_scales(scales, c)));
+                acc = _mm512_fmadd_ps(f, d, acc);
+            }
+        }
+        let a = _mm512_castps512_ps256(acc);
+        let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+        reduce(_mm256_add_ps(a, b))
+    }
 
     /// Bits 4–5 of weight `i` sit in the group's high word at `8·(i % 4) + 2·(i / 4)`.
     const HIGH_SHIFTS: [i32; 16] = [0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30];
@@ -374,6 +651,49 @@ mod tests {
             sq[0],
             sq[1]
         );
+    }
+
+    #[test]
+    fn int4_product_by_hand_and_on_every_path() {
+        // Every weight 0.5 (q = 1, d = 0.5), every activation 1: 64 · 0.5 = 32 (the activation
+        // codes are 127 with scale 1/127, so only rounding of the scale can move it).
+        let w = vec![0.5f32; 64];
+        let (codes, scales) = quantize_rows(&w, 1, 64, BlockBits::Four).unwrap();
+        let acts = Int4HeadActs::new(&[1.0; 64], 64);
+        assert!((dot4_scalar(&codes, &scales, &acts, 0) - 32.0).abs() < 1e-4);
+        // Chunk order: byte j of a chunk is weight chunk_weight(j), a permutation.
+        let mut seen: Vec<usize> = (0..CHUNK).map(chunk_weight).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..CHUNK).collect::<Vec<_>>());
+        // Random rows and tokens: every path bit for bit the scalar definition.
+        let (rows, cols, tokens) = (5, 320, 3);
+        let mut s = 777u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        };
+        let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        let x: Vec<f32> = (0..tokens * cols).map(|_| next() * 3.0).collect();
+        let (codes, scales) = quantize_rows(&w, rows, cols, BlockBits::Four).unwrap();
+        let acts = Int4HeadActs::new(&x, cols);
+        let rb = BlockBits::Four.row_bytes(cols);
+        for path in crate::KernelPath::supported() {
+            let dot = Dot4::for_path(path);
+            for r in 0..rows {
+                let (row, sc) = (
+                    &codes[r * rb..][..rb],
+                    &scales[r * cols / 32..][..cols / 32],
+                );
+                for t in 0..tokens {
+                    let want = dot4_scalar(row, sc, &acts, t);
+                    assert_eq!(
+                        dot.dot(row, sc, &acts, t).to_bits(),
+                        want.to_bits(),
+                        "{path} {dot:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

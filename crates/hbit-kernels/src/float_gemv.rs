@@ -7,6 +7,10 @@
 //! multiply-adds (`a[l] += w[16b + l]·x`, `b[l] += w[16b + 8 + l]·x`); then `s = a + b` lane-wise,
 //! reduced as `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`; then the `cols % 16` tail columns in order
 //! with fused multiply-adds.
+//!
+//! 4-bit block-quantized rows whose length is a multiple of 64 are the exception: their product
+//! is an integer one, activations at INT8 per block of 32 ([`block_quant::dot4_scalar`] defines
+//! it), which reads the codes without widening them; every path is bit-identical to that.
 
 use half::f16;
 
@@ -245,12 +249,36 @@ pub fn float_matmul_with(
         .step_by(ROWS_PER_TASK)
         .map(|r0| (r0, (r0 + ROWS_PER_TASK).min(rows)))
         .collect();
-    let parts: Vec<Vec<f32>> = crate::parallel::map_parts(tasks.len(), |i| {
-        let (r0, r1) = tasks[i];
-        let mut out = vec![0.0f32; tokens * (r1 - r0)];
-        rows_block(path, &w, cols, x, tokens, r0, r1, &mut out);
-        out
-    });
+    let parts: Vec<Vec<f32>> = match w {
+        FloatWeights::Block {
+            bits,
+            codes,
+            scales,
+        } if block_quant::int4_product_applies(bits, cols) => {
+            let acts = block_quant::Int4HeadActs::new(x, cols);
+            let dot = block_quant::Dot4::for_path(path);
+            let (row_bytes, row_scales) = (bits.row_bytes(cols), cols / BLOCK);
+            crate::parallel::map_parts(tasks.len(), |i| {
+                let (r0, r1) = tasks[i];
+                let n = r1 - r0;
+                let mut out = vec![0.0f32; tokens * n];
+                for r in r0..r1 {
+                    let row = &codes[r * row_bytes..][..row_bytes];
+                    let sc = &scales[r * row_scales..][..row_scales];
+                    for t in 0..tokens {
+                        out[t * n + r - r0] = dot.dot(row, sc, &acts, t);
+                    }
+                }
+                out
+            })
+        }
+        _ => crate::parallel::map_parts(tasks.len(), |i| {
+            let (r0, r1) = tasks[i];
+            let mut out = vec![0.0f32; tokens * (r1 - r0)];
+            rows_block(path, &w, cols, x, tokens, r0, r1, &mut out);
+            out
+        }),
+    };
     for (&(r0, r1), part) in tasks.iter().zip(&parts) {
         let n = r1 - r0;
         for t in 0..tokens {
@@ -400,6 +428,28 @@ pub fn float_matmul_reference(
     let tokens = x.len() / cols.max(1);
     let mut y = vec![0.0; tokens * rows];
     check(&w, rows, cols, x, &y)?;
+    if let FloatWeights::Block {
+        bits,
+        codes,
+        scales,
+    } = w
+    {
+        if block_quant::int4_product_applies(bits, cols) {
+            let acts = block_quant::Int4HeadActs::new(x, cols);
+            let (row_bytes, row_scales) = (bits.row_bytes(cols), cols / BLOCK);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    y[t * rows + r] = block_quant::dot4_scalar(
+                        &codes[r * row_bytes..][..row_bytes],
+                        &scales[r * row_scales..][..row_scales],
+                        &acts,
+                        t,
+                    );
+                }
+            }
+            return Ok(y);
+        }
+    }
     for t in 0..tokens {
         let xt = &x[t * cols..(t + 1) * cols];
         for r in 0..rows {
@@ -993,12 +1043,25 @@ mod tests {
                     let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                     prop_assert!(same, "{path} {bits:?}: {y:?} vs {want:?}");
                 }
+                let int4 = block_quant::int4_product_applies(bits, bcols);
                 for t in 0..tokens {
+                    let xt = &xb[t * bcols..(t + 1) * bcols];
                     for r in 0..rows {
                         let mut row = vec![0.0; bcols];
                         w.row_into(r, bcols, &mut row);
-                        let exact: f64 = row.iter().zip(&xb[t * bcols..]).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (bcols as f64).sqrt());
+                        let exact: f64 = row.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        // The integer product also rounds each activation to half a step of
+                        // its block's absmax / 127.
+                        let act_err: f64 = if int4 {
+                            row.iter().enumerate().map(|(k, a)| {
+                                let blk = &xt[k / 32 * 32..][..32];
+                                let s = blk.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                                (a.abs() * s) as f64 * 0.5
+                            }).sum::<f64>() * 1.01
+                        } else {
+                            0.0
+                        };
+                        prop_assert!((want[t * rows + r] as f64 - exact).abs() < 1e-4 * (bcols as f64).sqrt() + act_err);
                     }
                 }
             }

@@ -28,14 +28,20 @@ pub const BUNDLED_MODEL: &str = concat!(
 
 /// `--model`, else the bundled model (with a clear error if this binary was moved away from
 /// the repository it was built in).
-/// The LM head that generation and serving use when `--head-bits` is not given: 8 bits costs
-/// ≤ 0.01% of WikiText-2 bits per byte and decodes faster than f16; the 6- and 4-bit heads cost
-/// more and their widening kernels are slower than 8 bits at batch 1 (reports/head-quantization.md).
-pub const DEFAULT_HEAD_BITS: u8 = 8;
+/// The LM head that generation and serving use when `--head-bits` is not given: the smallest
+/// whose cost on WikiText-2 stayed within 0.5% bits per byte, and no slower than 8 bits where its
+/// integer product applies (reports/head-quantization.md).
+pub const DEFAULT_HEAD_BITS: u8 = 4;
 
-/// Puts the LM head at `requested` bits, else at [`DEFAULT_HEAD_BITS`]; returns the bits used.
+/// Puts the LM head at `requested` bits, else at [`DEFAULT_HEAD_BITS`] where the hidden size is a
+/// multiple of 64 (the 4-bit integer product's chunk) and at 8 bits elsewhere; returns the bits
+/// used.
 pub fn apply_head_bits(engine: &mut Engine, requested: Option<u8>) -> Result<u8> {
-    let bits = requested.unwrap_or(DEFAULT_HEAD_BITS);
+    let bits = match requested {
+        Some(b) => b,
+        None if engine.weights.head().cols.is_multiple_of(64) => DEFAULT_HEAD_BITS,
+        None => 8,
+    };
     engine
         .use_head_bits(bits)
         .with_context(|| format!("--head-bits {bits}"))?;
@@ -294,7 +300,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     q_bits: Option<u32>,
     /// LM head: 16 (as stored), 8 (absmax per row), 6 or 4 (an f16 scale per 32 weights): a copy
-    /// made at load with fewer bytes per decode step [default: 8]
+    /// made at load with fewer bytes per decode step [default: 4 where the hidden size is a
+    /// multiple of 64, else 8]
     #[arg(long)]
     head_bits: Option<u8>,
     /// Threads (default: all cores).

@@ -42,7 +42,7 @@ pub struct TasksArgs {
     #[arg(long, default_value = "16")]
     kv_bits: String,
     /// LM head: 16 (as stored: the model's own score), 8 (absmax per row), 6 or 4 (an f16 scale
-    /// per 32 weights; 8 is what `generate` and `serve` use by default).
+    /// per 32 weights; 4 is what `generate` and `serve` use by default).
     #[arg(long, default_value_t = 16)]
     head_bits: u8,
     /// Quantize queries to this many bits per head (the paper's 4-bit Q).
@@ -87,7 +87,7 @@ pub struct PplArgs {
     #[arg(long, default_value = "16")]
     kv_bits: String,
     /// LM head: 16 (as stored: the model's own score), 8 (absmax per row), 6 or 4 (an f16 scale
-    /// per 32 weights; 8 is what `generate` and `serve` use by default).
+    /// per 32 weights; 4 is what `generate` and `serve` use by default).
     #[arg(long, default_value_t = 16)]
     head_bits: u8,
     /// HF tokenizer.json (default: the one inside the model).

@@ -38,7 +38,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "16")]
     kv_bits: String,
     /// LM head: 16 (as stored), 8 (absmax per row), 6 or 4 (an f16 scale per 32 weights): a copy
-    /// made at load with fewer bytes per decode step [default: 8]
+    /// made at load with fewer bytes per decode step [default: 4 where the hidden size is a
+    /// multiple of 64, else 8]
     #[arg(long)]
     head_bits: Option<u8>,
     /// Threads for the model (default: all cores).

@@ -301,10 +301,10 @@ fn bundled_model_is_the_default() {
         default.starts_with("Once upon a time") && default.len() > 16,
         "{default}"
     );
-    // The default LM head is the 8-bit copy; other widths run, and one that does not exist is
-    // named.
-    assert_eq!(default, ok(&[&args[..], &["--head-bits", "8"]].concat()));
-    for bits in ["16", "6", "4"] {
+    // The default LM head is the 4-bit copy (hidden 256 is a multiple of 64); other widths
+    // run, and one that does not exist is named.
+    assert_eq!(default, ok(&[&args[..], &["--head-bits", "4"]].concat()));
+    for bits in ["16", "8", "6"] {
         let text = ok(&[&args[..], &["--head-bits", bits]].concat());
         assert!(text.starts_with("Once upon a time"), "{bits}: {text}");
     }
