@@ -26,8 +26,6 @@ pub const BUNDLED_MODEL: &str = concat!(
     "/../../models/hbit-tiny-v2-a4.hbit"
 );
 
-/// `--model`, else the bundled model (with a clear error if this binary was moved away from
-/// the repository it was built in).
 /// The LM head that generation and serving use when `--head-bits` is not given: the smallest
 /// whose cost on WikiText-2 stayed within 0.5% bits per byte, and no slower than 8 bits where its
 /// integer product applies (reports/head-quantization.md).
@@ -48,6 +46,8 @@ pub fn apply_head_bits(engine: &mut Engine, requested: Option<u8>) -> Result<u8>
     Ok(bits)
 }
 
+/// `--model`, else the bundled model (with a clear error if this binary was moved away from
+/// the repository it was built in).
 pub fn model_or_bundled(model: &Option<PathBuf>) -> Result<PathBuf> {
     if let Some(m) = model {
         return Ok(m.clone());
