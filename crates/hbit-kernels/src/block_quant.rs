@@ -126,6 +126,16 @@ pub fn quantize_rows(
             found: w.len(),
         });
     }
+    if let Some(k) = w
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > MAX_WEIGHT)
+    {
+        return Err(KernelError::InvalidSize {
+            what: "weight to block-quantize (row-major index)",
+            found: k,
+            reason: "must be finite and at most 65504 in magnitude (the f16 scale's range)",
+        });
+    }
     let row_bytes = bits.row_bytes(cols);
     let parts = rows.div_ceil(64);
     let done = crate::parallel::map_parts(parts, |p| {
@@ -153,6 +163,10 @@ pub fn quantize_rows(
     }
     Ok((codes, scales))
 }
+
+/// Largest weight magnitude [`quantize_rows`] takes: a block's scale is about `max|w| / 8` at
+/// f16, whose largest finite value is 65504.
+const MAX_WEIGHT: f32 = 65504.0;
 
 /// One block's scale and codes (see [`quantize_rows`]).
 fn quantize_block(x: &[f32], bits: BlockBits) -> (f16, [i32; BLOCK]) {
@@ -252,9 +266,9 @@ pub fn int4_product_applies(bits: BlockBits, cols: usize) -> bool {
 }
 
 impl Int4HeadActs {
-    /// Quantizes `x` `[tokens, cols]` (`cols` a multiple of 64).
+    /// Quantizes `x` `[tokens, cols]` (`cols` a non-zero multiple of 64).
     pub fn new(x: &[f32], cols: usize) -> Int4HeadActs {
-        assert!(cols.is_multiple_of(CHUNK) && x.len().is_multiple_of(cols));
+        assert!(cols > 0 && cols.is_multiple_of(CHUNK) && x.len().is_multiple_of(cols));
         let tokens = x.len() / cols;
         let chunks = cols / CHUNK;
         let mut codes = vec![0i8; x.len()];
@@ -269,7 +283,10 @@ impl Int4HeadActs {
                     let block = &xs[b * BLOCK..][..BLOCK];
                     let absmax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                     *s = absmax / 127.0;
-                    if absmax > 0.0 {
+                    if block.iter().any(|v| !v.is_finite()) {
+                        // A NaN or infinite hidden state gives NaN logits, as the float heads do.
+                        *s = f32::NAN;
+                    } else if absmax > 0.0 {
                         for (k, &v) in block.iter().enumerate() {
                             q[b * BLOCK + k] =
                                 crate::quant::round_clip(v / *s, -127.0, 127.0) as i8;
@@ -335,45 +352,50 @@ pub fn dot4_scalar(row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) ->
     ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
 }
 
-/// Which kernel runs [`dot4_scalar`]'s product on a path (chosen once per matrix product).
+/// The kernel that runs [`dot4_scalar`]'s product on a path, chosen once per matrix product from
+/// what this CPU has (opaque, so safe code cannot pick one the CPU lacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dot4 {
+pub struct Dot4(Dot4Kernel);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dot4Kernel {
     Scalar,
+    #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
 }
 
 impl Dot4 {
+    /// The fastest kernel `path` allows on this CPU (scalar for a path the CPU lacks).
     pub fn for_path(path: crate::KernelPath) -> Dot4 {
         #[cfg(target_arch = "x86_64")]
-        {
-            let f16c = std::arch::is_x86_feature_detected!("f16c");
-            let vnni = std::arch::is_x86_feature_detected!("avx512vnni");
+        if path.is_supported() && path != crate::KernelPath::Scalar {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            let vnni = has!("avx512f") && has!("avx512bw") && has!("avx512vnni");
             match path {
-                crate::KernelPath::Avx512 if f16c && vnni => return Dot4::Avx512Vnni,
-                crate::KernelPath::Avx2 | crate::KernelPath::Avx512 if f16c => return Dot4::Avx2,
+                crate::KernelPath::Avx512 if avx2 && vnni => return Dot4(Dot4Kernel::Avx512Vnni),
+                _ if avx2 => return Dot4(Dot4Kernel::Avx2),
                 _ => {}
             }
         }
         let _ = path;
-        Dot4::Scalar
+        Dot4(Dot4Kernel::Scalar)
     }
 
     /// Row `row` (codes and block scales) times token `t` of `acts`, bit for bit
-    /// [`dot4_scalar`].
+    /// [`dot4_scalar`] (for non-NaN values).
     pub fn dot(self, row: &[u8], scales: &[f16], acts: &Int4HeadActs, t: usize) -> f32 {
-        match self {
-            Dot4::Scalar => dot4_scalar(row, scales, acts, t),
-            // SAFETY: `for_path` chose this only on a supported AVX2 path with F16C (the
-            // dispatcher offers only paths the CPU has; AVX2 paths have FMA); the function
-            // asserts the slice lengths it reads.
+        match self.0 {
+            Dot4Kernel::Scalar => dot4_scalar(row, scales, acts, t),
+            // SAFETY: `for_path` chose this only after detecting AVX2, FMA and F16C; the
+            // function asserts the slice lengths it reads.
             #[cfg(target_arch = "x86_64")]
-            Dot4::Avx2 => unsafe { simd::dot4_avx2(row, scales, acts, t) },
-            // SAFETY: as above, with AVX-512 F/BW on the AVX-512 path and VNNI checked.
+            Dot4Kernel::Avx2 => unsafe { simd::dot4_avx2(row, scales, acts, t) },
+            // SAFETY: as above, and AVX-512 F, BW and VNNI were detected too.
             #[cfg(target_arch = "x86_64")]
-            Dot4::Avx512Vnni => unsafe { simd::dot4_avx512(row, scales, acts, t) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => dot4_scalar(row, scales, acts, t),
+            Dot4Kernel::Avx512Vnni => unsafe { simd::dot4_avx512(row, scales, acts, t) },
         }
     }
 }
@@ -617,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn error_within_half_a_step_and_six_bits_beat_four() {
+    fn error_within_one_step_and_six_bits_beat_four() {
         let (rows, cols) = (7, 96);
         let mut s = 12345u32;
         let w: Vec<f32> = (0..rows * cols)
@@ -657,8 +679,9 @@ mod tests {
 
     #[test]
     fn int4_product_by_hand_and_on_every_path() {
-        // Every weight 0.5 (q = 1, d = 0.5), every activation 1: 64 · 0.5 = 32 (the activation
-        // codes are 127 with scale 1/127, so only rounding of the scale can move it).
+        // Every weight 0.5 (the largest, positive, maps to q = −8 with d = −1/16), every
+        // activation 1: 64 · 0.5 = 32 (activation codes 127 with scale 1/127, so only rounding
+        // of that scale can move it).
         let w = vec![0.5f32; 64];
         let (codes, scales) = quantize_rows(&w, 1, 64, BlockBits::Four).unwrap();
         let acts = Int4HeadActs::new(&[1.0; 64], 64);
@@ -698,11 +721,66 @@ mod tests {
         }
     }
 
+    /// Distinct weights and activations, so a wrong chunk order, lane-to-block map or block
+    /// scale would be far off: the integer product stays within its rounding of the exact one.
+    #[test]
+    fn int4_product_is_the_dot_product_to_rounding() {
+        let (rows, cols, tokens) = (4, 192, 2);
+        let mut s = 4242u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        };
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|k| next() * (1.0 + (k % 7) as f32))
+            .collect();
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|k| next() * (1.0 + (k % 5) as f32))
+            .collect();
+        let (codes, scales) = quantize_rows(&w, rows, cols, BlockBits::Four).unwrap();
+        let acts = Int4HeadActs::new(&x, cols);
+        let rb = BlockBits::Four.row_bytes(cols);
+        for r in 0..rows {
+            let (row, sc) = (
+                &codes[r * rb..][..rb],
+                &scales[r * cols / 32..][..cols / 32],
+            );
+            for t in 0..tokens {
+                let xt = &x[t * cols..][..cols];
+                let (mut exact, mut bound) = (0.0f64, 1e-4);
+                for k in 0..cols {
+                    let wk = value_at(BlockBits::Four, row, sc, k) as f64;
+                    exact += wk * xt[k] as f64;
+                    let blk = &xt[k / 32 * 32..][..32];
+                    let step = blk.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
+                    bound += wk.abs() * step * 0.5;
+                }
+                let got = dot4_scalar(row, sc, &acts, t) as f64;
+                assert!(
+                    (got - exact).abs() <= bound * 1.01,
+                    "{got} vs {exact} (bound {bound})"
+                );
+            }
+        }
+        // A NaN activation gives a NaN result.
+        let mut xn = x.clone();
+        xn[5] = f32::NAN;
+        let acts = Int4HeadActs::new(&xn, cols);
+        assert!(dot4_scalar(&codes[..rb], &scales[..cols / 32], &acts, 0).is_nan());
+    }
+
     #[test]
     fn bad_shapes_are_refused() {
         let e = quantize_rows(&[0.0; 48], 1, 48, BlockBits::Four).unwrap_err();
         assert!(e.to_string().contains("multiple of 32"), "{e}");
         let e = quantize_rows(&[0.0; 60], 2, 32, BlockBits::Four).unwrap_err();
         assert!(matches!(e, KernelError::LengthMismatch { .. }), "{e}");
+        let mut w = vec![0.5f32; 64];
+        w[40] = f32::INFINITY;
+        let e = quantize_rows(&w, 2, 32, BlockBits::Six).unwrap_err();
+        assert!(
+            e.to_string().contains("finite") && e.to_string().contains("40"),
+            "{e}"
+        );
     }
 }

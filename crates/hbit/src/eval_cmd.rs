@@ -333,7 +333,7 @@ fn tasks(args: &TasksArgs) -> Result<()> {
         let report = serde_json::json!({
             "model": model.display().to_string(),
             "kv_bits": kv.name(),
-        "head_bits": args.head_bits,
+            "head_bits": args.head_bits,
             "q_bits": args.q_bits,
             "limit": args.limit,
             "prefix_token": prefix,

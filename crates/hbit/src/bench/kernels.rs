@@ -755,10 +755,10 @@ fn summarize(records: &[Record], threads: usize, dram_reference: bool) -> Vec<Su
             "ternary_int4_triples",
             "batch1_int4_triples_fraction_of_bandwidth",
         ),
-    ] {
-        if !dram_reference {
-            break;
-        }
+    ]
+    .into_iter()
+    .filter(|_| dram_reference)
+    {
         let pairs = gemv(kernel)
             .filter_map(|r| {
                 let bw = bandwidth_for(r)?;

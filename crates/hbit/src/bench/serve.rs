@@ -168,7 +168,9 @@ fn local_model(args: &ServeBenchArgs) -> Result<(Engine, Tokenizer, String)> {
         let bits = ActBits::from_bits(args.act_bits)
             .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
         let path = super::e2e::dummy_model(&args.cache_dir, shape, bits, None)?;
-        let loaded = load_model(&path)?;
+        let mut loaded = load_model(&path)?;
+        // The LM head `hbit serve` runs by default.
+        crate::engine_cmds::apply_head_bits(&mut loaded.engine, None)?;
         let tokenizer = synthetic_tokenizer(loaded.engine.config().vocab_size)?;
         return Ok((
             loaded.engine,
@@ -177,7 +179,8 @@ fn local_model(args: &ServeBenchArgs) -> Result<(Engine, Tokenizer, String)> {
         ));
     }
     let path = model_or_bundled(&args.model)?;
-    let loaded = load_model(&path)?;
+    let mut loaded = load_model(&path)?;
+    crate::engine_cmds::apply_head_bits(&mut loaded.engine, None)?;
     let tokenizer = load_tokenizer(&loaded, None, &path)?;
     let name = path
         .file_stem()
