@@ -414,6 +414,15 @@ fn context_and_vocabulary_errors_are_clear() {
         .is_ok());
 }
 
+/// Logits at every position of `toks`, exact KV cache.
+fn all_logits(engine: &Engine, toks: &[u32]) -> Vec<f32> {
+    let mut cache = engine.new_cache(KvBits::F32);
+    engine
+        .forward(&mut [&mut cache], &[toks], Logits::All)
+        .unwrap()
+        .remove(0)
+}
+
 /// The 8-bit head rounds each weight to half a step of its row's absmax / 127.
 const INT8_HEAD_REL_TOL: f32 = 2e-2;
 
@@ -422,13 +431,7 @@ fn int8_head_stays_close_to_the_stored_head() {
     let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
     let (_, mut engine) = model_and_engine(&config, 12);
     let toks = tokens(20, config.vocab_size, 4);
-    let run = |engine: &Engine| {
-        let mut cache = engine.new_cache(KvBits::F32);
-        engine
-            .forward(&mut [&mut cache], &[&toks], Logits::All)
-            .unwrap()
-            .remove(0)
-    };
+    let run = |engine: &Engine| all_logits(engine, &toks);
     let stored = run(&engine);
     engine.use_int8_head();
     let int8 = run(&engine);
@@ -445,13 +448,7 @@ fn block_heads_stay_close_and_six_bits_beat_four() {
     let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
     let (_, mut engine) = model_and_engine(&config, 13);
     let toks = tokens(20, config.vocab_size, 5);
-    let run = |engine: &Engine| {
-        let mut cache = engine.new_cache(KvBits::F32);
-        engine
-            .forward(&mut [&mut cache], &[&toks], Logits::All)
-            .unwrap()
-            .remove(0)
-    };
+    let run = |engine: &Engine| all_logits(engine, &toks);
     let stored = run(&engine);
     let mut diffs = Vec::new();
     for (bits, per_weight) in [(6u8, 6.5), (4, 4.5)] {

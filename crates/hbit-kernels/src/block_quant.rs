@@ -404,18 +404,10 @@ impl Dot4 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd {
     use super::{BlockBits, Int4HeadActs, CHUNK};
+    // The float product's final reduction: the order [`super::dot4_scalar`] also uses.
+    use crate::float_gemv::simd::{reduce, reduce_halves};
     use half::f16;
     use std::arch::x86_64::*;
-
-    /// `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`, the order [`super::dot4_scalar`] uses.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn reduce(s: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
-        _mm_cvtss_f32(one)
-    }
 
     /// The two f16 block scales of chunk `c`, widened, in lanes 0 and 1.
     ///
@@ -514,9 +506,7 @@ pub(crate) mod simd {
                 acc = _mm512_fmadd_ps(f, d, acc);
             }
         }
-        let a = _mm512_castps512_ps256(acc);
-        let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
-        reduce(_mm256_add_ps(a, b))
+        reduce_halves(acc)
     }
 
     /// Bits 4–5 of weight `i` sit in the group's high word at `8·(i % 4) + 2·(i / 4)`.

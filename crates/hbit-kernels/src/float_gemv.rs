@@ -464,7 +464,7 @@ pub fn float_matmul_reference(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(crate) mod simd {
     use super::{FloatWeights, TOKEN_TILE, WIDE_ROWS, WIDE_TOKENS};
     use crate::block_quant::{self, BlockBits, BLOCK, GROUP};
     use half::f16;
@@ -608,18 +608,27 @@ mod simd {
             }
         }
         for i in 0..N {
-            // SAFETY: AVX2 is enabled for this function.
-            sums[i] = unsafe { reduce(_mm256_add_ps(a[i], b[i])) };
+            sums[i] = reduce(_mm256_add_ps(a[i], b[i]));
         }
     }
 
     /// `((s0+s4)+(s2+s6)) + ((s1+s5)+(s3+s7))`, the order the scalar reference uses.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn reduce(s: __m256) -> f32 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn reduce(s: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)); // s_i + s_{i+4}
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad)); // (q0+q2, q1+q3)
         let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)); // (q0+q2)+(q1+q3)
         _mm_cvtss_f32(one)
+    }
+
+    /// [`reduce`] of a 16-lane accumulator's two halves added lane-wise (lanes `l` and `l + 8`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2")]
+    pub(crate) fn reduce_halves(v: __m512) -> f32 {
+        let a = _mm512_castps512_ps256(v);
+        let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        reduce(_mm256_add_ps(a, b))
     }
 
     macro_rules! tile_kernel {
@@ -650,8 +659,7 @@ mod simd {
                     }
                 }
                 for i in 0..N {
-                    // SAFETY: AVX2 is enabled for this function.
-                    let mut sum = unsafe { reduce(_mm256_add_ps(a[i], b[i])) };
+                    let mut sum = reduce(_mm256_add_ps(a[i], b[i]));
                     for k in 16 * blocks..cols {
                         sum = f32::from(w[k]).mul_add(xs[i][k], sum);
                     }
@@ -811,11 +819,7 @@ mod simd {
         let done = std::hint::black_box(acc);
         for j in 0..R {
             for i in 0..N {
-                let v = done[j][i];
-                let a = _mm512_castps512_ps256(v);
-                let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                // SAFETY: AVX2 is enabled for this function.
-                sums[j][i] = unsafe { reduce(_mm256_add_ps(a, b)) };
+                sums[j][i] = reduce_halves(done[j][i]);
             }
         }
     }
@@ -862,11 +866,7 @@ mod simd {
                 let done = std::hint::black_box(acc);
                 for j in 0..R {
                     for i in 0..N {
-                        let v = done[j][i];
-                        let a = _mm512_castps512_ps256(v);
-                        let b = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                        // SAFETY: AVX2 is enabled for this function.
-                        let mut sum = unsafe { reduce(_mm256_add_ps(a, b)) };
+                        let mut sum = reduce_halves(done[j][i]);
                         for k in 16 * blocks..cols {
                             sum = f32::from(rows[j * cols + k]).mul_add(xs[i * cols + k], sum);
                         }
