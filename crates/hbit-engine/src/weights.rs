@@ -117,13 +117,16 @@ impl TernaryMatrix {
 
     /// The layout a projection whose input is quantized to `bits` needs, INT4 in this CPU's
     /// fastest layout ([`Int4Layout::native`]).
-    pub fn pack(w: &hbit_kernels::TernaryWeights, bits: ActBits) -> TernaryMatrix {
+    pub fn pack<W: hbit_kernels::pack::TernaryRows + ?Sized>(
+        w: &W,
+        bits: ActBits,
+    ) -> TernaryMatrix {
         TernaryMatrix::pack_with(w, bits, Int4Layout::native())
     }
 
     /// As [`TernaryMatrix::pack`], INT4 in `layout`.
-    pub fn pack_with(
-        w: &hbit_kernels::TernaryWeights,
+    pub fn pack_with<W: hbit_kernels::pack::TernaryRows + ?Sized>(
+        w: &W,
         bits: ActBits,
         layout: Int4Layout,
     ) -> TernaryMatrix {
@@ -132,6 +135,15 @@ impl TernaryMatrix {
             (ActBits::Int4, Int4Layout::Pairs) => TernaryMatrix::Lut(LutPacked::pack(w)),
             (ActBits::Int4, Int4Layout::Triples) => TernaryMatrix::Triple(TriplePacked::pack(w)),
             (ActBits::Int4, Int4Layout::Rows) => TernaryMatrix::Row(RowPacked::pack(w)),
+        }
+    }
+
+    /// The weights a row at a time, to repack in another layout without unpacking them whole.
+    pub fn as_rows(&self) -> &dyn hbit_kernels::pack::TernaryRows {
+        match self {
+            TernaryMatrix::Row(w) => w,
+            TernaryMatrix::Lut(w) => w,
+            TernaryMatrix::Triple(w) => w,
         }
     }
 
@@ -345,9 +357,11 @@ impl FloatMatrix {
 
     /// An 8-bit copy (absmax per row): half the bytes of f16 for a memory-bound GEMV.
     pub fn to_int8(&self) -> FloatMatrix {
-        let values = self.to_f32();
+        let view = self.view();
         let (codes, scales) =
-            hbit_kernels::float_gemv::quantize_rows_int8(&values, self.rows, self.cols);
+            hbit_kernels::float_gemv::quantize_rows_int8_from(self.rows, self.cols, |r, out| {
+                view.row_into(r, self.cols, out)
+            });
         FloatMatrix {
             rows: self.rows,
             cols: self.cols,
@@ -357,9 +371,11 @@ impl FloatMatrix {
 
     /// A 6- or 4-bit copy, one f16 scale per 32 weights; `cols` must be a multiple of 32.
     pub fn to_block(&self, bits: hbit_kernels::block_quant::BlockBits) -> Result<FloatMatrix> {
-        let values = self.to_f32();
+        let view = self.view();
         let (codes, scales) =
-            hbit_kernels::block_quant::quantize_rows(&values, self.rows, self.cols, bits)?;
+            hbit_kernels::block_quant::quantize_rows_from(self.rows, self.cols, bits, |r, out| {
+                view.row_into(r, self.cols, out)
+            })?;
         Ok(FloatMatrix {
             rows: self.rows,
             cols: self.cols,
@@ -537,7 +553,7 @@ impl Weights {
         for layer in &mut out.layers {
             for proj in Proj::ALL {
                 let p = layer.projection_mut(proj);
-                p.weight = TernaryMatrix::pack(&p.weight.unpack(), bits);
+                p.weight = TernaryMatrix::pack(p.weight.as_rows(), bits);
                 p.quant = config.input_quant(proj);
             }
         }
@@ -549,7 +565,7 @@ impl Weights {
     /// products are the same integers either way, only the kernel differs.
     pub fn with_int4_layout(mut self, layout: Int4Layout) -> Weights {
         use rayon::prelude::*;
-        // One layer per task: repacking a large model is seconds of single-core work.
+        // One layer per task: repacking a ≈2B model is about a second of single-core work.
         self.layers.par_iter_mut().for_each(|layer| {
             for proj in Proj::ALL {
                 let p = layer.projection_mut(proj);
@@ -557,7 +573,7 @@ impl Weights {
                     .int4_layout(p.quant.bits)
                     .is_some_and(|l| l != layout)
                 {
-                    p.weight = TernaryMatrix::pack_with(&p.weight.unpack(), ActBits::Int4, layout);
+                    p.weight = TernaryMatrix::pack_with(p.weight.as_rows(), ActBits::Int4, layout);
                 }
             }
         });

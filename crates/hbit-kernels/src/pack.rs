@@ -121,17 +121,81 @@ unsafe impl bytemuck::Zeroable for LutChunk {}
 // SAFETY: as above; `Copy` and `'static`.
 unsafe impl bytemuck::Pod for LutChunk {}
 
-/// 2-bit code of a ternary weight: `w + 1`.
+/// 2-bit code of a weight, masked to its field (a value outside {-1, 0, 1}, which
+/// [`TernaryWeights::from_codes`] rejects, cannot spill into a neighbour's bits).
 #[inline]
-fn code_of(w: i8) -> u8 {
-    (w + 1) as u8
+fn field_of(w: i8) -> u8 {
+    w.wrapping_add(1) as u8 & 3
 }
 
-/// Ternary weight of a valid 2-bit code (0, 1 or 2).
+/// The weight in the low two bits of `byte`.
 #[inline]
-fn weight_of(code: u8) -> i8 {
-    debug_assert!(code < 3);
-    code as i8 - 1
+fn weight_at(byte: u8) -> i8 {
+    (byte & 3) as i8 - 1
+}
+
+/// Ternary weights read one row at a time: plain codes or any packed layout. The packers take
+/// any of them, so one layout converts to another row by row (at load, into this CPU's fastest
+/// layout) without unpacking the whole matrix first.
+pub trait TernaryRows {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// The per-tensor scale alpha of eq. (1).
+    fn alpha(&self) -> f32;
+    /// Row `r`'s weights into `out[..cols]` (`out` at least `cols` long; the rest untouched).
+    fn row_into(&self, r: usize, out: &mut [i8]);
+
+    /// All rows, unpacked.
+    fn to_weights(&self) -> TernaryWeights {
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut codes = vec![0i8; rows * cols];
+        for (r, out) in codes.chunks_exact_mut(cols.max(1)).enumerate() {
+            self.row_into(r, out);
+        }
+        TernaryWeights {
+            rows,
+            cols,
+            alpha: self.alpha(),
+            codes,
+        }
+    }
+}
+
+impl TernaryRows for TernaryWeights {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    fn row_into(&self, r: usize, out: &mut [i8]) {
+        out[..self.cols].copy_from_slice(&self.codes[r * self.cols..][..self.cols]);
+    }
+}
+
+/// Fills `out[..cols]` from `N`-column pieces `piece(p, dst)` (`dst` always `N` long), the last
+/// one through a scratch copy where `cols` is not a multiple of `N`.
+fn row_from_pieces<const N: usize>(
+    cols: usize,
+    out: &mut [i8],
+    mut piece: impl FnMut(usize, &mut [i8]),
+) {
+    let mut pieces = out[..cols].chunks_exact_mut(N);
+    let mut p = 0;
+    for dst in &mut pieces {
+        piece(p, dst);
+        p += 1;
+    }
+    let rest = pieces.into_remainder();
+    if !rest.is_empty() {
+        let mut scratch = [0i8; N];
+        piece(p, &mut scratch);
+        let n = rest.len();
+        rest.copy_from_slice(&scratch[..n]);
+    }
 }
 
 /// Rejects bytes holding the invalid 2-bit code 3 (both bits set in some field).
@@ -254,26 +318,31 @@ impl RowPacked {
         })
     }
 
-    pub fn pack(w: &TernaryWeights) -> Self {
-        let padded_cols = padded_cols(w.cols);
+    /// Packs `w` ([`Self::position`] places each weight; whole 256-column blocks at a time, so
+    /// that repacking a large model at load takes a fraction of a second).
+    pub fn pack<W: TernaryRows + ?Sized>(w: &W) -> Self {
+        let (rows, cols, alpha) = (w.rows(), w.cols(), w.alpha());
+        let padded_cols = padded_cols(cols);
         let row_bytes = padded_cols / 4;
+        let mut data = vec![0u8; rows * row_bytes];
         // Padding columns get code 1 (weight 0); activations are zero there too.
-        let mut data = vec![0b0101_0101u8; w.rows * row_bytes];
-        for (row, out) in w
-            .codes
-            .chunks_exact(w.cols.max(1))
-            .zip(data.chunks_exact_mut(row_bytes))
-        {
-            for (k, &wk) in row.iter().enumerate() {
-                let (byte, shift) = Self::position(k);
-                out[byte] = (out[byte] & !(3 << shift)) | (code_of(wk) << shift);
+        let mut row = vec![0i8; padded_cols];
+        for (r, out) in data.chunks_exact_mut(row_bytes.max(1)).enumerate() {
+            w.row_into(r, &mut row);
+            for (block, out) in row.chunks_exact(K_ALIGN).zip(out.chunks_exact_mut(64)) {
+                for (j, byte) in out.iter_mut().enumerate() {
+                    *byte = field_of(block[j])
+                        | field_of(block[64 + j]) << 2
+                        | field_of(block[128 + j]) << 4
+                        | field_of(block[192 + j]) << 6;
+                }
             }
         }
         Self {
-            rows: w.rows,
-            cols: w.cols,
+            rows,
+            cols,
             padded_cols,
-            alpha: w.alpha,
+            alpha,
             data: data.into(),
         }
     }
@@ -295,20 +364,30 @@ impl RowPacked {
     }
 
     pub fn unpack(&self) -> TernaryWeights {
-        let mut codes = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
-            let row = self.row(r);
-            codes.extend((0..self.cols).map(|k| {
-                let (byte, shift) = Self::position(k);
-                weight_of((row[byte] >> shift) & 3)
-            }));
-        }
-        TernaryWeights {
-            rows: self.rows,
-            cols: self.cols,
-            alpha: self.alpha,
-            codes,
-        }
+        self.to_weights()
+    }
+}
+
+impl TernaryRows for RowPacked {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    fn row_into(&self, r: usize, out: &mut [i8]) {
+        let bytes = self.row(r);
+        row_from_pieces::<K_ALIGN>(self.cols, out, |b, block| {
+            for (j, &byte) in bytes[64 * b..][..64].iter().enumerate() {
+                block[j] = weight_at(byte);
+                block[64 + j] = weight_at(byte >> 2);
+                block[128 + j] = weight_at(byte >> 4);
+                block[192 + j] = weight_at(byte >> 6);
+            }
+        });
     }
 }
 
@@ -381,24 +460,39 @@ impl LutPacked {
         })
     }
 
-    pub fn pack(w: &TernaryWeights) -> Self {
-        let padded_cols = padded_cols(w.cols);
-        let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
+    /// Packs `w` ([`Self::position`] places each weight; a row's chunk at a time).
+    pub fn pack<W: TernaryRows + ?Sized>(w: &W) -> Self {
+        let (rows, cols, alpha) = (w.rows(), w.cols(), w.alpha());
+        let padded_cols = padded_cols(cols);
+        let row_blocks = rows.div_ceil(LUT_ROW_BLOCK);
         let block_bytes = padded_cols / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
         // Padding rows and columns: both codes 1 (weight 0) -> index 0b0101 in each nibble.
         let mut data = vec![0x55u8; row_blocks * block_bytes];
-        for r in 0..w.rows {
-            for k in 0..w.cols {
-                let (byte, shift) = Self::position(padded_cols, r, k);
-                let code = code_of(w.codes[r * w.cols + k]);
-                data[byte] = (data[byte] & !(3 << shift)) | (code << shift);
+        let mut row = vec![0i8; padded_cols];
+        for r in 0..rows {
+            w.row_into(r, &mut row);
+            let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+            let block = &mut data[rb * block_bytes..][..block_bytes];
+            for (k, chunk) in row
+                .chunks_exact(LUT_CHUNK_COLS)
+                .zip(block.chunks_exact_mut(LUT_CHUNK_BYTES))
+            {
+                // Columns 0, 1, 4, 5 in byte i; 2, 3, 6, 7 in byte 16 + i (module docs).
+                let byte = |a: usize| {
+                    field_of(k[a])
+                        | field_of(k[a + 1]) << 2
+                        | field_of(k[a + 4]) << 4
+                        | field_of(k[a + 5]) << 6
+                };
+                chunk[i] = byte(0);
+                chunk[16 + i] = byte(2);
             }
         }
         Self {
-            rows: w.rows,
-            cols: w.cols,
+            rows,
+            cols,
             padded_cols,
-            alpha: w.alpha,
+            alpha,
             data: data.into(),
         }
     }
@@ -432,19 +526,33 @@ impl LutPacked {
     }
 
     pub fn unpack(&self) -> TernaryWeights {
-        let mut codes = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
-            codes.extend((0..self.cols).map(|k| {
-                let (byte, shift) = Self::position(self.padded_cols, r, k);
-                weight_of((self.data[byte] >> shift) & 3)
-            }));
-        }
-        TernaryWeights {
-            rows: self.rows,
-            cols: self.cols,
-            alpha: self.alpha,
-            codes,
-        }
+        self.to_weights()
+    }
+}
+
+impl TernaryRows for LutPacked {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    fn row_into(&self, r: usize, out: &mut [i8]) {
+        let i = r % LUT_ROW_BLOCK;
+        let block = self.block(r / LUT_ROW_BLOCK);
+        row_from_pieces::<LUT_CHUNK_COLS>(self.cols, out, |c, k| {
+            let chunk = &block[c * LUT_CHUNK_BYTES..][..LUT_CHUNK_BYTES];
+            // Columns 0, 1, 4, 5 in byte i; 2, 3, 6, 7 in byte 16 + i (module docs).
+            for (a, byte) in [(0, chunk[i]), (2, chunk[16 + i])] {
+                k[a] = weight_at(byte);
+                k[a + 1] = weight_at(byte >> 2);
+                k[a + 4] = weight_at(byte >> 4);
+                k[a + 5] = weight_at(byte >> 6);
+            }
+        });
     }
 }
 
@@ -485,6 +593,36 @@ pub fn triple_fold(w: [i8; 3]) -> (u8, bool) {
         (idx as u8, false)
     }
 }
+
+/// [`triple_fold`] by table, for packing: entry `9 c0 + 3 c1 + c2` of 2-bit codes `c = w + 1`
+/// is the folded index, with bit 4 set when negated. Entries past 26 (a code 3, which valid
+/// weights never give) fold to zero weights.
+const FOLD_TABLE: [u8; 64] = {
+    let mut table = [TRIPLE_ZERO; 64];
+    let mut idx = 0;
+    while idx < 27 {
+        table[idx] = if idx > TRIPLE_ZERO as usize {
+            (26 - idx) as u8 | 0x10
+        } else {
+            idx as u8
+        };
+        idx += 1;
+    }
+    table
+};
+
+/// [`triple_weights`] by table, for unpacking; indices 14 and 15 (which `from_parts` rejects)
+/// are zero weights.
+const TRIPLE_WEIGHT_TABLE: [[i8; 3]; 16] = {
+    let mut table = [[0i8; 3]; 16];
+    let mut f = 0;
+    while f <= TRIPLE_ZERO as usize {
+        let f8 = f as i8;
+        table[f] = [f8 / 9 - 1, (f8 / 3) % 3 - 1, f8 % 3 - 1];
+        f += 1;
+    }
+    table
+};
 
 /// The three weights of a folded index in 0..=13 (before its sign).
 pub fn triple_weights(folded: u8) -> [i8; 3] {
@@ -589,31 +727,44 @@ fn triple_sign_sums(signs: &[u64], chunks: usize) -> Vec<i32> {
 }
 
 impl TriplePacked {
-    pub fn pack(w: &TernaryWeights) -> Self {
-        let chunks = w.cols.div_ceil(TRIPLE_CHUNK_COLS).max(1);
-        let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
+    /// Packs `w`: group `(3g, 3g+1, 3g+2)` of row `r` becomes [`triple_fold`]'s index and sign
+    /// at the place the type's docs give (by table, a row's chunk at a time).
+    pub fn pack<W: TernaryRows + ?Sized>(w: &W) -> Self {
+        let (rows, cols, alpha) = (w.rows(), w.cols(), w.alpha());
+        let chunks = cols.div_ceil(TRIPLE_CHUNK_COLS).max(1);
+        let row_blocks = rows.div_ceil(LUT_ROW_BLOCK);
         let zero_pair = TRIPLE_ZERO | TRIPLE_ZERO << 4;
         let mut indices = vec![zero_pair; row_blocks * chunks * TRIPLE_CHUNK_BYTES];
         let mut signs = vec![0u64; row_blocks * chunks];
-        for (r, row) in w.codes.chunks_exact(w.cols.max(1)).enumerate() {
+        let mut row = vec![0i8; chunks * TRIPLE_CHUNK_COLS];
+        for r in 0..rows {
+            w.row_into(r, &mut row);
             let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
-            for g in 0..w.cols.div_ceil(3) {
-                let at = |m: usize| row.get(3 * g + m).copied().unwrap_or(0);
-                let (folded, negated) = triple_fold([at(0), at(1), at(2)]);
-                let (c, j) = (g / 4, g % 4);
-                let byte = (rb * chunks + c) * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i;
-                let shift = 4 * (j / 2);
-                indices[byte] = (indices[byte] & !(0xF << shift)) | folded << shift;
-                if negated {
-                    signs[rb * chunks + c] |= 1 << (4 * i + j);
-                }
+            let block =
+                &mut indices[rb * chunks * TRIPLE_CHUNK_BYTES..][..chunks * TRIPLE_CHUNK_BYTES];
+            let block_signs = &mut signs[rb * chunks..][..chunks];
+            for ((x, out), sign) in row
+                .chunks_exact(TRIPLE_CHUNK_COLS)
+                .zip(block.chunks_exact_mut(TRIPLE_CHUNK_BYTES))
+                .zip(block_signs)
+            {
+                let f: [u8; 4] = std::array::from_fn(|j| {
+                    let g = &x[3 * j..3 * j + 3];
+                    FOLD_TABLE
+                        [usize::from(9 * field_of(g[0]) + 3 * field_of(g[1]) + field_of(g[2]))]
+                });
+                // Groups 0 and 2 in byte i, 1 and 3 in byte 16 + i; bit 4 of an entry is its sign.
+                out[i] = (f[0] & 0xF) | (f[2] & 0xF) << 4;
+                out[16 + i] = (f[1] & 0xF) | (f[3] & 0xF) << 4;
+                let negated = (0..4).fold(0u64, |m, j| m | u64::from(f[j] >> 4) << j);
+                *sign |= negated << (4 * i);
             }
         }
         let sign_sums = triple_sign_sums(&signs, chunks);
         Self {
-            rows: w.rows,
-            cols: w.cols,
-            alpha: w.alpha,
+            rows,
+            cols,
+            alpha,
             chunks,
             indices: indices.into(),
             signs: Words::Owned(signs),
@@ -723,30 +874,7 @@ impl TriplePacked {
     }
 
     pub fn unpack(&self) -> TernaryWeights {
-        let mut codes = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
-            let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
-            codes.extend((0..self.cols).map(|k| {
-                let (g, m) = (k / 3, k % 3);
-                let (c, j) = (g / 4, g % 4);
-                let byte =
-                    self.indices[(rb * self.chunks + c) * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i];
-                let folded = (byte >> (4 * (j / 2))) & 0xF;
-                let negated = self.signs[rb * self.chunks + c] >> (4 * i + j) & 1 == 1;
-                let w = triple_weights(folded)[m];
-                if negated {
-                    -w
-                } else {
-                    w
-                }
-            }));
-        }
-        TernaryWeights {
-            rows: self.rows,
-            cols: self.cols,
-            alpha: self.alpha,
-            codes,
-        }
+        self.to_weights()
     }
 
     pub fn rows(&self) -> usize {
@@ -798,6 +926,39 @@ impl TriplePacked {
     }
 }
 
+impl TernaryRows for TriplePacked {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn alpha(&self) -> f32 {
+        self.alpha
+    }
+    fn row_into(&self, r: usize, out: &mut [i8]) {
+        let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+        let block_bytes = self.chunks * TRIPLE_CHUNK_BYTES;
+        let block = &self.indices[rb * block_bytes..][..block_bytes];
+        let block_signs = &self.signs[rb * self.chunks..][..self.chunks];
+        row_from_pieces::<TRIPLE_CHUNK_COLS>(self.cols, out, |c, x| {
+            let chunk = &block[c * TRIPLE_CHUNK_BYTES..][..TRIPLE_CHUNK_BYTES];
+            // Groups 0 and 2 in byte i, 1 and 3 in byte 16 + i (the type's docs).
+            let (lo, hi) = (chunk[i], chunk[16 + i]);
+            let sign = block_signs[c] >> (4 * i);
+            for (j, f) in [lo & 0xF, hi & 0xF, lo >> 4, hi >> 4]
+                .into_iter()
+                .enumerate()
+            {
+                // Negation as a multiply by ±1: −1 for a set sign bit.
+                let s = 1 - 2 * ((sign >> j) & 1) as i8;
+                let w = TRIPLE_WEIGHT_TABLE[usize::from(f)];
+                x[3 * j..3 * j + 3].copy_from_slice(&[s * w[0], s * w[1], s * w[2]]);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -816,6 +977,91 @@ mod tests {
             })
             .collect();
         TernaryWeights::from_codes(rows, cols, 0.75, codes).unwrap()
+    }
+
+    /// The layouts by definition, one weight at a time (`position` for the 2-bit ones, the
+    /// type's docs for the three-weight one): the packers must write exactly these bytes.
+    fn reference_row(w: &TernaryWeights) -> Vec<u8> {
+        let row_bytes = padded_cols(w.cols) / 4;
+        let mut data = vec![0b0101_0101u8; w.rows * row_bytes];
+        for r in 0..w.rows {
+            for k in 0..w.cols {
+                let (byte, shift) = RowPacked::position(k);
+                let code = (w.codes[r * w.cols + k] + 1) as u8;
+                let b = &mut data[r * row_bytes + byte];
+                *b = (*b & !(3 << shift)) | code << shift;
+            }
+        }
+        data
+    }
+
+    fn reference_lut(w: &TernaryWeights) -> Vec<u8> {
+        let padded = padded_cols(w.cols);
+        let block_bytes = padded / LUT_CHUNK_COLS * LUT_CHUNK_BYTES;
+        let mut data = vec![0x55u8; w.rows.div_ceil(LUT_ROW_BLOCK) * block_bytes];
+        for r in 0..w.rows {
+            for k in 0..w.cols {
+                let (byte, shift) = LutPacked::position(padded, r, k);
+                let code = (w.codes[r * w.cols + k] + 1) as u8;
+                data[byte] = (data[byte] & !(3 << shift)) | code << shift;
+            }
+        }
+        data
+    }
+
+    fn reference_triples(w: &TernaryWeights) -> (Vec<u8>, Vec<u64>) {
+        let chunks = w.cols.div_ceil(TRIPLE_CHUNK_COLS);
+        let row_blocks = w.rows.div_ceil(LUT_ROW_BLOCK);
+        let mut indices = vec![TRIPLE_ZERO * 0x11; row_blocks * chunks * TRIPLE_CHUNK_BYTES];
+        let mut signs = vec![0u64; row_blocks * chunks];
+        for r in 0..w.rows {
+            let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
+            for g in 0..w.cols.div_ceil(3) {
+                let at = |m: usize| {
+                    let k = 3 * g + m;
+                    if k < w.cols {
+                        w.codes[r * w.cols + k]
+                    } else {
+                        0
+                    }
+                };
+                let (folded, negated) = triple_fold([at(0), at(1), at(2)]);
+                let (c, j) = (g / 4, g % 4);
+                let byte = (rb * chunks + c) * TRIPLE_CHUNK_BYTES + (j % 2) * 16 + i;
+                let shift = 4 * (j / 2);
+                indices[byte] = (indices[byte] & !(0xF << shift)) | folded << shift;
+                signs[rb * chunks + c] |= u64::from(negated) << (4 * i + j);
+            }
+        }
+        (indices, signs)
+    }
+
+    proptest! {
+        #[test]
+        fn packers_write_the_layouts_by_definition(
+            rows in 1usize..40,
+            cols in 1usize..600,
+            seed in any::<u64>(),
+        ) {
+            let w = random_ternary(rows, cols, seed);
+            let (row, lut) = (RowPacked::pack(&w), LutPacked::pack(&w));
+            prop_assert_eq!(row.data(), &reference_row(&w)[..]);
+            prop_assert_eq!(lut.data(), &reference_lut(&w)[..]);
+            let t = TriplePacked::pack(&w);
+            let (indices, signs) = reference_triples(&w);
+            prop_assert_eq!(t.indices(), &indices[..]);
+            prop_assert_eq!(t.signs(), &signs[..]);
+            // Each unpacker inverts its packer, and a relayout (packing one layout's rows
+            // straight into another) writes what packing the codes writes.
+            prop_assert_eq!(&t.unpack(), &w);
+            let sources: [&dyn TernaryRows; 3] = [&row, &lut, &t];
+            for source in sources {
+                prop_assert_eq!(&source.to_weights(), &w);
+                prop_assert_eq!(&RowPacked::pack(source), &row);
+                prop_assert_eq!(&LutPacked::pack(source), &lut);
+                prop_assert_eq!(&TriplePacked::pack(source), &t);
+            }
+        }
     }
 
     #[test]

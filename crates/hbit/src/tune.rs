@@ -333,6 +333,20 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
             });
         }
     }
+    // What loading pays to re-lay this model out in each other layout (the issue's ≤ 1 s).
+    if let Some(current) = weights.int4_layout() {
+        for layout in LAYOUTS.into_iter().filter(|&l| l != current) {
+            let start = Instant::now();
+            let relaid = pool.install(|| weights.clone().with_int4_layout(layout));
+            let seconds = start.elapsed().as_secs_f64();
+            drop(relaid);
+            println!(
+                "re-laying this model's INT4 projections out {} → {}: {seconds:.2} s",
+                current.name(),
+                layout.name()
+            );
+        }
+    }
     let chosen = profile.choose(&int4_shapes(&weights));
     std::fs::create_dir_all(out.parent().expect("a profile path has a directory"))
         .with_context(|| format!("creating {}", out.display()))?;
