@@ -126,42 +126,107 @@ pub fn quantize_rows(
             found: w.len(),
         });
     }
-    if let Some(k) = w
-        .iter()
-        .position(|v| !v.is_finite() || v.abs() > MAX_WEIGHT)
-    {
-        return Err(KernelError::InvalidSize {
-            what: "weight to block-quantize (row-major index)",
-            found: k,
-            reason: "must be finite and at most 65504 in magnitude (the f16 scale's range)",
-        });
-    }
+    quantize_rows_from(rows, cols, bits, |r, out| {
+        out.copy_from_slice(&w[r * cols..(r + 1) * cols])
+    })
+}
+
+/// Rows quantized per part of [`quantize_rows_from`] (their f32 copy stays in L2).
+const PART_ROWS: usize = 64;
+
+/// [`quantize_rows`] of a matrix given a row at a time (`row_into(r, out)` writes row `r`'s
+/// `cols` values), e.g. an f16 embedding: only a part's rows are ever widened to f32.
+pub fn quantize_rows_from(
+    rows: usize,
+    cols: usize,
+    bits: BlockBits,
+    row_into: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<(Vec<u8>, Vec<f16>), KernelError> {
+    check_cols(cols)?;
     let row_bytes = bits.row_bytes(cols);
-    let parts = rows.div_ceil(64);
+    let parts = rows.div_ceil(PART_ROWS);
+    let avx2 = wide_quantizer_applies();
     let done = crate::parallel::map_parts(parts, |p| {
-        let (r0, r1) = (64 * p, (64 * p + 64).min(rows));
+        let (r0, r1) = (PART_ROWS * p, (PART_ROWS * p + PART_ROWS).min(rows));
+        let mut part = vec![0.0f32; (r1 - r0) * cols];
+        for (r, out) in (r0..r1).zip(part.chunks_exact_mut(cols)) {
+            row_into(r, out);
+        }
+        if let Some(k) = part
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > MAX_WEIGHT)
+        {
+            return Err(KernelError::InvalidSize {
+                what: "weight to block-quantize (row-major index)",
+                found: r0 * cols + k,
+                reason: "must be finite and at most 65504 in magnitude (the f16 scale's range)",
+            });
+        }
         let mut codes = vec![0u8; (r1 - r0) * row_bytes];
         let mut scales = Vec::with_capacity((r1 - r0) * cols / BLOCK);
-        for r in r0..r1 {
-            let row = &w[r * cols..(r + 1) * cols];
-            let out = &mut codes[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes];
-            for (b, block) in row.chunks_exact(BLOCK).enumerate() {
-                let (d, q) = quantize_block(block, bits);
-                scales.push(d);
-                for (i, &qi) in q.iter().enumerate() {
-                    put_code(bits, out, b * BLOCK + i, qi);
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 (checked by `wide_quantizer_applies`).
+            unsafe { quantize_part_avx2(&part, cols, bits, &mut codes, &mut scales) };
+            return Ok((codes, scales));
         }
-        (codes, scales)
+        let _ = avx2;
+        quantize_part(&part, cols, bits, &mut codes, &mut scales);
+        Ok((codes, scales))
     });
     let mut codes = Vec::with_capacity(rows * row_bytes);
     let mut scales = Vec::with_capacity(rows * cols / BLOCK);
-    for (c, s) in done {
+    for part in done {
+        let (c, s) = part?;
         codes.extend_from_slice(&c);
         scales.extend_from_slice(&s);
     }
     Ok((codes, scales))
+}
+
+/// Whether [`quantize_rows`] runs [`quantize_part`] compiled for AVX2 (the same code, so the
+/// same codes and scales bit for bit; wider vectors for its rounding and sums).
+fn wide_quantizer_applies() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`quantize_part`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_part_avx2(
+    w: &[f32],
+    cols: usize,
+    bits: BlockBits,
+    codes: &mut [u8],
+    scales: &mut Vec<f16>,
+) {
+    quantize_part(w, cols, bits, codes, scales)
+}
+
+/// Rows `w` `[n, cols]` into `codes` `[n, row_bytes]`, their scales pushed onto `scales`.
+#[inline(always)]
+fn quantize_part(w: &[f32], cols: usize, bits: BlockBits, codes: &mut [u8], scales: &mut Vec<f16>) {
+    let row_bytes = bits.row_bytes(cols);
+    for (row, out) in w.chunks_exact(cols).zip(codes.chunks_exact_mut(row_bytes)) {
+        for (b, block) in row.chunks_exact(BLOCK).enumerate() {
+            let block: &[f32; BLOCK] = block.try_into().expect("chunks of BLOCK");
+            let (d, q) = quantize_block(block, bits);
+            scales.push(d);
+            for (i, &qi) in q.iter().enumerate() {
+                put_code(bits, out, b * BLOCK + i, qi);
+            }
+        }
+    }
 }
 
 /// Largest weight magnitude [`quantize_rows`] takes: a block's scale is about `max|w| / 8` at
@@ -169,7 +234,8 @@ pub fn quantize_rows(
 const MAX_WEIGHT: f32 = 65504.0;
 
 /// One block's scale and codes (see [`quantize_rows`]).
-fn quantize_block(x: &[f32], bits: BlockBits) -> (f16, [i32; BLOCK]) {
+#[inline(always)]
+fn quantize_block(x: &[f32; BLOCK], bits: BlockBits) -> (f16, [i32; BLOCK]) {
     let n = bits.offset() as f32;
     let (lo, hi) = (-bits.offset(), bits.offset() - 1);
     // The element of largest magnitude, with its sign: it maps to −2^(bits−1), the code with no
@@ -181,29 +247,24 @@ fn quantize_block(x: &[f32], bits: BlockBits) -> (f16, [i32; BLOCK]) {
     if m == 0.0 || !m.is_finite() {
         return best;
     }
+    let sum_sq = lanes_sum(|i| f64::from(x[i]) * f64::from(x[i]));
     let mut best_err = f64::INFINITY;
     for step in -4..=4 {
         let iscale = -(n + 0.1 * step as f32) / m;
         let mut q = [0i32; BLOCK];
-        let (mut xq, mut qq) = (0.0f64, 0.0f64);
         for (qi, &v) in q.iter_mut().zip(x) {
-            *qi = ((v * iscale).round() as i32).clamp(lo, hi);
-            xq += v as f64 * *qi as f64;
-            qq += (*qi as f64) * (*qi as f64);
+            *qi = crate::quant::round_clip_i32(v * iscale, lo, hi);
         }
-        if qq == 0.0 {
+        let qq: i32 = q.iter().map(|&qi| qi * qi).sum();
+        if qq == 0 {
             continue;
         }
-        // Least-squares scale for these codes (at f16, as stored), and the error it leaves.
-        let d = f16::from_f64(xq / qq);
-        let err = x
-            .iter()
-            .zip(&q)
-            .map(|(&v, &qi)| {
-                let e = v as f64 - d.to_f64() * qi as f64;
-                e * e
-            })
-            .sum::<f64>();
+        // Least-squares scale for these codes (at f16, as stored), and the squared error it
+        // leaves, Σ (x − d·q)² = Σx² − 2d·Σxq + d²·Σq², in one pass over the block.
+        let xq = lanes_sum(|i| f64::from(x[i]) * f64::from(q[i]));
+        let d = f16::from_f64(xq / f64::from(qq));
+        let df = d.to_f64();
+        let err = sum_sq - 2.0 * df * xq + df * df * f64::from(qq);
         if err < best_err {
             best_err = err;
             best = (d, q);
@@ -212,7 +273,21 @@ fn quantize_block(x: &[f32], bits: BlockBits) -> (f16, [i32; BLOCK]) {
     best
 }
 
+/// `Σ term(i)` over a block in four interleaved partial sums (independent add chains; the
+/// order is fixed, so the result is the same on every machine).
+#[inline(always)]
+fn lanes_sum(term: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    for c in 0..BLOCK / 4 {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += term(4 * c + l);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
 /// Stores code `q` of weight `k` into a row's bytes (the inverse of [`code_at`]).
+#[inline(always)]
 fn put_code(bits: BlockBits, row: &mut [u8], k: usize, q: i32) {
     let u = (q + bits.offset()) as u8;
     let (g, i) = (k / GROUP, k % GROUP);
@@ -757,6 +832,63 @@ mod tests {
         xn[5] = f32::NAN;
         let acts = Int4HeadActs::new(&xn, cols);
         assert!(dot4_scalar(&codes[..rb], &scales[..cols / 32], &acts, 0).is_nan());
+    }
+
+    #[test]
+    fn the_avx2_quantizer_equals_the_scalar_one_bit_for_bit() {
+        if !wide_quantizer_applies() {
+            eprintln!("no AVX2 here: the scalar quantizer is the only path");
+            return;
+        }
+        let (rows, cols) = (5, 256);
+        let mut state = 0x9E37_79B9u32;
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let u = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+                // Mixed magnitudes, an outlier per row, a zero block.
+                if i % cols == 7 {
+                    40.0 * u
+                } else if (64..96).contains(&(i % cols)) && i / cols == 2 {
+                    0.0
+                } else {
+                    u * (1 + i % 5) as f32
+                }
+            })
+            .collect();
+        for bits in [BlockBits::Four, BlockBits::Six] {
+            let row_bytes = bits.row_bytes(cols);
+            let (mut c1, mut s1) = (vec![0u8; rows * row_bytes], Vec::new());
+            let (mut c2, mut s2) = (vec![0u8; rows * row_bytes], Vec::new());
+            quantize_part(&w, cols, bits, &mut c1, &mut s1);
+            // SAFETY: AVX2 was checked above.
+            unsafe { quantize_part_avx2(&w, cols, bits, &mut c2, &mut s2) };
+            assert_eq!(c1, c2);
+            assert_eq!(
+                s1.iter().map(|d| d.to_bits()).collect::<Vec<_>>(),
+                s2.iter().map(|d| d.to_bits()).collect::<Vec<_>>()
+            );
+            // The row-at-a-time entry gives the same as the whole-matrix one.
+            let from = quantize_rows_from(rows, cols, bits, |r, out| {
+                out.copy_from_slice(&w[r * cols..(r + 1) * cols])
+            })
+            .unwrap();
+            assert_eq!(from.0, c1);
+        }
+    }
+
+    #[test]
+    fn a_bad_weight_is_named_by_its_index_in_any_part() {
+        // Row 70 lies in the second part of 64 rows: the index is the matrix's, not the part's.
+        let (rows, cols) = (80, 32);
+        let e = quantize_rows_from(rows, cols, BlockBits::Four, |r, out| {
+            out.fill(0.25);
+            if r == 70 {
+                out[3] = f32::NAN;
+            }
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains(&(70 * cols + 3).to_string()), "{e}");
     }
 
     #[test]

@@ -115,20 +115,44 @@ impl FloatWeights<'_> {
 /// 8-bit absmax quantization of each row of `w` `[rows, cols]`: `s = max|w| / 127`,
 /// `code = RoundClip(w / s, -127, 127)`. Returns codes and scales.
 pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
-    let mut codes = vec![0i8; rows * cols];
-    let mut scales = vec![0.0f32; rows];
-    for ((row, out), scale) in w
-        .chunks_exact(cols)
-        .zip(codes.chunks_exact_mut(cols))
-        .zip(&mut scales)
-    {
-        let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        *scale = absmax / 127.0;
-        if absmax > 0.0 {
-            for (o, &v) in out.iter_mut().zip(row) {
-                *o = crate::quant::round_clip(v / *scale, -127.0, 127.0) as i8;
+    quantize_rows_int8_from(rows, cols, |r, out| {
+        out.copy_from_slice(&w[r * cols..(r + 1) * cols])
+    })
+}
+
+/// [`quantize_rows_int8`] of a matrix given a row at a time (`row_into(r, out)` writes row
+/// `r`), in parallel parts of rows, so an f16 embedding is never widened whole.
+pub fn quantize_rows_int8_from(
+    rows: usize,
+    cols: usize,
+    row_into: impl Fn(usize, &mut [f32]) + Sync,
+) -> (Vec<i8>, Vec<f32>) {
+    const PART_ROWS: usize = 64;
+    let done = crate::parallel::map_parts(rows.div_ceil(PART_ROWS), |p| {
+        let (r0, r1) = (PART_ROWS * p, (PART_ROWS * p + PART_ROWS).min(rows));
+        let mut row = vec![0.0f32; cols];
+        let mut codes = vec![0i8; (r1 - r0) * cols];
+        let mut scales = vec![0.0f32; r1 - r0];
+        for ((r, out), scale) in (r0..r1)
+            .zip(codes.chunks_exact_mut(cols.max(1)))
+            .zip(&mut scales)
+        {
+            row_into(r, &mut row);
+            let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            *scale = absmax / 127.0;
+            if absmax > 0.0 {
+                for (o, &v) in out.iter_mut().zip(&row) {
+                    *o = crate::quant::round_clip(v / *scale, -127.0, 127.0) as i8;
+                }
             }
         }
+        (codes, scales)
+    });
+    let mut codes = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(rows);
+    for (c, s) in done {
+        codes.extend_from_slice(&c);
+        scales.extend_from_slice(&s);
     }
     (codes, scales)
 }
