@@ -252,7 +252,8 @@ pub fn write_packed(
         .map_err(|e| EngineError::format(&tmp, format!("cannot write: {e}")))
         .and_then(|_| {
             // Synced before the rename, so a power loss never leaves a renamed empty file.
-            std::fs::File::open(&tmp)
+            readable_by_all(&tmp)
+                .and_then(|_| std::fs::File::open(&tmp))
                 .and_then(|f| f.sync_all())
                 .map_err(|e| EngineError::io(&tmp, e))
         });
@@ -271,6 +272,22 @@ pub fn write_packed(
     std::fs::File::open(parent)
         .and_then(|f| f.sync_all())
         .map_err(|e| EngineError::io(parent, e))
+}
+
+/// Mode 0644 for a file safetensors wrote: it writes through an owner-only (0600) temporary
+/// file, and a model is shared like any file `File::create` makes (a server running as another
+/// user must be able to read it).
+pub(crate) fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
+    }
 }
 
 fn temporary_path(path: &Path) -> PathBuf {

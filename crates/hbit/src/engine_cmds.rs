@@ -72,7 +72,18 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     let Some(layout) = loaded.engine.weights.int4_layout() else {
         return Ok(loaded);
     };
-    let Some(profile) = crate::tune::current_profile() else {
+    // A large model tunes briefly on first use where the profile lacks its shapes.
+    let signature = crate::cpu_cmd::CpuSignature::detect();
+    let profile = match crate::tune::profile_path(&signature) {
+        Some(at) if crate::tune::enabled() => crate::tune::profile_for(
+            &loaded.engine.weights,
+            &at,
+            &signature,
+            LAYOUT_NOTE_MIN_BYTES,
+        ),
+        _ => None,
+    };
+    let Some(profile) = profile else {
         // Which INT4 layout a file holds matters for speed only; say so where the weights are
         // large enough for it to show (not for the bundled tiny model).
         let native = hbit_engine::Int4Layout::native();

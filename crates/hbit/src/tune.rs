@@ -8,6 +8,10 @@
 //! The candidates are the three exact layouts for 4-bit inputs: two weights per lookup
 //! (`pairs`), three (`triples`), and the INT8 multiply-add kernels on the 4-bit codes (`rows`).
 //! Kernel tiles and thread splits keep their built-in choices.
+//!
+//! Without a profile for a large a4 model's shapes, loading it tunes briefly first (the decode
+//! and prefill buckets the choice reads, a few seconds, one progress line) and saves the result;
+//! `hbit tune` measures every bucket.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -257,6 +261,119 @@ fn measure(
     Ok(best)
 }
 
+/// The buckets a first-use tune measures: those [`Profile::choose`] reads.
+const FIRST_USE_BUCKETS: [(&str, usize); 2] = [BUCKETS[0], BUCKETS[3]];
+
+/// Bytes batch-1 measurements cycle through: 4 × the last-level cache (a decode step reads its
+/// weights from DRAM), 256 MiB at least, since cpu0's cache may be one of several (per CCD).
+fn cold_bytes(signature: &CpuSignature) -> usize {
+    (4 * signature.last_level_cache_bytes().unwrap_or(0)).max(256 << 20)
+}
+
+/// Times every layout for each shape at each bucket on `threads` threads, recording each into
+/// `profile` and handing it to `each` (for a table row or progress).
+fn measure_into(
+    profile: &mut Profile,
+    shapes: &[(usize, usize)],
+    buckets: &[(&str, usize)],
+    cold_bytes: usize,
+    threads: usize,
+    mut each: impl FnMut(&ShapeTiming),
+) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    for &(rows, cols) in shapes {
+        for &(bucket, tokens) in buckets {
+            let mut seconds = BTreeMap::new();
+            for layout in LAYOUTS {
+                let s = pool.install(|| measure(rows, cols, layout, tokens, cold_bytes))?;
+                seconds.insert(layout.name().to_string(), s);
+            }
+            let timing = ShapeTiming {
+                rows,
+                cols,
+                bucket: bucket.to_string(),
+                tokens,
+                seconds,
+            };
+            each(&timing);
+            profile.record(timing);
+        }
+    }
+    Ok(())
+}
+
+/// This CPU's profile for `weights`, tuning briefly first where it lacks one of their shapes
+/// and their ternary weights exceed `min_bytes` (below that the layout's speed hardly shows):
+/// the missing shapes at the decode and prefill buckets, added to the profile at `path`, which
+/// is then saved. `None` when there is still nothing to choose by.
+pub fn profile_for(
+    weights: &Weights,
+    path: &Path,
+    signature: &CpuSignature,
+    min_bytes: usize,
+) -> Option<Profile> {
+    let existing = read_profile(path, signature);
+    let mut shapes = int4_shapes(weights);
+    shapes.sort_unstable();
+    shapes.dedup();
+    let covered = |p: &Profile, &(r, c): &(usize, usize)| {
+        FIRST_USE_BUCKETS
+            .iter()
+            .all(|(bucket, _)| p.timing(r, c, bucket).is_some())
+    };
+    let missing: Vec<(usize, usize)> = shapes
+        .into_iter()
+        .filter(|s| !existing.as_ref().is_some_and(|p| covered(p, s)))
+        .collect();
+    if missing.is_empty() || weights.ternary_bytes() <= min_bytes {
+        return existing;
+    }
+    let threads = rayon::current_num_threads();
+    let mut profile = existing
+        .filter(|p| p.threads == threads)
+        .unwrap_or_else(|| Profile::empty(signature, threads));
+    eprint!(
+        "tuning this CPU for {} new INT4 weight shapes (first use; a few seconds; `hbit tune` \
+         measures every batch size, HBIT_TUNE=off skips) ",
+        missing.len()
+    );
+    let start = Instant::now();
+    let measured = measure_into(
+        &mut profile,
+        &missing,
+        &FIRST_USE_BUCKETS,
+        cold_bytes(signature),
+        threads,
+        |_| eprint!("."),
+    );
+    if let Err(e) = measured {
+        eprintln!(" failed ({e:#}); keeping the file's layout");
+        return None;
+    }
+    let saved = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(serde_json::to_string_pretty(&profile)?))
+        .and_then(|json| {
+            Ok(hbit_train::checkpoint::write_file_atomic(
+                path,
+                json.as_bytes(),
+            )?)
+        });
+    match saved {
+        Ok(()) => eprintln!(
+            " {:.1} s; saved in {}",
+            start.elapsed().as_secs_f64(),
+            path.display()
+        ),
+        Err(e) => eprintln!(" {:.1} s; not saved ({e:#})", start.elapsed().as_secs_f64()),
+    }
+    Some(profile)
+}
+
 #[derive(Args)]
 pub struct TuneArgs {
     /// The model whose projection shapes are measured: packed file, checkpoint directory or
@@ -291,11 +408,6 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let mut profile = read_profile(&out, &signature)
         .filter(|p| p.threads == threads)
         .unwrap_or_else(|| Profile::empty(&signature, threads));
-    // cpu0's last-level cache may be one of several (one per CCD): 256 MiB at least.
-    let cold_bytes = (4 * signature.last_level_cache_bytes().unwrap_or(0)).max(256 << 20);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
     println!(
         "tuning {} shapes × {} batch buckets × {} layouts on {} ({threads} threads)",
         shapes.len(),
@@ -305,34 +417,35 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     );
     println!("| shape (rows × cols) | batch | pairs µs | triples µs | rows µs | fastest |");
     println!("|---|---|---|---|---|---|");
-    for &(rows, cols) in &shapes {
-        for (bucket, tokens) in BUCKETS {
-            let mut seconds = BTreeMap::new();
-            for layout in LAYOUTS {
-                let s = pool.install(|| measure(rows, cols, layout, tokens, cold_bytes))?;
-                seconds.insert(layout.name().to_string(), s);
-            }
-            let fastest = seconds
-                .iter()
-                .min_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(l, _)| l.clone())
-                .unwrap_or_default();
-            let us = |l: &str| seconds.get(l).map_or(f64::NAN, |s| s * 1e6);
-            println!(
-                "| {rows} × {cols} | {bucket} | {:.1} | {:.1} | {:.1} | {fastest} |",
-                us("pairs"),
-                us("triples"),
-                us("rows")
-            );
-            profile.record(ShapeTiming {
-                rows,
-                cols,
-                bucket: bucket.to_string(),
-                tokens,
-                seconds,
-            });
-        }
-    }
+    let row = |t: &ShapeTiming| {
+        let fastest = t
+            .seconds
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(l, _)| l.clone())
+            .unwrap_or_default();
+        let us = |l: &str| t.seconds.get(l).map_or(f64::NAN, |s| s * 1e6);
+        println!(
+            "| {} × {} | {} | {:.1} | {:.1} | {:.1} | {fastest} |",
+            t.rows,
+            t.cols,
+            t.bucket,
+            us("pairs"),
+            us("triples"),
+            us("rows")
+        );
+    };
+    measure_into(
+        &mut profile,
+        &shapes,
+        &BUCKETS,
+        cold_bytes(&signature),
+        threads,
+        row,
+    )?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     // What loading pays to re-lay this model out in each other layout (the issue's ≤ 1 s).
     if let Some(current) = weights.int4_layout() {
         for layout in LAYOUTS.into_iter().filter(|&l| l != current) {
@@ -479,5 +592,35 @@ mod tests {
         assert_eq!(relaid.int4_layout(), Some(Int4Layout::Rows));
         assert!(note.unwrap().contains("pairs → rows"));
         assert!(engine(relaid) == want);
+    }
+
+    #[test]
+    fn first_use_tunes_missing_shapes_once_and_saves_them() {
+        let dir = std::env::temp_dir().join(format!("hbit-first-use-{}", std::process::id()));
+        let path = dir.join("nested").join("profile.json");
+        let sig = CpuSignature::detect();
+        let config =
+            hbit_model::config::preset("micro", hbit_model::Variant::BitnetV2, ActBits::Int4)
+                .unwrap();
+        let weights = Weights::random(&config, 5, true).unwrap();
+        // Smaller than the threshold: no tuning, no file.
+        assert!(profile_for(&weights, &path, &sig, usize::MAX).is_none());
+        assert!(!path.exists());
+        // First use: every shape at the decode and prefill buckets, saved where asked.
+        let p = profile_for(&weights, &path, &sig, 0).unwrap();
+        let mut shapes = int4_shapes(&weights);
+        shapes.dedup();
+        for &(r, c) in &shapes {
+            for bucket in ["1", "33+"] {
+                let t = p.timing(r, c, bucket).expect("measured");
+                assert_eq!(t.seconds.len(), LAYOUTS.len());
+            }
+            assert!(p.timing(r, c, "2-8").is_none());
+        }
+        assert!(p.choose(&shapes).is_some());
+        assert_eq!(read_profile(&path, &sig).as_ref(), Some(&p));
+        // Second use: read back, nothing measured again.
+        assert_eq!(profile_for(&weights, &path, &sig, 0).as_ref(), Some(&p));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
