@@ -7,7 +7,7 @@ SentencePiece-style vocabulary of the shape's size, ones for the norms, N(0, 0.0
 It imports gguf-py from the bitnet.cpp checkout the user names, so the file is written by that
 checkout's own writer.
 
-Usage: bitnetcpp_dummy_gguf.py --gguf-py BITNET/3rdparty/llama.cpp/gguf-py --shape b700m --out F
+Usage: bitnetcpp_dummy_gguf.py --gguf-py BITNET/3rdparty/llama.cpp/gguf-py --shape b700m|b2b [--dtype f16] --out F
 """
 
 import argparse
@@ -15,10 +15,13 @@ import sys
 
 import numpy as np
 
-# (hidden, FFN, layers, heads, KV heads, vocab, context), as crates/hbit/src/dummy.rs.
+# (hidden, FFN, layers, heads, KV heads, vocab, context, architecture), as `bench_shape` in
+# crates/hbit-model/src/config.rs. The ≈2B shape is BitNet b1.58 2B4T's: the fork loads it as
+# `bitnet-25` (squared-ReLU GLU, GQA), the others as `bitnet`.
 SHAPES = {
-    "b125m": (768, 3072, 12, 12, 12, 32002, 2048),
-    "b700m": (1536, 4096, 24, 16, 16, 32002, 2048),
+    "b125m": (768, 3072, 12, 12, 12, 32002, 2048, "bitnet"),
+    "b700m": (1536, 4096, 24, 16, 16, 32002, 2048, "bitnet"),
+    "b2b": (2560, 6912, 30, 20, 5, 128256, 4096, "bitnet-25"),
 }
 
 
@@ -28,13 +31,21 @@ def main() -> int:
     ap.add_argument("--shape", required=True, choices=sorted(SHAPES))
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--dtype",
+        choices=["f32", "f16"],
+        default="f32",
+        help="tensor type (f16 halves the ≈2B file to 4.8 GB; llama-quantize keeps an f16 "
+        "token embedding unless told --token-embedding-type)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, args.gguf_py)
     import gguf  # noqa: E402  (the checkout's own writer)
 
-    h, ffn, layers, heads, kv, vocab, ctx = SHAPES[args.shape]
+    h, ffn, layers, heads, kv, vocab, ctx, arch = SHAPES[args.shape]
+    dtype = np.float16 if args.dtype == "f16" else np.float32
     rng = np.random.default_rng(args.seed)
-    w = gguf.GGUFWriter(args.out, "bitnet")
+    w = gguf.GGUFWriter(args.out, arch)
     w.add_context_length(ctx)
     w.add_embedding_length(h)
     w.add_block_count(layers)
@@ -44,7 +55,7 @@ def main() -> int:
     w.add_rope_dimension_count(h // heads)
     w.add_rope_freq_base(500000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(0)  # all f32
+    w.add_file_type(1 if dtype == np.float16 else 0)  # all f16 (1) or all f32 (0)
     # Placeholder vocabulary: <unk> <s> </s>, the 256 byte tokens, then plain words.
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += [f"t{i}" for i in range(vocab - len(tokens))]
@@ -57,9 +68,9 @@ def main() -> int:
     w.add_eos_token_id(2)
 
     def normal(*shape):
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
 
-    ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731
+    ones = lambda n: np.ones(n, dtype=np.float32)  # noqa: E731  (norms stay f32, as converters write them)
     w.add_tensor("token_embd.weight", normal(vocab, h))
     w.add_tensor("output_norm.weight", ones(h))
     for i in range(layers):
@@ -79,7 +90,7 @@ def main() -> int:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(f"wrote {args.out} ({args.shape}, f32)")
+    print(f"wrote {args.out} ({args.shape}, {arch}, {args.dtype})")
     return 0
 
 
