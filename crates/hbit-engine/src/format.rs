@@ -252,7 +252,7 @@ pub fn write_packed(
         .map_err(|e| EngineError::format(&tmp, format!("cannot write: {e}")))
         .and_then(|_| {
             // Synced before the rename, so a power loss never leaves a renamed empty file.
-            readable_by_all(&tmp)
+            usual_file_mode(&tmp)
                 .and_then(|_| std::fs::File::open(&tmp))
                 .and_then(|f| f.sync_all())
                 .map_err(|e| EngineError::io(&tmp, e))
@@ -274,14 +274,22 @@ pub fn write_packed(
         .map_err(|e| EngineError::io(parent, e))
 }
 
-/// Mode 0644 for a file safetensors wrote: it writes through an owner-only (0600) temporary
-/// file, and a model is shared like any file `File::create` makes (a server running as another
-/// user must be able to read it).
-pub(crate) fn readable_by_all(path: &Path) -> std::io::Result<()> {
+/// Gives a file safetensors wrote the mode `File::create` gives a new file in its directory
+/// (0666 less the umask): safetensors writes through an owner-only (0600) temporary file, and a
+/// model is shared like any other file (a server running as another user must read it).
+pub(crate) fn usual_file_mode(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        let mut probe = path.as_os_str().to_os_string();
+        probe.push(".mode-probe");
+        let probe = PathBuf::from(probe);
+        let mode = std::fs::File::create(&probe).and_then(|f| f.metadata());
+        let _ = std::fs::remove_file(&probe);
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(mode?.permissions().mode()),
+        )
     }
     #[cfg(not(unix))]
     {

@@ -554,7 +554,7 @@ fn write_export_dir(
         let model = tmp.join(MODEL_FILE);
         safetensors::serialize_to_file(views, None, &model)
             .map_err(|e| EngineError::format(&model, format!("writing safetensors: {e}")))?;
-        crate::format::readable_by_all(&model).map_err(|e| EngineError::io(&model, e))?;
+        crate::format::usual_file_mode(&model).map_err(|e| EngineError::io(&model, e))?;
         sync(&model)?;
         if let Some(t) = tokenizer_json {
             write(TOKENIZER_FILE, t.as_bytes())?;

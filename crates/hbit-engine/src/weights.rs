@@ -565,7 +565,7 @@ impl Weights {
     /// products are the same integers either way, only the kernel differs.
     pub fn with_int4_layout(mut self, layout: Int4Layout) -> Weights {
         use rayon::prelude::*;
-        // One layer per task: repacking a ≈2B model is about a second of single-core work.
+        // One layer per task: repacking spreads over the cores.
         self.layers.par_iter_mut().for_each(|layer| {
             for proj in Proj::ALL {
                 let p = layer.projection_mut(proj);

@@ -51,13 +51,17 @@ fn packed_file_round_trips_exactly() {
             assert_eq!(loaded.weights.config, w.config);
             assert_eq!(loaded.weights.embed_tokens.is_f16(), half);
             assert_eq!(loaded.file_bytes, std::fs::metadata(&path).unwrap().len());
-            // Readable by others, as any file `File::create` makes (not the 0600 of the
-            // temporary file it was written through).
+            // The mode of any file `File::create` makes here (not the 0600 of the temporary
+            // file it was written through).
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
+                let probe = dir.join("probe");
+                std::fs::File::create(&probe).unwrap();
+                let usual = std::fs::metadata(&probe).unwrap().permissions().mode();
+                std::fs::remove_file(&probe).unwrap();
                 let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-                assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+                assert_eq!(mode, usual, "{mode:o} against {usual:o}");
             }
             assert!(matches!(loaded.checksum, ChecksumStatus::Verified(_)));
             let want = logits(w, &TOKENS);

@@ -115,6 +115,11 @@ impl FloatWeights<'_> {
 /// 8-bit absmax quantization of each row of `w` `[rows, cols]`: `s = max|w| / 127`,
 /// `code = RoundClip(w / s, -127, 127)`. Returns codes and scales.
 pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(
+        w.len(),
+        rows * cols,
+        "quantize_rows_int8: [rows, cols] weights"
+    );
     quantize_rows_int8_from(rows, cols, |r, out| {
         out.copy_from_slice(&w[r * cols..(r + 1) * cols])
     })

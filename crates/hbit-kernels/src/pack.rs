@@ -318,8 +318,8 @@ impl RowPacked {
         })
     }
 
-    /// Packs `w` ([`Self::position`] places each weight; whole 256-column blocks at a time, so
-    /// that repacking a large model at load takes a fraction of a second).
+    /// Packs `w` ([`Self::position`] places each weight; whole 256-column blocks at a time, since
+    /// loading repacks large models).
     pub fn pack<W: TernaryRows + ?Sized>(w: &W) -> Self {
         let (rows, cols, alpha) = (w.rows(), w.cols(), w.alpha());
         let padded_cols = padded_cols(cols);
@@ -328,7 +328,7 @@ impl RowPacked {
         // Padding columns get code 1 (weight 0); activations are zero there too.
         let mut row = vec![0i8; padded_cols];
         for (r, out) in data.chunks_exact_mut(row_bytes.max(1)).enumerate() {
-            w.row_into(r, &mut row);
+            w.row_into(r, &mut row[..cols]);
             for (block, out) in row.chunks_exact(K_ALIGN).zip(out.chunks_exact_mut(64)) {
                 for (j, byte) in out.iter_mut().enumerate() {
                     *byte = field_of(block[j])
@@ -470,7 +470,7 @@ impl LutPacked {
         let mut data = vec![0x55u8; row_blocks * block_bytes];
         let mut row = vec![0i8; padded_cols];
         for r in 0..rows {
-            w.row_into(r, &mut row);
+            w.row_into(r, &mut row[..cols]);
             let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
             let block = &mut data[rb * block_bytes..][..block_bytes];
             for (k, chunk) in row
@@ -595,8 +595,8 @@ pub fn triple_fold(w: [i8; 3]) -> (u8, bool) {
 }
 
 /// [`triple_fold`] by table, for packing: entry `9 c0 + 3 c1 + c2` of 2-bit codes `c = w + 1`
-/// is the folded index, with bit 4 set when negated. Entries past 26 (a code 3, which valid
-/// weights never give) fold to zero weights.
+/// is the folded index, with bit 4 set when negated. Valid weights never give code 3; entries
+/// past 26 then fold to zero weights (others alias a valid triple, as `triple_fold` would).
 const FOLD_TABLE: [u8; 64] = {
     let mut table = [TRIPLE_ZERO; 64];
     let mut idx = 0;
@@ -738,7 +738,7 @@ impl TriplePacked {
         let mut signs = vec![0u64; row_blocks * chunks];
         let mut row = vec![0i8; chunks * TRIPLE_CHUNK_COLS];
         for r in 0..rows {
-            w.row_into(r, &mut row);
+            w.row_into(r, &mut row[..cols]);
             let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
             let block =
                 &mut indices[rb * chunks * TRIPLE_CHUNK_BYTES..][..chunks * TRIPLE_CHUNK_BYTES];

@@ -24,9 +24,13 @@ pub fn round_clip(x: f32, lo: f32, hi: f32) -> f32 {
     // result, the truncating conversion is then exact, and `x - trunc(x)` is exact in f32.
     // The ±1 step is a select, not a branch: on random inputs a branch mispredicts half the
     // time, and in a loop this keeps the rounding vectorizable.
+    assert!(
+        lo <= hi && lo > -8_388_608.0 && hi < 8_388_608.0,
+        "round_clip: bounds {lo}..={hi} must be ordered and within ±2^23"
+    );
     let x = x.max(lo - 1.0).min(hi + 1.0);
-    // SAFETY: `x` is finite and within (−2^23, 2^23) after the clamp (`max`/`min` with a number
-    // never return NaN), so the truncating conversion is defined.
+    // SAFETY: with the bounds checked above, `x` is finite and within ±(2^23 + 1) after the clamp
+    // (`max`/`min` with a number never return NaN), so the truncating conversion is defined.
     let t = unsafe { x.to_int_unchecked::<i32>() } as f32;
     let frac = x - t;
     let up = f32::from(u8::from(frac >= 0.5));
@@ -34,11 +38,17 @@ pub fn round_clip(x: f32, lo: f32, hi: f32) -> f32 {
     (t + up - down).max(lo).min(hi)
 }
 
-/// [`round_clip`] to an integer code: the same value, as an `i32`.
+/// [`round_clip`] to an integer code: the same value, as an `i32`. `lo ≤ hi`, both of
+/// magnitude below 2^23.
 #[inline(always)]
 pub fn round_clip_i32(x: f32, lo: i32, hi: i32) -> i32 {
+    assert!(
+        lo <= hi && lo > -(1 << 23) && hi < 1 << 23,
+        "round_clip_i32: bounds {lo}..={hi} must be ordered and within ±2^23"
+    );
     let x = x.max(lo as f32 - 1.0).min(hi as f32 + 1.0);
-    // SAFETY: as in `round_clip`, the clamped `x` is finite and well within i32.
+    // SAFETY: the bounds are checked above, so the clamped `x` is finite and within ±(2^23 + 1),
+    // where the truncating conversion is defined.
     let t = unsafe { x.to_int_unchecked::<i32>() };
     let frac = x - t as f32;
     (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)).clamp(lo, hi)

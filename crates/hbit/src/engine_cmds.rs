@@ -73,15 +73,18 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
         return Ok(loaded);
     };
     // A large model tunes briefly on first use where the profile lacks its shapes.
-    let signature = crate::cpu_cmd::CpuSignature::detect();
-    let profile = match crate::tune::profile_path(&signature) {
-        Some(at) if crate::tune::enabled() => crate::tune::profile_for(
-            &loaded.engine.weights,
-            &at,
-            &signature,
-            LAYOUT_NOTE_MIN_BYTES,
-        ),
-        _ => None,
+    let profile = if crate::tune::enabled() {
+        let signature = crate::cpu_cmd::CpuSignature::detect();
+        crate::tune::profile_path(&signature).and_then(|at| {
+            crate::tune::profile_for(
+                &loaded.engine.weights,
+                &at,
+                &signature,
+                LAYOUT_NOTE_MIN_BYTES,
+            )
+        })
+    } else {
+        None
     };
     let Some(profile) = profile else {
         // Which INT4 layout a file holds matters for speed only; say so where the weights are

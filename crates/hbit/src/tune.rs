@@ -9,8 +9,8 @@
 //! (`pairs`), three (`triples`), and the INT8 multiply-add kernels on the 4-bit codes (`rows`).
 //! Kernel tiles and thread splits keep their built-in choices.
 //!
-//! Without a profile for a large a4 model's shapes, loading it tunes briefly first (the decode
-//! and prefill buckets the choice reads, a few seconds, one progress line) and saves the result;
+//! Without a profile for a large a4 model's shapes, loading it tunes briefly first (only the
+//! decode and prefill buckets the choice reads, one progress line) and saves the result;
 //! `hbit tune` measures every bucket.
 
 use std::collections::BTreeMap;
@@ -307,7 +307,9 @@ fn measure_into(
 /// This CPU's profile for `weights`, tuning briefly first where it lacks one of their shapes
 /// and their ternary weights exceed `min_bytes` (below that the layout's speed hardly shows):
 /// the missing shapes at the decode and prefill buckets, added to the profile at `path`, which
-/// is then saved. `None` when there is still nothing to choose by.
+/// is then saved. It never tunes where it could not save (so it does not tune on every load),
+/// nor into a profile measured on another thread count (which it would replace); the timings
+/// another process saved meanwhile are kept. `None` when there is nothing to choose by.
 pub fn profile_for(
     weights: &Weights,
     path: &Path,
@@ -331,9 +333,17 @@ pub fn profile_for(
         return existing;
     }
     let threads = rayon::current_num_threads();
-    let mut profile = existing
-        .filter(|p| p.threads == threads)
-        .unwrap_or_else(|| Profile::empty(signature, threads));
+    if existing.as_ref().is_some_and(|p| p.threads != threads) {
+        return existing;
+    }
+    if let Err(e) = check_writable(path) {
+        eprintln!(
+            "note: not tuning this CPU for the model: the profile cannot be saved ({e:#}); \
+             the file's layout stays (HBIT_TUNE=off silences this)"
+        );
+        return existing;
+    }
+    let mut profile = existing.unwrap_or_else(|| Profile::empty(signature, threads));
     eprint!(
         "tuning this CPU for {} new INT4 weight shapes (first use; a few seconds; `hbit tune` \
          measures every batch size, HBIT_TUNE=off skips) ",
@@ -352,11 +362,16 @@ pub fn profile_for(
         eprintln!(" failed ({e:#}); keeping the file's layout");
         return None;
     }
-    let saved = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
+    // Another process may have saved shapes meanwhile: keep those not measured here.
+    if let Some(on_disk) = read_profile(path, signature).filter(|p| p.threads == threads) {
+        for t in on_disk.timings {
+            if profile.timing(t.rows, t.cols, &t.bucket).is_none() {
+                profile.record(t);
+            }
+        }
+    }
+    let saved = serde_json::to_string_pretty(&profile)
         .map_err(anyhow::Error::from)
-        .and_then(|_| Ok(serde_json::to_string_pretty(&profile)?))
         .and_then(|json| {
             Ok(hbit_train::checkpoint::write_file_atomic(
                 path,
@@ -372,6 +387,17 @@ pub fn profile_for(
         Err(e) => eprintln!(" {:.1} s; not saved ({e:#})", start.elapsed().as_secs_f64()),
     }
     Some(profile)
+}
+
+/// Whether a profile can be written at `path`: its directory is created and a probe file written
+/// and removed there.
+fn check_writable(path: &Path) -> Result<()> {
+    let dir = path.parent().context("a profile path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("writing in {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 #[derive(Args)]
@@ -446,11 +472,12 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    // What loading pays to re-lay this model out in each other layout (the issue's ≤ 1 s).
+    // What loading pays to re-lay this model out in each other layout.
     if let Some(current) = weights.int4_layout() {
         for layout in LAYOUTS.into_iter().filter(|&l| l != current) {
+            let copy = weights.clone();
             let start = Instant::now();
-            let relaid = pool.install(|| weights.clone().with_int4_layout(layout));
+            let relaid = pool.install(|| copy.with_int4_layout(layout));
             let seconds = start.elapsed().as_secs_f64();
             drop(relaid);
             println!(
@@ -618,9 +645,26 @@ mod tests {
             assert!(p.timing(r, c, "2-8").is_none());
         }
         assert!(p.choose(&shapes).is_some());
-        assert_eq!(read_profile(&path, &sig).as_ref(), Some(&p));
+        let saved = read_profile(&path, &sig).expect("saved");
+        let keys = |p: &Profile| {
+            let mut k: Vec<_> = p
+                .timings
+                .iter()
+                .map(|t| (t.rows, t.cols, t.bucket.clone()))
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&saved), keys(&p));
         // Second use: read back, nothing measured again.
-        assert_eq!(profile_for(&weights, &path, &sig, 0).as_ref(), Some(&p));
+        assert_eq!(profile_for(&weights, &path, &sig, 0), Some(saved.clone()));
+        // A profile measured on another thread count is left as it is.
+        let mut other = saved;
+        other.threads += 1;
+        other.timings.clear();
+        std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+        assert_eq!(profile_for(&weights, &path, &sig, 0), Some(other.clone()));
+        assert_eq!(read_profile(&path, &sig), Some(other));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -168,7 +168,8 @@ fn local_model(args: &ServeBenchArgs) -> Result<(Engine, Tokenizer, String)> {
         let bits = ActBits::from_bits(args.act_bits)
             .with_context(|| format!("--act-bits {}: expected 8 or 4", args.act_bits))?;
         let path = super::e2e::dummy_model(&args.cache_dir, shape, bits, None)?;
-        let mut loaded = load_model(&path)?;
+        // Built in this CPU's native layout; a benchmark neither tunes nor writes the cache.
+        let mut loaded = crate::engine_cmds::load_model_as_stored(&path)?;
         // The LM head `hbit serve` runs by default.
         crate::engine_cmds::apply_head_bits(&mut loaded.engine, None)?;
         let tokenizer = synthetic_tokenizer(loaded.engine.config().vocab_size)?;
