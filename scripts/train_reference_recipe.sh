@@ -2,14 +2,14 @@
 # Issue 29 item 2: hbit on the recipe of the independent PyTorch implementation of DESIGN.md.
 # 4 layers, hidden 256, FFN 1024, 4 heads, 4096-token BPE of pretrain/, seq 256, batch 16,
 # 1400 steps (5.73 M tokens), warm-up 100, peak LR 1.5e-3 -> 1.0e-3 at the midpoint, weight
-# decay 0.1 -> 0, seed 0; a8 for 1260 steps (0.9 of the tokens), then a4 with the optimizer state.
+# decay 0.1 -> 0, seed $SEED (default 0); a8 for 1260 steps (0.9 of the tokens), then a4 with the optimizer state.
 # Three models: BitNet v2 a4, BitNet v2 a8 (the same a8 run continued at a8), and BitNet v2 a4
 # without the Hadamard (bitnet_v2_no_rotation). Each is scored on the first 200,000 characters of
 # WikiText-2 test in bits per byte (non-overlapping 256-token windows).
 # Every stage checkpoints every 50 steps; rerunning the same command resumes where it stopped.
 #
-#   scripts/train_reference_recipe.sh [RUN_DIR]   (repository root; default runs/reference;
-#                                                  needs ../shared/data)
+#   [SEED=N] scripts/train_reference_recipe.sh [RUN_DIR]   (repository root; default
+#                                                  runs/reference; needs ../shared/data)
 set -euo pipefail
 
 HBIT=${HBIT:-target/release/hbit}
@@ -41,7 +41,7 @@ a8_stage() { # VARIANT DIR: from scratch to step A8_STEPS
   else
     "$HBIT" train "${SHAPE[@]}" --variant "$1" --act-bits 8 --tokenizer "$RUN/tokenizer.json" \
       --steps "$STEPS" --stop-after "$A8_STEPS" --warmup 100 --lr1 1.5e-3 --lr2 1.0e-3 \
-      --weight-decay 0.1 --batch-size 16 --seq-len 256 --seed 0 --out "$2" "${COMMON[@]}"
+      --weight-decay 0.1 --batch-size 16 --seq-len 256 --seed "${SEED:-0}" --out "$2" "${COMMON[@]}"
   fi
 }
 continue_stage() { # SOURCE DIR ACT_BITS: from SOURCE's step A8_STEPS to the end of the schedule
