@@ -122,6 +122,8 @@ pub fn scores_int4(
         ("scores [heads, positions]", scores.len(), positions),
     )?;
     path.check_supported()?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = heads;
     #[cfg(target_arch = "x86_64")]
     if reads_codes_in_place(path, hd, heads) {
         // SAFETY: `reads_codes_in_place` checked AVX-512 F/BW/VBMI, `fits(hd)` and 1..=4
@@ -155,6 +157,8 @@ pub fn weighted_sum_int4(
         ("weights [heads, positions]", weights.len(), positions),
     )?;
     path.check_supported()?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = heads;
     #[cfg(target_arch = "x86_64")]
     if reads_codes_in_place(path, hd, heads) {
         // SAFETY: as in `scores_int4`.

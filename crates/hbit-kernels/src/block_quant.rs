@@ -837,6 +837,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_avx2_quantizer_equals_the_scalar_one_bit_for_bit() {
         if !std::arch::is_x86_feature_detected!("avx2") {
             eprintln!("no AVX2 here: the scalar quantizer is the only path");

@@ -1,6 +1,6 @@
 //! Runtime CPU-feature dispatch: the best kernel path this CPU runs, picked once, with an
-//! environment switch (`HBIT_KERNEL_PATH=scalar|avx2|avx512`) that forces a lower path so that
-//! every path can be tested on one machine.
+//! environment switch (`HBIT_KERNEL_PATH=scalar|avx2|avx512|neon`) that forces a lower path so
+//! that every path can be tested on one machine.
 
 use crate::error::KernelError;
 use std::fmt;
@@ -18,16 +18,26 @@ pub enum KernelPath {
     Avx2,
     /// AVX-512 F+BW (512-bit), using VNNI `vpdpbusd` where the CPU has it.
     Avx512,
+    /// AArch64 Advanced SIMD (128-bit): `smull`/`sadalp`, or `sdot` where the CPU has the
+    /// dot-product extension, for the INT8 products; `tbl` for the INT4 lookups.
+    Neon,
 }
 
 impl KernelPath {
-    pub const ALL: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512];
+    /// Every path; a CPU runs the scalar one and those of its own architecture.
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Scalar,
+        KernelPath::Avx2,
+        KernelPath::Avx512,
+        KernelPath::Neon,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             KernelPath::Scalar => "scalar",
             KernelPath::Avx2 => "avx2",
             KernelPath::Avx512 => "avx512",
+            KernelPath::Neon => "neon",
         }
     }
 
@@ -43,6 +53,7 @@ impl KernelPath {
             KernelPath::Scalar => true,
             KernelPath::Avx2 => cpu_has_avx2(),
             KernelPath::Avx512 => cpu_has_avx512(),
+            KernelPath::Neon => cpu_has_neon(),
         }
     }
 
@@ -116,6 +127,29 @@ fn cpu_has_avx512() -> bool {
     }
 }
 
+fn cpu_has_neon() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("neon")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
+/// Whether the NEON path may use the dot-product extension (`sdot`).
+pub fn cpu_has_neon_dotprod() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        cpu_has_neon() && std::arch::is_aarch64_feature_detected!("dotprod")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
 fn supported_names() -> String {
     KernelPath::supported()
         .iter()
@@ -131,7 +165,7 @@ pub fn resolve_path(override_value: Option<&str>) -> Result<KernelPath, KernelEr
     };
     let path = KernelPath::parse(value).ok_or_else(|| KernelError::BadKernelPath {
         value: value.to_string(),
-        reason: "expected one of scalar, avx2, avx512".to_string(),
+        reason: "expected one of scalar, avx2, avx512, neon".to_string(),
     })?;
     if !path.is_supported() {
         return Err(KernelError::BadKernelPath {
@@ -166,9 +200,9 @@ mod tests {
 
     #[test]
     fn resolve_rejects_unknown_and_unsupported() {
-        let err = resolve_path(Some("neon")).unwrap_err();
+        let err = resolve_path(Some("sve")).unwrap_err();
         assert!(matches!(err, KernelError::BadKernelPath { .. }));
-        assert!(err.to_string().contains("neon"));
+        assert!(err.to_string().contains("sve"));
         assert_eq!(resolve_path(Some("scalar")), Ok(KernelPath::Scalar));
         assert_eq!(resolve_path(None), Ok(KernelPath::best()));
         for p in KernelPath::ALL {
@@ -181,5 +215,16 @@ mod tests {
         let s = KernelPath::supported();
         assert_eq!(s[0], KernelPath::Scalar);
         assert!(s.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn each_architecture_runs_only_its_own_paths() {
+        let x86 = cfg!(target_arch = "x86_64");
+        let arm = cfg!(target_arch = "aarch64");
+        assert!(!KernelPath::Avx2.is_supported() || x86);
+        assert!(!KernelPath::Avx512.is_supported() || x86);
+        // Advanced SIMD is part of every AArch64 CPU that runs Linux.
+        assert_eq!(KernelPath::Neon.is_supported(), arm);
+        assert!(!cpu_has_neon_dotprod() || arm);
     }
 }

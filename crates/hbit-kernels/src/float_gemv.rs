@@ -166,6 +166,7 @@ pub fn quantize_rows_int8_from(
 const TOKEN_TILE: usize = 4;
 /// Rows the AVX-512 tile takes at once: each activation load then feeds 3 fused multiply-adds,
 /// not 1 (with one row per call the loads, not the multiply-adds, bounded it).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const WIDE_ROWS: usize = 3;
 /// Tokens the AVX-512 tile takes at once: each converted weight vector then feeds 8 fused
 /// multiply-adds; 3 rows × 8 tokens (24 accumulators) beat 4 × 4
@@ -340,6 +341,9 @@ fn rows_block(
         let next = g1..(g1 + group).min(r1);
         for (ti, t0) in (0..tokens).step_by(token_tile).enumerate() {
             let tile = (tokens - t0).min(token_tile);
+            // Only the AVX-512 tile prefetches the next group.
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (tiles, &next, ti);
             // Row r's sums for this token tile into `out`, scaled for 8-bit rows.
             let mut store = |r: usize, sums: &[f32]| {
                 let scale = w.row_scale(r);

@@ -138,6 +138,7 @@ pub fn dequantize_rows(
 
 /// Value `i` of one quantized row: `(code_i − offset) · scale`.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn dequantized(row: &[u8], bits: u32, i: usize, offset: i32, scale: f32) -> f32 {
     (code_at(row, bits, i) as i32 - offset) as f32 * scale
 }

@@ -40,7 +40,7 @@ pub fn madd_chains(path: KernelPath, rounds: usize) -> Result<u32, KernelError> 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `check_supported` confirmed AVX-512 F and BW.
         KernelPath::Avx512 => unsafe { simd::avx512(rounds) },
-        #[cfg(not(target_arch = "x86_64"))]
+        // No NEON chains yet: the scalar ones stand in on AArch64.
         _ => scalar(rounds, LANES_256),
     })
 }

@@ -103,6 +103,8 @@ pub(super) enum LutTile {
     Avx512Bw,
     /// `vpermb` over a chunk's 64 table bytes, summed by `vpdpbusd` (AVX-512 VBMI and VNNI).
     Avx512Vbmi,
+    /// `tbl` on 128-bit registers (AArch64 NEON), u16 sums widened to u32 every window.
+    Neon,
 }
 
 impl LutTile {
@@ -114,6 +116,7 @@ impl LutTile {
             KernelPath::Avx2 => LutTile::Avx2,
             KernelPath::Avx512 if cpu_has_vbmi_vnni() => LutTile::Avx512Vbmi,
             KernelPath::Avx512 => LutTile::Avx512Bw,
+            KernelPath::Neon => LutTile::Neon,
         }
     }
 
@@ -129,6 +132,9 @@ impl LutTile {
             if cpu_has_vbmi_vnni() {
                 tiles.push(LutTile::Avx512Vbmi);
             }
+        }
+        if KernelPath::Neon.is_supported() {
+            tiles.push(LutTile::Neon);
         }
         tiles
     }
@@ -382,6 +388,18 @@ fn block_tile(tile: LutTile, wbs: [&[u8]; 2], tabs: &[u8], nt: usize, mut out: T
                 // SAFETY: the caller checked AVX-512 F+BW; slices as above, with an even chunk
                 // count (column blocks are multiples of K_ALIGN = 32 chunks).
                 unsafe { avx512::block_tile(wb, tabs, nt, &mut acc) };
+                for (t, a) in acc.iter().enumerate().take(nt) {
+                    out.add(b, t, a);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        LutTile::Neon => {
+            for (b, wb) in wbs.iter().take(blocks).enumerate() {
+                let mut acc = [[0i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE];
+                // SAFETY: the caller checked NEON; the assert above gives 64 table bytes per
+                // chunk and token for every chunk of `wb`.
+                unsafe { neon::block_tile(wb, tabs, nt, &mut acc) };
                 for (t, a) in acc.iter().enumerate().take(nt) {
                     out.add(b, t, a);
                 }
@@ -948,6 +966,96 @@ mod avx512_vbmi {
                     let p = rows.add(LUT_ROW_BLOCK * b) as *mut __m512i;
                     let total = _mm512_add_epi32(_mm512_loadu_si512(p as *const _), a);
                     _mm512_storeu_si512(p as *mut _, _mm512_sub_epi32(total, bias));
+                }
+            }
+        }
+    }
+}
+
+/// AArch64 NEON: `tbl` looks up 16 rows of one k-group per instruction, as `vpshufb` does.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{
+        CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, SHUFFLE_TOKEN_TILE, TABLE_BYTES,
+    };
+    use std::arch::aarch64::*;
+
+    /// Chunks summed in u16 lanes before widening: each chunk adds at most 4 · 32 = 128.
+    const U16_WINDOW_CHUNKS: usize = 256;
+
+    /// Row i of a chunk is byte i of its first half (k-groups 4c and 4c + 2 in the low and high
+    /// nibble) and byte i of its second half (4c + 1 and 4c + 3).
+    ///
+    /// # Safety
+    /// NEON; `wb.len() == 32 · chunks`; `tabs.len() == 64 · nt · chunks`, `1 <= nt <= 4`.
+    pub(super) unsafe fn block_tile(
+        wb: &[u8],
+        tabs: &[u8],
+        nt: usize,
+        acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { dispatch_tokens!(nt, tile_n, (wb, tabs, acc), 1, 2, 3; 4) }
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn tile_n<const NT: usize>(
+        wb: &[u8],
+        tabs: &[u8],
+        acc: &mut [[i32; LUT_ROW_BLOCK]; SHUFFLE_TOKEN_TILE],
+    ) {
+        let chunks = wb.len() / LUT_CHUNK_BYTES;
+        debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
+        let nibble = vdupq_n_u8(0x0F);
+        let w = wb.as_ptr();
+        let tp = tabs.as_ptr();
+        // Per token, rows 0–3, 4–7, 8–11, 12–15.
+        let mut acc32 = [[vdupq_n_u32(0); 4]; NT];
+        let mut c0 = 0;
+        while c0 < chunks {
+            let c1 = (c0 + U16_WINDOW_CHUNKS).min(chunks);
+            let mut lo16 = [vdupq_n_u16(0); NT];
+            let mut hi16 = [vdupq_n_u16(0); NT];
+            for c in c0..c1 {
+                // SAFETY: c < chunks: 32 bytes at 32c in `wb`.
+                let (v0, v1) = unsafe { (vld1q_u8(w.add(32 * c)), vld1q_u8(w.add(32 * c + 16))) };
+                let idx = [
+                    vandq_u8(v0, nibble),
+                    vandq_u8(v1, nibble),
+                    vshrq_n_u8::<4>(v0),
+                    vshrq_n_u8::<4>(v1),
+                ];
+                for t in 0..NT {
+                    // SAFETY: token t's 64 table bytes of chunk c at 64 (c · NT + t) in `tabs`.
+                    let tab = unsafe { tp.add(CHUNK_TABLE_BYTES * (c * NT + t)) };
+                    let looked: [uint8x16_t; 4] = std::array::from_fn(|g| {
+                        // SAFETY: 16 bytes of k-group g's table within the chunk's 64.
+                        vqtbl1q_u8(unsafe { vld1q_u8(tab.add(TABLE_BYTES * g)) }, idx[g])
+                    });
+                    let s = vaddq_u8(
+                        vaddq_u8(looked[0], looked[1]),
+                        vaddq_u8(looked[2], looked[3]),
+                    );
+                    lo16[t] = vaddw_u8(lo16[t], vget_low_u8(s));
+                    hi16[t] = vaddw_high_u8(hi16[t], s);
+                }
+            }
+            for t in 0..NT {
+                let a = &mut acc32[t];
+                a[0] = vaddw_u16(a[0], vget_low_u16(lo16[t]));
+                a[1] = vaddw_high_u16(a[1], lo16[t]);
+                a[2] = vaddw_u16(a[2], vget_low_u16(hi16[t]));
+                a[3] = vaddw_high_u16(a[3], hi16[t]);
+            }
+            c0 = c1;
+        }
+        for t in 0..NT {
+            for (q, v) in acc32[t].iter().enumerate() {
+                let mut lanes = [0u32; 4];
+                // SAFETY: 16 writable bytes.
+                unsafe { vst1q_u32(lanes.as_mut_ptr(), *v) };
+                for (a, l) in acc[t][4 * q..4 * q + 4].iter_mut().zip(lanes) {
+                    *a += l as i32;
                 }
             }
         }

@@ -37,9 +37,29 @@ pub(super) fn dots(
                 tiled(w, x, rows, &mut out, avx512::tile_bw)
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        KernelPath::Neon => {
+            if crate::cpu::cpu_has_neon_dotprod() {
+                tiled(w, x, rows, &mut out, neon::tile_sdot)
+            } else {
+                tiled(w, x, rows, &mut out, neon::tile_smull)
+            }
+        }
         _ => dots_scalar(w, x, rows, &mut out),
     }
+    out
+}
+
+/// [`dots`] on the NEON tile without the dot-product extension (`smull`/`sadalp`), which a CPU
+/// with `sdot` never takes: for tests on such a CPU. The caller checked NEON.
+#[cfg(all(test, target_arch = "aarch64"))]
+pub(super) fn dots_neon_smull(
+    w: &RowPacked,
+    x: &QuantizedActivations,
+    rows: Range<usize>,
+) -> Vec<i32> {
+    let mut out = vec![0i32; x.tokens * rows.len()];
+    tiled(w, x, rows, &mut out, neon::tile_smull);
     out
 }
 
@@ -81,7 +101,7 @@ fn dots_scalar(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out:
 /// `blocks` 256-column blocks of each, against the first `tokens` activation pointers of `x`.
 /// The tile writes `acc[r][t] = Σ_k c[r, k] · x_t[k]` and prefetches the same segment of a row
 /// [`PREFETCH_ROWS`] or more ahead (a hint: no address it forms is dereferenced).
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 struct TileArgs<'a> {
     w: *const u8,
     row_bytes: usize,
@@ -98,14 +118,16 @@ struct TileArgs<'a> {
 /// The CPU supports the tile's instruction set; for each of the `acc.len()` rows `r`,
 /// `w + r · row_bytes` points at `64 · blocks` readable bytes; each `x[t]`, `t < tokens`, at
 /// `256 · blocks` readable bytes.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type Tile = unsafe fn(&mut TileArgs);
 
 /// Rows ahead whose weight segment a tile prefetches: in column blocks the segments of
 /// successive rows are a whole row apart, a stride the hardware prefetcher does not follow.
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_ROWS: usize = 2;
 
 /// Bytes ahead that the AVX2 tile prefetches at least ([`prefetch_rows`]).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 4096;
 
 /// Rows ahead for rows of `row_bytes` bytes: [`PREFETCH_ROWS`], or more when rows are short,
@@ -117,10 +139,11 @@ fn prefetch_rows(row_bytes: usize) -> usize {
 }
 
 /// Rows per tile call (the per-call cost is amortized; the result buffer stays on the stack).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const ROW_GROUP: usize = 64;
 
 /// Token tiles × column blocks × row groups around a SIMD tile; applies the offset correction.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut [i32], tile: Tile) {
     let len = rows.len();
     let stride = x.stride;
@@ -153,7 +176,9 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
                 unsafe { tile(&mut args) };
                 // A full token tile: eight rows at a time, transposed in registers. The scalar
                 // scatter, kept below for the rest, took ≈ 3% of a batch-16 decode's samples.
+                #[allow(unused_mut)]
                 let mut i = 0;
+                #[cfg(target_arch = "x86_64")]
                 if nt == TOKEN_TILE {
                     while i + 8 <= g_rows {
                         let rows8: &[[i32; TOKEN_TILE]; 8] =
@@ -173,8 +198,13 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
         }
         for j in 0..nt {
             let t = t0 + j;
-            // SAFETY: `tiled` runs only on paths with AVX2 (AVX-512 implies it), see `dots`.
-            let x_sum = unsafe { avx2::code_sum(&x.codes[t * stride..(t + 1) * stride]) };
+            let codes = &x.codes[t * stride..(t + 1) * stride];
+            // SAFETY: on x86-64 `tiled` runs only on paths with AVX2 (AVX-512 implies it), see
+            // `dots`.
+            #[cfg(target_arch = "x86_64")]
+            let x_sum = unsafe { avx2::code_sum(codes) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let x_sum: i32 = codes.iter().map(|&v| v as i32).sum();
             for o in &mut out[t * len..(t + 1) * len] {
                 *o -= x_sum;
             }
@@ -539,5 +569,126 @@ mod avx512 {
             out[t] = _mm512_reduce_add_epi32(acc32[t]);
         }
         out
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{TileArgs, TOKEN_TILE};
+    use std::arch::aarch64::*;
+
+    /// # Safety
+    /// See [`super::Tile`]; requires NEON and the dot-product extension.
+    pub(super) unsafe fn tile_sdot(args: &mut TileArgs) {
+        // SAFETY: forwarded contract.
+        unsafe { dispatch_tokens!(args.tokens, sdot_n, (args), 1, 2, 3, 4, 5, 6, 7; 8) }
+    }
+
+    /// # Safety
+    /// See [`super::Tile`]; requires NEON.
+    pub(super) unsafe fn tile_smull(args: &mut TileArgs) {
+        // SAFETY: forwarded contract.
+        unsafe { dispatch_tokens!(args.tokens, smull_n, (args), 1, 2, 3, 4, 5, 6, 7; 8) }
+    }
+
+    /// The four 16-byte quarters of a 64-byte block, each shifted into codes: `c[s][q]` holds
+    /// the codes of columns `64s + 16q ..+ 16` of the block (byte j at bits 2s holds column
+    /// 64s + j), matching 16-byte loads of the activations.
+    ///
+    /// # Safety
+    /// NEON; 64 readable bytes at `w`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn block_codes(w: *const u8) -> [[int8x16_t; 4]; 4] {
+        let mask = vdupq_n_u8(3);
+        // SAFETY: 64 readable bytes (contract).
+        let v: [uint8x16_t; 4] = std::array::from_fn(|q| unsafe { vld1q_u8(w.add(16 * q)) });
+        [
+            v.map(|v| vreinterpretq_s8_u8(vandq_u8(v, mask))),
+            v.map(|v| vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<2>(v), mask))),
+            v.map(|v| vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8::<4>(v), mask))),
+            v.map(|v| vreinterpretq_s8_u8(vshrq_n_u8::<6>(v))),
+        ]
+    }
+
+    /// `acc + Σ` of each four adjacent byte products of `a` and `b`, per i32 lane (`sdot`; the
+    /// intrinsic is not yet stable Rust).
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: `sdot` reads and writes only the named vector registers; the enclosing
+        // function requires the dot-product extension.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// # Safety
+    /// See [`super::Tile`].
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn sdot_n<const NT: usize>(args: &mut TileArgs) {
+        for r in 0..args.acc.len() {
+            let w = args.w.wrapping_add(r * args.row_bytes);
+            let mut acc = [vdupq_n_s32(0); NT];
+            for b in 0..args.blocks {
+                // SAFETY: 64·b + 64 <= 64·blocks bytes of row r (contract).
+                let c = unsafe { block_codes(w.add(64 * b)) };
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    for (s, cs) in c.iter().enumerate() {
+                        for (q, &cq) in cs.iter().enumerate() {
+                            // SAFETY: 256·b + 64·s + 16·q + 16 <= 256·blocks codes of token t.
+                            let xv = unsafe { vld1q_s8(args.x[t].add(256 * b + 64 * s + 16 * q)) };
+                            *acc_t = sdot(*acc_t, cq, xv);
+                        }
+                    }
+                }
+            }
+            let mut out = [0i32; TOKEN_TILE];
+            for t in 0..NT {
+                out[t] = vaddvq_s32(acc[t]);
+            }
+            args.acc[r] = out;
+        }
+    }
+
+    /// Without `sdot`: `smull` into i16 products (at most 2·128 in magnitude), pairwise added
+    /// into i32 lanes by `sadalp`.
+    ///
+    /// # Safety
+    /// See [`super::Tile`].
+    #[target_feature(enable = "neon")]
+    unsafe fn smull_n<const NT: usize>(args: &mut TileArgs) {
+        for r in 0..args.acc.len() {
+            let w = args.w.wrapping_add(r * args.row_bytes);
+            let mut acc = [vdupq_n_s32(0); NT];
+            for b in 0..args.blocks {
+                // SAFETY: 64·b + 64 <= 64·blocks bytes of row r (contract).
+                let c = unsafe { block_codes(w.add(64 * b)) };
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    for (s, cs) in c.iter().enumerate() {
+                        for (q, &cq) in cs.iter().enumerate() {
+                            // SAFETY: 256·b + 64·s + 16·q + 16 <= 256·blocks codes of token t.
+                            let xv = unsafe { vld1q_s8(args.x[t].add(256 * b + 64 * s + 16 * q)) };
+                            let lo = vmull_s8(vget_low_s8(cq), vget_low_s8(xv));
+                            let hi = vmull_high_s8(cq, xv);
+                            *acc_t = vpadalq_s16(vpadalq_s16(*acc_t, lo), hi);
+                        }
+                    }
+                }
+            }
+            let mut out = [0i32; TOKEN_TILE];
+            for t in 0..NT {
+                out[t] = vaddvq_s32(acc[t]);
+            }
+            args.acc[r] = out;
+        }
     }
 }

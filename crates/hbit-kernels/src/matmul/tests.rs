@@ -459,6 +459,37 @@ fn avx512_int8_tile_without_vnni_equals_reference_sums() {
     }
 }
 
+/// The NEON INT8 tile without the dot-product extension (`smull`/`sadalp`) gives the
+/// definition's i32 sums, also on CPUs with `sdot` whose path never takes it (shapes as above).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_int8_tile_without_sdot_equals_reference_sums() {
+    assert!(
+        KernelPath::Neon.is_supported(),
+        "every AArch64 Linux CPU has NEON"
+    );
+    let mut g = Lcg(79);
+    for (rows, cols) in [(37, 300), (70, 2600), (65, 1024)] {
+        let w = g.ternary(rows, cols);
+        let packed = RowPacked::pack(&w);
+        for tokens in [1, 7, 8, 9, 17] {
+            let x = g.activations(tokens, cols, ActBits::Int8);
+            for row_range in [0..rows, 5..rows] {
+                let got = mad::dots_neon_smull(&packed, &x, row_range.clone());
+                for t in 0..tokens {
+                    for (i, r) in row_range.clone().enumerate() {
+                        assert_eq!(
+                            got[t * row_range.len() + i],
+                            reference_dot(&w, &x, t, r),
+                            "{rows}x{cols}, {tokens} tokens, token {t}, row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]

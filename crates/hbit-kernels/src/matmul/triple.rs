@@ -40,12 +40,15 @@ pub(super) enum TripleTile {
     Scalar,
     /// `vpermb` over a chunk's 64 table bytes, summed by `vpdpbusd` against signs.
     Avx512Vbmi,
+    /// `tbl` per group table on 128-bit registers (AArch64 NEON), signs applied by `eor`.
+    Neon,
 }
 
 impl TripleTile {
     pub(super) fn for_path(path: KernelPath) -> TripleTile {
         match path {
             KernelPath::Avx512 if cpu_has_vbmi_vnni() => TripleTile::Avx512Vbmi,
+            KernelPath::Neon => TripleTile::Neon,
             _ => TripleTile::Scalar,
         }
     }
@@ -56,6 +59,9 @@ impl TripleTile {
         let mut tiles = vec![TripleTile::Scalar];
         if KernelPath::Avx512.is_supported() && cpu_has_vbmi_vnni() {
             tiles.push(TripleTile::Avx512Vbmi);
+        }
+        if KernelPath::Neon.is_supported() {
+            tiles.push(TripleTile::Neon);
         }
         tiles
     }
@@ -211,6 +217,11 @@ pub(super) fn dots(
                     // SAFETY: the tile's path implies AVX-512 F+BW+VBMI+VNNI; `rb + pair` row
                     // blocks exist, `tabs` holds nt tokens' tables of every chunk.
                     unsafe { avx512::tile(w, rb, pair, tabs, nt, &mut sums) }
+                }
+                #[cfg(target_arch = "aarch64")]
+                TripleTile::Neon => {
+                    // SAFETY: the tile's path implies NEON; the tile asserts its operands.
+                    unsafe { neon::tile(w, rb, pair, tabs, nt, &mut sums) }
                 }
                 _ => scalar_tile(w, rb, pair, tabs, nt, &mut sums),
             }
@@ -445,6 +456,129 @@ mod avx512 {
                         _mm512_sub_epi32(acc_t[b], bias),
                     )
                 };
+            }
+        }
+    }
+}
+
+/// AArch64 NEON: `tbl` looks up one group of 16 rows per instruction; a negated lookup is taken
+/// as its bitwise complement (`−v − 1`), and the ones that adds back are a per-row count.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{
+        TriplePacked, BIAS, CHUNK_TABLE_BYTES, LUT_ROW_BLOCK, TABLE_BYTES, TOKEN_TILE,
+        TRIPLE_CHUNK_BYTES,
+    };
+    use std::arch::aarch64::*;
+
+    /// Chunks summed in i16 lanes before widening: each adds at most 4 · 49 in magnitude.
+    const I16_WINDOW_CHUNKS: usize = 128;
+
+    /// Row blocks `rb..rb + pair` (`pair` 1 or 2) × `nt` tokens (1..=8).
+    ///
+    /// # Safety
+    /// NEON.
+    pub(super) unsafe fn tile(
+        w: &TriplePacked,
+        rb: usize,
+        pair: usize,
+        tabs: &[u8],
+        nt: usize,
+        sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        assert!(rb + pair <= w.row_blocks() && (1..=TOKEN_TILE).contains(&nt));
+        assert_eq!(tabs.len(), CHUNK_TABLE_BYTES * nt * w.chunks());
+        for b in 0..pair {
+            // SAFETY: NEON (contract); operands asserted above.
+            unsafe {
+                dispatch_tokens!(nt, block_n, (w, rb + b, b, tabs, sums), 1, 2, 3, 4, 5, 6, 7; 8)
+            }
+        }
+    }
+
+    /// Row block `rb` into `sums[t][16b..16b + 16]`.
+    ///
+    /// # Safety
+    /// NEON; `rb` exists in `w`; `tabs.len() == 64 · NT · w.chunks()`.
+    #[target_feature(enable = "neon")]
+    unsafe fn block_n<const NT: usize>(
+        w: &TriplePacked,
+        rb: usize,
+        b: usize,
+        tabs: &[u8],
+        sums: &mut [[i32; 2 * LUT_ROW_BLOCK]; TOKEN_TILE],
+    ) {
+        let chunks = w.chunks();
+        let indices = w.block_indices(rb);
+        let signs = w.block_signs(rb);
+        debug_assert_eq!(indices.len(), chunks * TRIPLE_CHUNK_BYTES);
+        debug_assert_eq!(tabs.len(), chunks * NT * CHUNK_TABLE_BYTES);
+        let nibble = vdupq_n_u8(0x0F);
+        // Lane i of group j's mask: bit 4i + j of the chunk's signs, i.e. bit 4 (i % 2) + j of
+        // its byte i / 2.
+        let group_bits: [uint8x16_t; 4] = std::array::from_fn(|j| {
+            let pattern: [u8; 16] = std::array::from_fn(|i| 1u8 << (4 * (i % 2) + j));
+            // SAFETY: 16 readable bytes.
+            unsafe { vld1q_u8(pattern.as_ptr()) }
+        });
+        let ip = indices.as_ptr();
+        let tp = tabs.as_ptr();
+        let mut acc32 = [[vdupq_n_s32(0); 4]; NT];
+        let mut c0 = 0;
+        while c0 < chunks {
+            let c1 = (c0 + I16_WINDOW_CHUNKS).min(chunks);
+            let mut lo16 = [vdupq_n_s16(0); NT];
+            let mut hi16 = [vdupq_n_s16(0); NT];
+            for (c, &mask) in signs.iter().enumerate().take(c1).skip(c0) {
+                // SAFETY: c < chunks: 32 index bytes at 32c.
+                let (v0, v1) = unsafe { (vld1q_u8(ip.add(32 * c)), vld1q_u8(ip.add(32 * c + 16))) };
+                // Group j of row i: byte 16 (j % 2) + i, nibble j / 2.
+                let idx = [
+                    vandq_u8(v0, nibble),
+                    vandq_u8(v1, nibble),
+                    vshrq_n_u8::<4>(v0),
+                    vshrq_n_u8::<4>(v1),
+                ];
+                let m = vcreate_u8(mask);
+                let pairs = vzip1q_u8(vcombine_u8(m, m), vcombine_u8(m, m));
+                let neg: [uint8x16_t; 4] = std::array::from_fn(|j| vtstq_u8(pairs, group_bits[j]));
+                for t in 0..NT {
+                    // SAFETY: token t's 64 table bytes of chunk c at 64 (c · NT + t) in `tabs`.
+                    let tab = unsafe { tp.add(CHUNK_TABLE_BYTES * (c * NT + t)) };
+                    let signed: [int8x16_t; 4] = std::array::from_fn(|j| {
+                        // SAFETY: 16 bytes of group j's table within the chunk's 64.
+                        let looked =
+                            vqtbl1q_u8(unsafe { vld1q_u8(tab.add(TABLE_BYTES * j)) }, idx[j]);
+                        vreinterpretq_s8_u8(veorq_u8(looked, neg[j]))
+                    });
+                    let s01 = vaddq_s8(signed[0], signed[1]);
+                    let s23 = vaddq_s8(signed[2], signed[3]);
+                    lo16[t] = vaddq_s16(lo16[t], vaddl_s8(vget_low_s8(s01), vget_low_s8(s23)));
+                    hi16[t] = vaddq_s16(hi16[t], vaddl_high_s8(s01, s23));
+                }
+            }
+            for t in 0..NT {
+                let a = &mut acc32[t];
+                a[0] = vaddw_s16(a[0], vget_low_s16(lo16[t]));
+                a[1] = vaddw_high_s16(a[1], lo16[t]);
+                a[2] = vaddw_s16(a[2], vget_low_s16(hi16[t]));
+                a[3] = vaddw_high_s16(a[3], hi16[t]);
+            }
+            c0 = c1;
+        }
+        // A row's negated groups: its groups less its signs' sum, halved.
+        let sign_sums = w.block_sign_sums(rb);
+        let groups = 4 * chunks as i32;
+        for t in 0..NT {
+            for (q, v) in acc32[t].iter().enumerate() {
+                let mut lanes = [0i32; 4];
+                // SAFETY: 16 writable bytes.
+                unsafe { vst1q_s32(lanes.as_mut_ptr(), *v) };
+                for (k, lane) in lanes.into_iter().enumerate() {
+                    let i = 4 * q + k;
+                    let negated = (groups - sign_sums[i]) / 2;
+                    sums[t][LUT_ROW_BLOCK * b + i] = lane + negated - BIAS * sign_sums[i];
+                }
             }
         }
     }
