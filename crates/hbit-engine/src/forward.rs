@@ -117,6 +117,13 @@ impl Engine {
         8.0 * head.bytes() as f64 / (head.rows * head.cols) as f64
     }
 
+    /// Weight bytes one decode step reads: every packed ternary matrix and the head the logits
+    /// use (the embedding lookup reads one row; norms are negligible and left out).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let head = self.quantized_head.as_ref().unwrap_or(self.weights.head());
+        self.weights.ternary_bytes() + head.bytes()
+    }
+
     pub fn new_cache(&self, bits: KvBits) -> KvCache {
         KvCache::new(self.config(), bits)
     }

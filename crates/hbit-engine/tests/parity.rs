@@ -454,6 +454,12 @@ fn block_heads_stay_close_and_six_bits_beat_four() {
     for (bits, per_weight) in [(6u8, 6.5), (4, 4.5)] {
         engine.use_head_bits(bits).unwrap();
         assert_eq!(engine.head_bits_per_weight(), per_weight);
+        // A decode step reads the packed ternary weights and this head.
+        let head_bytes = (config.vocab_size * config.hidden_size) as f64 * per_weight / 8.0;
+        assert_eq!(
+            engine.decode_weight_bytes() as f64,
+            engine.weights.ternary_bytes() as f64 + head_bytes
+        );
         let logits = run(&engine);
         let diff = max_rel_diff(&logits, &stored);
         assert!(diff > 0.0 && diff < 0.2, "{bits}-bit head: {diff}");

@@ -408,6 +408,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                             for (i, (model, r)) in loaded.iter().zip(&measured).enumerate() {
                                 let (b, layout, file_bytes) =
                                     (model.bits.bits(), model.layout, model.file_bytes);
+                                let decode_bytes = model.engine.decode_weight_bytes();
                                 let m = &r.best;
                                 let rss = attributed.then(|| m.resident.saturating_sub(before));
                                 let rss_uncollected = attributed
@@ -429,6 +430,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                             "kv_bits": kv.name(), "prefill_tokens": prefill,
                                             "prefill_tok_s": m.prefill_tok_s, "decode_tokens": decode,
                                             "decode_tok_s": m.decode_tok_s, "file_bytes": file_bytes,
+                                            "decode_weight_bytes": decode_bytes,
                                             "rss_bytes": rss, "rss_uncollected_bytes": rss_uncollected, "kv_bytes": m.kv_bytes, "head": head_name, "rounds": rounds,
                                             "prefill_tok_s_median": median(r.prefill_each.clone()),
                                             "decode_tok_s_median": median(r.decode_each.clone()),
