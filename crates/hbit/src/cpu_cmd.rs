@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use hbit_kernels::cpu::{active_path, cpu_has_avx512_vnni, KernelPath};
+use hbit_kernels::cpu::{active_path, cpu_has_avx512_vnni, cpu_has_neon_dotprod, KernelPath};
 use serde_json::json;
 
 use crate::bench::membw::ColdBuffer;
@@ -208,10 +208,12 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
         );
     }
     println!("supported kernel paths: {}", names.join(", "));
-    println!(
-        "AVX-512 VNNI: {}",
-        if cpu_has_avx512_vnni() { "yes" } else { "no" }
-    );
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    if cfg!(target_arch = "aarch64") {
+        println!("dot product (sdot): {}", yes_no(cpu_has_neon_dotprod()));
+    } else {
+        println!("AVX-512 VNNI: {}", yes_no(cpu_has_avx512_vnni()));
+    }
     println!("active path: {active}");
     match crate::tune::current_profile() {
         Some(profile) => {
@@ -292,6 +294,21 @@ avx512vbmi avx512_vnni\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n";
         let none = CpuSignature::from_cpuinfo("", 1, Vec::new());
         assert_eq!(none.vendor, "unknown");
         assert_eq!(none.key(), "unknown-funknown-munknown-1c-none");
+    }
+
+    /// AArch64 Linux names the fields differently (a Graviton 3, Neoverse V1, as its kernel
+    /// writes them): implementer, architecture and part stand for vendor, family and model.
+    #[test]
+    fn signature_from_an_aarch64_cpuinfo() {
+        let graviton3 = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes \
+pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 \
+asimddp sha512 sve asimdfhm\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x1\n\
+CPU part\t: 0xd40\nCPU revision\t: 1\n\nprocessor\t: 1\n";
+        let sig = CpuSignature::from_cpuinfo(graviton3, 2, Vec::new());
+        assert_eq!(sig.vendor, "0x41");
+        assert_eq!((sig.family.as_str(), sig.model.as_str()), ("8", "0xd40"));
+        assert_eq!(sig.features, ["asimddp"]);
+        assert_eq!(sig.key(), "0x41-f8-m0xd40-2c-asimddp");
     }
 
     #[test]
