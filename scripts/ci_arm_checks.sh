@@ -10,12 +10,15 @@ TARGET=aarch64-unknown-linux-gnu
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+export DEBIAN_FRONTEND=noninteractive
 if [ ${#need[@]} -gt 0 ]; then
   if ! apt-get install -y -q "${need[@]}" >/dev/null 2>&1; then
     apt-get update -q >/dev/null
     apt-get install -y -q "${need[@]}" >/dev/null
   fi
 fi
+command -v rustup >/dev/null 2>&1 ||
+  { echo "ci_arm_checks: needs rustup for the $TARGET standard library" >&2; exit 1; }
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET"
 fi

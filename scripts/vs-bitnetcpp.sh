@@ -45,13 +45,19 @@ THREADS="${THREADS:-$(nproc)}"
 ROUNDS="${ROUNDS:-4}"
 SHAPES="${SHAPES:-b700m b2b}"
 WORK="${WORK:-$SRC/build/hbit-vs}"
-BITNET_COMMIT="${BITNET_COMMIT:-$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+# The checkout's commit only where it is a repository's top level (not a copy inside another).
+if [ -z "${BITNET_COMMIT:-}" ]; then
+  BITNET_COMMIT=unknown
+  if [ "$(git -C "$SRC" rev-parse --show-toplevel 2>/dev/null)" = "$SRC" ]; then
+    BITNET_COMMIT="$(git -C "$SRC" describe --always --dirty)"
+  fi
+fi
 mkdir -p "$WORK"
 
 echo "== hbit (release build)"
 (cd "$REPO" && cargo build --release -q)
 HBIT="$REPO/target/release/hbit"
-HBIT_COMMIT="$(git -C "$REPO" rev-parse --short HEAD)"
+HBIT_COMMIT="$(git -C "$REPO" describe --always --dirty)"
 
 echo "== bitnet.cpp at $SRC ($BITNET_COMMIT)"
 STANDIN="$SRC/3rdparty/llama.cpp/common/cmake/build-info-gen-cpp.cmake"
@@ -63,20 +69,20 @@ file(WRITE "\${CMAKE_CURRENT_SOURCE_DIR}/common/build-info.cpp" "int LLAMA_BUILD
 EOF
 fi
 BIN="$SRC/build/bin"
-if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ]; then
-  extra=()
-  [ "$(uname -m)" = x86_64 ] && extra+=(-DBITNET_X86_TL2=OFF)
-  cmake -S "$SRC" -B "$SRC/build" "${extra[@]}" -DCMAKE_C_COMPILER=clang \
-    -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release >"$WORK/cmake.log" 2>&1 ||
-    die "cmake configure failed: see $WORK/cmake.log"
-  cmake --build "$SRC/build" -j "$(nproc)" --target llama-bench llama-quantize \
-    >"$WORK/build.log" 2>&1 || die "bitnet.cpp build failed: see $WORK/build.log"
-fi
+# Configured every time with these options (an earlier build, e.g. by setup_env.py, may have
+# others); the build itself is incremental.
+extra=()
+[ "$(uname -m)" = x86_64 ] && extra+=(-DBITNET_X86_TL2=OFF)
+cmake -S "$SRC" -B "$SRC/build" "${extra[@]}" -DCMAKE_C_COMPILER=clang \
+  -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release >"$WORK/cmake.log" 2>&1 ||
+  die "cmake configure failed: see $WORK/cmake.log"
+cmake --build "$SRC/build" -j "$(nproc)" --target llama-bench llama-quantize \
+  >"$WORK/build.log" 2>&1 || die "bitnet.cpp build failed: see $WORK/build.log"
 
 echo "== GGUFs of the dummy shapes (f16, then I2_S with f16 and with Q6_K embedding)"
-if [ ! -x "$WORK/venv/bin/python" ]; then
-  "$PYTHON" -m venv "$WORK/venv"
-  "$WORK/venv/bin/pip" install -q numpy sentencepiece pyyaml
+if ! "$WORK/venv/bin/python" -c 'import numpy, sentencepiece, yaml' 2>/dev/null; then
+  "$PYTHON" -m venv "$WORK/venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$WORK/venv/bin/pip" install -q numpy sentencepiece pyyaml || die "pip install failed"
 fi
 PY="$WORK/venv/bin/python"
 GGUF_PY="$SRC/3rdparty/llama.cpp/gguf-py"
@@ -84,7 +90,8 @@ for shape in $SHAPES; do
   f16="$WORK/$shape-f16.gguf"
   if [ ! -f "$f16" ]; then
     "$PY" "$REPO/scripts/bitnetcpp_dummy_gguf.py" --gguf-py "$GGUF_PY" --shape "$shape" \
-      --dtype f16 --out "$f16.tmp" && mv "$f16.tmp" "$f16"
+      --dtype f16 --out "$f16.tmp" || die "writing $f16 failed"
+    mv "$f16.tmp" "$f16"
   fi
   for emb in f16 q6k; do
     out="$WORK/$shape-i2s-$emb.gguf"
@@ -111,12 +118,15 @@ for round in $(seq 1 "$ROUNDS"); do
     # The earlier sittings' sizes: 128 + 64 tokens at ≈700M and below, 64 + 32 at ≈2B.
     if [ "$shape" = b2b ]; then p=64 n=32; else p=128 n=64; fi
     for emb in f16 q6k; do
+      out="$RAW/bitnetcpp-$shape-i2s-$emb-r$round"
       "$BIN/llama-bench" -m "$WORK/$shape-i2s-$emb.gguf" -t "$THREADS" -p "$p" -n "$n" -o jsonl \
-        >"$RAW/bitnetcpp-$shape-i2s-$emb-r$round.jsonl" 2>"$RAW/bitnetcpp-$shape-$emb-r$round.err"
+        >"$out.jsonl" 2>"$out.err" || die "llama-bench failed: see $out.err"
     done
+    out="$RAW/hbit-$shape-r$round"
     "$HBIT" bench e2e --shapes "$shape" --act-bits 8,4 --head-bits 4,8 --batch 1 \
       --threads "$THREADS" --kv-bits 16 --prefill-tokens "$p" --decode-tokens "$n" --rounds 3 \
-      --json >"$RAW/hbit-$shape-r$round.jsonl" 2>"$RAW/hbit-$shape-r$round.err"
+      --cache-dir "$WORK/hbit-dummy" --json >"$out.jsonl" 2>"$out.err" ||
+      die "hbit bench e2e failed: see $out.err"
   done
   echo "   round $round done $(date +%T)"
 done

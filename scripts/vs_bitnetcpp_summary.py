@@ -91,6 +91,14 @@ def gguf_decode_bytes(path):
     return total, os.path.getsize(path)
 
 
+def rounds(pattern):
+    """Files of a sitting in round order (r2 before r10)."""
+    def number(path):
+        return int(path.rsplit("-r", 1)[1].split(".")[0])
+
+    return sorted(glob.glob(pattern), key=number)
+
+
 def spread(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "each": xs}
 
@@ -136,7 +144,7 @@ def main():
             gguf = os.path.join(a.work, f"{shape}-i2s-{emb}.gguf")
             decode_bytes, file_bytes = gguf_decode_bytes(gguf)
             config = f"I2_S, {'Q6_K' if emb == 'q6k' else 'f16'} embedding"
-            for f in sorted(glob.glob(os.path.join(a.raw, f"bitnetcpp-{shape}-i2s-{emb}-r*.jsonl"))):
+            for f in rounds(os.path.join(a.raw, f"bitnetcpp-{shape}-i2s-{emb}-r*.jsonl")):
                 pp = tg = None
                 for line in open(f):
                     r = json.loads(line)
@@ -147,7 +155,7 @@ def main():
                 if pp is None or tg is None:
                     sys.exit(f"{f}: llama-bench wrote no prompt or no generation result")
                 add(shape, "bitnet.cpp", config, pp, tg, decode_bytes, file_bytes)
-        for f in sorted(glob.glob(os.path.join(a.raw, f"hbit-{shape}-r*.jsonl"))):
+        for f in rounds(os.path.join(a.raw, f"hbit-{shape}-r*.jsonl")):
             for line in open(f):
                 r = json.loads(line)
                 if r.get("shape") != shape:
@@ -219,7 +227,8 @@ def main():
         "",
         f"Signature `{c['signature']}`; DRAM read bandwidth before / after the sitting: {bw} GB/s "
         f"(`hbit cpu`). {a.threads} threads, batch 1, {report['rounds']} alternated rounds "
-        f"(medians, min–max). hbit `{a.hbit_commit}`, bitnet.cpp `{a.bitnet_commit}`. "
+        "(medians over the rounds, min–max; each round's figure is llama-bench's mean of its 5 "
+        "repetitions, and `hbit bench e2e`'s median of 3). hbit `{a.hbit_commit}`, bitnet.cpp `{a.bitnet_commit}`. "
         "Written by `scripts/vs-bitnetcpp.sh`; dummy models of each shape (random weights, same "
         "hyperparameters in both engines). Decode GB/s = weight bytes per decoded token × "
         "decode tokens/s; the fraction is of the larger bandwidth reading.",

@@ -49,7 +49,7 @@ pub enum Int4Layout {
 
 impl Int4Layout {
     /// The layout this CPU multiplies fastest: three weights per lookup where the kernels have a
-    /// vector tile for them (AVX-512 VBMI + VNNI), else two.
+    /// vector tile for them (AVX-512 VBMI + VNNI, or NEON), else two.
     pub fn native() -> Int4Layout {
         match matmul::int4_triples_native() {
             true => Int4Layout::Triples,

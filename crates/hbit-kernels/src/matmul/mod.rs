@@ -268,7 +268,8 @@ fn matmul_int4_parts(
 
 /// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
 /// weight (see `triple.rs`). The `vpermb` tile where the CPU has AVX-512 VBMI and VNNI (and the
-/// AVX-512 path is active, [`int4_triples_native`]); the scalar tile everywhere else. For one or
+/// AVX-512 path is active), the `tbl` tile on the NEON path ([`int4_triples_native`]); the
+/// scalar tile everywhere else. For one or
 /// a few tokens each share builds its own tables ([`triple_own_tables`]); otherwise the tables
 /// are built once, in pieces over the threads, then the rows or, for many tokens, the token
 /// tiles ([`triple_split_by_tokens`]) are split across the threads ([`lookup::multiply`]).
@@ -281,8 +282,10 @@ pub fn matmul_int4_triples(
 }
 
 /// Whether [`matmul_int4_triples`] runs a vector tile on this CPU and active path (the `vpermb`
-/// tile of AVX-512 VBMI + VNNI); elsewhere it runs the scalar tile, and [`matmul_int4`]'s
-/// two-weight layout is the faster INT4 one.
+/// tile of AVX-512 VBMI + VNNI, or NEON's `tbl` tile); elsewhere it runs the scalar tile, and
+/// [`matmul_int4`]'s two-weight layout is the faster INT4 one. On NEON both layouts look up 16
+/// rows per `tbl`, the three-weight one for 3 weights where the other covers 2, from 1.67 bits
+/// per weight instead of 2; unmeasured on ARM hardware, so `hbit tune` there has the last word.
 pub fn int4_triples_native() -> bool {
     active_path().is_ok_and(|p| triple::TripleTile::for_path(p) != triple::TripleTile::Scalar)
 }

@@ -10,8 +10,9 @@
 //! On AVX-512 with VBMI and VNNI, a chunk's four group tables (64 bytes) serve one `vpermb` of
 //! 64 indices, 16 rows × 4 groups with each row's groups in one dword, and `vpdpbusd` against
 //! ±1 sign bytes adds each row's four signed lookups into its i32 lane: 12 weights per row,
-//! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. Every
-//! other path runs the scalar tile, the same lookups one byte at a time.
+//! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. NEON
+//! looks up one group of 16 rows per `tbl`. Every other path runs the scalar tile, the same
+//! lookups one byte at a time.
 
 use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
 use super::lut::cpu_has_vbmi_vnni;
