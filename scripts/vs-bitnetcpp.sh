@@ -105,13 +105,13 @@ for shape in $SHAPES; do
   done
 done
 
-echo "== this CPU"
-"$HBIT" cpu --json >"$WORK/cpu.json"
-CPU_KEY="$("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(("%s-f%s-m%s" % (c["vendor"], c["family"], c["model"])).lower())' "$WORK/cpu.json")"
-echo "   $CPU_KEY"
-
 RAW="$WORK/sitting-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$RAW"
+echo "== this CPU"
+"$HBIT" cpu --json >"$RAW/cpu.json"
+CPU_KEY="$("$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(("%s-f%s-m%s" % (c["vendor"], c["family"], c["model"])).lower())' "$RAW/cpu.json")"
+echo "   $CPU_KEY"
+
 echo "== $ROUNDS alternated rounds, $THREADS threads (raw results in $RAW)"
 for round in $(seq 1 "$ROUNDS"); do
   for shape in $SHAPES; do
@@ -130,7 +130,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
   echo "   round $round done $(date +%T)"
 done
-"$HBIT" cpu --json >"$WORK/cpu-after.json"
+"$HBIT" cpu --json >"$RAW/cpu-after.json"
 
 mkdir -p "$REPO/reports/vs-bitnetcpp"
 "$PY" "$REPO/scripts/vs_bitnetcpp_summary.py" --raw "$RAW" --work "$WORK" \

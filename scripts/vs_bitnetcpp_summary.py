@@ -114,8 +114,8 @@ def main():
     ap.add_argument("--out", required=True, help="path without extension")
     a = ap.parse_args()
 
-    cpu = json.load(open(os.path.join(a.work, "cpu.json")))
-    after = json.load(open(os.path.join(a.work, "cpu-after.json")))
+    cpu = json.load(open(os.path.join(a.raw, "cpu.json")))
+    after = json.load(open(os.path.join(a.raw, "cpu-after.json")))
     bandwidths = [c["dram_read_gb_per_s"] for c in (cpu, after) if c.get("dram_read_gb_per_s")]
     bandwidth = max(bandwidths) if bandwidths else None
 
