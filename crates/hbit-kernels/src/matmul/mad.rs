@@ -174,22 +174,25 @@ fn tiled(w: &RowPacked, x: &QuantizedActivations, rows: Range<usize>, out: &mut 
                 // `64 · blocks` bytes from `k0 / 4` are in bounds; each token row holds `stride`
                 // codes, `256 · blocks` of them from `k0`.
                 unsafe { tile(&mut args) };
-                // A full token tile: eight rows at a time, transposed in registers. The scalar
-                // scatter, kept below for the rest, took ≈ 3% of a batch-16 decode's samples.
-                #[allow(unused_mut)]
-                let mut i = 0;
+                // A full token tile: eight rows at a time, transposed in registers (AVX2). The
+                // scalar scatter, kept below for the rest, took ≈ 3% of a batch-16 decode's
+                // samples.
                 #[cfg(target_arch = "x86_64")]
-                if nt == TOKEN_TILE {
-                    while i + 8 <= g_rows {
+                let transposed = if nt == TOKEN_TILE {
+                    for i in (0..g_rows - g_rows % 8).step_by(8) {
                         let rows8: &[[i32; TOKEN_TILE]; 8] =
                             acc[i..i + 8].try_into().expect("eight rows");
                         // SAFETY: `tiled` runs only on paths with AVX2 (AVX-512 implies it), see
                         // `dots`.
                         unsafe { avx2::add_transposed(rows8, out, len, t0, g0 + i) };
-                        i += 8;
                     }
-                }
-                for (i, a) in acc[..g_rows].iter().enumerate().skip(i) {
+                    g_rows - g_rows % 8
+                } else {
+                    0
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let transposed = 0;
+                for (i, a) in acc[..g_rows].iter().enumerate().skip(transposed) {
                     for j in 0..nt {
                         out[(t0 + j) * len + g0 + i] += a[j];
                     }
