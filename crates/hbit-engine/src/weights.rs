@@ -140,16 +140,12 @@ impl TernaryMatrix {
 
     /// The weights a row at a time, to repack in another layout without unpacking them whole.
     pub fn as_rows(&self) -> &dyn hbit_kernels::pack::TernaryRows {
-        match self {
-            TernaryMatrix::Row(w) => w,
-            TernaryMatrix::Lut(w) => w,
-            TernaryMatrix::Triple(w) => w,
-        }
+        self.packed()
     }
 
     /// The ternary weights, unpacked.
     pub fn unpack(&self) -> hbit_kernels::TernaryWeights {
-        self.packed().unpack()
+        self.packed().to_weights()
     }
 
     /// `y` `[tokens, rows]` = BitLinear's integer form on quantized inputs.

@@ -137,6 +137,22 @@ fn weight_at(byte: u8) -> i8 {
 /// Ternary weights read one row at a time: plain codes or any packed layout. The packers take
 /// any of them, so one layout converts to another row by row (at load, into this CPU's fastest
 /// layout) without unpacking the whole matrix first.
+/// The `rows`, `cols` and `alpha` of a [`TernaryRows`] impl, read from the type's fields of
+/// those names.
+macro_rules! shape_from_fields {
+    () => {
+        fn rows(&self) -> usize {
+            self.rows
+        }
+        fn cols(&self) -> usize {
+            self.cols
+        }
+        fn alpha(&self) -> f32 {
+            self.alpha
+        }
+    };
+}
+
 pub trait TernaryRows {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
@@ -162,15 +178,7 @@ pub trait TernaryRows {
 }
 
 impl TernaryRows for TernaryWeights {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn alpha(&self) -> f32 {
-        self.alpha
-    }
+    shape_from_fields!();
     fn row_into(&self, r: usize, out: &mut [i8]) {
         out[..self.cols].copy_from_slice(&self.codes[r * self.cols..][..self.cols]);
     }
@@ -369,15 +377,7 @@ impl RowPacked {
 }
 
 impl TernaryRows for RowPacked {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn alpha(&self) -> f32 {
-        self.alpha
-    }
+    shape_from_fields!();
     fn row_into(&self, r: usize, out: &mut [i8]) {
         let bytes = self.row(r);
         row_from_pieces::<K_ALIGN>(self.cols, out, |b, block| {
@@ -531,15 +531,7 @@ impl LutPacked {
 }
 
 impl TernaryRows for LutPacked {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn alpha(&self) -> f32 {
-        self.alpha
-    }
+    shape_from_fields!();
     fn row_into(&self, r: usize, out: &mut [i8]) {
         let i = r % LUT_ROW_BLOCK;
         let block = self.block(r / LUT_ROW_BLOCK);
@@ -927,15 +919,7 @@ impl TriplePacked {
 }
 
 impl TernaryRows for TriplePacked {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.cols
-    }
-    fn alpha(&self) -> f32 {
-        self.alpha
-    }
+    shape_from_fields!();
     fn row_into(&self, r: usize, out: &mut [i8]) {
         let (rb, i) = (r / LUT_ROW_BLOCK, r % LUT_ROW_BLOCK);
         let block_bytes = self.chunks * TRIPLE_CHUNK_BYTES;

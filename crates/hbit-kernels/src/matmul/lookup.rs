@@ -13,6 +13,7 @@
 
 use super::{split_many, split_many_with, PackedTernary, SharedOutput};
 use super::{LUT_GEMM_SHARES_PER_THREAD, LUT_SHARES_PER_THREAD, LUT_TOKEN_SHARES_PER_THREAD};
+use crate::pack::TernaryRows;
 use crate::pack::LUT_ROW_BLOCK;
 use crate::quant::QuantizedActivations;
 use std::mem::MaybeUninit;

@@ -634,64 +634,57 @@ mod neon {
         acc
     }
 
-    /// # Safety
-    /// See [`super::Tile`].
-    #[target_feature(enable = "neon,dotprod")]
-    unsafe fn sdot_n<const NT: usize>(args: &mut TileArgs) {
-        for r in 0..args.acc.len() {
-            let w = args.w.wrapping_add(r * args.row_bytes);
-            let mut acc = [vdupq_n_s32(0); NT];
-            for b in 0..args.blocks {
-                // SAFETY: 64·b + 64 <= 64·blocks bytes of row r (contract).
-                let c = unsafe { block_codes(w.add(64 * b)) };
-                for (t, acc_t) in acc.iter_mut().enumerate() {
-                    for (s, cs) in c.iter().enumerate() {
-                        for (q, &cq) in cs.iter().enumerate() {
-                            // SAFETY: 256·b + 64·s + 16·q + 16 <= 256·blocks codes of token t.
-                            let xv = unsafe { vld1q_s8(args.x[t].add(256 * b + 64 * s + 16 * q)) };
-                            *acc_t = sdot(*acc_t, cq, xv);
+    /// A row tile whose multiply-accumulate of 16 codes `c` and 16 activations `x` into the i32
+    /// lanes `acc` is `$mac`; the two tiles differ only there (and in the features it needs).
+    macro_rules! neon_row_tile {
+        ($(#[$doc:meta])* $name:ident, $features:literal, |$acc:ident, $c:ident, $x:ident| $mac:expr) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// See [`super::Tile`].
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const NT: usize>(args: &mut TileArgs) {
+                for r in 0..args.acc.len() {
+                    let w = args.w.wrapping_add(r * args.row_bytes);
+                    let mut acc = [vdupq_n_s32(0); NT];
+                    for b in 0..args.blocks {
+                        // SAFETY: 64·b + 64 <= 64·blocks bytes of row r (contract).
+                        let c = unsafe { block_codes(w.add(64 * b)) };
+                        for (t, acc_t) in acc.iter_mut().enumerate() {
+                            for (s, cs) in c.iter().enumerate() {
+                                for (q, &$c) in cs.iter().enumerate() {
+                                    // SAFETY: 256·b + 64·s + 16·q + 16 <= 256·blocks codes of
+                                    // token t.
+                                    let $x = unsafe {
+                                        vld1q_s8(args.x[t].add(256 * b + 64 * s + 16 * q))
+                                    };
+                                    let $acc = *acc_t;
+                                    *acc_t = $mac;
+                                }
+                            }
                         }
                     }
+                    let mut out = [0i32; TOKEN_TILE];
+                    for t in 0..NT {
+                        out[t] = vaddvq_s32(acc[t]);
+                    }
+                    args.acc[r] = out;
                 }
             }
-            let mut out = [0i32; TOKEN_TILE];
-            for t in 0..NT {
-                out[t] = vaddvq_s32(acc[t]);
-            }
-            args.acc[r] = out;
-        }
+        };
     }
 
-    /// Without `sdot`: `smull` into i16 products (at most 2·128 in magnitude), pairwise added
-    /// into i32 lanes by `sadalp`.
-    ///
-    /// # Safety
-    /// See [`super::Tile`].
-    #[target_feature(enable = "neon")]
-    unsafe fn smull_n<const NT: usize>(args: &mut TileArgs) {
-        for r in 0..args.acc.len() {
-            let w = args.w.wrapping_add(r * args.row_bytes);
-            let mut acc = [vdupq_n_s32(0); NT];
-            for b in 0..args.blocks {
-                // SAFETY: 64·b + 64 <= 64·blocks bytes of row r (contract).
-                let c = unsafe { block_codes(w.add(64 * b)) };
-                for (t, acc_t) in acc.iter_mut().enumerate() {
-                    for (s, cs) in c.iter().enumerate() {
-                        for (q, &cq) in cs.iter().enumerate() {
-                            // SAFETY: 256·b + 64·s + 16·q + 16 <= 256·blocks codes of token t.
-                            let xv = unsafe { vld1q_s8(args.x[t].add(256 * b + 64 * s + 16 * q)) };
-                            let lo = vmull_s8(vget_low_s8(cq), vget_low_s8(xv));
-                            let hi = vmull_high_s8(cq, xv);
-                            *acc_t = vpadalq_s16(vpadalq_s16(*acc_t, lo), hi);
-                        }
-                    }
-                }
-            }
-            let mut out = [0i32; TOKEN_TILE];
-            for t in 0..NT {
-                out[t] = vaddvq_s32(acc[t]);
-            }
-            args.acc[r] = out;
+    neon_row_tile!(
+        /// With the dot-product extension: `sdot` adds four byte products per i32 lane.
+        sdot_n, "neon,dotprod", |acc, c, x| sdot(acc, c, x)
+    );
+
+    neon_row_tile!(
+        /// Without `sdot`: `smull` into i16 products (at most 2·128 in magnitude), pairwise
+        /// added into i32 lanes by `sadalp`.
+        smull_n, "neon", |acc, c, x| {
+            let lo = vmull_s8(vget_low_s8(c), vget_low_s8(x));
+            vpadalq_s16(vpadalq_s16(acc, lo), vmull_high_s8(c, x))
         }
-    }
+    );
 }

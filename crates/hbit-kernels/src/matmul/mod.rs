@@ -42,7 +42,7 @@ mod triple;
 
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
-use crate::pack::{LutPacked, RowPacked, TriplePacked};
+use crate::pack::{LutPacked, RowPacked, TernaryRows, TriplePacked};
 use crate::quant::{ActBits, QuantizedActivations, TernaryWeights};
 use std::ops::Range;
 
@@ -77,14 +77,10 @@ pub fn matmul_reference(
 /// A packed ternary layout as its users see it: shape, scale, size, the product on the active
 /// path (alone and several matrices sharing one input), and the weights back. One impl per
 /// layout, so code above the kernels (the engine) need not match on layouts.
-pub trait PackedTernary: Sync {
-    fn rows(&self) -> usize;
-    fn cols(&self) -> usize;
-    /// The per-tensor scale α (eq. 2).
-    fn alpha(&self) -> f32;
+/// Shape, scale and the weights back come from [`TernaryRows`].
+pub trait PackedTernary: TernaryRows + Sync {
     /// Bytes of packed weights (what a GEMV streams from memory).
     fn packed_bytes(&self) -> usize;
-    fn unpack(&self) -> TernaryWeights;
     /// `y` `[tokens, rows]` = `α · s_x · (W · x)`.
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError>;
     /// The products of several matrices of this layout sharing the input `x`, in one pass.
@@ -98,20 +94,8 @@ pub trait PackedTernary: Sync {
 }
 
 impl PackedTernary for RowPacked {
-    fn rows(&self) -> usize {
-        RowPacked::rows(self)
-    }
-    fn cols(&self) -> usize {
-        RowPacked::cols(self)
-    }
-    fn alpha(&self) -> f32 {
-        RowPacked::alpha(self)
-    }
     fn packed_bytes(&self) -> usize {
         self.weight_bytes()
-    }
-    fn unpack(&self) -> TernaryWeights {
-        RowPacked::unpack(self)
     }
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int8(self, x, y)
@@ -126,20 +110,8 @@ impl PackedTernary for RowPacked {
 }
 
 impl PackedTernary for LutPacked {
-    fn rows(&self) -> usize {
-        LutPacked::rows(self)
-    }
-    fn cols(&self) -> usize {
-        LutPacked::cols(self)
-    }
-    fn alpha(&self) -> f32 {
-        LutPacked::alpha(self)
-    }
     fn packed_bytes(&self) -> usize {
         self.weight_bytes()
-    }
-    fn unpack(&self) -> TernaryWeights {
-        LutPacked::unpack(self)
     }
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int4(self, x, y)
@@ -154,20 +126,8 @@ impl PackedTernary for LutPacked {
 }
 
 impl PackedTernary for TriplePacked {
-    fn rows(&self) -> usize {
-        TriplePacked::rows(self)
-    }
-    fn cols(&self) -> usize {
-        TriplePacked::cols(self)
-    }
-    fn alpha(&self) -> f32 {
-        TriplePacked::alpha(self)
-    }
     fn packed_bytes(&self) -> usize {
         self.bytes()
-    }
-    fn unpack(&self) -> TernaryWeights {
-        TriplePacked::unpack(self)
     }
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int4_triples(self, x, y)

@@ -428,23 +428,21 @@ fn matmul_int4_triples_equals_reference_and_checks_operands() {
     ));
 }
 
-/// The AVX-512 INT8 tile without VNNI (`vpmaddubsw`) gives the definition's i32 sums on any
-/// AVX-512 CPU, including the VNNI ones whose path never takes it: odd row counts, 1..=17
-/// tokens (full and partial 8-token tiles), several column blocks.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn avx512_int8_tile_without_vnni_equals_reference_sums() {
-    if !KernelPath::Avx512.is_supported() {
-        return;
-    }
-    let mut g = Lcg(78);
+/// `dots` (an INT8 tile that the dispatch may never take on this CPU) gives the definition's i32
+/// sums: odd row counts, 1..=17 tokens (full and partial 8-token tiles), several column blocks.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn assert_int8_tile_equals_reference_sums(
+    seed: u64,
+    dots: fn(&RowPacked, &QuantizedActivations, std::ops::Range<usize>) -> Vec<i32>,
+) {
+    let mut g = Lcg(seed);
     for (rows, cols) in [(37, 300), (70, 2600), (65, 1024)] {
         let w = g.ternary(rows, cols);
         let packed = RowPacked::pack(&w);
         for tokens in [1, 7, 8, 9, 17] {
             let x = g.activations(tokens, cols, ActBits::Int8);
             for row_range in [0..rows, 5..rows] {
-                let got = mad::dots_avx512_bw(&packed, &x, row_range.clone());
+                let got = dots(&packed, &x, row_range.clone());
                 for t in 0..tokens {
                     for (i, r) in row_range.clone().enumerate() {
                         assert_eq!(
@@ -459,8 +457,19 @@ fn avx512_int8_tile_without_vnni_equals_reference_sums() {
     }
 }
 
-/// The NEON INT8 tile without the dot-product extension (`smull`/`sadalp`) gives the
-/// definition's i32 sums, also on CPUs with `sdot` whose path never takes it (shapes as above).
+/// The AVX-512 INT8 tile without VNNI (`vpmaddubsw`), on any AVX-512 CPU, including the VNNI
+/// ones whose path never takes it.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_int8_tile_without_vnni_equals_reference_sums() {
+    if !KernelPath::Avx512.is_supported() {
+        return;
+    }
+    assert_int8_tile_equals_reference_sums(78, mad::dots_avx512_bw);
+}
+
+/// The NEON INT8 tile without the dot-product extension (`smull`/`sadalp`), also on CPUs with
+/// `sdot` whose path never takes it.
 #[cfg(target_arch = "aarch64")]
 #[test]
 fn neon_int8_tile_without_sdot_equals_reference_sums() {
@@ -468,26 +477,7 @@ fn neon_int8_tile_without_sdot_equals_reference_sums() {
         KernelPath::Neon.is_supported(),
         "every AArch64 Linux CPU has NEON"
     );
-    let mut g = Lcg(79);
-    for (rows, cols) in [(37, 300), (70, 2600), (65, 1024)] {
-        let w = g.ternary(rows, cols);
-        let packed = RowPacked::pack(&w);
-        for tokens in [1, 7, 8, 9, 17] {
-            let x = g.activations(tokens, cols, ActBits::Int8);
-            for row_range in [0..rows, 5..rows] {
-                let got = mad::dots_neon_smull(&packed, &x, row_range.clone());
-                for t in 0..tokens {
-                    for (i, r) in row_range.clone().enumerate() {
-                        assert_eq!(
-                            got[t * row_range.len() + i],
-                            reference_dot(&w, &x, t, r),
-                            "{rows}x{cols}, {tokens} tokens, token {t}, row {r}"
-                        );
-                    }
-                }
-            }
-        }
-    }
+    assert_int8_tile_equals_reference_sums(79, mad::dots_neon_smull);
 }
 
 proptest! {
