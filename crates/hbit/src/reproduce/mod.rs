@@ -27,7 +27,10 @@ use clap::Args;
 use hbit_eval::Task;
 use hbit_model::files::TOKENIZER_FILE;
 
-use stages::plan;
+use stages::{plan, seed_plan, Stage};
+
+/// The stage timings' file in the report directory.
+pub const TIMINGS_FILE: &str = "timings.jsonl";
 
 #[derive(Args, Clone)]
 pub struct ReproduceArgs {
@@ -60,6 +63,10 @@ pub struct ReproduceArgs {
     pub(crate) vocab_size: usize,
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// More seeds for BitNet b1.58, BitNet v2 a8 and v2 a4 (comma-separated), trained and
+    /// evaluated after the main study under `seed<N>/`, so the tables give mean and spread.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) extra_seeds: Vec<u64>,
     /// Directories searched for evaluation data: `wikitext2/wiki.test.raw` and the task files
     /// under their official names [default: the parent of the first --data, then the bundled
     /// WinoGrande / LAMBADA fixtures].
@@ -154,13 +161,19 @@ pub const ATTENTION_SETTINGS: [(&str, &str, &str, Option<u32>); 5] = [
     ("-q4kv3", "w/ 4-bit Q, 3-bit KV", "3", Some(4)),
 ];
 
-/// A study in progress: its arguments and where everything goes.
+/// A study in progress: its arguments and where everything goes. The main study runs at
+/// `--seed`; [`Study::for_seed`] gives the same study at another seed, with its own run and
+/// result directories and the shared tokenizer, command log and timings.
 pub struct Study<'a> {
     args: &'a ReproduceArgs,
+    seed: u64,
     runs: PathBuf,
+    results: PathBuf,
     tokenizer: PathBuf,
     eval_dirs: Vec<PathBuf>,
     commands: PathBuf,
+    /// One JSON line per stage run: what, how long, on which CPU.
+    timings: PathBuf,
     /// Step where a8 stops for the a4 continuations.
     switch_step: u64,
 }
@@ -170,6 +183,15 @@ pub fn reproduce(args: &ReproduceArgs) -> Result<()> {
     let study = Study::new(args)?;
     for stage in plan() {
         study.run(&stage)?;
+    }
+    for &seed in &args.extra_seeds {
+        let at_seed = study.for_seed(seed);
+        for stage in seed_plan() {
+            at_seed.run(&stage)?;
+        }
+    }
+    if !args.extra_seeds.is_empty() {
+        study.run(&Stage::Report)?;
     }
     eprintln!(
         "reproduce: wrote {}",
@@ -191,6 +213,13 @@ impl<'a> Study<'a> {
                 args.steps,
                 args.a4_share
             );
+        }
+        let mut seeds = vec![args.seed];
+        for &s in &args.extra_seeds {
+            if seeds.contains(&s) {
+                bail!("--extra-seeds: seed {s} is given twice (or is --seed)");
+            }
+            seeds.push(s);
         }
         let runs = args
             .runs
@@ -215,12 +244,30 @@ impl<'a> Study<'a> {
         eval_dirs.push(fixtures);
         Ok(Study {
             args,
+            seed: args.seed,
             tokenizer: runs.join(TOKENIZER_FILE),
             runs,
+            results: args.out.join("results"),
             eval_dirs,
             commands: args.out.join("commands.txt"),
+            timings: args.out.join(TIMINGS_FILE),
             switch_step,
         })
+    }
+
+    /// The study at `seed`: runs under `<runs>/seed<N>`, results under `results/seed<N>`.
+    pub fn for_seed(&self, seed: u64) -> Study<'a> {
+        Study {
+            args: self.args,
+            seed,
+            runs: self.runs.join(format!("seed{seed}")),
+            results: self.results.join(format!("seed{seed}")),
+            tokenizer: self.tokenizer.clone(),
+            eval_dirs: self.eval_dirs.clone(),
+            commands: self.commands.clone(),
+            timings: self.timings.clone(),
+            switch_step: self.switch_step,
+        }
     }
 
     /// The run directory of `key`.

@@ -14,7 +14,7 @@ use crate::stats_cmd::summary_table;
 
 impl Study<'_> {
     fn result(&self, key: &str) -> Result<Option<Value>> {
-        let path = self.args.out.join("results").join(format!("{key}.json"));
+        let path = self.results.join(format!("{key}.json"));
         if !path.is_file() {
             return Ok(None);
         }
@@ -143,6 +143,9 @@ impl Study<'_> {
             "\nPaper (400M, C4 perplexity):\n\n{}",
             PAPER_TABLE1_400M
         ));
+        if !a.extra_seeds.is_empty() {
+            md.push_str(&self.seeds_table()?);
+        }
 
         for (m, title, paper) in [
             (
@@ -218,11 +221,138 @@ impl Study<'_> {
                 summary_from_json(&v)
             ));
         }
+        md.push_str(&self.timings_table()?);
         hbit_train::checkpoint::write_file_atomic(
             &self.args.out.join("paper-tables.md"),
             md.as_bytes(),
         )?;
         Ok(())
+    }
+
+    /// BitNet b1.58 and v2 at every seed: each seed's number, their mean and sample standard
+    /// deviation, and the paired differences that Table 1 turns on.
+    fn seeds_table(&self) -> Result<String> {
+        let seeds: Vec<u64> = std::iter::once(self.seed)
+            .chain(self.args.extra_seeds.iter().copied())
+            .collect();
+        let studies: Vec<Study> = seeds.iter().map(|&s| self.for_seed(s)).collect();
+        let mut md = format!(
+            "\n### BitNet b1.58 and BitNet v2 at {} seeds\n\nThe same recipe and tokens at \
+             each seed (the seed sets the initial weights and the order of the batches). Mean ± \
+             sample standard deviation over the seeds that finished; a difference smaller than \
+             about two of its standard deviations is not shown to be real at this scale.\n\n| \
+             model | measure |",
+            seeds.len()
+        );
+        for s in &seeds {
+            md.push_str(&format!(" seed {s} |"));
+        }
+        md.push_str(" mean ± sd |\n|---|---|");
+        md.push_str(&"---|".repeat(seeds.len() + 1));
+        md.push('\n');
+        type Measure = (&'static str, fn(&Study, &str) -> Option<f64>);
+        let measures: [Measure; 4] = [
+            ("WikiText-2 bits/byte", |s, k| {
+                s.result(k).ok()??["wikitext2"]["bits_per_byte"].as_f64()
+            }),
+            ("WikiText-2 PPL", |s, k| {
+                s.result(k).ok()??["wikitext2"]["perplexity"].as_f64()
+            }),
+            ("task Avg", |s, k| s.row(k, "").ok()?.average_percent()),
+            ("validation loss", |s, k| {
+                s.final_val_loss(k).map(|(_, loss, _)| loss)
+            }),
+        ];
+        let mut line = |label: &str, measure: &str, values: Vec<Option<f64>>| {
+            md.push_str(&format!("| {label} | {measure} |"));
+            for v in &values {
+                md.push_str(&v.map_or(" – |".into(), |v| format!(" {v:.4} |")));
+            }
+            let present: Vec<f64> = values.into_iter().flatten().collect();
+            md.push_str(&format!(" {} |\n", mean_sd(&present)));
+        };
+        for m in [&B158, &V2A8, &V2A4] {
+            for (measure, f) in measures {
+                line(
+                    m.label,
+                    measure,
+                    studies.iter().map(|s| f(s, m.key)).collect(),
+                );
+            }
+        }
+        let bpb = measures[0].1;
+        for (a, b) in [(&V2A8, &B158), (&V2A4, &V2A8), (&V2A4, &B158)] {
+            let diffs = studies
+                .iter()
+                .map(|s| Some(bpb(s, a.key)? - bpb(s, b.key)?))
+                .collect();
+            line(
+                &format!("{} − {}", a.label, b.label),
+                "WikiText-2 bits/byte",
+                diffs,
+            );
+        }
+        Ok(md)
+    }
+
+    /// How long each stage took, summed over the sessions that ran it, and on which CPUs.
+    fn timings_table(&self) -> Result<String> {
+        let Ok(text) = std::fs::read_to_string(&self.timings) else {
+            return Ok(String::new());
+        };
+        // (stage, seed) in first-run order → (seconds, runs, CPUs).
+        type Totals = (f64, usize, Vec<String>);
+        let mut rows: Vec<((String, u64), Totals)> = Vec::new();
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            let (Some(stage), Some(seed), Some(seconds)) = (
+                v["stage"].as_str(),
+                v["seed"].as_u64(),
+                v["seconds"].as_f64(),
+            ) else {
+                continue;
+            };
+            let cpu = v["cpu"].as_str().unwrap_or("unknown").to_string();
+            let key = (stage.to_string(), seed);
+            let at = match rows.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    rows.push((key, (0.0, 0, Vec::new())));
+                    rows.len() - 1
+                }
+            };
+            let (total, runs, cpus) = &mut rows[at].1;
+            *total += seconds;
+            *runs += 1;
+            if !cpus.contains(&cpu) {
+                cpus.push(cpu);
+            }
+        }
+        let mut md = format!(
+            "\n## Time per stage\n\nWall-clock time of each stage (`{}`), summed over the \
+             processes that worked on it (a run resumed after an interruption counts each \
+             part; time lost to a killed process is not counted), {} threads.\n\n| stage | \
+             seed | minutes | processes | CPU |\n|---|---|---|---|---|\n",
+            super::TIMINGS_FILE,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        let mut sum = 0.0;
+        for ((stage, seed), (seconds, runs, cpus)) in &rows {
+            sum += seconds;
+            md.push_str(&format!(
+                "| {stage} | {seed} | {:.1} | {runs} | {} |\n",
+                seconds / 60.0,
+                cpus.join(", ")
+            ));
+        }
+        md.push_str(&format!(
+            "| all | | {:.1} ({:.1} h) | | |\n",
+            sum / 60.0,
+            sum / 3600.0
+        ));
+        Ok(md)
     }
 
     fn preset_context(&self) -> Option<usize> {
@@ -233,6 +363,20 @@ impl Study<'_> {
         )
         .ok()
         .map(|c| c.max_position_embeddings)
+    }
+}
+
+/// "mean ± sd" of `values` (sample standard deviation; the mean alone for one value).
+pub(super) fn mean_sd(values: &[f64]) -> String {
+    let n = values.len() as f64;
+    match values.len() {
+        0 => "–".into(),
+        1 => format!("{:.4} (1 seed)", values[0]),
+        _ => {
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            format!("{mean:.4} ± {:.4}", var.sqrt())
+        }
     }
 }
 

@@ -129,11 +129,100 @@ pub fn plan() -> Vec<Stage> {
     stages
 }
 
+/// What the extra seeds repeat: BitNet b1.58 and BitNet v2 at a8 and a4, and their
+/// WikiText-2 and task results at 16-bit KV (the tokenizer is the main study's).
+pub fn seed_plan() -> Vec<Stage> {
+    vec![
+        Stage::TrainA8Part {
+            model: &B158,
+            variant: "bitnet_b158",
+        },
+        Stage::FinishA8 { model: &B158 },
+        Stage::TrainA8Part {
+            model: &V2A8,
+            variant: "bitnet_v2",
+        },
+        Stage::FinishA8 { model: &V2A8 },
+        Stage::ContinueA4 {
+            from: &V2A8,
+            model: &V2A4,
+            variant: None,
+        },
+        Stage::Evaluate {
+            model: &B158,
+            setting: 0,
+        },
+        Stage::Evaluate {
+            model: &V2A8,
+            setting: 0,
+        },
+        Stage::Evaluate {
+            model: &V2A4,
+            setting: 0,
+        },
+    ]
+}
+
+impl Stage {
+    /// A short name for the timings and logs: the stage and its model's key.
+    pub fn name(&self) -> String {
+        match self {
+            Stage::Tokenizer => "tokenizer".into(),
+            Stage::TrainA8Part { model, .. } => format!("train {}-part (a8)", model.key),
+            Stage::FinishA8 { model } => format!("train {} (a8, to the end)", model.key),
+            Stage::ContinueA4 { model, .. } => format!("train {} (a4)", model.key),
+            Stage::Ptq { model, .. } => format!("ptq {}", model.key),
+            Stage::Evaluate { model, setting } => {
+                format!("evaluate {}{}", model.key, ATTENTION_SETTINGS[*setting].0)
+            }
+            Stage::Activations { model } => format!("activations {}", model.key),
+            Stage::Report => "report".into(),
+        }
+    }
+}
+
 impl Study<'_> {
+    /// Carries out `stage` unless its file is there, and appends the time it took (also when a
+    /// training run was interrupted: its steps are done) to the timings.
+    pub fn run(&self, stage: &Stage) -> Result<Outcome> {
+        let started = std::time::Instant::now();
+        let result = self.run_untimed(stage);
+        let worked = matches!(result, Ok(Outcome::Ran)) || train_cmd::interrupted();
+        if worked && *stage != Stage::Report {
+            self.log_timing(stage, started.elapsed().as_secs_f64())?;
+        }
+        result
+    }
+
+    /// Appends one line to the timings: the stage, its seed, seconds, CPU and hbit version.
+    fn log_timing(&self, stage: &Stage, seconds: f64) -> Result<()> {
+        use std::io::Write;
+        let cpu = crate::cpu_cmd::CpuSignature::detect();
+        let line = json!({
+            "stage": stage.name(),
+            "seed": self.seed,
+            "seconds": seconds,
+            "interrupted": train_cmd::interrupted(),
+            "cpu": cpu.model_name,
+            "cpu_signature": cpu.key(),
+            "hbit": env!("CARGO_PKG_VERSION"),
+            "finished_unix": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.timings)
+            .with_context(|| format!("{}", self.timings.display()))?;
+        writeln!(file, "{line}")?;
+        Ok(())
+    }
+
     /// Carries out `stage` unless its file is there. A training run Ctrl-C stopped (its
     /// checkpoint saved) ends the study with an error, so no later stage reads a partial run;
     /// Ctrl-C outside a training run ends the process at once.
-    pub fn run(&self, stage: &Stage) -> Result<Outcome> {
+    fn run_untimed(&self, stage: &Stage) -> Result<Outcome> {
         let outcome = match *stage {
             Stage::Tokenizer => self.train_tokenizer()?,
             Stage::TrainA8Part { model, variant } => self.train_a8_part(model, variant)?,
@@ -234,7 +323,7 @@ impl Study<'_> {
             "--batch-size",
             &a.batch_size.to_string(),
             "--seed",
-            &a.seed.to_string(),
+            &self.seed.to_string(),
         ]));
         if let Some(l) = a.seq_len {
             start.extend(strings(&["--seq-len", &l.to_string()]));
@@ -287,7 +376,7 @@ impl Study<'_> {
             out: dir,
             rotation: rotation.to_string(),
             act_bits: 4,
-            seed: self.args.seed,
+            seed: self.seed,
             // SpinQuant calibrates on the study's training text.
             data: match rotation {
                 "spinquant" => self.args.data.clone(),
@@ -307,11 +396,7 @@ impl Study<'_> {
     /// Perplexity and tasks of one model under one attention setting, cached as JSON.
     fn evaluate(&self, key: &str, setting: usize) -> Result<Outcome> {
         let (suffix, _, kv, q_bits) = ATTENTION_SETTINGS[setting];
-        let out = self
-            .args
-            .out
-            .join("results")
-            .join(format!("{key}{suffix}.json"));
+        let out = self.results.join(format!("{key}{suffix}.json"));
         if out.is_file() {
             return Ok(Outcome::AlreadyDone);
         }
@@ -371,6 +456,8 @@ impl Study<'_> {
             tasks.push(j);
         }
         report["tasks"] = json!(tasks);
+        std::fs::create_dir_all(&self.results)
+            .with_context(|| format!("{}: cannot create", self.results.display()))?;
         hbit_train::checkpoint::write_file_atomic(&out, report.to_string().as_bytes())?;
         Ok(Outcome::Ran)
     }

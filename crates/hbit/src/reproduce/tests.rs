@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::stages::{plan, Outcome, Stage};
+use super::report::mean_sd;
+use super::stages::{plan, seed_plan, Outcome, Stage};
 use super::{ReproduceArgs, Study, B158, QUAROT, SPINQUANT, V2A4, V2A8, WROT_A4};
 
 /// Which model's files a stage writes (`None`: shared files).
@@ -104,6 +105,7 @@ fn micro_args(dir: &Path) -> ReproduceArgs {
         seq_len: None,
         vocab_size: 300,
         seed: 0,
+        extra_seeds: Vec::new(),
         eval_data: vec![eval],
         task_limit: 500,
         ppl_tokens: 0,
@@ -214,6 +216,81 @@ fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
             Stage::Report,
         ]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_extra_seed_repeats_b158_and_v2_and_the_tables_give_mean_and_spread() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("hbit-reproduce-seeds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = micro_args(&dir);
+    args.extra_seeds = vec![1];
+    let study = Study::new(&args).unwrap();
+    // Only what the extra seed needs from the main study: its tokenizer.
+    assert_eq!(study.run(&Stage::Tokenizer).unwrap(), Outcome::Ran);
+    let at_seed = study.for_seed(1);
+    for stage in seed_plan() {
+        assert_eq!(at_seed.run(&stage).unwrap(), Outcome::Ran, "{stage:?}");
+    }
+    for key in [B158.key, V2A8.key, V2A4.key] {
+        assert!(args.out.join(format!("results/seed1/{key}.json")).is_file());
+        assert!(dir.join(format!("runs/seed1/{key}/config.json")).is_file());
+    }
+    // The seed reached the training runs: seed 1's a8 part says so.
+    let state =
+        std::fs::read_to_string(dir.join("runs/seed1/b158-a8-part/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["seed"], 1);
+    // One timing line per stage that ran: the tokenizer and the seed's eight.
+    let timings = std::fs::read_to_string(args.out.join(super::TIMINGS_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = timings
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1 + seed_plan().len(), "{timings}");
+    assert_eq!(lines[1]["stage"], "train b158-a8-part (a8)");
+    assert_eq!(lines[1]["seed"], 1);
+    assert!(lines.iter().all(|l| l["seconds"].as_f64().unwrap() > 0.0));
+
+    study.run(&Stage::Report).unwrap();
+    let tables = std::fs::read_to_string(args.out.join("paper-tables.md")).unwrap();
+    assert!(tables.contains("at 2 seeds"), "{tables}");
+    assert!(
+        tables.contains("| seed 0 | seed 1 | mean ± sd |"),
+        "{tables}"
+    );
+    assert!(tables.contains("## Time per stage"), "{tables}");
+    // Seed 0 never trained here, so each row's mean is seed 1's value alone.
+    let row = tables
+        .lines()
+        .find(|l| l.starts_with("| BitNet v2 (a4) | WikiText-2 bits/byte |"))
+        .unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[3], "–", "{row}");
+    assert_eq!(cells[5], format!("{} (1 seed)", cells[4]), "{row}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mean_and_sample_standard_deviation_by_hand() {
+    assert_eq!(mean_sd(&[1.0, 2.0, 3.0]), "2.0000 ± 1.0000");
+    assert_eq!(mean_sd(&[3.25, 3.25]), "3.2500 ± 0.0000");
+    assert_eq!(mean_sd(&[0.5]), "0.5000 (1 seed)");
+    assert_eq!(mean_sd(&[]), "–");
+}
+
+#[test]
+fn a_seed_given_twice_is_refused() {
+    let dir = std::env::temp_dir().join(format!("hbit-reproduce-twice-{}", std::process::id()));
+    let mut args = micro_args(&dir);
+    args.out = dir.join("never");
+    for extra in [vec![0], vec![1, 1]] {
+        args.extra_seeds = extra.clone();
+        let err = Study::new(&args).err().expect("refused");
+        assert!(err.to_string().contains("given twice"), "{extra:?}: {err}");
+    }
+    assert!(!args.out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
