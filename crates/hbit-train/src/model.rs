@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::config::{InputQuant, ModelConfig, Proj};
 use crate::error::TrainError;
 use crate::fused::{self, CausalSoftmax, Glu, Heads, RmsNorm, RopeTables};
-use crate::ops::{HadamardOp, QuantizeInput, TernaryMatmul};
+use crate::ops::{HadamardOp, QuantizeInput, QuantizedInput, TernaryMatmul};
 use crate::rng::SplitMix64;
 pub use hbit_model::tensors::parameter_shapes;
 use hbit_model::tensors::{self as names, is_norm};
@@ -76,13 +76,13 @@ impl BitLinear {
 
     /// `Qa(X_r)`: `x` `[.., in]` (already normalized by the block's norm) rotated when this is
     /// H-BitLinear (eq. 7), then quantized per token (eq. 5 / 6).
-    pub fn quantize_input(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.input_op.apply(x)
+    pub fn quantize_input(&self, x: &Tensor) -> candle_core::Result<QuantizedInput> {
+        self.input_op.apply_keeping_codes(x)
     }
 
     /// `Qw(W) · xq` for `xq` from [`BitLinear::quantize_input`] → `[.., out]`.
-    pub fn project(&self, xq: &Tensor) -> candle_core::Result<Tensor> {
-        self.matmul_op.apply(xq, self.weight.as_tensor())
+    pub fn project(&self, xq: &QuantizedInput) -> candle_core::Result<Tensor> {
+        self.matmul_op.apply_quantized(xq, self.weight.as_tensor())
     }
 
     /// Whether `other` treats its input exactly as this projection does, so one

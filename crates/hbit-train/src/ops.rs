@@ -17,15 +17,19 @@
 //! - [`QuantizeInput`]: optional Hadamard, then [`ActivationSte`]'s quantizer; one op, shared by
 //!   projections that read the same input the same way (q/k/v, gate/up).
 //! - [`TernaryMatmul`]: `Qa(X) · Qw(W)ᵀ` with the ternary STE inside (and the weight rotation of
-//!   the ablation); its backward is `dX = dY·Qw(W)`, `dW = dYᵀ·Qa(X)`.
+//!   the ablation); its backward is `dX = dY·Qw(W)`, `dW = dYᵀ·Qa(X)`. Given the input's codes
+//!   ([`QuantizedInput`]), its forward is the inference engine's integer product
+//!   `alpha · s_x · Σ Wq·xq` (sums exact in i32) rather than an f32 GEMM of the dequantized values.
 
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use hbit_kernels::dense::dense_matmul_f32;
+use hbit_kernels::matmul::matmul_int8;
+use hbit_kernels::pack::RowPacked;
 use hbit_kernels::quant::{
     quantize_int4_token, quantize_int8_token, quantize_ternary, sparsify_topk_token, topk_count,
-    ActBits,
+    ActBits, QuantizedActivations, TernaryWeights,
 };
 use hbit_kernels::Hadamard;
 use rayon::prelude::*;
@@ -83,24 +87,39 @@ impl CustomOp1 for TernarySte {
 }
 
 /// Replaces each length-`cols` row of `x` by its quantized value `scale · code` (eq. 5 or 6),
-/// after a4.8's top-K sparsification when `topk_keep` is set.
-fn fake_quantize_rows(x: &mut [f32], cols: usize, bits: ActBits, topk_keep: Option<f32>) {
+/// after a4.8's top-K sparsification when `topk_keep` is set; returns the codes and scales.
+fn fake_quantize_rows(
+    x: &mut [f32],
+    cols: usize,
+    bits: ActBits,
+    topk_keep: Option<f32>,
+) -> Result<QuantizedActivations> {
     let keep = topk_keep.map(|share| topk_count(cols, share));
-    x.par_chunks_mut(cols * ROWS_PER_TASK).for_each(|rows| {
-        let mut codes = vec![0i8; cols];
-        for row in rows.chunks_exact_mut(cols) {
-            if let Some(k) = keep {
-                sparsify_topk_token(row, k);
+    let tokens = x.len() / cols.max(1);
+    let mut codes = vec![0i8; x.len()];
+    let mut scales = vec![0f32; tokens];
+    x.par_chunks_mut(cols * ROWS_PER_TASK)
+        .zip(codes.par_chunks_mut(cols * ROWS_PER_TASK))
+        .zip(scales.par_chunks_mut(ROWS_PER_TASK))
+        .for_each(|((rows, row_codes), row_scales)| {
+            for ((row, codes), scale) in rows
+                .chunks_exact_mut(cols)
+                .zip(row_codes.chunks_exact_mut(cols))
+                .zip(row_scales)
+            {
+                if let Some(k) = keep {
+                    sparsify_topk_token(row, k);
+                }
+                *scale = match bits {
+                    ActBits::Int8 => quantize_int8_token(row, codes), // eq. (5)
+                    ActBits::Int4 => quantize_int4_token(row, codes), // eq. (6)
+                };
+                for (v, &c) in row.iter_mut().zip(codes.iter()) {
+                    *v = *scale * c as f32;
+                }
             }
-            let scale = match bits {
-                ActBits::Int8 => quantize_int8_token(row, &mut codes), // eq. (5)
-                ActBits::Int4 => quantize_int4_token(row, &mut codes), // eq. (6)
-            };
-            for (v, &c) in row.iter_mut().zip(&codes) {
-                *v = scale * c as f32;
-            }
-        }
-    });
+        });
+    QuantizedActivations::from_codes(bits, tokens, cols, &codes, scales).map_err(Error::wrap)
 }
 
 fn check_finite(x: &[f32]) -> Result<()> {
@@ -130,7 +149,7 @@ impl CustomOp1 for ActivationSte {
         let cols = last_dim(self.name(), layout)?;
         check_finite(x)?;
         let mut out = x.to_vec();
-        fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep);
+        fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep)?;
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -200,23 +219,56 @@ pub struct QuantizeInput {
     pub quantize: bool,
 }
 
+/// A projection's quantized input: the values `s_x · code` the graph carries (the weight
+/// gradient reads them) and, when the quantizer ran, the codes and scales themselves, which
+/// [`TernaryMatmul`] multiplies in integers.
+#[derive(Debug, Clone)]
+pub struct QuantizedInput {
+    pub values: Tensor,
+    pub codes: Option<Arc<QuantizedActivations>>,
+}
+
 impl QuantizeInput {
+    /// `Qa(X_r)` as values only.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        x.contiguous()?.apply_op1(self.clone())
+        Ok(self.apply_keeping_codes(x)?.values)
+    }
+
+    /// `Qa(X_r)` with its codes for the integer product.
+    pub fn apply_keeping_codes(&self, x: &Tensor) -> Result<QuantizedInput> {
+        // One op per call: its forward leaves that call's codes for the products to read.
+        let call = QuantizeInputCall {
+            spec: self.clone(),
+            codes: Arc::new(OnceLock::new()),
+        };
+        let codes = call.codes.clone();
+        let values = x.contiguous()?.apply_op1(call)?;
+        Ok(QuantizedInput {
+            values,
+            codes: codes.get().cloned(),
+        })
     }
 }
 
-impl CustomOp1 for QuantizeInput {
+/// One application of [`QuantizeInput`], as recorded in candle's graph.
+struct QuantizeInputCall {
+    spec: QuantizeInput,
+    /// The codes and scales of the forward, for the products that read this input.
+    codes: Arc<OnceLock<Arc<QuantizedActivations>>>,
+}
+
+impl CustomOp1 for QuantizeInputCall {
     fn name(&self) -> &'static str {
         "quantize-input"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let spec = &self.spec;
         let x = f32_input(self.name(), storage, layout)?;
         let cols = last_dim(self.name(), layout)?;
         check_finite(x)?;
         let mut out = x.to_vec();
-        if let Some(h) = &self.hadamard {
+        if let Some(h) = &spec.hadamard {
             if h.len() != cols {
                 return Err(Error::Msg(format!(
                     "quantize-input: last dimension is {cols}, the Hadamard was planned for {}",
@@ -227,14 +279,15 @@ impl CustomOp1 for QuantizeInput {
                 .try_for_each(|rows| h.apply(rows)) // eqs. (3)-(4), (7)
                 .map_err(Error::wrap)?;
         }
-        if self.quantize {
-            fake_quantize_rows(&mut out, cols, self.bits, self.topk_keep); // eq. (5) / (6)
+        if spec.quantize {
+            let codes = fake_quantize_rows(&mut out, cols, spec.bits, spec.topk_keep)?; // eq. (5) / (6)
+            let _ = self.codes.set(Arc::new(codes));
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(match &self.hadamard {
+        Ok(Some(match &self.spec.hadamard {
             Some(h) => HadamardOp::new(h.clone()).apply(grad)?, // eq. (8)
             None => grad.clone(),
         }))
@@ -256,33 +309,54 @@ pub struct TernaryMatmul {
 }
 
 impl TernaryMatmul {
+    /// The product of dequantized values `x` (an f32 GEMM).
     pub fn apply(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        self.call(x, None, w)
+    }
+
+    /// The product of a quantized input: in integers when its codes are there.
+    pub fn apply_quantized(&self, x: &QuantizedInput, w: &Tensor) -> Result<Tensor> {
+        self.call(&x.values, x.codes.clone(), w)
+    }
+
+    fn call(
+        &self,
+        x: &Tensor,
+        codes: Option<Arc<QuantizedActivations>>,
+        w: &Tensor,
+    ) -> Result<Tensor> {
         // One op per call: it carries that call's quantized weight from forward to backward.
         let op = TernaryMatmulCall {
             product: self.clone(),
+            codes,
             quantized: OnceLock::new(),
         };
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
     }
 
-    /// `Qw(W')` as `[out, in]` values `alpha · code`.
-    fn quantized_weight(&self, w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-        let rotated;
-        let w = match &self.rotate_weight {
+    /// `W'`: the latent weight, rotated in the ablation.
+    fn rotated_weight<'w>(&self, w: &'w [f32]) -> Result<std::borrow::Cow<'w, [f32]>> {
+        Ok(match &self.rotate_weight {
             Some(h) => {
                 let mut r = w.to_vec();
                 h.apply(&mut r).map_err(Error::wrap)?;
-                rotated = r;
-                &rotated
+                r.into()
             }
-            None => w,
-        };
+            None => w.into(),
+        })
+    }
+
+    /// `Qw(W')`: ternary codes and `alpha` (eqs. 1–2).
+    fn ternary_weight(&self, w: &[f32], rows: usize, cols: usize) -> Result<TernaryWeights> {
+        quantize_ternary(&self.rotated_weight(w)?, rows, cols).map_err(Error::wrap)
+    }
+
+    /// `Qw(W')` as `[out, in]` values `alpha · code` (or `W'` when not quantizing).
+    fn quantized_weight(&self, w: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
         if !self.quantize {
-            return Ok(w.to_vec());
+            return Ok(self.rotated_weight(w)?.into_owned());
         }
-        Ok(quantize_ternary(w, rows, cols)
-            .map_err(Error::wrap)?
-            .dequantize()) // eqs. (1)-(2)
+        Ok(self.ternary_weight(w, rows, cols)?.dequantize())
     }
 }
 
@@ -308,6 +382,8 @@ fn product_dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize
 /// One application of [`TernaryMatmul`], as recorded in candle's graph.
 struct TernaryMatmulCall {
     product: TernaryMatmul,
+    /// The input's codes: the forward multiplies them in integers.
+    codes: Option<Arc<QuantizedActivations>>,
     /// `Qw(W')` computed by the forward, kept for the backward.
     quantized: OnceLock<Tensor>,
 }
@@ -327,18 +403,37 @@ impl CustomOp2 for TernaryMatmulCall {
         let (rows, cols, out) = product_dims(self.name(), xl, wl)?;
         let x = f32_input(self.name(), xs, xl)?;
         let w = f32_input(self.name(), ws, wl)?;
-        let qw = self.product.quantized_weight(w, out, cols)?;
         let mut y = vec![0.0f32; rows * out];
-        dense_matmul_f32(
-            &qw,
-            out,
-            cols,
-            x,
-            rows,
-            &mut y,
-            rayon::current_num_threads(),
-        )
-        .map_err(Error::wrap)?; // Y = Qw(W) · Qa(X)
+        let qw = match self.codes.as_deref().filter(|_| self.product.quantize) {
+            Some(codes) => {
+                if (codes.tokens, codes.cols) != (rows, cols) {
+                    return Err(Error::Msg(format!(
+                        "{}: codes of {} × {} for an input of {rows} × {cols}",
+                        self.name(),
+                        codes.tokens,
+                        codes.cols
+                    )));
+                }
+                let ternary = self.product.ternary_weight(w, out, cols)?;
+                // Y = alpha · s_x · Σ Wq · xq, the sums exact in i32 (the engine's product).
+                matmul_int8(&RowPacked::pack(&ternary), codes, &mut y).map_err(Error::wrap)?;
+                ternary.dequantize()
+            }
+            None => {
+                let qw = self.product.quantized_weight(w, out, cols)?;
+                dense_matmul_f32(
+                    &qw,
+                    out,
+                    cols,
+                    x,
+                    rows,
+                    &mut y,
+                    rayon::current_num_threads(),
+                )
+                .map_err(Error::wrap)?; // Y = Qw(W) · Qa(X)
+                qw
+            }
+        };
         let _ = self.quantized.set(Tensor::from_vec(
             qw,
             (out, cols),
@@ -568,14 +663,15 @@ mod tests {
                 topk_keep: keep,
                 quantize: true,
             }
-            .apply(x.as_tensor())
+            .apply_keeping_codes(x.as_tensor())
             .unwrap();
-            let fused = TernaryMatmul {
+            let product = TernaryMatmul {
                 rotate_weight: transform.clone().filter(|_| rotate),
                 quantize: true,
-            }
-            .apply(&fused_in, w.as_tensor())
-            .unwrap();
+            };
+            // The integer forward (the model's) and the f32 GEMM of the same values.
+            let fused = product.apply_quantized(&fused_in, w.as_tensor()).unwrap();
+            let fused_f32 = product.apply(&fused_in.values, w.as_tensor()).unwrap();
             let op = HadamardOp::new(h.clone());
             let mut xr = x.as_tensor().clone();
             let mut wr = w.as_tensor().clone();
@@ -595,6 +691,10 @@ mod tests {
             let composed = xq.broadcast_matmul(&wq.t().unwrap()).unwrap();
             let case = format!("hadamard {hadamard}, rotate {rotate}, {bits:?}, keep {keep:?}");
             assert!(relative_error(&fused, &composed) < 1e-6, "{case}: forward");
+            assert!(
+                relative_error(&fused_f32, &composed) < 1e-6,
+                "{case}: f32 forward"
+            );
             let gf = (&fused * &c)
                 .unwrap()
                 .sum_all()
@@ -611,6 +711,56 @@ mod tests {
                 let err = relative_error(gf.get(var).unwrap(), gc.get(var).unwrap());
                 assert!(err < 1e-5, "{case}: {name} off by {err}");
             }
+        }
+    }
+
+    #[test]
+    fn integer_forward_is_the_engines_product_bit_for_bit() {
+        // Wide enough for the kernels' tiles and a padded row (cols not a multiple of 32).
+        let (rows, cols, out) = (9usize, 100usize, 37usize);
+        let xs: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.1 + (i % 7) as f32 * 0.013)
+            .collect();
+        let ws: Vec<f32> = (0..out * cols)
+            .map(|i| ((i * 29 % 17) as f32 - 8.0) * 0.05)
+            .collect();
+        let w = tensor(&ws, &[out, cols]);
+        for bits in [ActBits::Int8, ActBits::Int4] {
+            let input = QuantizeInput {
+                hadamard: None,
+                bits,
+                topk_keep: None,
+                quantize: true,
+            }
+            .apply_keeping_codes(&tensor(&xs, &[rows, cols]))
+            .unwrap();
+            let codes = input.codes.clone().expect("the quantizer ran");
+            let values: Vec<f32> = input.values.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(values, codes.dequantize(), "{bits:?}: values are s · code");
+            let product = TernaryMatmul {
+                rotate_weight: None,
+                quantize: true,
+            };
+            let got: Vec<f32> = product
+                .apply_quantized(&input, &w)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let ternary = quantize_ternary(&ws, out, cols).unwrap();
+            let want = hbit_kernels::matmul::matmul_reference(&ternary, &codes).unwrap();
+            assert_eq!(got, want, "{bits:?}: alpha · s_x · Σ Wq · xq");
+            // Without codes (the quantizer off) the product is the f32 one of the values.
+            let off = QuantizeInput {
+                hadamard: None,
+                bits,
+                topk_keep: None,
+                quantize: false,
+            }
+            .apply_keeping_codes(&tensor(&xs, &[rows, cols]))
+            .unwrap();
+            assert!(off.codes.is_none());
         }
     }
 
