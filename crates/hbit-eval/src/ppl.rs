@@ -167,6 +167,61 @@ pub fn perplexity_llama_cpp(
     Ok(result)
 }
 
+/// Perplexity over independent, non-overlapping windows of `context` tokens and no prefix, as a
+/// plain PyTorch evaluation loop computes it (`model(ids[i:i+n][:-1])` against `ids[i+1:i+n]`):
+/// the text's tokens are cut into windows of `context` (the last may be shorter); each window's
+/// first token is context only, the others are scored from the window's earlier tokens. Token
+/// `i` of the text is scored exactly when [`window_scores`]`(i, context)`.
+pub fn perplexity_windows(
+    engine: &Engine,
+    tokens: &[u32],
+    context: usize,
+    kv: KvBits,
+    on_window: &mut dyn FnMut(usize, usize),
+) -> Result<Perplexity> {
+    let max = engine.config().max_position_embeddings;
+    if context < 2 || context > max {
+        return Err(EngineError::Input(format!(
+            "perplexity: context {context} must be in 2..={max} (max_position_embeddings)"
+        )));
+    }
+    if tokens.len() < 2 {
+        return Err(EngineError::Input(format!(
+            "perplexity: {} tokens leave nothing to score after a window's first",
+            tokens.len()
+        )));
+    }
+    let windows: Vec<&[u32]> = tokens.chunks(context).filter(|w| w.len() >= 2).collect();
+    let v = engine.config().vocab_size;
+    let mut result = Perplexity {
+        tokens: 0,
+        nll_sum: 0.0,
+        windows: windows.len(),
+    };
+    for (w, window) in windows.iter().enumerate() {
+        let mut cache = engine.new_cache(kv);
+        let logits = engine
+            .forward(
+                &mut [&mut cache],
+                &[&window[..window.len() - 1]],
+                Logits::All,
+            )?
+            .remove(0);
+        for (row, &target) in window[1..].iter().enumerate() {
+            result.nll_sum -= log_prob(&logits[row * v..(row + 1) * v], target);
+            result.tokens += 1;
+        }
+        on_window(w + 1, windows.len());
+    }
+    Ok(result)
+}
+
+/// Whether [`perplexity_windows`] scores token `i` of the text: all but each window's first
+/// (and a lone last token, which starts a window of one).
+pub fn window_scores(i: usize, context: usize, tokens: usize) -> bool {
+    !i.is_multiple_of(context) && i < tokens
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

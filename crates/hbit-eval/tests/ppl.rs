@@ -170,3 +170,39 @@ fn llama_cpp_perplexity_scores_the_second_half_of_bos_chunks() {
     )
     .is_err());
 }
+
+/// The windows method: independent 64-token windows, no prefix, each window's first token
+/// context only; the sums equal the framework's loss on each window, and the scored tokens are
+/// the ones `window_scores` names.
+#[test]
+fn window_perplexity_scores_all_but_each_windows_first_token() {
+    let (model, engine) = setup();
+    let text: Vec<u32> = (0..150u32).map(|i| (i * 97 + 3) % 512).collect();
+    let p = hbit_eval::ppl::perplexity_windows(&engine, &text, 64, KvBits::F32, &mut |_, _| {})
+        .unwrap();
+    // Windows of 64, 64 and 22 tokens: 63 + 63 + 21 targets.
+    assert_eq!((p.tokens, p.windows), (147, 3));
+    let scored = (0..text.len())
+        .filter(|&i| hbit_eval::ppl::window_scores(i, 64, text.len()))
+        .count();
+    assert_eq!(scored, p.tokens);
+    let want: f64 = text.chunks(64).map(|w| framework_nll(&model, w)).sum();
+    assert!(
+        (p.nll_sum - want).abs() < NLL_REL_TOL * want,
+        "{} vs {want}",
+        p.nll_sum
+    );
+    // A window of one token scores nothing and is left out: 129 tokens make windows of 64, 64, 1.
+    let q =
+        hbit_eval::ppl::perplexity_windows(&engine, &text[..129], 64, KvBits::F32, &mut |_, _| {})
+            .unwrap();
+    assert_eq!((q.tokens, q.windows), (126, 2));
+    assert!(!hbit_eval::ppl::window_scores(128, 64, 129));
+    for bad in [1, 1 << 20] {
+        assert!(
+            hbit_eval::ppl::perplexity_windows(&engine, &text, bad, KvBits::F32, &mut |_, _| {})
+                .is_err(),
+            "context {bad}"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hbit_engine::{Engine, KvBits};
-use hbit_eval::ppl::{perplexity, perplexity_llama_cpp};
+use hbit_eval::ppl::{perplexity, perplexity_llama_cpp, perplexity_windows, window_scores};
 use hbit_eval::report::{table1, ModelRow};
 use hbit_eval::{encode_pair, load_docs, score_requests, score_task, Request, Task, TaskResult};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -101,9 +101,11 @@ pub struct PplArgs {
     #[arg(long)]
     json: bool,
     /// How windows are cut and scored: rolling (lm-evaluation-harness: every token once,
-    /// after the prefix token) or llama-cpp (llama.cpp's `llama-perplexity`: --context-sized
+    /// after the prefix token), llama-cpp (llama.cpp's `llama-perplexity`: --context-sized
     /// chunks starting with BOS, the second half of each scored), to compare with llama.cpp and
-    /// bitnet.cpp.
+    /// bitnet.cpp, or windows (independent --context-sized windows and no prefix, each window's
+    /// first token context only, as a plain PyTorch evaluation loop scores; bits per byte over
+    /// the scored tokens' bytes).
     #[arg(long, default_value = "rolling")]
     method: String,
 }
@@ -159,19 +161,38 @@ fn ppl(args: &PplArgs) -> Result<()> {
             let bos = config.bos_token_id;
             perplexity_llama_cpp(engine, bos, &tokens, context, kv, &mut progress)?
         }
-        other => bail!("--method {other:?}: expected rolling or llama-cpp"),
+        "windows" => {
+            if args.stride.is_some() || args.prefix_token.is_some() {
+                bail!("--method windows scores independent windows: --stride and --prefix-token do not apply");
+            }
+            perplexity_windows(engine, &tokens, context, kv, &mut progress)?
+        }
+        other => bail!("--method {other:?}: expected rolling, windows or llama-cpp"),
     };
     if show {
         eprintln!();
     }
     let seconds = start.elapsed().as_secs_f64();
-    let bytes = text.len();
     let words = text.split_whitespace().count().max(1);
-    // Word perplexity and bits per byte need every token scored once (the rolling method);
-    // llama.cpp's chunks score half of them.
+    // Word perplexity needs every token scored once (the rolling method). Bits per byte are
+    // over the bytes of the scored tokens: the whole text for rolling, all but each window's
+    // first token for windows; llama.cpp's chunks score half of them, so none there.
     let whole_text = args.method == "rolling";
     let word_ppl = whole_text.then(|| (p.nll_sum / words as f64).exp());
-    let bpb = whole_text.then(|| p.bits_per_byte(bytes));
+    let bpb = match args.method.as_str() {
+        "rolling" => Some(p.bits_per_byte(text.len())),
+        "windows" => {
+            let lengths = hbit_train::tokenizer::token_byte_lengths(&tokenizer);
+            let scored_bytes: usize = tokens
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| window_scores(i, context, tokens.len()))
+                .map(|(_, &id)| lengths.get(id as usize).copied().unwrap_or(0) as usize)
+                .sum();
+            Some(p.bits_per_byte(scored_bytes))
+        }
+        _ => None,
+    };
     let report = serde_json::json!({
         "model": model.display().to_string(),
         "data": args.data.display().to_string(),
@@ -195,6 +216,9 @@ fn ppl(args: &PplArgs) -> Result<()> {
     } else {
         let whole = match (word_ppl, bpb) {
             (Some(w), Some(b)) => format!(", word perplexity {w:.4}, bits per byte {b:.4}"),
+            (None, Some(b)) => {
+                format!(", bits per byte {b:.4} (independent windows: each window's first token unscored)")
+            }
             _ => " (llama.cpp's method: the second half of each chunk scored)".to_string(),
         };
         println!(
