@@ -171,7 +171,7 @@ pub fn perplexity_llama_cpp(
 /// plain PyTorch evaluation loop computes it (`model(ids[i:i+n][:-1])` against `ids[i+1:i+n]`):
 /// the text's tokens are cut into windows of `context` (the last may be shorter); each window's
 /// first token is context only, the others are scored from the window's earlier tokens. Token
-/// `i` of the text is scored exactly when [`window_scores`]`(i, context)`.
+/// `i` of the text is scored exactly when [`window_scores`]`(i, context, tokens.len())`.
 pub fn perplexity_windows(
     engine: &Engine,
     tokens: &[u32],

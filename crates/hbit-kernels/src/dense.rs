@@ -1,6 +1,7 @@
 //! Dense f32 matrix product through the `gemm` crate: the full-precision baseline that the
 //! benchmarks put beside the ternary kernels (`y = x · Wᵀ`, the same shapes as BitLinear), and the
-//! forward product of the training layer's fake-quantized BitLinear (`TernaryMatmul`).
+//! training layer's product where its input carries no codes (`TernaryMatmul::apply`, the
+//! full-precision model that checks rotation folding).
 
 use crate::error::KernelError;
 

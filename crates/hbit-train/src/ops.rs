@@ -21,7 +21,7 @@
 //!   ([`QuantizedInput`]), its forward is the inference engine's integer product
 //!   `alpha · s_x · Σ Wq·xq` (sums exact in i32) rather than an f32 GEMM of the dequantized values.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use hbit_kernels::dense::dense_matmul_f32;
@@ -239,22 +239,22 @@ impl QuantizeInput {
         // One op per call: its forward leaves that call's codes for the products to read.
         let call = QuantizeInputCall {
             spec: self.clone(),
-            codes: Arc::new(OnceLock::new()),
+            codes: Arc::new(Mutex::new(None)),
         };
         let codes = call.codes.clone();
         let values = x.contiguous()?.apply_op1(call)?;
-        Ok(QuantizedInput {
-            values,
-            codes: codes.get().cloned(),
-        })
+        // Taken, not shared: the op stays in the graph until backward, which needs no codes.
+        let codes = codes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(QuantizedInput { values, codes })
     }
 }
 
 /// One application of [`QuantizeInput`], as recorded in candle's graph.
 struct QuantizeInputCall {
     spec: QuantizeInput,
-    /// The codes and scales of the forward, for the products that read this input.
-    codes: Arc<OnceLock<Arc<QuantizedActivations>>>,
+    /// The codes and scales of the forward, until [`QuantizeInput::apply_keeping_codes`]
+    /// takes them for the products that read this input.
+    codes: Arc<Mutex<Option<Arc<QuantizedActivations>>>>,
 }
 
 impl CustomOp1 for QuantizeInputCall {
@@ -281,7 +281,7 @@ impl CustomOp1 for QuantizeInputCall {
         }
         if spec.quantize {
             let codes = fake_quantize_rows(&mut out, cols, spec.bits, spec.topk_keep)?; // eq. (5) / (6)
-            let _ = self.codes.set(Arc::new(codes));
+            *self.codes.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(codes));
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -299,7 +299,9 @@ impl CustomOp1 for QuantizeInputCall {
 /// `Qw` the ternary absmean quantizer (eqs. 1–2) with the straight-through estimator.
 ///
 /// Backward: `dX = dY · Qw(W')` and `dW' = dYᵀ · X`, then `dW = dW' · H` for the ablation
-/// (H symmetric). Forward runs the dense f32 GEMM of the kernel layer; backward, candle's.
+/// (H symmetric). Forward runs the engine's integer product when given the input's codes
+/// ([`TernaryMatmul::apply_quantized`]), else the dense f32 GEMM of the kernel layer; backward
+/// runs candle's GEMMs.
 #[derive(Debug, Clone)]
 pub struct TernaryMatmul {
     /// `H` of the weight-rotation ablation, `None` for `W' = W`.
@@ -328,7 +330,7 @@ impl TernaryMatmul {
         // One op per call: it carries that call's quantized weight from forward to backward.
         let op = TernaryMatmulCall {
             product: self.clone(),
-            codes,
+            codes: Mutex::new(codes),
             quantized: OnceLock::new(),
         };
         x.contiguous()?.apply_op2(&w.contiguous()?, op)
@@ -382,8 +384,9 @@ fn product_dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize
 /// One application of [`TernaryMatmul`], as recorded in candle's graph.
 struct TernaryMatmulCall {
     product: TernaryMatmul,
-    /// The input's codes: the forward multiplies them in integers.
-    codes: Option<Arc<QuantizedActivations>>,
+    /// The input's codes, which the forward takes and multiplies in integers (the op stays in
+    /// the graph until backward, which needs none).
+    codes: Mutex<Option<Arc<QuantizedActivations>>>,
     /// `Qw(W')` computed by the forward, kept for the backward.
     quantized: OnceLock<Tensor>,
 }
@@ -404,7 +407,8 @@ impl CustomOp2 for TernaryMatmulCall {
         let x = f32_input(self.name(), xs, xl)?;
         let w = f32_input(self.name(), ws, wl)?;
         let mut y = vec![0.0f32; rows * out];
-        let qw = match self.codes.as_deref().filter(|_| self.product.quantize) {
+        let codes = self.codes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let qw = match codes.as_deref().filter(|_| self.product.quantize) {
             Some(codes) => {
                 if (codes.tokens, codes.cols) != (rows, cols) {
                     return Err(Error::Msg(format!(
@@ -761,6 +765,16 @@ mod tests {
             .apply_keeping_codes(&tensor(&xs, &[rows, cols]))
             .unwrap();
             assert!(off.codes.is_none());
+            let plain = TernaryMatmul {
+                rotate_weight: None,
+                quantize: false,
+            };
+            let y = plain.apply_quantized(&off, &w).unwrap();
+            let want = off.values.matmul(&w.t().unwrap()).unwrap();
+            assert!(
+                relative_error(&y, &want) < 1e-6,
+                "{bits:?}: unquantized product"
+            );
         }
     }
 

@@ -299,11 +299,12 @@ impl<'a> Study<'a> {
         self.eval_dirs.iter().find_map(|d| task.locate(d).ok())
     }
 
-    fn step_of(dir: &Path) -> Result<Option<u64>> {
+    /// The trainer state of the run in `dir`, if it has a checkpoint.
+    fn state_of(dir: &Path) -> Result<Option<hbit_train::trainer::TrainerState>> {
         let state = dir.join(hbit_model::files::TRAINER_STATE_FILE);
         if !state.is_file() {
             return Ok(None);
         }
-        Ok(Some(hbit_train::trainer::TrainerState::load(&state)?.step))
+        Ok(Some(hbit_train::trainer::TrainerState::load(&state)?))
     }
 }

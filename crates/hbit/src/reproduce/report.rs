@@ -230,25 +230,31 @@ impl Study<'_> {
     }
 
     /// BitNet b1.58 and v2 at every seed: each seed's number, their mean and sample standard
-    /// deviation, and the paired differences that Table 1 turns on.
+    /// deviation, and the paired differences that Table 1 turns on with their 95% intervals.
     fn seeds_table(&self) -> Result<String> {
-        let seeds: Vec<u64> = std::iter::once(self.seed)
-            .chain(self.args.extra_seeds.iter().copied())
+        let extra: Vec<Study> = self
+            .args
+            .extra_seeds
+            .iter()
+            .map(|&s| self.for_seed(s))
             .collect();
-        let studies: Vec<Study> = seeds.iter().map(|&s| self.for_seed(s)).collect();
+        // The main study's files are its own (not under seed<N>/).
+        let studies: Vec<&Study> = std::iter::once(self).chain(&extra).collect();
         let mut md = format!(
-            "\n### BitNet b1.58 and BitNet v2 at {} seeds\n\nThe same recipe and tokens at \
-             each seed (the seed sets the initial weights and the order of the batches). Mean ± \
-             sample standard deviation over the seeds that finished; a difference smaller than \
-             about two of its standard deviations is not shown to be real at this scale.\n\n| \
-             model | measure |",
-            seeds.len()
+            "\n### BitNet b1.58 and BitNet v2 at {} seeds\n\nThe same recipe at each seed; the \
+             seed sets the initial weights, which sequences are held out for validation and the \
+             order of the batches, so validation losses are not on a common set across seeds \
+             (within a seed, every model shares one). Mean ± sample standard deviation over the \
+             seeds that finished; for the paired differences (the same seed's two models), the \
+             95% interval of the mean difference (Student's t): an interval that contains 0 does \
+             not show a difference.\n\n| model | measure |",
+            studies.len()
         );
-        for s in &seeds {
-            md.push_str(&format!(" seed {s} |"));
+        for s in &studies {
+            md.push_str(&format!(" seed {} |", s.seed));
         }
         md.push_str(" mean ± sd |\n|---|---|");
-        md.push_str(&"---|".repeat(seeds.len() + 1));
+        md.push_str(&"---|".repeat(studies.len() + 1));
         md.push('\n');
         type Measure = (&'static str, fn(&Study, &str) -> Option<f64>);
         let measures: [Measure; 4] = [
@@ -263,13 +269,17 @@ impl Study<'_> {
                 s.final_val_loss(k).map(|(_, loss, _)| loss)
             }),
         ];
-        let mut line = |label: &str, measure: &str, values: Vec<Option<f64>>| {
+        let mut line = |label: &str, measure: &str, values: Vec<Option<f64>>, paired: bool| {
             md.push_str(&format!("| {label} | {measure} |"));
             for v in &values {
                 md.push_str(&v.map_or(" – |".into(), |v| format!(" {v:.4} |")));
             }
             let present: Vec<f64> = values.into_iter().flatten().collect();
-            md.push_str(&format!(" {} |\n", mean_sd(&present)));
+            let interval = match (paired, t_interval_95(&present)) {
+                (true, Some((lo, hi))) => format!(" (95%: {lo:+.4} … {hi:+.4})"),
+                _ => String::new(),
+            };
+            md.push_str(&format!(" {}{interval} |\n", mean_sd(&present)));
         };
         for m in [&B158, &V2A8, &V2A4] {
             for (measure, f) in measures {
@@ -277,6 +287,7 @@ impl Study<'_> {
                     m.label,
                     measure,
                     studies.iter().map(|s| f(s, m.key)).collect(),
+                    false,
                 );
             }
         }
@@ -290,6 +301,7 @@ impl Study<'_> {
                 &format!("{} − {}", a.label, b.label),
                 "WikiText-2 bits/byte",
                 diffs,
+                true,
             );
         }
         Ok(md)
@@ -333,10 +345,9 @@ impl Study<'_> {
         let mut md = format!(
             "\n## Time per stage\n\nWall-clock time of each stage (`{}`), summed over the \
              processes that worked on it (a run resumed after an interruption counts each \
-             part; time lost to a killed process is not counted), {} threads.\n\n| stage | \
-             seed | minutes | processes | CPU |\n|---|---|---|---|---|\n",
+             part; time lost to a killed process is not counted), on all the CPU's cores.\n\n| \
+             stage | seed | minutes | processes | CPU |\n|---|---|---|---|---|\n",
             super::TIMINGS_FILE,
-            std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         let mut sum = 0.0;
         for ((stage, seed), (seconds, runs, cpus)) in &rows {
@@ -378,6 +389,21 @@ pub(super) fn mean_sd(values: &[f64]) -> String {
             format!("{mean:.4} ± {:.4}", var.sqrt())
         }
     }
+}
+
+/// The 95% confidence interval of the mean of `values` (Student's t, n − 1 degrees of
+/// freedom); `None` below two values or past the table's ten.
+pub(super) fn t_interval_95(values: &[f64]) -> Option<(f64, f64)> {
+    // Two-sided 97.5% quantiles of t for 1..=10 degrees of freedom.
+    const T975: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
+    let n = values.len();
+    let t = *T975.get(n.checked_sub(2)?)?;
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+    let half = t * sd / (n as f64).sqrt();
+    Some((mean - half, mean + half))
 }
 
 /// A [`TaskResult`] back from its JSON.

@@ -189,7 +189,10 @@ impl Study<'_> {
         let result = self.run_untimed(stage);
         let worked = matches!(result, Ok(Outcome::Ran)) || train_cmd::interrupted();
         if worked && *stage != Stage::Report {
-            self.log_timing(stage, started.elapsed().as_secs_f64())?;
+            // The timings are a record, not a result: failing to write one loses that line only.
+            if let Err(e) = self.log_timing(stage, started.elapsed().as_secs_f64()) {
+                eprintln!("reproduce: warning: {e:#}");
+            }
         }
         result
     }
@@ -214,7 +217,7 @@ impl Study<'_> {
             .create(true)
             .append(true)
             .open(&self.timings)
-            .with_context(|| format!("{}", self.timings.display()))?;
+            .with_context(|| format!("{}: cannot append a timing", self.timings.display()))?;
         writeln!(file, "{line}")?;
         Ok(())
     }
@@ -284,7 +287,17 @@ impl Study<'_> {
     /// else `start` (the arguments of a fresh run). The arguments are the logged command line
     /// itself, parsed as `hbit train` parses it, so the log and the run cannot differ.
     fn train_to(&self, dir: &Path, target: u64, start: Option<Vec<String>>) -> Result<Outcome> {
-        let line = match Self::step_of(dir)? {
+        let state = Self::state_of(dir)?;
+        if let Some(s) = state.as_ref().filter(|s| s.seed != self.seed) {
+            bail!(
+                "{}: this run was trained at seed {}, the study is at seed {}; give it its own \
+                 --runs directory (or the seed it was run with)",
+                dir.display(),
+                s.seed,
+                self.seed
+            );
+        }
+        let line = match state.map(|s| s.step) {
             Some(step) if step >= target => return Ok(Outcome::AlreadyDone),
             Some(_) => {
                 let mut a = strings(&["train", "--resume"]);

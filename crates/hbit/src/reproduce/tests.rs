@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::report::mean_sd;
+use super::report::{mean_sd, t_interval_95};
 use super::stages::{plan, seed_plan, Outcome, Stage};
 use super::{ReproduceArgs, Study, B158, QUAROT, SPINQUANT, V2A4, V2A8, WROT_A4};
 
@@ -253,6 +253,23 @@ fn an_extra_seed_repeats_b158_and_v2_and_the_tables_give_mean_and_spread() {
     assert_eq!(lines[1]["seed"], 1);
     assert!(lines.iter().all(|l| l["seconds"].as_f64().unwrap() > 0.0));
 
+    // A rerun finds everything done and logs no time.
+    for stage in seed_plan() {
+        assert_eq!(
+            at_seed.run(&stage).unwrap(),
+            Outcome::AlreadyDone,
+            "{stage:?}"
+        );
+    }
+    let again = std::fs::read_to_string(args.out.join(super::TIMINGS_FILE)).unwrap();
+    assert_eq!(again, timings);
+
+    // The main study's seed-0 numbers come from its own files: v2 a4 has a result, v2 a8 none.
+    std::fs::write(
+        args.out.join("results/v2-a4.json"),
+        r#"{"wikitext2": {"bits_per_byte": 3.5, "perplexity": 90.0}, "tasks": []}"#,
+    )
+    .unwrap();
     study.run(&Stage::Report).unwrap();
     let tables = std::fs::read_to_string(args.out.join("paper-tables.md")).unwrap();
     assert!(tables.contains("at 2 seeds"), "{tables}");
@@ -261,15 +278,53 @@ fn an_extra_seed_repeats_b158_and_v2_and_the_tables_give_mean_and_spread() {
         "{tables}"
     );
     assert!(tables.contains("## Time per stage"), "{tables}");
-    // Seed 0 never trained here, so each row's mean is seed 1's value alone.
-    let row = tables
-        .lines()
-        .find(|l| l.starts_with("| BitNet v2 (a4) | WikiText-2 bits/byte |"))
-        .unwrap();
-    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[3], "–", "{row}");
-    assert_eq!(cells[5], format!("{} (1 seed)", cells[4]), "{row}");
+    let cells = |prefix: &str| -> Vec<String> {
+        let row = tables.lines().find(|l| l.starts_with(prefix)).unwrap();
+        row.split('|').map(|c| c.trim().to_string()).collect()
+    };
+    let v2a4 = cells("| BitNet v2 (a4) | WikiText-2 bits/byte |");
+    assert_eq!(v2a4[3], "3.5000", "{v2a4:?}");
+    let seed1: f64 = v2a4[4].parse().unwrap();
+    let mean = (3.5 + seed1) / 2.0;
+    let sd = (3.5 - seed1).abs() / 2f64.sqrt();
+    assert_eq!(v2a4[5], format!("{mean:.4} ± {sd:.4}"), "{v2a4:?}");
+    let v2a8 = cells("| BitNet v2 (a8) | WikiText-2 bits/byte |");
+    assert_eq!(v2a8[3], "–", "{v2a8:?}");
+    assert_eq!(v2a8[5], format!("{} (1 seed)", v2a8[4]), "{v2a8:?}");
+    // The paired difference exists for seed 1 only, so it has no interval.
+    let diff = cells("| BitNet v2 (a4) − BitNet v2 (a8) |");
+    assert_eq!(diff[3], "–", "{diff:?}");
+    assert!(!diff[5].contains("95%"), "{diff:?}");
+
+    // A study at another seed refuses runs trained at seed 1 instead of reusing them.
+    let mut other = micro_args(&dir);
+    other.seed = 5;
+    other.runs = Some(dir.join("runs/seed1"));
+    let err = Study::new(&other)
+        .unwrap()
+        .run(&Stage::TrainA8Part {
+            model: &B158,
+            variant: "bitnet_b158",
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trained at seed 1, the study is at seed 5"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn t_interval_by_hand() {
+    // [1, 2, 3]: mean 2, sd 1, t(0.975, 2) = 4.303, half width 4.303 / √3 = 2.4843.
+    let (lo, hi) = t_interval_95(&[1.0, 2.0, 3.0]).unwrap();
+    assert!(
+        (lo + 0.48434).abs() < 1e-4 && (hi - 4.48434).abs() < 1e-4,
+        "{lo} {hi}"
+    );
+    assert_eq!(t_interval_95(&[2.0, 2.0]), Some((2.0, 2.0)));
+    assert_eq!(t_interval_95(&[1.0]), None);
 }
 
 #[test]
