@@ -11,8 +11,8 @@
 //! 64 indices, 16 rows × 4 groups with each row's groups in one dword, and `vpdpbusd` against
 //! ±1 sign bytes adds each row's four signed lookups into its i32 lane: 12 weights per row,
 //! 192 multiply-adds, per `vpermb` and `vpdpbusd`, where the two-weight tile gets 128. NEON
-//! looks up one group of 16 rows per `tbl`. Every other path runs the scalar tile, the same
-//! lookups one byte at a time.
+//! looks up one group of 16 rows per `tbl` and builds each group's table with three byte
+//! multiply-adds. Every other path runs the scalar tile, the same lookups one byte at a time.
 
 use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
 use super::lut::cpu_has_vbmi_vnni;
@@ -109,6 +109,12 @@ fn build_chunks(
             // SAFETY: the tile's path implies AVX-512 F+BW; the bounds are the builder's
             // contract, which it asserts.
             unsafe { avx512::build(x, cols, out, stride) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        TripleTile::Neon => {
+            // SAFETY: the NEON tile is chosen only where the NEON path is supported; the bounds
+            // are the builder's contract, which it asserts.
+            unsafe { neon::build(x, cols, out, stride) }
         }
         _ => build_scalar(x, cols, out, stride),
     }
@@ -467,10 +473,60 @@ mod avx512 {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::{
-        TriplePacked, BIAS, CHUNK_TABLE_BYTES, LUT_ROW_BLOCK, TABLE_BYTES, TOKEN_TILE,
-        TRIPLE_CHUNK_BYTES,
+        triple_weights, TriplePacked, BIAS, CHUNK_TABLE_BYTES, LUT_ROW_BLOCK, TABLE_BYTES,
+        TOKEN_TILE, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
     };
     use std::arch::aarch64::*;
+    use std::mem::MaybeUninit;
+    use std::ops::Range;
+
+    /// The tables of `build_scalar`: entry `e` of a group with activations `x_0..x_2` is
+    /// `BIAS + Σ_m w_m(e) · x_m`, one byte multiply-add per activation over all 16 entries
+    /// (each term within ±8 and the sum within 0..=48, so byte arithmetic is exact).
+    ///
+    /// # Safety
+    /// NEON (the bounds are asserted: `12 · cols.end` bytes of `x`, `(cols.len() − 1) · stride
+    /// + 64` bytes of `out`).
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn build(
+        x: &[i8],
+        cols: Range<usize>,
+        out: &mut [MaybeUninit<u8>],
+        stride: usize,
+    ) {
+        if cols.is_empty() {
+            return;
+        }
+        assert!(
+            x.len() >= TRIPLE_CHUNK_COLS * cols.end
+                && out.len() >= (cols.len() - 1) * stride + CHUNK_TABLE_BYTES
+        );
+        // Lane e of `weights[m]`: entry e's weight on activation m (entries past the zero
+        // index are unused and hold the bias alone, as in the scalar builder).
+        let weights: [int8x16_t; 3] = std::array::from_fn(|m| {
+            let w: [i8; 16] = std::array::from_fn(|e| {
+                if e <= TRIPLE_ZERO as usize {
+                    triple_weights(e as u8)[m]
+                } else {
+                    0
+                }
+            });
+            // SAFETY: 16 readable bytes.
+            unsafe { vld1q_s8(w.as_ptr()) }
+        });
+        let bias = vdupq_n_s8(BIAS as i8);
+        for (n, c) in cols.enumerate() {
+            for j in 0..4 {
+                let group = &x[TRIPLE_CHUNK_COLS * c + 3 * j..][..3];
+                let mut v = bias;
+                for (w, &xm) in weights.iter().zip(group) {
+                    v = vmlaq_s8(v, *w, vdupq_n_s8(xm));
+                }
+                // SAFETY: group j's 16 bytes of chunk n lie within `out` (asserted).
+                unsafe { vst1q_s8(out.as_mut_ptr().add(n * stride + TABLE_BYTES * j).cast(), v) };
+            }
+        }
+    }
 
     /// Chunks summed in i16 lanes before widening: each adds at most 4 · 49 in magnitude.
     const I16_WINDOW_CHUNKS: usize = 128;
