@@ -139,17 +139,22 @@ def hbit_greedy(hbit, gguf):
     return out
 
 
-def llama_ppl(bin_dir, gguf, text, log):
-    r = subprocess.run(
-        [os.path.join(bin_dir, "llama-perplexity"), "-m", gguf, "-f", text, "-c", "256", "-b", "256",
-         "-t", "2"],
-        text=True, capture_output=True,
-    )
-    log.write(r.stdout + r.stderr)
-    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
-    if not m:
-        raise RuntimeError(f"llama-perplexity on {gguf}: no final estimate (exit {r.returncode})")
-    return float(m.group(1)), float(m.group(2))
+def llama_ppl(bin_dir, gguf, text, log, attempts=2):
+    # One run on a busy 2-vCPU machine ended after its last chunk without the final line (exit
+    # 0); a second attempt is allowed before giving up.
+    for attempt in range(1, attempts + 1):
+        r = subprocess.run(
+            [os.path.join(bin_dir, "llama-perplexity"), "-m", gguf, "-f", text, "-c", "256", "-b",
+             "256", "-t", "2"],
+            text=True, capture_output=True,
+        )
+        log.write(r.stdout + r.stderr)
+        m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", r.stdout + r.stderr)
+        if m:
+            return float(m.group(1)), float(m.group(2))
+        print(f"     llama-perplexity on {gguf}: no final estimate (exit {r.returncode}), "
+              f"attempt {attempt} of {attempts}", flush=True)
+    raise RuntimeError(f"llama-perplexity on {gguf}: no final estimate in {attempts} attempts")
 
 
 def hbit_ppl(hbit, gguf, text):
