@@ -318,6 +318,12 @@ fn build_tables(tile: LutTile, x: &[i8], tables: &mut [MaybeUninit<u8>], chunk_s
             // above bounds every chunk's 64 table bytes within `tables`.
             unsafe { avx2::build_tables(x, tables, chunk_stride) }
         }
+        #[cfg(target_arch = "aarch64")]
+        LutTile::Neon => {
+            // SAFETY: the NEON tile is chosen only where the NEON path is supported; the assert
+            // above bounds every chunk's 64 table bytes within `tables`.
+            unsafe { neon::build_tables(x, tables, chunk_stride) }
+        }
         _ => build_tables_scalar(x, tables, chunk_stride),
     }
 }
@@ -976,9 +982,55 @@ mod avx512_vbmi {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::{
-        CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_ROW_BLOCK, SHUFFLE_TOKEN_TILE, TABLE_BYTES,
+        weight_of_code, CHUNK_TABLE_BYTES, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK,
+        SHUFFLE_TOKEN_TILE, TABLE_BIAS, TABLE_BYTES,
     };
     use std::arch::aarch64::*;
+    use std::mem::MaybeUninit;
+
+    /// The tables of `build_tables_scalar`: entry `idx` of k-group `(xa, xb)` is
+    /// `TABLE_BIAS + w_a(idx) · xa + w_b(idx) · xb`, two byte multiply-adds over all 16 entries
+    /// (within 0..=32, so byte arithmetic is exact).
+    ///
+    /// # Safety
+    /// NEON; `tables` holds `(chunks − 1) · chunk_stride + 64` bytes for the `x.len() / 8`
+    /// chunks (the caller asserts it).
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn build_tables(
+        x: &[i8],
+        tables: &mut [MaybeUninit<u8>],
+        chunk_stride: usize,
+    ) {
+        let lanes = |of: fn(usize) -> usize| -> int8x16_t {
+            let w: [i8; 16] = std::array::from_fn(|idx| weight_of_code(of(idx)) as i8);
+            // SAFETY: 16 readable bytes.
+            unsafe { vld1q_s8(w.as_ptr()) }
+        };
+        let (wa, wb) = (lanes(|idx| idx & 3), lanes(|idx| idx >> 2));
+        let bias = vdupq_n_s8(TABLE_BIAS as i8);
+        let chunks = x.len() / LUT_CHUNK_COLS;
+        assert!(chunks == 0 || tables.len() >= (chunks - 1) * chunk_stride + CHUNK_TABLE_BYTES);
+        for c in 0..chunks {
+            for j in 0..4 {
+                let g = 4 * c + j;
+                let v = vmlaq_s8(
+                    vmlaq_s8(bias, wa, vdupq_n_s8(x[2 * g])),
+                    wb,
+                    vdupq_n_s8(x[2 * g + 1]),
+                );
+                // SAFETY: k-group j's 16 bytes of chunk c lie within `tables` (asserted).
+                unsafe {
+                    vst1q_s8(
+                        tables
+                            .as_mut_ptr()
+                            .add(c * chunk_stride + TABLE_BYTES * j)
+                            .cast(),
+                        v,
+                    )
+                };
+            }
+        }
+    }
 
     /// Chunks summed in u16 lanes before widening: each chunk adds at most 4 · 32 = 128.
     const U16_WINDOW_CHUNKS: usize = 256;
