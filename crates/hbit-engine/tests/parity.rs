@@ -140,21 +140,38 @@ fn an_a4_models_int8_twin_equals_the_a8_build_of_the_same_weights() {
     );
 }
 
-/// With the f16 KV cache, keys and values are rounded to f16 (relative error ≤ 2^-11).
-const PARITY_F16_KV_REL_TOL: f32 = 2e-2;
+/// With the f16 KV cache, keys and values are rounded to f16 (relative error ≤ 2^-11), which
+/// moves a random-initialized micro model's small logits by a few percent at INT8: measured over
+/// seeds 1–12 (30 tokens), 1.3e-2 to 2.5e-2 against the framework's exact forward. At INT4 one
+/// such rounding now and then flips an activation code, and a flipped 4-bit code moves these
+/// models' logits by 13–21% (9 of the 12 seeds), so INT4 with f16 KV is checked by the cached
+/// decode tests below (f16 cache, full against stepwise) rather than against the framework.
+const PARITY_F16_KV_REL_TOL: f32 = 5e-2;
 
 #[test]
 fn f16_kv_cache_stays_close_to_framework() {
-    let config = preset("micro", Variant::BitnetV2, ActBits::Int4).unwrap();
-    let (model, engine) = model_and_engine(&config, 9);
-    let toks = tokens(30, config.vocab_size, 2);
-    let want = framework_logits(&model, &toks);
-    let mut cache = engine.new_cache(KvBits::F16);
-    let got = engine
-        .forward(&mut [&mut cache], &[&toks], Logits::All)
-        .unwrap();
-    let diff = max_rel_diff(&got[0], &want);
-    assert!(diff < PARITY_F16_KV_REL_TOL, "{diff}");
+    let config = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+    for seed in 1..=12u64 {
+        let (model, engine) = model_and_engine(&config, seed);
+        let toks = tokens(30, config.vocab_size, seed as u32);
+        let want = framework_logits(&model, &toks);
+        let mut cache = engine.new_cache(KvBits::F16);
+        let got = engine
+            .forward(&mut [&mut cache], &[&toks], Logits::All)
+            .unwrap();
+        let diff = max_rel_diff(&got[0], &want);
+        assert!(diff < PARITY_F16_KV_REL_TOL, "seed {seed}: {diff}");
+        // The f32 cache is the framework's forward (see `PARITY_REL_TOL`), so the difference
+        // above is the f16 rounding's.
+        let mut exact = engine.new_cache(KvBits::F32);
+        let f32_logits = engine
+            .forward(&mut [&mut exact], &[&toks], Logits::All)
+            .unwrap();
+        assert!(
+            max_rel_diff(&f32_logits[0], &want) < FLIP_REL_TOL,
+            "seed {seed}: f32 cache"
+        );
+    }
 }
 
 #[test]
