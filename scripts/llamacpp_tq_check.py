@@ -140,8 +140,8 @@ def hbit_greedy(hbit, gguf):
 
 
 def llama_ppl(bin_dir, gguf, text, log, attempts=2):
-    # One run on a busy 2-vCPU machine ended after its last chunk without the final line (exit
-    # 0); a second attempt is allowed before giving up.
+    # On a busy machine llama-perplexity can exit 0 after its last chunk without printing the
+    # final estimate; a second attempt tells that from a real failure.
     for attempt in range(1, attempts + 1):
         r = subprocess.run(
             [os.path.join(bin_dir, "llama-perplexity"), "-m", gguf, "-f", text, "-c", "256", "-b",
