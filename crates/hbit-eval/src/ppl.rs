@@ -48,6 +48,17 @@ pub fn bits_per_byte(nll_nats: f64, bytes: u64) -> f64 {
     nll_nats / std::f64::consts::LN_2 / bytes as f64
 }
 
+/// A window length each method accepts: at least `min` tokens, at most the model's positions.
+fn check_context(engine: &Engine, context: usize, min: usize) -> Result<()> {
+    let max = engine.config().max_position_embeddings;
+    if context < min || context > max {
+        return Err(EngineError::Input(format!(
+            "perplexity: context {context} must be in {min}..={max} (max_position_embeddings)"
+        )));
+    }
+    Ok(())
+}
+
 /// `ln softmax(logits)[target]`, computed stably in f64.
 pub fn log_prob(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
@@ -66,17 +77,12 @@ pub fn perplexity(
     kv: KvBits,
     on_window: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
-    let max = engine.config().max_position_embeddings;
     if tokens.is_empty() {
         return Err(EngineError::Input(
             "perplexity: the text has no tokens".into(),
         ));
     }
-    if context == 0 || context > max {
-        return Err(EngineError::Input(format!(
-            "perplexity: context {context} must be in 1..={max} (max_position_embeddings)"
-        )));
-    }
+    check_context(engine, context, 1)?;
     if stride == 0 || stride > context {
         return Err(EngineError::Input(format!(
             "perplexity: stride {stride} must be in 1..={context} (the context)"
@@ -126,12 +132,7 @@ pub fn perplexity_llama_cpp(
     kv: KvBits,
     on_window: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
-    let max = engine.config().max_position_embeddings;
-    if n_ctx < 4 || n_ctx > max {
-        return Err(EngineError::Input(format!(
-            "perplexity: context {n_ctx} must be in 4..={max} (max_position_embeddings)"
-        )));
-    }
+    check_context(engine, n_ctx, 4)?;
     let mut seq = Vec::with_capacity(tokens.len() + 1);
     seq.extend(bos);
     seq.extend_from_slice(tokens);
@@ -179,12 +180,7 @@ pub fn perplexity_windows(
     kv: KvBits,
     on_window: &mut dyn FnMut(usize, usize),
 ) -> Result<Perplexity> {
-    let max = engine.config().max_position_embeddings;
-    if context < 2 || context > max {
-        return Err(EngineError::Input(format!(
-            "perplexity: context {context} must be in 2..={max} (max_position_embeddings)"
-        )));
-    }
+    check_context(engine, context, 2)?;
     if tokens.len() < 2 {
         return Err(EngineError::Input(format!(
             "perplexity: {} tokens leave nothing to score after a window's first",

@@ -29,6 +29,17 @@ use hbit_model::files::TOKENIZER_FILE;
 
 use stages::{plan, seed_plan, Stage};
 
+/// Appends `line` to the log at `path` (created when missing).
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot append to it", path.display()))?;
+    writeln!(log, "{line}")?;
+    Ok(())
+}
+
 /// The stage timings' file in the report directory.
 pub const TIMINGS_FILE: &str = "timings.jsonl";
 
@@ -279,13 +290,7 @@ impl<'a> Study<'a> {
     fn log_command(&self, args: &[String]) -> Result<()> {
         let line = format!("hbit {}", args.join(" "));
         eprintln!("reproduce: {line}");
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.commands)
-            .with_context(|| format!("{}", self.commands.display()))?;
-        writeln!(log, "{line}")?;
-        Ok(())
+        append_line(&self.commands, &line)
     }
 
     fn find_eval_file(&self, relative: &str) -> Option<PathBuf> {

@@ -199,7 +199,6 @@ impl Study<'_> {
 
     /// Appends one line to the timings: the stage, its seed, seconds, CPU and hbit version.
     fn log_timing(&self, stage: &Stage, seconds: f64) -> Result<()> {
-        use std::io::Write;
         let cpu = crate::cpu_cmd::CpuSignature::detect();
         let line = json!({
             "stage": stage.name(),
@@ -213,13 +212,7 @@ impl Study<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         });
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.timings)
-            .with_context(|| format!("{}: cannot append a timing", self.timings.display()))?;
-        writeln!(file, "{line}")?;
-        Ok(())
+        super::append_line(&self.timings, &line.to_string())
     }
 
     /// Carries out `stage` unless its file is there. A training run Ctrl-C stopped (its
