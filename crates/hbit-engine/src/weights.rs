@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use half::f16;
+use hbit_kernels::matmul::{ProductKind, Split};
 use hbit_kernels::quant::{quantize_activations, sparsify_topk_token, topk_count};
 use hbit_kernels::{
     matmul, quantize_ternary, ActBits, FloatWeights, Hadamard, LutPacked, PackedTernary,
@@ -152,6 +153,11 @@ impl TernaryMatrix {
     pub fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<()> {
         Ok(self.packed().matmul(x, y)?)
     }
+
+    /// The kernel family that multiplies this matrix (the key of its thread splits).
+    pub fn product_kind(&self) -> ProductKind {
+        self.packed().product_kind()
+    }
 }
 
 /// Products of several matrices with one quantized input (q/k/v, gate/up) in one parallel
@@ -161,34 +167,65 @@ pub fn matmul_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<()> {
+    matmul_many_split(ws, x, ys, None)
+}
+
+/// [`matmul_many`] cut across the threads as `split` says (`None`: this CPU's pinned choice or
+/// the kernel's built-in rule, `hbit_kernels::matmul::split`). Every split gives the same
+/// results.
+pub fn matmul_many_split(
+    ws: &[&TernaryMatrix],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+    split: Option<Split>,
+) -> Result<()> {
     /// The kernels' multi-matrix product when every matrix is of the variant `pick` takes.
     fn all<T: PackedTernary>(
         ws: &[&TernaryMatrix],
         x: &QuantizedActivations,
         ys: &mut [&mut [f32]],
         pick: fn(&TernaryMatrix) -> Option<&T>,
+        split: Option<Split>,
     ) -> Result<()> {
         let same: Option<Vec<&T>> = ws.iter().map(|w| pick(w)).collect();
         let same = same.ok_or_else(|| {
             EngineError::Input("matmul_many: matrices of one input must share one layout".into())
         })?;
-        Ok(T::matmul_many(&same, x, ys)?)
+        Ok(T::matmul_many_split(&same, x, ys, split)?)
     }
     // The first matrix names the layout; the rest must share it. No matrices: the INT8 kernel
     // then checks that there are no outputs either.
     match ws.first() {
-        Some(TernaryMatrix::Lut(_)) => all(ws, x, ys, |w| match w {
-            TernaryMatrix::Lut(l) => Some(l),
-            _ => None,
-        }),
-        Some(TernaryMatrix::Triple(_)) => all(ws, x, ys, |w| match w {
-            TernaryMatrix::Triple(t) => Some(t),
-            _ => None,
-        }),
-        _ => all(ws, x, ys, |w| match w {
-            TernaryMatrix::Row(r) => Some(r),
-            _ => None,
-        }),
+        Some(TernaryMatrix::Lut(_)) => all(
+            ws,
+            x,
+            ys,
+            |w| match w {
+                TernaryMatrix::Lut(l) => Some(l),
+                _ => None,
+            },
+            split,
+        ),
+        Some(TernaryMatrix::Triple(_)) => all(
+            ws,
+            x,
+            ys,
+            |w| match w {
+                TernaryMatrix::Triple(t) => Some(t),
+                _ => None,
+            },
+            split,
+        ),
+        _ => all(
+            ws,
+            x,
+            ys,
+            |w| match w {
+                TernaryMatrix::Row(r) => Some(r),
+                _ => None,
+            },
+            split,
+        ),
     }
 }
 
@@ -430,6 +467,25 @@ impl LayerWeights {
     }
 }
 
+/// The projections the forward pass multiplies in one kernel call each: those sharing one
+/// quantized input (q/k/v; gate/up) together.
+pub const PRODUCT_GROUPS: [&[Proj]; 4] = [
+    &[Proj::Q, Proj::K, Proj::V],
+    &[Proj::O],
+    &[Proj::Gate, Proj::Up],
+    &[Proj::Down],
+];
+
+/// One kernel call of the forward pass: its kernel family, the rows of its matrices together,
+/// their columns, and the width of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductShape {
+    pub kind: ProductKind,
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: ActBits,
+}
+
 /// Everything the forward pass reads.
 #[derive(Debug, Clone)]
 pub struct Weights {
@@ -592,6 +648,29 @@ impl Weights {
 
     pub fn head(&self) -> &FloatMatrix {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Every kernel call of a forward pass over the layers, as its thread split is keyed
+    /// (`hbit_kernels::matmul::SplitKey`): one per group of [`PRODUCT_GROUPS`] per layer, its
+    /// rows the group's together.
+    pub fn products(&self) -> Vec<ProductShape> {
+        self.layers
+            .iter()
+            .flat_map(|layer| {
+                PRODUCT_GROUPS.map(|group| {
+                    let first = layer.projection(group[0]);
+                    ProductShape {
+                        kind: first.weight.product_kind(),
+                        rows: group
+                            .iter()
+                            .map(|&p| layer.projection(p).weight.rows())
+                            .sum(),
+                        cols: first.weight.cols(),
+                        bits: first.quant.bits,
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Bytes of packed ternary weights over all layers.

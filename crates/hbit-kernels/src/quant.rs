@@ -163,7 +163,7 @@ pub fn quantize_ternary(
 }
 
 /// Activation bit width of a per-token quantizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ActBits {
     /// INT8 absmax, eq. (5): codes in [-128, 127].
     Int8,

@@ -217,9 +217,14 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
     println!("active path: {active}");
     match crate::tune::current_profile() {
         Some(profile) => {
-            println!("a4 layout per projection shape and batch bucket (tune profile):");
+            println!(
+                "kernel per call shape and batch bucket (tune profile, {} threads; `*`: a split \
+                 pinned over the built-in one):",
+                profile.threads
+            );
+            let pinned = profile.chosen_splits();
             let mut timings = profile.timings.clone();
-            timings.sort_by_key(|t| (t.rows, t.cols, t.tokens));
+            timings.sort_by_key(|t| (t.bits, t.rows, t.cols, t.tokens));
             for t in timings {
                 let line: Vec<String> = t
                     .seconds
@@ -231,10 +236,18 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                     .iter()
                     .min_by(|a, b| a.1.total_cmp(b.1))
                     .map_or("?", |(l, _)| l.as_str());
+                let split = pinned
+                    .iter()
+                    .find(|(k, _)| {
+                        (k.rows, k.cols, k.bucket.name()) == (t.rows, t.cols, t.bucket.as_str())
+                            && crate::tune::kind_name(k.kind) == fastest
+                    })
+                    .map_or(String::new(), |(_, s)| format!(" * {s}"));
                 println!(
-                    "  {} × {}, batch {}: {fastest} ({})",
+                    "  {} × {} ({}-bit input), batch {}: {fastest}{split} ({})",
                     t.rows,
                     t.cols,
+                    t.bits,
                     t.bucket,
                     line.join(", ")
                 );

@@ -70,6 +70,10 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     let loaded = load_model_as_stored(path)?;
     // a4 projections in the layout this CPU's tune profile chooses (`hbit tune`).
     let Some(layout) = loaded.engine.weights.int4_layout() else {
+        // INT8 inputs have one layout; the profile's thread splits still apply.
+        if let Some(profile) = crate::tune::current_profile() {
+            crate::tune::pin_splits(&profile);
+        }
         return Ok(loaded);
     };
     // A large model tunes briefly on first use where the profile lacks its shapes.

@@ -1,17 +1,23 @@
-//! `hbit tune`: which weight layout this CPU multiplies a4 models' projections fastest in,
-//! measured per projection shape and batch bucket, and remembered per CPU in a profile under
-//! the user cache directory (`$XDG_CACHE_HOME/hbit`, else `~/.cache/hbit`), keyed by the CPU
-//! signature and hbit's version. Loading an a4 model re-lays its projections out in the chosen
-//! layout (`HBIT_TUNE=off` keeps the file's). Every layout gives the same integers, so the
-//! choice changes speed only, never a result.
+//! `hbit tune`: how this CPU multiplies each of a model's products fastest, measured per
+//! product shape and batch bucket, and remembered per CPU in a profile under the user cache
+//! directory (`$XDG_CACHE_HOME/hbit`, else `~/.cache/hbit`), keyed by the CPU signature and
+//! hbit's version. Two choices are measured:
 //!
-//! The candidates are the three exact layouts for 4-bit inputs: two weights per lookup
-//! (`pairs`), three (`triples`), and the INT8 multiply-add kernels on the 4-bit codes (`rows`).
-//! Kernel tiles and thread splits keep their built-in choices.
+//! * the **layout** of a4 models' projections: two weights per lookup (`pairs`), three
+//!   (`triples`), or the INT8 multiply-add kernels on the 4-bit codes (`rows`). Loading an a4
+//!   model re-lays its projections out in the chosen layout;
+//! * the **thread split** of each kernel call (`hbit_kernels::matmul::Split`: row shares per
+//!   thread, tables built per share or once, rows or token tiles split), for a8 models too.
+//!   Loading a model pins the splits that beat the kernels' built-in rules by more than 2%.
 //!
-//! Without a profile for a large a4 model's shapes, loading it tunes briefly first (only the
-//! decode and prefill buckets the choice reads, one progress line) and saves the result;
-//! `hbit tune` measures every bucket.
+//! `HBIT_TUNE=off` keeps the file's layout and the built-in splits. Every layout and split
+//! gives the same integers, so the choices change speed only, never a result. Shapes are the
+//! engine's kernel calls: q/k/v together, W_o, gate/up together, W_down
+//! (`hbit_engine::weights::PRODUCT_GROUPS`).
+//!
+//! Without a profile for a large a4 model's shapes, loading it tunes the layout briefly first
+//! (only the decode and prefill buckets the choice reads, one progress line) and saves the
+//! result; `hbit tune` measures every bucket, layout and split.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +27,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hbit_engine::weights::TernaryMatrix;
 use hbit_engine::{Int4Layout, Weights};
+use hbit_kernels::matmul::{Bucket, ProductKind, Split, SplitKey};
 use hbit_kernels::quant::{quantize_activations, ActBits, TernaryWeights};
-use hbit_model::Proj;
 use serde::{Deserialize, Serialize};
 
 use crate::cpu_cmd::CpuSignature;
@@ -33,20 +39,32 @@ const DECODE_BUCKET: &str = BUCKETS[0].0;
 const PREFILL_BUCKET: &str = BUCKETS[3].0;
 
 /// Bumped when the profile's meaning changes (the kernels it timed, its fields): part of the
-/// file name and checked on read.
-const PROFILE_SCHEMA: u32 = 1;
+/// file name and checked on read. 2: shapes are kernel calls (q/k/v, gate/up together), with
+/// input widths and thread splits.
+const PROFILE_SCHEMA: u32 = 2;
 
 const LAYOUTS: [Int4Layout; 3] = [Int4Layout::Pairs, Int4Layout::Triples, Int4Layout::Rows];
 
-/// One measured shape at one bucket: seconds per product in each layout.
+/// The name profiles give the kernels' built-in split rules.
+pub const AUTO_SPLIT: &str = "auto";
+
+/// A pinned split must beat the built-in rules by this factor: closer is the VM's noise.
+const SPLIT_MARGIN: f64 = 0.98;
+
+/// One measured kernel call at one bucket: seconds per product in each layout and split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShapeTiming {
     pub rows: usize,
     pub cols: usize,
+    /// Input width: 4 (every layout measured) or 8 (the multiply-add kernel alone).
+    pub bits: u8,
     pub bucket: String,
     pub tokens: usize,
-    /// Layout name → best seconds per product.
+    /// Layout name → best seconds per product over the splits measured.
     pub seconds: BTreeMap<String, f64>,
+    /// Layout name → split name (`auto`: the built-in rules) → seconds per product; only the
+    /// built-in rules where a first-use tune measured the layouts alone.
+    pub splits: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// What `hbit tune` wrote for this CPU.
@@ -60,6 +78,33 @@ pub struct Profile {
     pub timings: Vec<ShapeTiming>,
 }
 
+/// The kernel family a layout runs for inputs `bits` wide.
+fn product_kind(layout: Int4Layout, bits: u8) -> ProductKind {
+    match (bits, layout) {
+        (4, Int4Layout::Pairs) => ProductKind::Int4Pairs,
+        (4, Int4Layout::Triples) => ProductKind::Int4Triples,
+        _ => ProductKind::Int8Rows,
+    }
+}
+
+/// The layout name a kernel family runs (`rows` for the multiply-add kernel).
+pub fn kind_name(kind: ProductKind) -> &'static str {
+    match kind {
+        ProductKind::Int8Rows => Int4Layout::Rows.name(),
+        ProductKind::Int4Pairs => Int4Layout::Pairs.name(),
+        ProductKind::Int4Triples => Int4Layout::Triples.name(),
+    }
+}
+
+/// The layouts measured for inputs `bits` wide.
+fn layouts_for(bits: u8) -> &'static [Int4Layout] {
+    if bits == 4 {
+        &LAYOUTS
+    } else {
+        &LAYOUTS[2..]
+    }
+}
+
 impl Profile {
     fn empty(signature: &CpuSignature, threads: usize) -> Profile {
         Profile {
@@ -71,28 +116,28 @@ impl Profile {
         }
     }
 
-    fn timing(&self, rows: usize, cols: usize, bucket: &str) -> Option<&ShapeTiming> {
+    fn timing(&self, rows: usize, cols: usize, bits: u8, bucket: &str) -> Option<&ShapeTiming> {
         self.timings
             .iter()
-            .find(|t| t.rows == rows && t.cols == cols && t.bucket == bucket)
+            .find(|t| t.rows == rows && t.cols == cols && t.bits == bits && t.bucket == bucket)
     }
 
     /// Replaces or adds `timing`.
     fn record(&mut self, timing: ShapeTiming) {
-        self.timings
-            .retain(|t| (t.rows, t.cols, &t.bucket) != (timing.rows, timing.cols, &timing.bucket));
+        let key = |t: &ShapeTiming| (t.rows, t.cols, t.bits, t.bucket.clone());
+        self.timings.retain(|t| key(t) != key(&timing));
         self.timings.push(timing);
     }
 
-    /// The layout with the least decode time (bucket 1) over `shapes` (each `(rows, cols)` once
-    /// per projection that has it); ties within 2% go to the one with the least prefill time
-    /// (bucket 33+). `None` when a shape was never measured.
+    /// The a4 layout with the least decode time (bucket 1) over `shapes` (each `(rows, cols)`
+    /// once per kernel call that has it); ties within 2% go to the one with the least prefill
+    /// time (bucket 33+). `None` when a shape was never measured.
     pub fn choose(&self, shapes: &[(usize, usize)]) -> Option<Int4Layout> {
         let total = |bucket: &str, layout: Int4Layout| -> Option<f64> {
             shapes
                 .iter()
                 .map(|&(r, c)| {
-                    self.timing(r, c, bucket)?
+                    self.timing(r, c, 4, bucket)?
                         .seconds
                         .get(layout.name())
                         .copied()
@@ -110,6 +155,48 @@ impl Profile {
             .map(|&(l, _)| (l, total(PREFILL_BUCKET, l).unwrap_or(f64::INFINITY)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(l, _)| l)
+    }
+
+    /// The splits to pin: for every measured kernel call, layout and bucket, the fastest split
+    /// where it beats the built-in rules (also measured) by more than 2%.
+    pub fn chosen_splits(&self) -> BTreeMap<SplitKey, Split> {
+        let mut chosen = BTreeMap::new();
+        for t in &self.timings {
+            let Some(bucket) = Bucket::parse(&t.bucket) else {
+                continue;
+            };
+            for (layout, splits) in &t.splits {
+                let Some(&layout) = LAYOUTS.iter().find(|l| l.name() == layout) else {
+                    continue;
+                };
+                let Some(&auto) = splits.get(AUTO_SPLIT) else {
+                    continue;
+                };
+                let best = splits
+                    .iter()
+                    .filter_map(|(name, &s)| Some((name.parse::<Split>().ok()?, s)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some((split, s)) = best.filter(|&(_, s)| s < auto * SPLIT_MARGIN) {
+                    let key = SplitKey {
+                        kind: product_kind(layout, t.bits),
+                        rows: t.rows,
+                        cols: t.cols,
+                        bucket,
+                    };
+                    // The same kernel on 4- and 8-bit inputs (rows): the faster measurement.
+                    let keep = chosen
+                        .get(&key)
+                        .is_none_or(|&(_, old): &(Split, f64)| s < old);
+                    if keep {
+                        chosen.insert(key, (split, s));
+                    }
+                }
+            }
+        }
+        chosen
+            .into_iter()
+            .map(|(k, (split, _))| (k, split))
+            .collect()
     }
 }
 
@@ -185,80 +272,135 @@ pub fn current_profile() -> Option<Profile> {
     read_profile(&profile_path(&signature)?, &signature)
 }
 
-/// `(rows, cols)` of every projection of `weights` whose input is 4-bit.
+/// `(rows, cols)` of every kernel call of `weights` whose input is 4-bit (once per layer that
+/// makes it).
 pub fn int4_shapes(weights: &Weights) -> Vec<(usize, usize)> {
-    let c = &weights.config;
-    (0..c.num_layers)
-        .flat_map(|_| Proj::ALL)
-        .filter(|&p| c.input_quant(p).bits == ActBits::Int4)
-        .map(|p| c.proj_shape(p))
+    weights
+        .products()
+        .into_iter()
+        .filter(|p| p.bits == ActBits::Int4)
+        .map(|p| (p.rows, p.cols))
         .collect()
 }
 
+/// `(rows, cols, input bits)` of every distinct kernel call of `weights`.
+fn call_shapes(weights: &Weights) -> Vec<(usize, usize, u8)> {
+    let mut shapes: Vec<(usize, usize, u8)> = weights
+        .products()
+        .into_iter()
+        .map(|p| (p.rows, p.cols, p.bits.bits()))
+        .collect();
+    shapes.sort_unstable();
+    shapes.dedup();
+    shapes
+}
+
 /// `weights` in the layout the profile chooses for them, and what was done (for a note), or
-/// the weights as they came when there is nothing to choose or no profile covers them.
+/// the weights as they came when there is nothing to choose or no profile covers them. Pins
+/// the profile's thread splits too ([`pin_splits`]).
 pub fn apply_profile(weights: Weights, profile: Option<&Profile>) -> (Weights, Option<String>) {
-    let (Some(current), Some(profile)) = (weights.int4_layout(), profile) else {
+    let Some(profile) = profile else {
         return (weights, None);
+    };
+    let pinned = pin_splits(profile);
+    let splits_note = (pinned > 0).then(|| format!("{pinned} thread splits pinned (tune profile)"));
+    let Some(current) = weights.int4_layout() else {
+        return (weights, splits_note);
     };
     let Some(chosen) = profile.choose(&int4_shapes(&weights)) else {
-        return (weights, None);
+        return (weights, splits_note);
     };
     if chosen == current {
-        return (weights, None);
+        return (weights, splits_note);
     }
     let start = Instant::now();
     let relaid = weights.with_int4_layout(chosen);
     let note = format!(
-        "INT4 projections re-laid out {} → {} for this CPU (tune profile; {:.2} s; HBIT_TUNE=off keeps the file's)",
+        "INT4 projections re-laid out {} → {} for this CPU (tune profile; {:.2} s; HBIT_TUNE=off keeps the file's){}",
         current.name(),
         chosen.name(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        splits_note.map_or(String::new(), |n| format!("; {n}"))
     );
     (relaid, Some(note))
 }
 
-/// Best seconds per product of a `rows × cols` ternary matrix in `layout` with `tokens` 4-bit
-/// inputs. Batch 1 cycles through copies filling `cold_bytes`, so a matrix that fits in cache is
-/// still read from DRAM as in a real decode step.
-fn measure(
-    rows: usize,
-    cols: usize,
-    layout: Int4Layout,
-    tokens: usize,
-    cold_bytes: usize,
-) -> Result<f64> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (rows * 31 + cols) as u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let codes: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-    let w = TernaryWeights::from_codes(rows, cols, 0.5, codes)?;
-    let one = TernaryMatrix::pack_with(&w, ActBits::Int4, layout);
-    let copies = if tokens == 1 {
-        // Bounded for tiny matrices, whose products are latency-bound anyway.
-        cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 4096)
-    } else {
-        1
-    };
-    let matrices: Vec<TernaryMatrix> = (0..copies).map(|_| one.clone()).collect();
-    let x: Vec<f32> = (0..tokens * cols)
-        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
-    let xq = quantize_activations(&x, tokens, cols, ActBits::Int4)?;
-    let mut y = vec![0.0f32; tokens * rows];
-    let reps = (copies * 3).max(8);
-    matrices[0].matmul(&xq, &mut y)?; // warm-up
-    let mut best = f64::INFINITY;
-    for rep in 0..reps {
-        let start = Instant::now();
-        matrices[rep % copies].matmul(&xq, &mut y)?;
-        best = best.min(start.elapsed().as_secs_f64());
+/// Pins the profile's faster-than-built-in thread splits for this process
+/// ([`Profile::chosen_splits`]) when it was measured on the current pool's thread count (a
+/// split's shares are per thread, but which wins depends on how many there are); returns how
+/// many.
+pub fn pin_splits(profile: &Profile) -> usize {
+    if profile.threads != rayon::current_num_threads() {
+        return 0;
     }
-    Ok(best)
+    let chosen = profile.chosen_splits();
+    let n = chosen.len();
+    hbit_kernels::matmul::choose_splits(chosen);
+    n
+}
+
+/// A `rows × cols` ternary matrix in `layout` for inputs `bits` wide, and `tokens` inputs.
+struct Operands {
+    /// Copies enough to fill `cold_bytes` for one token (a decode step reads its weights from
+    /// DRAM), else one.
+    matrices: Vec<TernaryMatrix>,
+    x: hbit_kernels::QuantizedActivations,
+}
+
+impl Operands {
+    fn new(
+        rows: usize,
+        cols: usize,
+        layout: Int4Layout,
+        bits: u8,
+        tokens: usize,
+        cold_bytes: usize,
+    ) -> Result<Operands> {
+        let bits = ActBits::from_bits(bits).context("input bits: 4 or 8")?;
+        let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (rows * 31 + cols) as u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let codes: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let w = TernaryWeights::from_codes(rows, cols, 0.5, codes)?;
+        let one = TernaryMatrix::pack_with(&w, bits, layout);
+        let copies = if tokens == 1 {
+            // Bounded for tiny matrices, whose products are latency-bound anyway.
+            cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 4096)
+        } else {
+            1
+        };
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        Ok(Operands {
+            matrices: (0..copies).map(|_| one.clone()).collect(),
+            x: quantize_activations(&x, tokens, cols, bits)?,
+        })
+    }
+
+    /// Best seconds per product cut as `split` says (`None`: the built-in rules), cycling
+    /// through the copies.
+    fn time(&self, split: Option<Split>) -> Result<f64> {
+        let rows = self.matrices[0].rows();
+        let mut y = vec![0.0f32; self.x.tokens * rows];
+        let copies = self.matrices.len();
+        let reps = (copies * 3).max(8);
+        let run = |m: &TernaryMatrix, y: &mut [f32]| {
+            hbit_engine::weights::matmul_many_split(&[m], &self.x, &mut [y], split)
+        };
+        run(&self.matrices[0], &mut y)?; // warm-up
+        let mut best = f64::INFINITY;
+        for rep in 0..reps {
+            let start = Instant::now();
+            run(&self.matrices[rep % copies], &mut y)?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
 }
 
 /// The buckets a first-use tune measures: those [`Profile::choose`] reads.
@@ -270,32 +412,55 @@ fn cold_bytes(signature: &CpuSignature) -> usize {
     (4 * signature.last_level_cache_bytes().unwrap_or(0)).max(256 << 20)
 }
 
-/// Times every layout for each shape at each bucket on `threads` threads, recording each into
-/// `profile` and handing it to `each` (for a table row or progress).
+/// Times every layout (for 4-bit inputs; the multiply-add kernel for 8-bit ones) for each
+/// kernel call shape `(rows, cols, bits)` at each bucket on `threads` threads, with the
+/// built-in split and, when `with_splits`, every candidate split; records each into `profile`
+/// and hands it to `each` (for a table row or progress).
 fn measure_into(
     profile: &mut Profile,
-    shapes: &[(usize, usize)],
+    shapes: &[(usize, usize, u8)],
     buckets: &[(&str, usize)],
     cold_bytes: usize,
     threads: usize,
+    with_splits: bool,
     mut each: impl FnMut(&ShapeTiming),
 ) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    for &(rows, cols) in shapes {
+    for &(rows, cols, bits) in shapes {
         for &(bucket, tokens) in buckets {
             let mut seconds = BTreeMap::new();
-            for layout in LAYOUTS {
-                let s = pool.install(|| measure(rows, cols, layout, tokens, cold_bytes))?;
-                seconds.insert(layout.name().to_string(), s);
+            let mut splits = BTreeMap::new();
+            for &layout in layouts_for(bits) {
+                let operands = Operands::new(rows, cols, layout, bits, tokens, cold_bytes)?;
+                let mut candidates = vec![None];
+                if with_splits {
+                    let kind = product_kind(layout, bits);
+                    candidates.extend(
+                        Split::candidates(kind, tokens, threads)
+                            .into_iter()
+                            .map(Some),
+                    );
+                }
+                let mut by_split = BTreeMap::new();
+                for split in candidates {
+                    let s = pool.install(|| operands.time(split))?;
+                    let name = split.map_or(AUTO_SPLIT.to_string(), |s| s.to_string());
+                    by_split.insert(name, s);
+                }
+                let best = by_split.values().copied().fold(f64::INFINITY, f64::min);
+                seconds.insert(layout.name().to_string(), best);
+                splits.insert(layout.name().to_string(), by_split);
             }
             let timing = ShapeTiming {
                 rows,
                 cols,
+                bits,
                 bucket: bucket.to_string(),
                 tokens,
                 seconds,
+                splits,
             };
             each(&timing);
             profile.record(timing);
@@ -317,16 +482,14 @@ pub fn profile_for(
     min_bytes: usize,
 ) -> Option<Profile> {
     let existing = read_profile(path, signature);
-    let mut shapes = int4_shapes(weights);
-    shapes.sort_unstable();
-    shapes.dedup();
-    let covered = |p: &Profile, &(r, c): &(usize, usize)| {
+    let covered = |p: &Profile, &(r, c, bits): &(usize, usize, u8)| {
         FIRST_USE_BUCKETS
             .iter()
-            .all(|(bucket, _)| p.timing(r, c, bucket).is_some())
+            .all(|(bucket, _)| p.timing(r, c, bits, bucket).is_some())
     };
-    let missing: Vec<(usize, usize)> = shapes
+    let missing: Vec<(usize, usize, u8)> = call_shapes(weights)
         .into_iter()
+        .filter(|&(_, _, bits)| bits == 4)
         .filter(|s| !existing.as_ref().is_some_and(|p| covered(p, s)))
         .collect();
     if missing.is_empty() || weights.ternary_bytes() <= min_bytes {
@@ -356,6 +519,7 @@ pub fn profile_for(
         &FIRST_USE_BUCKETS,
         cold_bytes(signature),
         threads,
+        false,
         |_| eprint!("."),
     );
     if let Err(e) = measured {
@@ -365,7 +529,7 @@ pub fn profile_for(
     // Another process may have saved shapes meanwhile: keep those not measured here.
     if let Some(on_disk) = read_profile(path, signature).filter(|p| p.threads == threads) {
         for t in on_disk.timings {
-            if profile.timing(t.rows, t.cols, &t.bucket).is_none() {
+            if profile.timing(t.rows, t.cols, t.bits, &t.bucket).is_none() {
                 profile.record(t);
             }
         }
@@ -418,16 +582,10 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     let weights = crate::engine_cmds::load_model_as_stored(&path)?
         .engine
         .weights;
-    let mut shapes = int4_shapes(&weights);
+    let shapes = call_shapes(&weights);
     if shapes.is_empty() {
-        bail!(
-            "{}: no projection takes 4-bit inputs, so there is no layout to choose (INT8 inputs \
-             have one kernel)",
-            path.display()
-        );
+        bail!("{}: the model has no ternary projections", path.display());
     }
-    shapes.sort_unstable();
-    shapes.dedup();
     let signature = CpuSignature::detect();
     let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
     let out = profile_path(&signature).context("no cache directory: set XDG_CACHE_HOME or HOME")?;
@@ -435,30 +593,41 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
         .filter(|p| p.threads == threads)
         .unwrap_or_else(|| Profile::empty(&signature, threads));
     println!(
-        "tuning {} shapes × {} batch buckets × {} layouts on {} ({threads} threads)",
+        "tuning {} kernel calls × {} batch buckets, every layout and thread split, on {} \
+         ({threads} threads)",
         shapes.len(),
         BUCKETS.len(),
-        LAYOUTS.len(),
         signature.key()
     );
-    println!("| shape (rows × cols) | batch | pairs µs | triples µs | rows µs | fastest |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| call (rows × cols) | input bits | batch | pairs µs | triples µs | rows µs | fastest | \
+         its split | built-in split ÷ it |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let row = |t: &ShapeTiming| {
-        let fastest = t
-            .seconds
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(l, _)| l.clone())
-            .unwrap_or_default();
-        let us = |l: &str| t.seconds.get(l).map_or(f64::NAN, |s| s * 1e6);
+        let Some((fastest, best)) = t.seconds.iter().min_by(|a, b| a.1.total_cmp(b.1)) else {
+            return;
+        };
+        let by_split = t.splits.get(fastest);
+        let split = by_split
+            .and_then(|m| m.iter().min_by(|a, b| a.1.total_cmp(b.1)))
+            .map_or(AUTO_SPLIT, |(name, _)| name.as_str());
+        let auto = by_split.and_then(|m| m.get(AUTO_SPLIT)).copied();
+        let us = |l: &str| {
+            t.seconds
+                .get(l)
+                .map_or("-".to_string(), |s| format!("{:.1}", s * 1e6))
+        };
         println!(
-            "| {} × {} | {} | {:.1} | {:.1} | {:.1} | {fastest} |",
+            "| {} × {} | {} | {} | {} | {} | {} | {fastest} | {split} | {:.2} |",
             t.rows,
             t.cols,
+            t.bits,
             t.bucket,
             us("pairs"),
             us("triples"),
-            us("rows")
+            us("rows"),
+            auto.map_or(f64::NAN, |a| a / best)
         );
     };
     measure_into(
@@ -467,6 +636,7 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
         &BUCKETS,
         cold_bytes(&signature),
         threads,
+        true,
         row,
     )?;
     let pool = rayon::ThreadPoolBuilder::new()
@@ -488,14 +658,20 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
         }
     }
     let chosen = profile.choose(&int4_shapes(&weights));
+    let pinned = profile.chosen_splits().len();
     std::fs::create_dir_all(out.parent().expect("a profile path has a directory"))
         .with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&profile)?;
     hbit_train::checkpoint::write_file_atomic(&out, json.as_bytes())?;
+    let layout = match (weights.int4_layout(), chosen) {
+        (None, _) => String::new(),
+        (Some(_), Some(l)) => format!("its a4 projections will load in the {} layout, ", l.name()),
+        (Some(_), None) => "its a4 projections keep the file's layout, ".to_string(),
+    };
     println!(
-        "wrote {}; this model's a4 projections will load in the {} layout",
+        "wrote {}; {layout}{pinned} kernel calls × buckets (of every profiled model) will run a \
+         split other than the built-in one",
         out.display(),
-        chosen.map_or("file's", Int4Layout::name)
     );
     Ok(())
 }
@@ -515,12 +691,14 @@ mod tests {
         ShapeTiming {
             rows,
             cols,
+            bits: 4,
             bucket: bucket.into(),
             tokens: 1,
             seconds: [("pairs", pairs), ("triples", triples), ("rows", rows_s)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            splits: BTreeMap::new(),
         }
     }
 
@@ -585,13 +763,100 @@ mod tests {
     }
 
     #[test]
-    fn measurement_runs_every_layout_and_relayout_keeps_logits() {
-        for layout in LAYOUTS {
-            for tokens in [1, 4] {
-                let s = measure(32, 96, layout, tokens, 1 << 16).unwrap();
-                assert!(s.is_finite() && s > 0.0, "{layout:?} {tokens}");
+    fn measurement_runs_every_layout_and_split() {
+        let mut p = profile(Vec::new());
+        let mut seen = Vec::new();
+        measure_into(
+            &mut p,
+            &[(32, 96, 4), (48, 96, 8)],
+            &[("1", 1), ("9-32", 16)],
+            1 << 16,
+            2,
+            true,
+            |t| seen.push((t.rows, t.bits, t.bucket.clone())),
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 4);
+        for t in &p.timings {
+            let layouts: Vec<&str> = layouts_for(t.bits).iter().map(|l| l.name()).collect();
+            assert_eq!(
+                t.seconds
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .len(),
+                layouts.len()
+            );
+            for l in layouts {
+                let by_split = &t.splits[l];
+                let kind = product_kind(*LAYOUTS.iter().find(|x| x.name() == l).unwrap(), t.bits);
+                // The built-in rules and every candidate, each timed.
+                assert_eq!(
+                    by_split.len(),
+                    1 + Split::candidates(kind, t.tokens, 2).len()
+                );
+                assert!(by_split.values().all(|s| s.is_finite() && *s > 0.0));
+                let best = by_split.values().copied().fold(f64::INFINITY, f64::min);
+                assert_eq!(t.seconds[l], best);
             }
         }
+    }
+
+    #[test]
+    fn splits_are_pinned_only_where_they_beat_the_builtin_rules() {
+        let with_splits = |rows, bucket: &str, layout: &str, splits: &[(&str, f64)]| {
+            let mut t = timing(rows, 64, bucket, 1.0, 1.0, 1.0);
+            t.splits.insert(
+                layout.to_string(),
+                splits.iter().map(|&(n, s)| (n.to_string(), s)).collect(),
+            );
+            t
+        };
+        let p = profile(vec![
+            // 10% faster than the built-in rules: pinned.
+            with_splits(
+                48,
+                "1",
+                "triples",
+                &[("auto", 1.0), ("rows/2", 0.9), ("own-tables/1", 1.0)],
+            ),
+            // 1% faster: noise, not pinned.
+            with_splits(48, "33+", "triples", &[("auto", 1.0), ("tokens/2", 0.99)]),
+            // No built-in timing to compare with (a first-use tune): nothing pinned.
+            with_splits(96, "1", "pairs", &[("rows/4", 0.1)]),
+            // The multiply-add kernel.
+            with_splits(96, "2-8", "rows", &[("auto", 2.0), ("rows/8", 1.0)]),
+        ]);
+        let chosen = p.chosen_splits();
+        let key = |kind, rows, bucket| SplitKey {
+            kind,
+            rows,
+            cols: 64,
+            bucket,
+        };
+        assert_eq!(
+            chosen,
+            BTreeMap::from([
+                (
+                    key(ProductKind::Int4Triples, 48, Bucket::One),
+                    Split::Rows { shares: 2 }
+                ),
+                (
+                    key(ProductKind::Int8Rows, 96, Bucket::Few),
+                    Split::Rows { shares: 8 }
+                ),
+            ])
+        );
+        // Pinned on the thread count it was measured on, not on another.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| assert_eq!(pin_splits(&p), 0));
+    }
+
+    #[test]
+    fn relayout_keeps_logits() {
         // A profile that prefers rows re-lays a4 weights out; the products are unchanged.
         let config =
             hbit_model::config::preset("micro", hbit_model::Variant::BitnetV2, ActBits::Int4)
@@ -601,8 +866,19 @@ mod tests {
             .with_int4_layout(Int4Layout::Pairs);
         let shapes = int4_shapes(&weights);
         let mut p = profile(Vec::new());
+        p.threads = rayon::current_num_threads();
+        // Rows fastest, and a split other than the built-in one (rows cut in eight shares per
+        // thread) pinned for every call at the decode bucket and at 2-8 tokens, which the
+        // 4-token forward below runs.
         for &(r, c) in &shapes {
-            p.record(timing(r, c, "1", 3.0, 2.0, 1.0));
+            for bucket in ["1", "2-8"] {
+                let mut t = timing(r, c, bucket, 3.0, 2.0, 1.0);
+                t.splits.insert(
+                    "rows".into(),
+                    BTreeMap::from([("auto".into(), 1.0), ("rows/8".into(), 0.5)]),
+                );
+                p.record(t);
+            }
         }
         let engine = |w: Weights| {
             let e = hbit_engine::Engine::new(w);
@@ -617,8 +893,21 @@ mod tests {
         let want = engine(weights.clone());
         let (relaid, note) = apply_profile(weights, Some(&p));
         assert_eq!(relaid.int4_layout(), Some(Int4Layout::Rows));
-        assert!(note.unwrap().contains("pairs → rows"));
+        let note = note.unwrap();
+        assert!(note.contains("pairs → rows"), "{note}");
+        assert!(note.contains("8 thread splits pinned"), "{note}");
+        let key = SplitKey {
+            kind: ProductKind::Int8Rows,
+            rows: shapes[0].0,
+            cols: shapes[0].1,
+            bucket: Bucket::Few,
+        };
+        assert_eq!(
+            hbit_kernels::matmul::chosen_split(&key),
+            Some(Split::Rows { shares: 8 })
+        );
         assert!(engine(relaid) == want);
+        hbit_kernels::matmul::choose_splits(BTreeMap::new());
     }
 
     #[test]
@@ -636,13 +925,18 @@ mod tests {
         // First use: every shape at the decode and prefill buckets, saved where asked.
         let p = profile_for(&weights, &path, &sig, 0).unwrap();
         let mut shapes = int4_shapes(&weights);
+        shapes.sort_unstable();
         shapes.dedup();
+        // q/k/v together, W_o, gate/up together, W_down.
+        assert_eq!(shapes.len(), 4, "{shapes:?}");
         for &(r, c) in &shapes {
             for bucket in ["1", "33+"] {
-                let t = p.timing(r, c, bucket).expect("measured");
+                let t = p.timing(r, c, 4, bucket).expect("measured");
                 assert_eq!(t.seconds.len(), LAYOUTS.len());
+                // A first use times the built-in splits only.
+                assert!(t.splits.values().all(|m| m.keys().eq([AUTO_SPLIT])));
             }
-            assert!(p.timing(r, c, "2-8").is_none());
+            assert!(p.timing(r, c, 4, "2-8").is_none());
         }
         assert!(p.choose(&shapes).is_some());
         let saved = read_profile(&path, &sig).expect("saved");

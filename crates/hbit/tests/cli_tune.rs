@@ -1,5 +1,6 @@
 //! `hbit tune` and `hbit cpu` through the binary, with the profile in a private cache
-//! directory: tune writes one, cpu lists it, a damaged one is ignored with a warning,
+//! directory: tune writes one (an a4 and an a8 model, layouts and thread splits), cpu lists it,
+//! a damaged one is ignored with a warning,
 //! HBIT_TUNE=off ignores it, and a rows layout cannot be written to a file.
 
 use std::path::Path;
@@ -57,7 +58,7 @@ fn tune_writes_a_profile_that_cpu_lists_and_bad_ones_are_ignored() {
     let (out, err) = text(&tuned);
     assert!(tuned.status.success(), "{err}");
     assert!(
-        out.contains("| 64 × 64 | 1 |") && out.contains("wrote"),
+        out.contains("| 64 × 64 | 4 | 1 |") && out.contains("wrote"),
         "{out}"
     );
     let profiles: Vec<_> = std::fs::read_dir(cache.join("hbit"))
@@ -67,12 +68,61 @@ fn tune_writes_a_profile_that_cpu_lists_and_bad_ones_are_ignored() {
     assert_eq!(profiles.len(), 1, "{profiles:?}");
     let profile: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&profiles[0]).unwrap()).unwrap();
-    // Micro's a4 shapes (q/o 64×64, k/v 32×64, gate/up 192×64, down 64×192) × 4 buckets.
-    assert_eq!(profile["timings"].as_array().unwrap().len(), 4 * 4);
+    // Micro's a4 kernel calls (q/k/v 128×64 together, o 64×64, gate/up 384×64 together, down
+    // 64×192) × 4 buckets, each with the built-in split and the candidates timed.
+    let timings = profile["timings"].as_array().unwrap();
+    assert_eq!(timings.len(), 4 * 4);
     assert_eq!(profile["threads"], 1);
+    let calls: std::collections::BTreeSet<(u64, u64)> = timings
+        .iter()
+        .map(|t| (t["rows"].as_u64().unwrap(), t["cols"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        [(64, 64), (64, 192), (128, 64), (384, 64)]
+            .into_iter()
+            .collect()
+    );
+    for t in timings {
+        let triples = t["splits"]["triples"].as_object().unwrap();
+        assert!(triples.contains_key("auto") && triples.contains_key("own-tables/1"));
+    }
 
     let (out, _) = text(&hbit(&["cpu", "--no-bandwidth"], &cache, "on"));
-    assert!(out.contains("64 × 192, batch 33+:"), "{out}");
+    assert!(out.contains("64 × 192 (4-bit input), batch 33+:"), "{out}");
+
+    // An a8 model: one layout, its thread splits tuned into the same profile.
+    let a8 = dir.join("micro-a8");
+    let init = hbit(
+        &[
+            "init",
+            "--preset",
+            "micro",
+            "--variant",
+            "bitnet_v2",
+            "--act-bits",
+            "8",
+            "--out",
+            &s(&a8),
+        ],
+        &cache,
+        "on",
+    );
+    assert!(init.status.success(), "{:?}", text(&init));
+    let tuned = hbit(
+        &["tune", "--model", &s(&a8), "--threads", "1"],
+        &cache,
+        "on",
+    );
+    let (out, err) = text(&tuned);
+    assert!(tuned.status.success(), "{err}");
+    assert!(out.contains("| 128 × 64 | 8 | 1 | - | - |"), "{out}");
+    let (out, _) = text(&hbit(&["cpu", "--no-bandwidth"], &cache, "on"));
+    assert!(
+        out.contains("128 × 64 (8-bit input), batch 1: rows"),
+        "{out}"
+    );
+    assert!(out.contains("128 × 64 (4-bit input), batch 1:"), "{out}");
     let (out, _) = text(&hbit(&["cpu", "--no-bandwidth"], &cache, "off"));
     assert!(out.contains("a4 layout: built-in"), "{out}");
 

@@ -9,8 +9,10 @@
 //! * **work split** ([`multiply`]): for a GEMV or a few tokens against few rows every share
 //!   builds its own tables; otherwise the tables are built once and then the rows of all
 //!   matrices, or the token tiles when the tables outweigh the weights, are split across the
-//!   threads.
+//!   threads. A split pinned for the product ([`split`], from `hbit tune`) overrides these
+//!   rules.
 
+use super::split::{self, ProductKind, Split};
 use super::{split_many, split_many_with, PackedTernary, SharedOutput};
 use super::{LUT_GEMM_SHARES_PER_THREAD, LUT_SHARES_PER_THREAD, LUT_TOKEN_SHARES_PER_THREAD};
 use crate::pack::TernaryRows;
@@ -31,6 +33,8 @@ pub(super) const POISON: u8 = 0xA5;
 pub(super) trait LookupLayout: Sync {
     /// Packed weights of this layout.
     type Weights: PackedTernary;
+    /// The kernel family, for the splits pinned per product ([`split`]).
+    const KIND: ProductKind;
     /// Chunks a piece of the table build starts on a multiple of (a builder's step).
     const CUT_ALIGN: usize;
 
@@ -65,13 +69,32 @@ pub(super) trait LookupLayout: Sync {
     fn split_by_tokens(&self, rows: usize, tokens: usize) -> bool;
 }
 
+/// The layout's built-in split for `rows` rows (of all matrices) and `tokens` tokens.
+fn builtin_split<L: LookupLayout>(layout: &L, rows: usize, tokens: usize) -> Split {
+    if layout.own_tables(rows, tokens) {
+        Split::RowsOwnTables {
+            shares: LUT_SHARES_PER_THREAD,
+        }
+    } else if layout.split_by_tokens(rows, tokens) {
+        Split::Tokens {
+            shares: LUT_TOKEN_SHARES_PER_THREAD,
+        }
+    } else {
+        Split::Rows {
+            shares: LUT_GEMM_SHARES_PER_THREAD,
+        }
+    }
+}
+
 /// `ys[m] = alpha_m · s_x · (W_m · x)` for every matrix of one layout sharing the input `x`
-/// (operands checked by the caller), split over the threads as the module describes.
+/// (operands checked by the caller), split over the threads as the module describes, or as
+/// `split` says (`None`: as [`split::resolve`] finds it).
 pub(super) fn multiply<L: LookupLayout>(
     layout: &L,
     ws: &[&L::Weights],
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
+    split: Option<Split>,
 ) {
     let Some(first) = ws.first() else {
         return;
@@ -84,13 +107,17 @@ pub(super) fn multiply<L: LookupLayout>(
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
     let total_rows = rows.iter().sum();
     let outs = SharedOutput::each(ys, &rows);
-    if layout.own_tables(total_rows, x.tokens) {
+    let split = split::resolve(split, L::KIND, total_rows, first.cols(), x.tokens, || {
+        builtin_split(layout, total_rows, x.tokens)
+    });
+    let shares = split.shares();
+    if let Split::RowsOwnTables { .. } = split {
         // Every share builds the (few) tables on its own core, rather than read the caller's
         // from the other core's cache.
         split_many_with(
             &rows,
             LUT_ROW_BLOCK,
-            LUT_SHARES_PER_THREAD,
+            shares,
             || TokenTables::build(layout, x, chunks, false),
             |tables, m, r| {
                 let dots = layout.dots(ws[m], x, tables, r.clone(), 0..x.tokens);
@@ -102,9 +129,9 @@ pub(super) fn multiply<L: LookupLayout>(
     }
     let tables = TokenTables::build(layout, x, chunks, true);
     let token_tile = layout.token_tile();
-    if layout.split_by_tokens(total_rows, x.tokens) {
+    if let Split::Tokens { .. } = split {
         let tiles = x.tokens.div_ceil(token_tile);
-        let parts = (rayon::current_num_threads() * LUT_TOKEN_SHARES_PER_THREAD).min(tiles);
+        let parts = (rayon::current_num_threads() * shares).min(tiles);
         crate::parallel::run_parts(parts, &|part| {
             let tile_start = |i: usize| (tiles * i / parts * token_tile).min(x.tokens);
             let tokens = tile_start(part)..tile_start(part + 1);
@@ -116,7 +143,7 @@ pub(super) fn multiply<L: LookupLayout>(
             }
         });
     } else {
-        split_many(&rows, LUT_ROW_BLOCK, LUT_GEMM_SHARES_PER_THREAD, |m, r| {
+        split_many(&rows, LUT_ROW_BLOCK, shares, |m, r| {
             let dots = layout.dots(ws[m], x, &tables, r.clone(), 0..x.tokens);
             // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
             unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };

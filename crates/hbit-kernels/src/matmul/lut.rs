@@ -27,6 +27,7 @@
 #[cfg(test)]
 use super::lookup::POISON;
 use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
+use super::split::ProductKind;
 use crate::cpu::KernelPath;
 use crate::pack::{LutChunk, LutPacked, K_ALIGN, LUT_CHUNK_BYTES, LUT_CHUNK_COLS, LUT_ROW_BLOCK};
 use crate::quant::QuantizedActivations;
@@ -167,6 +168,7 @@ pub(super) fn cpu_has_vbmi_vnni() -> bool {
 pub(super) struct Pairs(pub LutTile);
 
 impl LookupLayout for Pairs {
+    const KIND: ProductKind = ProductKind::Int4Pairs;
     type Weights = LutPacked;
     // The builders step two chunks at a time.
     const CUT_ALIGN: usize = 2;

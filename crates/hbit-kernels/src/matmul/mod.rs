@@ -38,7 +38,10 @@ macro_rules! dispatch_tokens {
 mod lookup;
 mod lut;
 mod mad;
+mod split;
 mod triple;
+
+pub use split::{choose_splits, chosen_split, Bucket, ProductKind, Split, SplitKey};
 
 use crate::cpu::{active_path, KernelPath};
 use crate::error::KernelError;
@@ -83,6 +86,17 @@ pub trait PackedTernary: TernaryRows + Sync {
     fn packed_bytes(&self) -> usize;
     /// `y` `[tokens, rows]` = `α · s_x · (W · x)`.
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError>;
+    /// The products of several matrices of this layout sharing the input `x`, in one pass,
+    /// cut across the threads as `split` says, or when `None` as this CPU's pinned choice or
+    /// the kernel's built-in rule ([`split`]).
+    fn matmul_many_split(
+        ws: &[&Self],
+        x: &QuantizedActivations,
+        ys: &mut [&mut [f32]],
+        split: Option<Split>,
+    ) -> Result<(), KernelError>
+    where
+        Self: Sized;
     /// The products of several matrices of this layout sharing the input `x`, in one pass.
     fn matmul_many(
         ws: &[&Self],
@@ -90,7 +104,12 @@ pub trait PackedTernary: TernaryRows + Sync {
         ys: &mut [&mut [f32]],
     ) -> Result<(), KernelError>
     where
-        Self: Sized;
+        Self: Sized,
+    {
+        Self::matmul_many_split(ws, x, ys, None)
+    }
+    /// The kernel family that multiplies this layout.
+    fn product_kind(&self) -> ProductKind;
 }
 
 impl PackedTernary for RowPacked {
@@ -100,12 +119,16 @@ impl PackedTernary for RowPacked {
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int8(self, x, y)
     }
-    fn matmul_many(
+    fn matmul_many_split(
         ws: &[&Self],
         x: &QuantizedActivations,
         ys: &mut [&mut [f32]],
+        split: Option<Split>,
     ) -> Result<(), KernelError> {
-        matmul_int8_many(ws, x, ys)
+        matmul_int8_many_split(ws, x, ys, split)
+    }
+    fn product_kind(&self) -> ProductKind {
+        ProductKind::Int8Rows
     }
 }
 
@@ -116,12 +139,16 @@ impl PackedTernary for LutPacked {
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int4(self, x, y)
     }
-    fn matmul_many(
+    fn matmul_many_split(
         ws: &[&Self],
         x: &QuantizedActivations,
         ys: &mut [&mut [f32]],
+        split: Option<Split>,
     ) -> Result<(), KernelError> {
-        matmul_int4_many(ws, x, ys)
+        matmul_int4_many_split(ws, x, ys, split)
+    }
+    fn product_kind(&self) -> ProductKind {
+        ProductKind::Int4Pairs
     }
 }
 
@@ -132,12 +159,16 @@ impl PackedTernary for TriplePacked {
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError> {
         matmul_int4_triples(self, x, y)
     }
-    fn matmul_many(
+    fn matmul_many_split(
         ws: &[&Self],
         x: &QuantizedActivations,
         ys: &mut [&mut [f32]],
+        split: Option<Split>,
     ) -> Result<(), KernelError> {
-        matmul_int4_triples_many(ws, x, ys)
+        matmul_int4_triples_many_split(ws, x, ys, split)
+    }
+    fn product_kind(&self) -> ProductKind {
+        ProductKind::Int4Triples
     }
 }
 
@@ -158,12 +189,7 @@ pub fn matmul_int8_with(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int8, y)?;
-    let out = SharedOutput::new(y, w.rows());
-    split_rows(w.rows(), 1, mad_shares_per_thread(x.tokens), |rows| {
-        let dots = mad::dots(path, w, x, rows.clone());
-        // SAFETY: `split_rows` hands each part a disjoint row range.
-        unsafe { out.write(rows, 0..x.tokens, &dots, w.alpha(), x) };
-    });
+    int8_parts(path, &[w], x, &mut [y], None);
     Ok(())
 }
 
@@ -184,7 +210,7 @@ pub fn matmul_int4_with(
     y: &mut [f32],
 ) -> Result<(), KernelError> {
     check_operands(path, w.rows(), w.cols(), x, ActBits::Int4, y)?;
-    matmul_int4_parts(path, &[w], x, &mut [y]);
+    matmul_int4_parts(path, &[w], x, &mut [y], None);
     Ok(())
 }
 
@@ -197,6 +223,17 @@ pub fn matmul_int8_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
+    matmul_int8_many_split(ws, x, ys, None)
+}
+
+/// [`matmul_int8_many`] cut across the threads as `split` says (`None`: as [`split`] resolves
+/// it). Every split gives the same results.
+pub fn matmul_int8_many_split(
+    ws: &[&RowPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+    split: Option<Split>,
+) -> Result<(), KernelError> {
     let path = active_path()?;
     check_many(
         path,
@@ -205,14 +242,37 @@ pub fn matmul_int8_many(
         ActBits::Int8,
         ys,
     )?;
+    int8_parts(path, ws, x, ys, split);
+    Ok(())
+}
+
+/// The parallel part of the multiply-add products (operands checked): row shares of all
+/// matrices together, each writing its own rows of the outputs.
+fn int8_parts(
+    path: KernelPath,
+    ws: &[&RowPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+    split: Option<Split>,
+) {
     let rows: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let cols = ws.first().map_or(0, |w| w.cols());
+    let split = split::resolve(
+        split,
+        ProductKind::Int8Rows,
+        rows.iter().sum(),
+        cols,
+        x.tokens,
+        || Split::Rows {
+            shares: mad_shares_per_thread(x.tokens),
+        },
+    );
     let outs = SharedOutput::each(ys, &rows);
-    split_many(&rows, 1, mad_shares_per_thread(x.tokens), |m, r| {
+    split_many(&rows, 1, split.shares(), |m, r| {
         let dots = mad::dots(path, ws[m], x, r.clone());
         // SAFETY: `split_many` hands each part a disjoint row range of matrix m.
         unsafe { outs[m].write(r, 0..x.tokens, &dots, ws[m].alpha(), x) };
     });
-    Ok(())
 }
 
 /// The parallel part of [`matmul_int4_with`] and [`matmul_int4_many`] (operands checked): the
@@ -222,8 +282,9 @@ fn matmul_int4_parts(
     ws: &[&LutPacked],
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
+    split: Option<Split>,
 ) {
-    lookup::multiply(&lut::Pairs(lut::LutTile::for_path(path)), ws, x, ys);
+    lookup::multiply(&lut::Pairs(lut::LutTile::for_path(path)), ws, x, ys, split);
 }
 
 /// Ternary × INT4 over [`TriplePacked`] weights: three weights per table lookup, 1.67 bits per
@@ -257,6 +318,17 @@ pub fn matmul_int4_triples_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
+    matmul_int4_triples_many_split(ws, x, ys, None)
+}
+
+/// [`matmul_int4_triples_many`] cut across the threads as `split` says (`None`: as [`split`]
+/// resolves it). Every split gives the same results.
+pub fn matmul_int4_triples_many_split(
+    ws: &[&TriplePacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+    split: Option<Split>,
+) -> Result<(), KernelError> {
     let path = active_path()?;
     check_many(
         path,
@@ -266,7 +338,7 @@ pub fn matmul_int4_triples_many(
         ys,
     )?;
     let tile = triple::TripleTile::for_path(path);
-    lookup::multiply(&triple::Triples(tile), ws, x, ys);
+    lookup::multiply(&triple::Triples(tile), ws, x, ys, split);
     Ok(())
 }
 
@@ -316,6 +388,17 @@ pub fn matmul_int4_many(
     x: &QuantizedActivations,
     ys: &mut [&mut [f32]],
 ) -> Result<(), KernelError> {
+    matmul_int4_many_split(ws, x, ys, None)
+}
+
+/// [`matmul_int4_many`] cut across the threads as `split` says (`None`: as [`split`] resolves
+/// it). Every split gives the same results.
+pub fn matmul_int4_many_split(
+    ws: &[&LutPacked],
+    x: &QuantizedActivations,
+    ys: &mut [&mut [f32]],
+    split: Option<Split>,
+) -> Result<(), KernelError> {
     let path = active_path()?;
     check_many(
         path,
@@ -324,7 +407,7 @@ pub fn matmul_int4_many(
         ActBits::Int4,
         ys,
     )?;
-    matmul_int4_parts(path, ws, x, ys);
+    matmul_int4_parts(path, ws, x, ys, split);
     Ok(())
 }
 
@@ -461,16 +544,6 @@ fn check_operands(
         });
     }
     Ok(())
-}
-
-/// Runs `work` on contiguous row ranges (multiples of `align` rows, except the last), `shares`
-/// per thread of the current rayon pool, on the spinning kernel workers ([`crate::parallel`]).
-/// Ranges never overlap.
-fn split_rows<F>(rows: usize, align: usize, shares: usize, work: F)
-where
-    F: Fn(Range<usize>) + Sync,
-{
-    split_many(&[rows], align, shares, |_, range| work(range));
 }
 
 /// A `[tokens, rows]` output that the parts of one product fill at once, each its own rows:

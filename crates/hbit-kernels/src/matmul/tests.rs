@@ -591,3 +591,100 @@ fn table_storage_is_poisoned_in_debug_builds() {
         .iter()
         .all(|b| unsafe { b.assume_init() } == lookup::POISON));
 }
+
+/// Every split `hbit tune` may pin, and the built-in rules, give the reference's bits in every
+/// layout: two matrices in one call (rows 70 and 33, not multiples of a row block), token counts
+/// in each batch bucket (1, 3, 13, 49: partial and whole token tiles), on 2 and 3 threads; then
+/// the same with each split pinned for the call's key instead of passed.
+#[test]
+fn every_split_equals_reference_in_every_layout() {
+    let mut g = Lcg(61);
+    let cols = 1200;
+    let ws = [g.ternary(70, cols), g.ternary(33, cols)];
+    let rows_pk: Vec<RowPacked> = ws.iter().map(RowPacked::pack).collect();
+    let pairs: Vec<LutPacked> = ws.iter().map(LutPacked::pack).collect();
+    let triples: Vec<TriplePacked> = ws.iter().map(TriplePacked::pack).collect();
+    let every_split: Vec<Split> = [1, 2, 3, 4]
+        .into_iter()
+        .flat_map(|shares| {
+            [
+                Split::Rows { shares },
+                Split::RowsOwnTables { shares },
+                Split::Tokens { shares },
+            ]
+        })
+        .collect();
+    for tokens in [1, 3, 13, 49] {
+        let x4 = g.activations(tokens, cols, ActBits::Int4);
+        let x8 = g.activations(tokens, cols, ActBits::Int8);
+        let want = |x: &QuantizedActivations| -> Vec<Vec<f32>> {
+            ws.iter().map(|w| matmul_reference(w, x).unwrap()).collect()
+        };
+        let (want4, want8) = (want(&x4), want(&x8));
+        for threads in [2, 3] {
+            pool(threads).install(|| {
+                for split in every_split.iter().copied().map(Some).chain([None]) {
+                    let what = |layout: &str| format!("{layout} {split:?} t{tokens} {threads}th");
+                    let fresh = || [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
+                    let mut got = fresh();
+                    let [a, b] = &mut got;
+                    let refs: Vec<&RowPacked> = rows_pk.iter().collect();
+                    matmul_int8_many_split(&refs, &x8, &mut [a, b], split).unwrap();
+                    for (y, w) in got.iter().zip(&want8) {
+                        assert_bits_equal(y, w, &what("int8 rows"));
+                    }
+                    let mut got = fresh();
+                    let [a, b] = &mut got;
+                    let refs: Vec<&LutPacked> = pairs.iter().collect();
+                    matmul_int4_many_split(&refs, &x4, &mut [a, b], split).unwrap();
+                    for (y, w) in got.iter().zip(&want4) {
+                        assert_bits_equal(y, w, &what("int4 pairs"));
+                    }
+                    let mut got = fresh();
+                    let [a, b] = &mut got;
+                    let refs: Vec<&TriplePacked> = triples.iter().collect();
+                    matmul_int4_triples_many_split(&refs, &x4, &mut [a, b], split).unwrap();
+                    for (y, w) in got.iter().zip(&want4) {
+                        assert_bits_equal(y, w, &what("int4 triples"));
+                    }
+                }
+            });
+        }
+        // Pinned rather than passed: the products look their split up by kind, total rows
+        // (70 + 33), columns and bucket.
+        let _pinning = split::PIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for &split in &every_split {
+            let key = |kind| SplitKey {
+                kind,
+                rows: 103,
+                cols,
+                bucket: Bucket::of(tokens),
+            };
+            let pinned: std::collections::BTreeMap<SplitKey, Split> = [
+                ProductKind::Int8Rows,
+                ProductKind::Int4Pairs,
+                ProductKind::Int4Triples,
+            ]
+            .into_iter()
+            .map(|kind| (key(kind), split))
+            .collect();
+            choose_splits(pinned);
+            assert_eq!(chosen_split(&key(ProductKind::Int4Triples)), Some(split));
+            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
+            let [a, b] = &mut got;
+            let refs: Vec<&TriplePacked> = triples.iter().collect();
+            matmul_int4_triples_many(&refs, &x4, &mut [a, b]).unwrap();
+            for (y, w) in got.iter().zip(&want4) {
+                assert_bits_equal(y, w, &format!("pinned {split:?} t{tokens}"));
+            }
+            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
+            let [a, b] = &mut got;
+            let refs: Vec<&RowPacked> = rows_pk.iter().collect();
+            matmul_int8_many(&refs, &x8, &mut [a, b]).unwrap();
+            for (y, w) in got.iter().zip(&want8) {
+                assert_bits_equal(y, w, &format!("pinned int8 {split:?} t{tokens}"));
+            }
+        }
+        choose_splits(Default::default());
+    }
+}

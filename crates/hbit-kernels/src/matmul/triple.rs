@@ -16,6 +16,7 @@
 
 use super::lookup::{LookupLayout, TokenTables, CHUNK_TABLE_BYTES};
 use super::lut::cpu_has_vbmi_vnni;
+use super::split::ProductKind;
 use crate::cpu::KernelPath;
 use crate::pack::{
     triple_weights, TriplePacked, LUT_ROW_BLOCK, TRIPLE_CHUNK_BYTES, TRIPLE_CHUNK_COLS, TRIPLE_ZERO,
@@ -124,6 +125,7 @@ fn build_chunks(
 pub(super) struct Triples(pub TripleTile);
 
 impl LookupLayout for Triples {
+    const KIND: ProductKind = ProductKind::Int4Triples;
     type Weights = TriplePacked;
     const CUT_ALIGN: usize = 1;
 

@@ -77,6 +77,10 @@ pub struct E2eArgs {
     /// `prefill_vs_int8_median`); resident memory is then not reported.
     #[arg(long)]
     alternate: bool,
+    /// Thread splits of the kernel calls: builtin (the kernels' rules by shape) or tuned (those
+    /// this CPU's tune profile pins, as loading a model does; `hbit tune --model M` writes it).
+    #[arg(long, default_value = "builtin")]
+    splits: String,
 }
 
 /// Resident set size of this process (Linux `/proc/self/statm`), bytes.
@@ -285,6 +289,18 @@ fn measure(
 }
 
 pub fn run(args: &E2eArgs) -> Result<()> {
+    match args.splits.as_str() {
+        "builtin" => hbit_kernels::matmul::choose_splits(Default::default()),
+        "tuned" => {
+            let profile = crate::tune::current_profile().context(
+                "--splits tuned: no tune profile for this CPU (run `hbit tune --model M`, and \
+                 leave HBIT_TUNE on)",
+            )?;
+            let pinned = crate::tune::pin_splits(&profile);
+            eprintln!("--splits tuned: {pinned} kernel calls × buckets pinned from the profile");
+        }
+        other => bail!("--splits: expected builtin or tuned, found {other:?}"),
+    }
     let (shapes, threads, batches, kv_names, prefill, decode) = if args.quick {
         (
             vec!["b125m".to_string()],
@@ -436,7 +452,7 @@ pub fn run(args: &E2eArgs) -> Result<()> {
                                             "decode_tok_s_median": median(r.decode_each.clone()),
                                             "alternated": !attributed,
                                             "prefill_vs_int8_median": prefill_vs,
-                                            "decode_vs_int8_median": decode_vs,
+                                            "decode_vs_int8_median": decode_vs, "splits": args.splits,
                                         })
                                     );
                                 } else {

@@ -1,0 +1,296 @@
+//! How one product's work is cut across the threads, and this CPU's measured choices.
+//!
+//! Each kernel has built-in rules by shape (`super::mad_shares_per_thread`,
+//! `super::triple_own_tables`, …). A [`Split`] names one of those choices explicitly, so
+//! `hbit tune` can time each and [`choose_splits`] can pin the fastest per product kind, shape
+//! and batch bucket for the rest of the process. Every split computes the same i32 sums and the
+//! same epilogue, so the choice changes speed only, never a result.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+/// One way to cut a product across the threads of the current pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Split {
+    /// Contiguous row shares, `shares` per thread, claimed dynamically. The lookup layouts
+    /// first build every token's tables once, in pieces over the threads (two fork-joins).
+    Rows { shares: usize },
+    /// Lookup layouts: row shares, each building its own tables on its own core (one
+    /// fork-join, the build repeated per share). The multiply-add kernel has no tables: for it
+    /// this is [`Split::Rows`].
+    RowsOwnTables { shares: usize },
+    /// Lookup layouts: tables built once, then token tiles split, `shares` per thread, each
+    /// part reading all the weights. The multiply-add kernel splits rows: for it this is
+    /// [`Split::Rows`].
+    Tokens { shares: usize },
+}
+
+impl Split {
+    /// Shares per thread (at least one).
+    pub fn shares(self) -> usize {
+        match self {
+            Split::Rows { shares } | Split::RowsOwnTables { shares } | Split::Tokens { shares } => {
+                shares.max(1)
+            }
+        }
+    }
+
+    /// The splits `hbit tune` times for `kind` at `tokens` tokens on `threads` threads: the
+    /// built-in rules' choices and their neighbours. A token split needs a token tile per
+    /// thread, so it is left out where there are fewer.
+    pub fn candidates(kind: ProductKind, tokens: usize, threads: usize) -> Vec<Split> {
+        match kind {
+            ProductKind::Int8Rows => [1, 2, 4, 8].map(|shares| Split::Rows { shares }).to_vec(),
+            ProductKind::Int4Pairs | ProductKind::Int4Triples => {
+                let mut all = vec![
+                    Split::RowsOwnTables { shares: 1 },
+                    Split::RowsOwnTables { shares: 2 },
+                    Split::Rows { shares: 1 },
+                    Split::Rows { shares: 4 },
+                ];
+                if tokens.div_ceil(kind.token_tile()) >= threads.max(1) {
+                    all.push(Split::Tokens { shares: 2 });
+                }
+                all
+            }
+        }
+    }
+}
+
+/// `rows/4`, `own-tables/1`, `tokens/2`: the names profiles store.
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Split::Rows { shares } => write!(f, "rows/{shares}"),
+            Split::RowsOwnTables { shares } => write!(f, "own-tables/{shares}"),
+            Split::Tokens { shares } => write!(f, "tokens/{shares}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Split, String> {
+        let bad = || format!("split {s:?}: expected rows/N, own-tables/N or tokens/N (N ≥ 1)");
+        let (kind, shares) = s.split_once('/').ok_or_else(bad)?;
+        let shares: usize = shares.parse().map_err(|_| bad())?;
+        if shares == 0 {
+            return Err(bad());
+        }
+        match kind {
+            "rows" => Ok(Split::Rows { shares }),
+            "own-tables" => Ok(Split::RowsOwnTables { shares }),
+            "tokens" => Ok(Split::Tokens { shares }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Which kernel family runs a product: the key's first part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProductKind {
+    /// [`crate::RowPacked`] by INT8 (or INT4) codes: multiply-adds.
+    Int8Rows,
+    /// [`crate::LutPacked`] by INT4 codes: two weights per lookup.
+    Int4Pairs,
+    /// [`crate::TriplePacked`] by INT4 codes: three weights per lookup.
+    Int4Triples,
+}
+
+impl ProductKind {
+    fn token_tile(self) -> usize {
+        match self {
+            ProductKind::Int8Rows => 1,
+            ProductKind::Int4Pairs => crate::cpu::active_path()
+                .map_or(1, |p| super::lut::LutTile::for_path(p).token_tile()),
+            ProductKind::Int4Triples => super::triple::TOKEN_TILE,
+        }
+    }
+}
+
+/// The batch buckets splits are chosen per: a decode step (1 token), a few sequences (2–8),
+/// a batch (9–32), a prefill (33 and more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bucket {
+    One,
+    Few,
+    Batch,
+    Prefill,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 4] = [Bucket::One, Bucket::Few, Bucket::Batch, Bucket::Prefill];
+
+    pub fn of(tokens: usize) -> Bucket {
+        match tokens {
+            0 | 1 => Bucket::One,
+            2..=8 => Bucket::Few,
+            9..=32 => Bucket::Batch,
+            _ => Bucket::Prefill,
+        }
+    }
+
+    /// `1`, `2-8`, `9-32`, `33+`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::One => "1",
+            Bucket::Few => "2-8",
+            Bucket::Batch => "9-32",
+            Bucket::Prefill => "33+",
+        }
+    }
+
+    /// The token count a tuner measures the bucket at.
+    pub fn tokens(self) -> usize {
+        match self {
+            Bucket::One => 1,
+            Bucket::Few => 4,
+            Bucket::Batch => 16,
+            Bucket::Prefill => 64,
+        }
+    }
+
+    /// The bucket named `name` ([`Bucket::name`]).
+    pub fn parse(name: &str) -> Option<Bucket> {
+        Bucket::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// A product as the splits are chosen for it: kernel family, rows of all the matrices the
+/// call multiplies together (q/k/v, gate/up), their columns, and the batch bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SplitKey {
+    pub kind: ProductKind,
+    pub rows: usize,
+    pub cols: usize,
+    pub bucket: Bucket,
+}
+
+/// Whether any split was chosen: products skip the lock while none was.
+static ANY_CHOSEN: AtomicBool = AtomicBool::new(false);
+static CHOSEN: RwLock<BTreeMap<SplitKey, Split>> = RwLock::new(BTreeMap::new());
+
+/// Pins `chosen` for the rest of the process (replacing what was pinned before); products
+/// without an entry keep the built-in rules.
+pub fn choose_splits(chosen: BTreeMap<SplitKey, Split>) {
+    let any = !chosen.is_empty();
+    *CHOSEN.write().unwrap_or_else(|e| e.into_inner()) = chosen;
+    ANY_CHOSEN.store(any, Ordering::Release);
+}
+
+/// The split pinned for `key`, if any.
+pub fn chosen_split(key: &SplitKey) -> Option<Split> {
+    if !ANY_CHOSEN.load(Ordering::Acquire) {
+        return None;
+    }
+    CHOSEN
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .copied()
+}
+
+/// The split a product runs: `explicit` when given, else the one pinned for its key, else the
+/// kernel's built-in rule.
+pub(super) fn resolve(
+    explicit: Option<Split>,
+    kind: ProductKind,
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    builtin: impl FnOnce() -> Split,
+) -> Split {
+    explicit
+        .or_else(|| {
+            chosen_split(&SplitKey {
+                kind,
+                rows,
+                cols,
+                bucket: Bucket::of(tokens),
+            })
+        })
+        .unwrap_or_else(builtin)
+}
+
+/// Held by the tests that pin splits: the pinned table is one per process.
+#[cfg(test)]
+pub(super) static PIN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_refused() {
+        for kind in [
+            ProductKind::Int8Rows,
+            ProductKind::Int4Pairs,
+            ProductKind::Int4Triples,
+        ] {
+            for split in Split::candidates(kind, 64, 2) {
+                assert_eq!(split.to_string().parse::<Split>(), Ok(split));
+            }
+        }
+        for bad in ["rows", "rows/0", "rows/x", "cols/2", "", "tokens/-1"] {
+            assert!(bad.parse::<Split>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn buckets_cover_every_token_count_and_their_measured_sizes() {
+        assert_eq!(Bucket::of(1), Bucket::One);
+        assert_eq!(Bucket::of(2), Bucket::Few);
+        assert_eq!(Bucket::of(8), Bucket::Few);
+        assert_eq!(Bucket::of(9), Bucket::Batch);
+        assert_eq!(Bucket::of(32), Bucket::Batch);
+        assert_eq!(Bucket::of(33), Bucket::Prefill);
+        for b in Bucket::ALL {
+            assert_eq!(Bucket::of(b.tokens()), b);
+            assert_eq!(Bucket::parse(b.name()), Some(b));
+        }
+        assert_eq!(Bucket::parse("7"), None);
+    }
+
+    #[test]
+    fn token_splits_are_candidates_only_with_a_tile_per_thread() {
+        let has_tokens = |tokens| {
+            Split::candidates(ProductKind::Int4Triples, tokens, 2)
+                .iter()
+                .any(|s| matches!(s, Split::Tokens { .. }))
+        };
+        assert!(!has_tokens(1));
+        assert!(!has_tokens(8)); // one 8-token tile
+        assert!(has_tokens(16));
+    }
+
+    #[test]
+    fn explicit_beats_pinned_beats_builtin() {
+        let _pinning = PIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // A key no other test's products use (rows no model has).
+        let key = SplitKey {
+            kind: ProductKind::Int4Pairs,
+            rows: 7,
+            cols: 13,
+            bucket: Bucket::Few,
+        };
+        let builtin = || Split::Rows { shares: 4 };
+        assert_eq!(resolve(None, key.kind, 7, 13, 3, builtin), builtin());
+        choose_splits(BTreeMap::from([(key, Split::Tokens { shares: 2 })]));
+        assert_eq!(
+            resolve(None, key.kind, 7, 13, 3, builtin),
+            Split::Tokens { shares: 2 }
+        );
+        // Another bucket of the same shape keeps the built-in rule.
+        assert_eq!(resolve(None, key.kind, 7, 13, 1, builtin), builtin());
+        let explicit = Split::RowsOwnTables { shares: 2 };
+        assert_eq!(
+            resolve(Some(explicit), key.kind, 7, 13, 3, builtin),
+            explicit
+        );
+        choose_splits(BTreeMap::new());
+        assert_eq!(resolve(None, key.kind, 7, 13, 3, builtin), builtin());
+    }
+}
