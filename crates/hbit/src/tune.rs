@@ -8,7 +8,7 @@
 //!   model re-lays its projections out in the chosen layout;
 //! * the **thread split** of each kernel call (`hbit_kernels::matmul::Split`: row shares per
 //!   thread, tables built per share or once, rows or token tiles split), for a8 models too.
-//!   Loading a model pins the splits that beat the kernels' built-in rules by more than 2%.
+//!   Loading a model pins the splits that beat the kernels' built-in rules by more than 10%.
 //!
 //! `HBIT_TUNE=off` keeps the file's layout and the built-in splits. Every layout and split
 //! gives the same integers, so the choices change speed only, never a result. Shapes are the
@@ -48,8 +48,9 @@ const LAYOUTS: [Int4Layout; 3] = [Int4Layout::Pairs, Int4Layout::Triples, Int4La
 /// The name profiles give the kernels' built-in split rules.
 pub const AUTO_SPLIT: &str = "auto";
 
-/// A pinned split must beat the built-in rules by this factor: closer is the VM's noise.
-const SPLIT_MARGIN: f64 = 0.98;
+/// A pinned split must beat the built-in rules by this factor. Timing the built-in rules
+/// against their own explicit twin on a 2-vCPU VM differed by up to 8%.
+const SPLIT_MARGIN: f64 = 0.9;
 
 /// One measured kernel call at one bucket: seconds per product in each layout and split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +159,7 @@ impl Profile {
     }
 
     /// The splits to pin: for every measured kernel call, layout and bucket, the fastest split
-    /// where it beats the built-in rules (also measured) by more than 2%.
+    /// where it beats the built-in rules (also measured) by more than 10%.
     pub fn chosen_splits(&self) -> BTreeMap<SplitKey, Split> {
         let mut chosen = BTreeMap::new();
         for t in &self.timings {
@@ -341,8 +342,9 @@ pub fn pin_splits(profile: &Profile) -> usize {
 
 /// A `rows × cols` ternary matrix in `layout` for inputs `bits` wide, and `tokens` inputs.
 struct Operands {
-    /// Copies enough to fill `cold_bytes` for one token (a decode step reads its weights from
-    /// DRAM), else one.
+    /// Copies enough to fill `cold_bytes`: the engine's products read their weights from DRAM
+    /// whatever the batch (a model's weights are many times the last-level cache), so each
+    /// product timed reads a copy no recent one has read.
     matrices: Vec<TernaryMatrix>,
     x: hbit_kernels::QuantizedActivations,
 }
@@ -367,12 +369,8 @@ impl Operands {
         let codes: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
         let w = TernaryWeights::from_codes(rows, cols, 0.5, codes)?;
         let one = TernaryMatrix::pack_with(&w, bits, layout);
-        let copies = if tokens == 1 {
-            // Bounded for tiny matrices, whose products are latency-bound anyway.
-            cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 4096)
-        } else {
-            1
-        };
+        // Bounded for tiny matrices, whose products are latency-bound anyway.
+        let copies = cold_bytes.div_ceil(one.bytes().max(1)).clamp(1, 4096);
         let x: Vec<f32> = (0..tokens * cols)
             .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
             .collect();
@@ -382,26 +380,47 @@ impl Operands {
         })
     }
 
-    /// Best seconds per product cut as `split` says (`None`: the built-in rules), cycling
-    /// through the copies.
-    fn time(&self, split: Option<Split>) -> Result<f64> {
+    /// Best seconds per product for each of `splits` (`None`: the built-in rules). The splits
+    /// take turns, [`PRODUCTS_PER_TURN`] products each per round, after a warm-up of
+    /// [`WARM_UP`] on each: timed one after another, whichever ran first measured up to 2×
+    /// slower (the kernel workers and the clock settling), which would favour the rest. Every
+    /// product reads the next copy in turn.
+    fn time(&self, splits: &[Option<Split>]) -> Result<Vec<f64>> {
         let rows = self.matrices[0].rows();
         let mut y = vec![0.0f32; self.x.tokens * rows];
         let copies = self.matrices.len();
-        let reps = (copies * 3).max(8);
-        let run = |m: &TernaryMatrix, y: &mut [f32]| {
+        let mut next_copy = 0;
+        let mut run = |y: &mut [f32], split: Option<Split>| {
+            let m = &self.matrices[next_copy];
+            next_copy = (next_copy + 1) % copies;
             hbit_engine::weights::matmul_many_split(&[m], &self.x, &mut [y], split)
         };
-        run(&self.matrices[0], &mut y)?; // warm-up
-        let mut best = f64::INFINITY;
-        for rep in 0..reps {
+        for &split in splits {
             let start = Instant::now();
-            run(&self.matrices[rep % copies], &mut y)?;
-            best = best.min(start.elapsed().as_secs_f64());
+            while start.elapsed() < WARM_UP {
+                run(&mut y, split)?;
+            }
+        }
+        let mut best = vec![f64::INFINITY; splits.len()];
+        for _round in 0..ROUNDS {
+            for (b, &split) in best.iter_mut().zip(splits) {
+                for _ in 0..PRODUCTS_PER_TURN {
+                    let start = Instant::now();
+                    run(&mut y, split)?;
+                    *b = b.min(start.elapsed().as_secs_f64());
+                }
+            }
         }
         Ok(best)
     }
 }
+
+/// How long each split runs before it is timed.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(20);
+/// Turns each split takes.
+const ROUNDS: usize = 3;
+/// Products timed per split and turn.
+const PRODUCTS_PER_TURN: usize = 16;
 
 /// The buckets a first-use tune measures: those [`Profile::choose`] reads.
 const FIRST_USE_BUCKETS: [(&str, usize); 2] = [BUCKETS[0], BUCKETS[3]];
@@ -443,12 +462,12 @@ fn measure_into(
                             .map(Some),
                     );
                 }
-                let mut by_split = BTreeMap::new();
-                for split in candidates {
-                    let s = pool.install(|| operands.time(split))?;
-                    let name = split.map_or(AUTO_SPLIT.to_string(), |s| s.to_string());
-                    by_split.insert(name, s);
-                }
+                let times = pool.install(|| operands.time(&candidates))?;
+                let by_split: BTreeMap<String, f64> = candidates
+                    .iter()
+                    .zip(times)
+                    .map(|(split, s)| (split.map_or(AUTO_SPLIT.to_string(), |s| s.to_string()), s))
+                    .collect();
                 let best = by_split.values().copied().fold(f64::INFINITY, f64::min);
                 seconds.insert(layout.name().to_string(), best);
                 splits.insert(layout.name().to_string(), by_split);
@@ -813,15 +832,15 @@ mod tests {
             t
         };
         let p = profile(vec![
-            // 10% faster than the built-in rules: pinned.
+            // 15% faster than the built-in rules: pinned.
             with_splits(
                 48,
                 "1",
                 "triples",
-                &[("auto", 1.0), ("rows/2", 0.9), ("own-tables/1", 1.0)],
+                &[("auto", 1.0), ("rows/2", 0.85), ("own-tables/1", 1.0)],
             ),
-            // 1% faster: noise, not pinned.
-            with_splits(48, "33+", "triples", &[("auto", 1.0), ("tokens/2", 0.99)]),
+            // 5% faster: noise, not pinned.
+            with_splits(48, "33+", "triples", &[("auto", 1.0), ("tokens/2", 0.95)]),
             // No built-in timing to compare with (a first-use tune): nothing pinned.
             with_splits(96, "1", "pairs", &[("rows/4", 0.1)]),
             // The multiply-add kernel.

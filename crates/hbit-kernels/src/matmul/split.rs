@@ -38,18 +38,19 @@ impl Split {
     }
 
     /// The splits `hbit tune` times for `kind` at `tokens` tokens on `threads` threads: the
-    /// built-in rules' choices and their neighbours. A token split needs a token tile per
-    /// thread, so it is left out where there are fewer.
+    /// built-in rules' choices and their neighbours. Tables built per share cost each share
+    /// every token's build, which grows with the prompt, so they are candidates only for the
+    /// buckets up to [`OWN_TABLES_MAX_TOKENS`] (a prefill bucket holds any length). A token split
+    /// needs a token tile per thread, so it is left out where there are fewer.
     pub fn candidates(kind: ProductKind, tokens: usize, threads: usize) -> Vec<Split> {
         match kind {
             ProductKind::Int8Rows => [1, 2, 4, 8].map(|shares| Split::Rows { shares }).to_vec(),
             ProductKind::Int4Pairs | ProductKind::Int4Triples => {
-                let mut all = vec![
-                    Split::RowsOwnTables { shares: 1 },
-                    Split::RowsOwnTables { shares: 2 },
-                    Split::Rows { shares: 1 },
-                    Split::Rows { shares: 4 },
-                ];
+                let mut all = Vec::new();
+                if tokens <= OWN_TABLES_MAX_TOKENS {
+                    all.extend([1, 2].map(|shares| Split::RowsOwnTables { shares }));
+                }
+                all.extend([1, 4].map(|shares| Split::Rows { shares }));
                 if tokens.div_ceil(kind.token_tile()) >= threads.max(1) {
                     all.push(Split::Tokens { shares: 2 });
                 }
@@ -58,6 +59,10 @@ impl Split {
         }
     }
 }
+
+/// The most tokens for which tables built per share are a candidate split: the end of the
+/// batch bucket (9–32).
+pub const OWN_TABLES_MAX_TOKENS: usize = 32;
 
 /// `rows/4`, `own-tables/1`, `tokens/2`: the names profiles store.
 impl fmt::Display for Split {
@@ -255,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn token_splits_are_candidates_only_with_a_tile_per_thread() {
+    fn candidates_leave_out_splits_that_cannot_pay() {
         let has_tokens = |tokens| {
             Split::candidates(ProductKind::Int4Triples, tokens, 2)
                 .iter()
@@ -264,6 +269,13 @@ mod tests {
         assert!(!has_tokens(1));
         assert!(!has_tokens(8)); // one 8-token tile
         assert!(has_tokens(16));
+        let has_own_tables = |tokens| {
+            Split::candidates(ProductKind::Int4Pairs, tokens, 2)
+                .iter()
+                .any(|s| matches!(s, Split::RowsOwnTables { .. }))
+        };
+        assert!(has_own_tables(1) && has_own_tables(32));
+        assert!(!has_own_tables(Bucket::Prefill.tokens()));
     }
 
     #[test]
