@@ -109,9 +109,10 @@ enum Command {
     /// Show this CPU's signature (vendor, family/model, features, cores, caches), its DRAM read
     /// bandwidth, the kernel paths it runs and the one in use (HBIT_KERNEL_PATH forces a lower one).
     Cpu(cpu_cmd::CpuArgs),
-    /// Measure which weight layout this CPU multiplies a model's a4 projections fastest in (per
-    /// shape and batch bucket) and remember it in a profile under the user cache directory;
-    /// loading then re-lays the model out (HBIT_TUNE=off keeps the file's layout).
+    /// Measure which weight layout (a4 models) and which thread split (every model) this CPU
+    /// runs each of a model's kernel calls fastest with, per batch bucket, and remember them in
+    /// a profile under the user cache directory; loading then re-lays the model out and pins
+    /// the faster splits (HBIT_TUNE=off keeps the file's layout and the built-in splits).
     Tune(tune::TuneArgs),
 }
 
