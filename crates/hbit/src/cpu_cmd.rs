@@ -218,11 +218,9 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
     match crate::tune::current_profile() {
         Some(profile) => {
             println!(
-                "kernel per call shape and batch bucket (tune profile, {} threads; `*`: a split \
-                 pinned over the built-in one):",
+                "kernel per call shape and batch bucket (tune profile, {} threads):",
                 profile.threads
             );
-            let pinned = profile.chosen_splits();
             let mut timings = profile.timings.clone();
             timings.sort_by_key(|t| (t.bits, t.rows, t.cols, t.tokens));
             for t in timings {
@@ -236,21 +234,32 @@ pub fn cpu(args: &CpuArgs) -> Result<()> {
                     .iter()
                     .min_by(|a, b| a.1.total_cmp(b.1))
                     .map_or("?", |(l, _)| l.as_str());
-                let split = pinned
-                    .iter()
-                    .find(|(k, _)| {
-                        (k.rows, k.cols, k.bucket.name()) == (t.rows, t.cols, t.bucket.as_str())
-                            && crate::tune::kind_name(k.kind) == fastest
-                    })
-                    .map_or(String::new(), |(_, s)| format!(" * {s}"));
                 println!(
-                    "  {} × {} ({}-bit input), batch {}: {fastest}{split} ({})",
+                    "  {} × {} ({}-bit input), batch {}: {fastest} ({})",
                     t.rows,
                     t.cols,
                     t.bits,
                     t.bucket,
                     line.join(", ")
                 );
+            }
+            let pinned = profile.chosen_splits();
+            if pinned.is_empty() {
+                println!("thread splits: built-in everywhere (none measured faster)");
+            } else {
+                println!(
+                    "thread splits pinned over the built-in ones (on {} threads):",
+                    profile.threads
+                );
+                for (k, split) in pinned {
+                    println!(
+                        "  {} {} × {}, batch {}: {split}",
+                        crate::tune::kind_name(k.kind),
+                        k.rows,
+                        k.cols,
+                        k.bucket.name()
+                    );
+                }
             }
         }
         None => println!(

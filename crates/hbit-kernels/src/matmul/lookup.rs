@@ -9,7 +9,7 @@
 //! * **work split** ([`multiply`]): for a GEMV or a few tokens against few rows every share
 //!   builds its own tables; otherwise the tables are built once and then the rows of all
 //!   matrices, or the token tiles when the tables outweigh the weights, are split across the
-//!   threads. A split pinned for the product ([`split`], from `hbit tune`) overrides these
+//!   threads. A split pinned for the product (`Split`, from `hbit tune`) overrides these
 //!   rules.
 
 use super::split::{self, ProductKind, Split};
@@ -88,7 +88,7 @@ fn builtin_split<L: LookupLayout>(layout: &L, rows: usize, tokens: usize) -> Spl
 
 /// `ys[m] = alpha_m · s_x · (W_m · x)` for every matrix of one layout sharing the input `x`
 /// (operands checked by the caller), split over the threads as the module describes, or as
-/// `split` says (`None`: as [`split::resolve`] finds it).
+/// `split` says (`None`: the split pinned for it, else the built-in rule).
 pub(super) fn multiply<L: LookupLayout>(
     layout: &L,
     ws: &[&L::Weights],
@@ -131,7 +131,9 @@ pub(super) fn multiply<L: LookupLayout>(
     let token_tile = layout.token_tile();
     if let Split::Tokens { .. } = split {
         let tiles = x.tokens.div_ceil(token_tile);
-        let parts = (rayon::current_num_threads() * shares).min(tiles);
+        let parts = rayon::current_num_threads()
+            .saturating_mul(shares)
+            .min(tiles);
         crate::parallel::run_parts(parts, &|part| {
             let tile_start = |i: usize| (tiles * i / parts * token_tile).min(x.tokens);
             let tokens = tile_start(part)..tile_start(part + 1);

@@ -88,7 +88,7 @@ pub trait PackedTernary: TernaryRows + Sync {
     fn matmul(&self, x: &QuantizedActivations, y: &mut [f32]) -> Result<(), KernelError>;
     /// The products of several matrices of this layout sharing the input `x`, in one pass,
     /// cut across the threads as `split` says, or when `None` as this CPU's pinned choice or
-    /// the kernel's built-in rule ([`split`]).
+    /// the kernel's built-in rule ([`Split`]).
     fn matmul_many_split(
         ws: &[&Self],
         x: &QuantizedActivations,
@@ -226,8 +226,8 @@ pub fn matmul_int8_many(
     matmul_int8_many_split(ws, x, ys, None)
 }
 
-/// [`matmul_int8_many`] cut across the threads as `split` says (`None`: as [`split`] resolves
-/// it). Every split gives the same results.
+/// [`matmul_int8_many`] cut across the threads as `split` says (`None`: the split pinned for it,
+/// else the built-in rule; see [`Split`]). Every split gives the same results.
 pub fn matmul_int8_many_split(
     ws: &[&RowPacked],
     x: &QuantizedActivations,
@@ -321,8 +321,8 @@ pub fn matmul_int4_triples_many(
     matmul_int4_triples_many_split(ws, x, ys, None)
 }
 
-/// [`matmul_int4_triples_many`] cut across the threads as `split` says (`None`: as [`split`]
-/// resolves it). Every split gives the same results.
+/// [`matmul_int4_triples_many`] cut across the threads as `split` says (`None`: the split
+/// pinned for it, else the built-in rule; see [`Split`]). Every split gives the same results.
 pub fn matmul_int4_triples_many_split(
     ws: &[&TriplePacked],
     x: &QuantizedActivations,
@@ -391,8 +391,8 @@ pub fn matmul_int4_many(
     matmul_int4_many_split(ws, x, ys, None)
 }
 
-/// [`matmul_int4_many`] cut across the threads as `split` says (`None`: as [`split`] resolves
-/// it). Every split gives the same results.
+/// [`matmul_int4_many`] cut across the threads as `split` says (`None`: the split pinned for it,
+/// else the built-in rule; see [`Split`]). Every split gives the same results.
 pub fn matmul_int4_many_split(
     ws: &[&LutPacked],
     x: &QuantizedActivations,
@@ -481,7 +481,9 @@ where
     // [total·i/parts, total·(i+1)/parts), cut into one piece per matrix it touches.
     let units: Vec<usize> = rows.iter().map(|&r| r.div_ceil(align)).collect();
     let total: usize = units.iter().sum();
-    let parts = (rayon::current_num_threads() * shares).clamp(1, total.max(1));
+    let parts = rayon::current_num_threads()
+        .saturating_mul(shares)
+        .clamp(1, total.max(1));
     crate::parallel::run_parts(parts, &|share| {
         let (u0, u1) = (total * share / parts, total * (share + 1) / parts);
         let state = init();

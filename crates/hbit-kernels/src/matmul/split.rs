@@ -3,8 +3,9 @@
 //! Each kernel has built-in rules by shape (`super::mad_shares_per_thread`,
 //! `super::triple_own_tables`, …). A [`Split`] names one of those choices explicitly, so
 //! `hbit tune` can time each and [`choose_splits`] can pin the fastest per product kind, shape
-//! and batch bucket for the rest of the process. Every split computes the same i32 sums and the
-//! same epilogue, so the choice changes speed only, never a result.
+//! and batch bucket for the rest of the process, for pools of the thread count they were
+//! measured on. Every split computes the same i32 sums and the same epilogue, so the choice
+//! changes speed only, never a result.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,8 @@ use std::sync::RwLock;
 /// One way to cut a product across the threads of the current pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Split {
+    /// The kernel's built-in rules by shape, whatever is pinned (what a tuner compares with).
+    Builtin,
     /// Contiguous row shares, `shares` per thread, claimed dynamically. The lookup layouts
     /// first build every token's tables once, in pieces over the threads (two fork-joins).
     Rows { shares: usize },
@@ -27,12 +30,17 @@ pub enum Split {
     Tokens { shares: usize },
 }
 
+/// The most shares per thread a split takes: finer cuts only add fork-join work.
+pub const MAX_SHARES: usize = 64;
+
 impl Split {
-    /// Shares per thread (at least one).
+    /// Shares per thread, within 1..=[`MAX_SHARES`] (one for [`Split::Builtin`], which the
+    /// kernels resolve to a concrete split first).
     pub fn shares(self) -> usize {
         match self {
+            Split::Builtin => 1,
             Split::Rows { shares } | Split::RowsOwnTables { shares } | Split::Tokens { shares } => {
-                shares.max(1)
+                shares.clamp(1, MAX_SHARES)
             }
         }
     }
@@ -64,10 +72,11 @@ impl Split {
 /// batch bucket (9–32).
 pub const OWN_TABLES_MAX_TOKENS: usize = 32;
 
-/// `rows/4`, `own-tables/1`, `tokens/2`: the names profiles store.
+/// `auto`, `rows/4`, `own-tables/1`, `tokens/2`: the names profiles store.
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Split::Builtin => write!(f, "auto"),
             Split::Rows { shares } => write!(f, "rows/{shares}"),
             Split::RowsOwnTables { shares } => write!(f, "own-tables/{shares}"),
             Split::Tokens { shares } => write!(f, "tokens/{shares}"),
@@ -79,10 +88,15 @@ impl std::str::FromStr for Split {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Split, String> {
-        let bad = || format!("split {s:?}: expected rows/N, own-tables/N or tokens/N (N ≥ 1)");
+        if s == "auto" {
+            return Ok(Split::Builtin);
+        }
+        let bad = || {
+            format!("split {s:?}: expected auto, rows/N, own-tables/N or tokens/N (1 ≤ N ≤ {MAX_SHARES})")
+        };
         let (kind, shares) = s.split_once('/').ok_or_else(bad)?;
         let shares: usize = shares.parse().map_err(|_| bad())?;
-        if shares == 0 {
+        if !(1..=MAX_SHARES).contains(&shares) {
             return Err(bad());
         }
         match kind {
@@ -176,30 +190,33 @@ pub struct SplitKey {
 
 /// Whether any split was chosen: products skip the lock while none was.
 static ANY_CHOSEN: AtomicBool = AtomicBool::new(false);
-static CHOSEN: RwLock<BTreeMap<SplitKey, Split>> = RwLock::new(BTreeMap::new());
+/// The pinned splits and the pool size they were measured on.
+static CHOSEN: RwLock<(usize, BTreeMap<SplitKey, Split>)> = RwLock::new((0, BTreeMap::new()));
 
-/// Pins `chosen` for the rest of the process (replacing what was pinned before); products
-/// without an entry keep the built-in rules.
-pub fn choose_splits(chosen: BTreeMap<SplitKey, Split>) {
+/// Pins `chosen`, measured on pools of `threads` threads, for the rest of the process
+/// (replacing what was pinned before). Products on a pool of another size, and products without
+/// an entry, keep the built-in rules: which split wins depends on how many threads share it.
+pub fn choose_splits(threads: usize, chosen: BTreeMap<SplitKey, Split>) {
     let any = !chosen.is_empty();
-    *CHOSEN.write().unwrap_or_else(|e| e.into_inner()) = chosen;
+    *CHOSEN.write().unwrap_or_else(|e| e.into_inner()) = (threads, chosen);
     ANY_CHOSEN.store(any, Ordering::Release);
 }
 
-/// The split pinned for `key`, if any.
-pub fn chosen_split(key: &SplitKey) -> Option<Split> {
+/// The split pinned for `key` on a pool of `threads` threads, if any.
+pub fn chosen_split(key: &SplitKey, threads: usize) -> Option<Split> {
     if !ANY_CHOSEN.load(Ordering::Acquire) {
         return None;
     }
-    CHOSEN
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(key)
-        .copied()
+    let chosen = CHOSEN.read().unwrap_or_else(|e| e.into_inner());
+    if chosen.0 != threads {
+        return None;
+    }
+    chosen.1.get(key).copied()
 }
 
-/// The split a product runs: `explicit` when given, else the one pinned for its key, else the
-/// kernel's built-in rule.
+/// The split a product runs: `explicit` when given, else the one pinned for its key and the
+/// current pool's size, else the kernel's built-in rule (also for an explicit
+/// [`Split::Builtin`]).
 pub(super) fn resolve(
     explicit: Option<Split>,
     kind: ProductKind,
@@ -208,16 +225,19 @@ pub(super) fn resolve(
     tokens: usize,
     builtin: impl FnOnce() -> Split,
 ) -> Split {
-    explicit
-        .or_else(|| {
-            chosen_split(&SplitKey {
-                kind,
-                rows,
-                cols,
-                bucket: Bucket::of(tokens),
-            })
-        })
-        .unwrap_or_else(builtin)
+    let pinned = || {
+        let key = SplitKey {
+            kind,
+            rows,
+            cols,
+            bucket: Bucket::of(tokens),
+        };
+        chosen_split(&key, rayon::current_num_threads())
+    };
+    match explicit.or_else(pinned) {
+        Some(Split::Builtin) | None => builtin(),
+        Some(split) => split,
+    }
 }
 
 /// Held by the tests that pin splits: the pinned table is one per process.
@@ -239,9 +259,25 @@ mod tests {
                 assert_eq!(split.to_string().parse::<Split>(), Ok(split));
             }
         }
-        for bad in ["rows", "rows/0", "rows/x", "cols/2", "", "tokens/-1"] {
+        assert_eq!("auto".parse::<Split>(), Ok(Split::Builtin));
+        assert_eq!(Split::Builtin.to_string(), "auto");
+        assert_eq!("rows/64".parse::<Split>(), Ok(Split::Rows { shares: 64 }));
+        let huge = "tokens/9223372036854775808";
+        for bad in [
+            "rows",
+            "rows/0",
+            "rows/x",
+            "cols/2",
+            "",
+            "tokens/-1",
+            "rows/65",
+            huge,
+        ] {
             assert!(bad.parse::<Split>().is_err(), "{bad}");
         }
+        // Built by hand past the bound: clamped, so threads × shares cannot overflow.
+        assert_eq!(Split::Tokens { shares: usize::MAX }.shares(), MAX_SHARES);
+        assert_eq!(Split::Rows { shares: 0 }.shares(), 1);
     }
 
     #[test]
@@ -279,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn explicit_beats_pinned_beats_builtin() {
+    fn explicit_beats_pinned_beats_builtin_on_the_pinned_pool_size() {
         let _pinning = PIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // A key no other test's products use (rows no model has).
         let key = SplitKey {
@@ -289,20 +325,26 @@ mod tests {
             bucket: Bucket::Few,
         };
         let builtin = || Split::Rows { shares: 4 };
-        assert_eq!(resolve(None, key.kind, 7, 13, 3, builtin), builtin());
-        choose_splits(BTreeMap::from([(key, Split::Tokens { shares: 2 })]));
-        assert_eq!(
-            resolve(None, key.kind, 7, 13, 3, builtin),
-            Split::Tokens { shares: 2 }
-        );
-        // Another bucket of the same shape keeps the built-in rule.
-        assert_eq!(resolve(None, key.kind, 7, 13, 1, builtin), builtin());
+        let pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        let resolved = |threads, explicit, tokens| {
+            pool(threads).install(|| resolve(explicit, key.kind, 7, 13, tokens, builtin))
+        };
+        assert_eq!(resolved(2, None, 3), builtin());
+        choose_splits(2, BTreeMap::from([(key, Split::Tokens { shares: 2 })]));
+        assert_eq!(resolved(2, None, 3), Split::Tokens { shares: 2 });
+        // Another pool size, another bucket of the same shape: the built-in rule.
+        assert_eq!(resolved(3, None, 3), builtin());
+        assert_eq!(resolved(2, None, 1), builtin());
+        // Explicit splits win; an explicit Builtin ignores what is pinned.
         let explicit = Split::RowsOwnTables { shares: 2 };
-        assert_eq!(
-            resolve(Some(explicit), key.kind, 7, 13, 3, builtin),
-            explicit
-        );
-        choose_splits(BTreeMap::new());
-        assert_eq!(resolve(None, key.kind, 7, 13, 3, builtin), builtin());
+        assert_eq!(resolved(2, Some(explicit), 3), explicit);
+        assert_eq!(resolved(2, Some(Split::Builtin), 3), builtin());
+        choose_splits(2, BTreeMap::new());
+        assert_eq!(resolved(2, None, 3), builtin());
     }
 }

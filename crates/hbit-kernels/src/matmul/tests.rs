@@ -613,6 +613,7 @@ fn every_split_equals_reference_in_every_layout() {
                 Split::Tokens { shares },
             ]
         })
+        .chain([Split::Builtin])
         .collect();
     for tokens in [1, 3, 13, 49] {
         let x4 = g.activations(tokens, cols, ActBits::Int4);
@@ -668,8 +669,19 @@ fn every_split_equals_reference_in_every_layout() {
             .into_iter()
             .map(|kind| (key(kind), split))
             .collect();
-            choose_splits(pinned);
-            assert_eq!(chosen_split(&key(ProductKind::Int4Triples)), Some(split));
+            let threads = rayon::current_num_threads();
+            choose_splits(threads, pinned);
+            assert_eq!(
+                chosen_split(&key(ProductKind::Int4Triples), threads),
+                Some(split)
+            );
+            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
+            let [a, b] = &mut got;
+            let refs: Vec<&LutPacked> = pairs.iter().collect();
+            matmul_int4_many(&refs, &x4, &mut [a, b]).unwrap();
+            for (y, w) in got.iter().zip(&want4) {
+                assert_bits_equal(y, w, &format!("pinned pairs {split:?} t{tokens}"));
+            }
             let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
             let [a, b] = &mut got;
             let refs: Vec<&TriplePacked> = triples.iter().collect();
@@ -685,6 +697,6 @@ fn every_split_equals_reference_in_every_layout() {
                 assert_bits_equal(y, w, &format!("pinned int8 {split:?} t{tokens}"));
             }
         }
-        choose_splits(Default::default());
+        choose_splits(0, Default::default());
     }
 }

@@ -78,7 +78,8 @@ pub struct E2eArgs {
     #[arg(long)]
     alternate: bool,
     /// Thread splits of the kernel calls: builtin (the kernels' rules by shape) or tuned (those
-    /// this CPU's tune profile pins, as loading a model does; `hbit tune --model M` writes it).
+    /// this CPU's tune profile pins, as loading a model does, at the thread count it was
+    /// measured on; `hbit tune --model M` writes it).
     #[arg(long, default_value = "builtin")]
     splits: String,
 }
@@ -290,14 +291,18 @@ fn measure(
 
 pub fn run(args: &E2eArgs) -> Result<()> {
     match args.splits.as_str() {
-        "builtin" => hbit_kernels::matmul::choose_splits(Default::default()),
+        "builtin" => hbit_kernels::matmul::choose_splits(0, Default::default()),
         "tuned" => {
             let profile = crate::tune::current_profile().context(
                 "--splits tuned: no tune profile for this CPU (run `hbit tune --model M`, and \
                  leave HBIT_TUNE on)",
             )?;
             let pinned = crate::tune::pin_splits(&profile);
-            eprintln!("--splits tuned: {pinned} kernel calls × buckets pinned from the profile");
+            eprintln!(
+                "--splits tuned: {pinned} kernel calls × buckets pinned from the profile, for \
+                 {} threads (other thread counts run the built-in splits)",
+                profile.threads
+            );
         }
         other => bail!("--splits: expected builtin or tuned, found {other:?}"),
     }
