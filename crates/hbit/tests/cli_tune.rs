@@ -29,22 +29,26 @@ fn tune_writes_a_profile_that_cpu_lists_and_bad_ones_are_ignored() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cache, model) = (dir.join("cache"), dir.join("micro-a4"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let init = hbit(
-        &[
-            "init",
-            "--preset",
-            "micro",
-            "--variant",
-            "bitnet_v2",
-            "--act-bits",
-            "4",
-            "--out",
-            &s(&model),
-        ],
-        &cache,
-        "on",
-    );
-    assert!(init.status.success(), "{:?}", text(&init));
+    // A micro BitNet v2 model with `bits`-bit activations at `out`.
+    let init = |bits: &str, out: &Path| {
+        let made = hbit(
+            &[
+                "init",
+                "--preset",
+                "micro",
+                "--variant",
+                "bitnet_v2",
+                "--act-bits",
+                bits,
+                "--out",
+                &s(out),
+            ],
+            &cache,
+            "on",
+        );
+        assert!(made.status.success(), "{:?}", text(&made));
+    };
+    init("4", &model);
 
     // Before tuning: the built-in choice.
     let (out, _) = text(&hbit(&["cpu", "--no-bandwidth"], &cache, "on"));
@@ -96,22 +100,7 @@ fn tune_writes_a_profile_that_cpu_lists_and_bad_ones_are_ignored() {
 
     // An a8 model: one layout, its thread splits tuned into the same profile.
     let a8 = dir.join("micro-a8");
-    let init = hbit(
-        &[
-            "init",
-            "--preset",
-            "micro",
-            "--variant",
-            "bitnet_v2",
-            "--act-bits",
-            "8",
-            "--out",
-            &s(&a8),
-        ],
-        &cache,
-        "on",
-    );
-    assert!(init.status.success(), "{:?}", text(&init));
+    init("8", &a8);
     let tuned = hbit(
         &["tune", "--model", &s(&a8), "--threads", "1"],
         &cache,

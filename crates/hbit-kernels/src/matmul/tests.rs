@@ -592,6 +592,24 @@ fn table_storage_is_poisoned_in_debug_builds() {
         .all(|b| unsafe { b.assume_init() } == lookup::POISON));
 }
 
+/// Two matrices (70 and 33 rows) of one layout multiplied in one call cut as `split` says
+/// (`None`: as pinned, else built in), equal to `want` bit for bit.
+fn assert_many_split_is_reference<T: PackedTernary>(
+    ws: &[T],
+    x: &QuantizedActivations,
+    want: &[Vec<f32>],
+    split: Option<Split>,
+    what: &str,
+) {
+    let refs: Vec<&T> = ws.iter().collect();
+    let mut got = [vec![f32::NAN; 70 * x.tokens], vec![f32::NAN; 33 * x.tokens]];
+    let [a, b] = &mut got;
+    T::matmul_many_split(&refs, x, &mut [a, b], split).unwrap();
+    for (y, w) in got.iter().zip(want) {
+        assert_bits_equal(y, w, what);
+    }
+}
+
 /// Every split `hbit tune` may pin, and the built-in rules, give the reference's bits in every
 /// layout: two matrices in one call (rows 70 and 33, not multiples of a row block), token counts
 /// in each batch bucket (1, 3, 13, 49: partial and whole token tiles), on 2 and 3 threads; then
@@ -626,28 +644,9 @@ fn every_split_equals_reference_in_every_layout() {
             pool(threads).install(|| {
                 for split in every_split.iter().copied().map(Some).chain([None]) {
                     let what = |layout: &str| format!("{layout} {split:?} t{tokens} {threads}th");
-                    let fresh = || [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
-                    let mut got = fresh();
-                    let [a, b] = &mut got;
-                    let refs: Vec<&RowPacked> = rows_pk.iter().collect();
-                    matmul_int8_many_split(&refs, &x8, &mut [a, b], split).unwrap();
-                    for (y, w) in got.iter().zip(&want8) {
-                        assert_bits_equal(y, w, &what("int8 rows"));
-                    }
-                    let mut got = fresh();
-                    let [a, b] = &mut got;
-                    let refs: Vec<&LutPacked> = pairs.iter().collect();
-                    matmul_int4_many_split(&refs, &x4, &mut [a, b], split).unwrap();
-                    for (y, w) in got.iter().zip(&want4) {
-                        assert_bits_equal(y, w, &what("int4 pairs"));
-                    }
-                    let mut got = fresh();
-                    let [a, b] = &mut got;
-                    let refs: Vec<&TriplePacked> = triples.iter().collect();
-                    matmul_int4_triples_many_split(&refs, &x4, &mut [a, b], split).unwrap();
-                    for (y, w) in got.iter().zip(&want4) {
-                        assert_bits_equal(y, w, &what("int4 triples"));
-                    }
+                    assert_many_split_is_reference(&rows_pk, &x8, &want8, split, &what("int8"));
+                    assert_many_split_is_reference(&pairs, &x4, &want4, split, &what("pairs"));
+                    assert_many_split_is_reference(&triples, &x4, &want4, split, &what("triples"));
                 }
             });
         }
@@ -675,27 +674,10 @@ fn every_split_equals_reference_in_every_layout() {
                 chosen_split(&key(ProductKind::Int4Triples), threads),
                 Some(split)
             );
-            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
-            let [a, b] = &mut got;
-            let refs: Vec<&LutPacked> = pairs.iter().collect();
-            matmul_int4_many(&refs, &x4, &mut [a, b]).unwrap();
-            for (y, w) in got.iter().zip(&want4) {
-                assert_bits_equal(y, w, &format!("pinned pairs {split:?} t{tokens}"));
-            }
-            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
-            let [a, b] = &mut got;
-            let refs: Vec<&TriplePacked> = triples.iter().collect();
-            matmul_int4_triples_many(&refs, &x4, &mut [a, b]).unwrap();
-            for (y, w) in got.iter().zip(&want4) {
-                assert_bits_equal(y, w, &format!("pinned {split:?} t{tokens}"));
-            }
-            let mut got = [vec![f32::NAN; 70 * tokens], vec![f32::NAN; 33 * tokens]];
-            let [a, b] = &mut got;
-            let refs: Vec<&RowPacked> = rows_pk.iter().collect();
-            matmul_int8_many(&refs, &x8, &mut [a, b]).unwrap();
-            for (y, w) in got.iter().zip(&want8) {
-                assert_bits_equal(y, w, &format!("pinned int8 {split:?} t{tokens}"));
-            }
+            let what = |layout: &str| format!("pinned {layout} {split:?} t{tokens}");
+            assert_many_split_is_reference(&pairs, &x4, &want4, None, &what("pairs"));
+            assert_many_split_is_reference(&triples, &x4, &want4, None, &what("triples"));
+            assert_many_split_is_reference(&rows_pk, &x8, &want8, None, &what("int8"));
         }
         choose_splits(0, Default::default());
     }
