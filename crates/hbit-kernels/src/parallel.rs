@@ -78,7 +78,9 @@ struct Shared {
     job: Mutex<Option<Job>>,
     /// Parked workers wait here for the next epoch.
     wake: Condvar,
-    sleep_lock: Mutex<()>,
+    /// How many workers are parked on `wake`: a publisher with none to wake skips the notify,
+    /// a futex system call on every job otherwise (both sides hold the lock, so none is missed).
+    sleep_lock: Mutex<usize>,
 }
 
 impl Shared {
@@ -90,7 +92,7 @@ impl Shared {
             panicked: AtomicBool::new(false),
             job: Mutex::new(None),
             wake: Condvar::new(),
-            sleep_lock: Mutex::new(()),
+            sleep_lock: Mutex::new(0),
         }
     }
 }
@@ -191,11 +193,14 @@ fn serve(shared: &Shared) {
                 if joined {
                     crate::allocator::release_freed_pages();
                 }
-                let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-                // Re-check under the lock: the publisher notifies while holding it.
+                let mut parked = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+                // Re-check under the lock: the publisher reads the count while holding it.
                 if shared.state.load(Ordering::Acquire) >> 32 == seen {
-                    drop(shared.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+                    *parked += 1;
+                    parked = shared.wake.wait(parked).unwrap_or_else(|e| e.into_inner());
+                    *parked -= 1;
                 }
+                drop(parked);
             } else {
                 spin_pause();
             }
@@ -316,9 +321,11 @@ unsafe fn run_job(
     *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(Job { f: f_static, parts });
     let epoch = previous + 1;
     {
-        let _g = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let parked = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
         shared.state.store(epoch << 32, Ordering::Release);
-        shared.wake.notify_all();
+        if *parked > 0 {
+            shared.wake.notify_all();
+        }
     }
     // The caller's own parts: a panic there is caught too, because the closure must outlive
     // every part the workers are still running.
@@ -538,6 +545,59 @@ mod tests {
             }
             close(&shared);
             worker.join().unwrap();
+        });
+    }
+    /// A worker that parked after its spin is woken by the next job and takes a part: each of
+    /// the job's two parts waits (bounded) until both have started, which only happens if the
+    /// worker runs one while the caller runs the other.
+    #[test]
+    fn a_parked_worker_wakes_for_the_next_job() {
+        let shared = Shared::new();
+        /// Closes the pool however the test ends, so the scope's join cannot hang on a parked
+        /// worker after a failed assertion.
+        struct Closer<'a>(&'a Shared);
+        impl Drop for Closer<'_> {
+            fn drop(&mut self) {
+                close(self.0);
+            }
+        }
+        std::thread::scope(|scope| {
+            let _closer = Closer(&shared);
+            scope.spawn(|| serve(&shared));
+            for round in 0..3 {
+                // SAFETY: this thread is the pool's only caller.
+                let (own, panicked) = unsafe { run_job(&shared, 2, 2, &|_| {}) };
+                assert!(own.is_ok() && !panicked);
+                // The worker parks once it has spun for SPIN (bounded wait: a loaded machine
+                // may run it late).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while *shared.sleep_lock.lock().unwrap() == 0 && Instant::now() < deadline {
+                    std::thread::sleep(SPIN);
+                }
+                let parked = *shared.sleep_lock.lock().unwrap();
+                assert_eq!(parked, 1, "round {round}: the idle worker has parked");
+                let started = AtomicU32::new(0);
+                let met = AtomicU32::new(0);
+                // SAFETY: as above.
+                let (own, panicked) = unsafe {
+                    run_job(&shared, 2, 2, &|_| {
+                        started.fetch_add(1, Ordering::AcqRel);
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        while started.load(Ordering::Acquire) < 2 && Instant::now() < deadline {
+                            std::hint::spin_loop();
+                        }
+                        if started.load(Ordering::Acquire) == 2 {
+                            met.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                };
+                assert!(own.is_ok() && !panicked);
+                assert_eq!(
+                    met.load(Ordering::Acquire),
+                    2,
+                    "round {round}: the parked worker never joined the job"
+                );
+            }
         });
     }
 }
