@@ -228,7 +228,7 @@ def main():
         f"Signature `{c['signature']}`; DRAM read bandwidth before / after the sitting: {bw} GB/s "
         f"(`hbit cpu`). {a.threads} threads, batch 1, {report['rounds']} alternated rounds "
         "(medians over the rounds, min–max; each round's figure is llama-bench's mean of its 5 "
-        "repetitions, and `hbit bench e2e`'s median of 3). hbit `{a.hbit_commit}`, bitnet.cpp `{a.bitnet_commit}`. "
+        f"repetitions, and `hbit bench e2e`'s median of 3). hbit `{a.hbit_commit}`, bitnet.cpp `{a.bitnet_commit}`. "
         "Written by `scripts/vs-bitnetcpp.sh`; dummy models of each shape (random weights, same "
         "hyperparameters in both engines). Decode GB/s = weight bytes per decoded token × "
         "decode tokens/s; the fraction is of the larger bandwidth reading.",
