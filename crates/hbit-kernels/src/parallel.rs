@@ -78,8 +78,9 @@ struct Shared {
     job: Mutex<Option<Job>>,
     /// Parked workers wait here for the next epoch.
     wake: Condvar,
-    /// How many workers are parked on `wake`: a publisher with none to wake skips the notify,
-    /// a futex system call on every job otherwise (both sides hold the lock, so none is missed).
+    /// How many workers are parked on `wake`. `notify_all` is a futex system call even with no
+    /// waiter, so a publisher skips it when none is; the count and the epoch change under this
+    /// lock, so no wake-up is lost.
     sleep_lock: Mutex<usize>,
 }
 
@@ -547,6 +548,7 @@ mod tests {
             worker.join().unwrap();
         });
     }
+
     /// A worker that parked after its spin is woken by the next job and takes a part: each of
     /// the job's two parts waits (bounded) until both have started, which only happens if the
     /// worker runs one while the caller runs the other.
@@ -568,13 +570,14 @@ mod tests {
                 // SAFETY: this thread is the pool's only caller.
                 let (own, panicked) = unsafe { run_job(&shared, 2, 2, &|_| {}) };
                 assert!(own.is_ok() && !panicked);
-                // The worker parks once it has spun for SPIN (bounded wait: a loaded machine
-                // may run it late).
+                // The idle worker parks within SPIN (bounded wait: a loaded machine may run it
+                // late).
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while *shared.sleep_lock.lock().unwrap() == 0 && Instant::now() < deadline {
+                let mut parked = *shared.sleep_lock.lock().unwrap();
+                while parked == 0 && Instant::now() < deadline {
                     std::thread::sleep(SPIN);
+                    parked = *shared.sleep_lock.lock().unwrap();
                 }
-                let parked = *shared.sleep_lock.lock().unwrap();
                 assert_eq!(parked, 1, "round {round}: the idle worker has parked");
                 let started = AtomicU32::new(0);
                 let met = AtomicU32::new(0);
