@@ -107,7 +107,12 @@ pub struct Trainer {
     optimizer: AdamW,
     pub state: TrainerState,
     data: PackedData,
+    /// One single-thread pool per data shard ([`Trainer::set_data_shards`]); empty: unsharded.
+    shard_pools: Vec<rayon::ThreadPool>,
 }
+
+/// One shard's forward and backward: its loss and every parameter's gradient, in `params` order.
+type ShardResult = Result<(f64, Vec<Vec<f32>>)>;
 
 impl Trainer {
     /// A fresh run from `model`'s current weights.
@@ -122,7 +127,39 @@ impl Trainer {
             optimizer,
             state,
             data,
+            shard_pools: Vec::new(),
         })
+    }
+
+    /// Splits every micro-batch into `shards` runs of sequences that train at the same time, each
+    /// on its own thread with single-threaded ops, their gradients summed weighted by their
+    /// share of the batch: on a few cores this beats one batch whose every op is split across
+    /// the threads (reports/training-tiny.md). Candle's own pool should then be single-threaded
+    /// (`CANDLE_NUM_THREADS=1`, as the `hbit` binary sets it), or the shards queue for it.
+    /// The updates equal the unsharded ones up to float summation order, and a given shard
+    /// count reproduces itself bit for bit. `shards` is capped by the batch size; 1 turns
+    /// sharding off.
+    pub fn set_data_shards(&mut self, shards: usize) -> Result<()> {
+        let shards = shards.clamp(1, self.state.batch_size.max(1));
+        self.shard_pools = if shards == 1 {
+            Vec::new()
+        } else {
+            (0..shards)
+                .map(|i| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("hbit-shard-{i}"))
+                        .build()
+                        .map_err(|e| TrainError::Input(format!("starting shard thread {i}: {e}")))
+                })
+                .collect::<Result<_>>()?
+        };
+        Ok(())
+    }
+
+    /// Data shards per micro-batch (1: unsharded).
+    pub fn data_shards(&self) -> usize {
+        self.shard_pools.len().max(1)
     }
 
     fn check_shapes(model: &BitnetModel, data: &PackedData, state: &TrainerState) -> Result<()> {
@@ -186,6 +223,7 @@ impl Trainer {
             optimizer,
             state,
             data,
+            shard_pools: Vec::new(),
         })
     }
 
@@ -218,25 +256,49 @@ impl Trainer {
         for micro in 0..s.grad_accum {
             let cursor = s.cursor + (micro * batch) as u64;
             let (inputs, targets) = self.data.train_batch(cursor, batch, s.seed);
-            let inputs = Tensor::from_vec(inputs, (batch, seq), &Device::Cpu)?;
-            let targets = Tensor::from_vec(targets, (batch, seq), &Device::Cpu)?;
-            let loss = self.model.loss(&inputs, &targets)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(TrainError::Input(format!(
-                    "loss is {value} at step {}: training diverged (lower --lr1/--lr2)",
-                    s.step
-                )));
+            if self.shard_pools.is_empty() {
+                let (value, shard_grads) = self.forward_backward(&inputs, &targets, batch)?;
+                loss_sum += value;
+                for (acc, g) in grads.iter_mut().zip(shard_grads) {
+                    for (a, b) in acc.iter_mut().zip(g) {
+                        *a += b * inv_accum;
+                    }
+                }
+                continue;
             }
-            loss_sum += value;
-            let store = loss.backward()?;
-            for ((name, var), acc) in self.params.iter().zip(grads.iter_mut()) {
-                let g = store.get(var).ok_or_else(|| {
-                    TrainError::Input(format!("internal: no gradient for {name}"))
-                })?;
-                let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-                for (a, b) in acc.iter_mut().zip(g) {
-                    *a += b * inv_accum;
+            // The mean loss of the batch is the shards' means weighted by their sequences, and
+            // so is its gradient.
+            let runs = shard_runs(batch, self.shard_pools.len());
+            let this: &Trainer = self;
+            let results: Vec<ShardResult> = std::thread::scope(|scope| {
+                let handles: Vec<_> = runs
+                    .iter()
+                    .zip(&this.shard_pools)
+                    .map(|(run, pool)| {
+                        let (x, y) = (
+                            &inputs[run.start * seq..run.end * seq],
+                            &targets[run.start * seq..run.end * seq],
+                        );
+                        scope.spawn(move || pool.install(|| this.forward_backward(x, y, run.len())))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(TrainError::Input("a data shard's thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for (result, run) in results.into_iter().zip(&runs) {
+                let (value, shard_grads) = result?;
+                let share = run.len() as f32 / batch as f32;
+                loss_sum += value * share as f64;
+                for (acc, g) in grads.iter_mut().zip(shard_grads) {
+                    for (a, b) in acc.iter_mut().zip(g) {
+                        *a += b * (share * inv_accum);
+                    }
                 }
             }
         }
@@ -267,6 +329,31 @@ impl Trainer {
         })
     }
 
+    /// The loss of `rows` sequences (`inputs` / `targets` `[rows · seq_len]`) and its gradient
+    /// for every parameter; a non-finite loss is an error (training diverged).
+    fn forward_backward(&self, inputs: &[u32], targets: &[u32], rows: usize) -> ShardResult {
+        let seq = self.state.seq_len;
+        let inputs = Tensor::from_vec(inputs.to_vec(), (rows, seq), &Device::Cpu)?;
+        let targets = Tensor::from_vec(targets.to_vec(), (rows, seq), &Device::Cpu)?;
+        let loss = self.model.loss(&inputs, &targets)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            return Err(TrainError::Input(format!(
+                "loss is {value} at step {}: training diverged (lower --lr1/--lr2)",
+                self.state.step
+            )));
+        }
+        let store = loss.backward()?;
+        let mut grads = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            let g = store
+                .get(var)
+                .ok_or_else(|| TrainError::Input(format!("internal: no gradient for {name}")))?;
+            grads.push(g.flatten_all()?.to_vec1()?);
+        }
+        Ok((value, grads))
+    }
+
     /// Mean loss over up to `max_sequences` validation sequences (token-weighted).
     pub fn validation_loss(&self, max_sequences: usize) -> Result<Option<f64>> {
         Device::Cpu.with_context(|| self.validation_loss_in_pool(max_sequences))
@@ -279,16 +366,60 @@ impl Trainer {
         }
         let seq = self.state.seq_len;
         let chunk = self.state.batch_size.max(1);
-        let mut total = 0.0;
-        let mut first = 0;
-        while first < n {
+        let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+        let chunk_loss = |first: usize| -> Result<f64> {
             let take = chunk.min(n - first);
             let (inputs, targets) = self.data.validation_batch(first, take);
             let inputs = Tensor::from_vec(inputs, (take, seq), &Device::Cpu)?;
             let targets = Tensor::from_vec(targets, (take, seq), &Device::Cpu)?;
             let loss = self.model.loss(&inputs, &targets)?.to_scalar::<f32>()? as f64;
-            total += loss * take as f64;
-            first += take;
+            Ok(loss * take as f64)
+        };
+        // With data shards, chunk i runs on shard i mod shards; the sum keeps chunk order.
+        let losses: Vec<Result<f64>> = if self.shard_pools.is_empty() {
+            starts.iter().map(|&f| chunk_loss(f)).collect()
+        } else {
+            let pools = &self.shard_pools;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..pools.len())
+                    .map(|k| {
+                        let mine: Vec<usize> = starts
+                            .iter()
+                            .copied()
+                            .skip(k)
+                            .step_by(pools.len())
+                            .collect();
+                        let chunk_loss = &chunk_loss;
+                        scope.spawn(move || {
+                            pools[k]
+                                .install(|| mine.into_iter().map(chunk_loss).collect::<Vec<_>>())
+                        })
+                    })
+                    .collect();
+                let per_shard: Vec<Vec<Result<f64>>> = handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(TrainError::Input(
+                                "a data shard's thread panicked".into(),
+                            ))]
+                        })
+                    })
+                    .collect();
+                // Back into chunk order: chunk i is the (i / shards)-th of shard i mod shards.
+                let mut iters: Vec<_> = per_shard.into_iter().map(|v| v.into_iter()).collect();
+                (0..starts.len())
+                    .map(|i| {
+                        iters[i % pools.len()].next().unwrap_or_else(|| {
+                            Err(TrainError::Input("a data shard's thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut total = 0.0;
+        for loss in losses {
+            total += loss?;
         }
         Ok(Some(total / n as f64))
     }
@@ -319,6 +450,14 @@ impl Trainer {
             .map(|(n, v)| Ok((n.clone(), v.flatten_all()?.to_vec1()?)))
             .collect()
     }
+}
+
+/// `shards` contiguous runs of the batch's sequences, as equal as they can be.
+fn shard_runs(batch: usize, shards: usize) -> Vec<std::ops::Range<usize>> {
+    (0..shards)
+        .map(|i| batch * i / shards..batch * (i + 1) / shards)
+        .filter(|r| !r.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

@@ -126,3 +126,65 @@ fn a4_continue_training_reuses_moments_and_loss_falls() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A trainer of batch `batch` (grad_accum 2) on the micro model, `shards` data shards.
+fn sharded(batch: usize, shards: usize, data: &PackedData) -> Trainer {
+    let cfg = preset("micro", Variant::BitnetV2, ActBits::Int8).unwrap();
+    let mut t = Trainer::new(
+        BitnetModel::init(&cfg, 3).unwrap(),
+        data.clone(),
+        TrainerState {
+            batch_size: batch,
+            ..state(6, data)
+        },
+    )
+    .unwrap();
+    t.set_data_shards(shards).unwrap();
+    t
+}
+
+fn relative(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+#[test]
+fn data_shards_give_the_batch_loss_and_gradient_up_to_rounding() {
+    let data = PackedData::new(stream(6000), 16, 0.1, 1).unwrap();
+    // Even and uneven splits (5 sequences: runs of 2 and 3, weighted 2/5 and 3/5), and more
+    // shards asked for than sequences (capped at the batch size).
+    for (batch, shards, used) in [(4, 2, 2), (5, 2, 2), (3, 8, 3)] {
+        let mut whole = sharded(batch, 1, &data);
+        let mut split = sharded(batch, shards, &data);
+        assert_eq!((whole.data_shards(), split.data_shards()), (1, used));
+        let (a, b) = (whole.step().unwrap(), split.step().unwrap());
+        assert!(
+            relative(b.loss, a.loss) < 1e-5,
+            "batch {batch}, {shards} shards: loss {} vs {}",
+            b.loss,
+            a.loss
+        );
+        assert!(
+            relative(b.grad_norm, a.grad_norm) < 1e-4,
+            "batch {batch}, {shards} shards: gradient norm {} vs {}",
+            b.grad_norm,
+            a.grad_norm
+        );
+        let (va, vb) = (
+            whole.validation_loss(7).unwrap().unwrap(),
+            split.validation_loss(7).unwrap().unwrap(),
+        );
+        assert!(relative(vb, va) < 1e-5, "validation {vb} vs {va}");
+    }
+}
+
+#[test]
+fn a_sharded_run_repeats_itself_bit_for_bit() {
+    let data = PackedData::new(stream(6000), 16, 0.1, 1).unwrap();
+    let mut a = sharded(5, 2, &data);
+    let mut b = sharded(5, 2, &data);
+    for _ in 0..3 {
+        let (ra, rb) = (a.step().unwrap(), b.step().unwrap());
+        assert_eq!(ra.loss.to_bits(), rb.loss.to_bits());
+    }
+    assert_eq!(a.parameter_values().unwrap(), b.parameter_values().unwrap());
+}

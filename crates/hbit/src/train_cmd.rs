@@ -165,6 +165,11 @@ pub struct TrainArgs {
     /// No progress bar (logs one line per evaluation instead).
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Split each micro-batch into N runs of sequences trained at once, one thread each
+    /// (default: the CPU's threads, at most the batch size; 1 = one batch whose ops use every
+    /// thread). The update equals the unsharded one up to float summation order.
+    #[arg(long)]
+    pub(crate) data_shards: Option<usize>,
 }
 
 impl TrainArgs {
@@ -204,6 +209,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
              of a fresh --preset model; a checkpoint keeps its own"
         );
     }
+    let shards = data_shards(args.data_shards)?;
     let source: Option<&Path> = if args.resume {
         Some(&args.out)
     } else {
@@ -305,7 +311,24 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         };
         Trainer::new(model, data, state)?
     };
+    trainer.set_data_shards(shards)?;
     run_loop(args, &mut trainer, &tok_path)
+}
+
+/// The data shards a training run uses (`--data-shards`, default the CPU's threads). With more
+/// than one, candle's own thread pool is made single-threaded (unless `CANDLE_NUM_THREADS` says
+/// otherwise): each shard's thread then runs its ops alone instead of queueing for the pool.
+/// Call before the first tensor op, which sizes that pool.
+pub fn data_shards(requested: Option<usize>) -> Result<usize> {
+    let shards = match requested {
+        Some(0) => bail!("--data-shards: expected at least 1, found 0"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if shards > 1 && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    Ok(shards)
 }
 
 fn refuse_overwrite(out: &Path) -> Result<()> {
@@ -395,7 +418,7 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
     let last = args.stop_after.unwrap_or(total).min(total);
     let cfg = trainer.model.config().clone();
     eprintln!(
-        "training {} a{} ({:.2} M parameters): steps {}..{last} of {total}, {} tokens/step, {} train / {} validation sequences",
+        "training {} a{} ({:.2} M parameters): steps {}..{last} of {total}, {} tokens/step, {} train / {} validation sequences, {} data shards",
         cfg.variant.name(),
         cfg.activation_bits.bits(),
         cfg.parameter_count() as f64 / 1e6,
@@ -403,6 +426,7 @@ fn run_loop(args: &TrainArgs, trainer: &mut Trainer, tok_path: &Path) -> Result<
         trainer.state.tokens_per_step(),
         trainer.data().train_sequences(),
         trainer.data().validation_sequences(),
+        trainer.data_shards(),
     );
     let bar = if args.quiet {
         ProgressBar::hidden()

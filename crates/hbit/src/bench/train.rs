@@ -42,9 +42,13 @@ pub struct TrainBenchArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Data shards per step, as `hbit train --data-shards` (default: the CPU's threads).
+    #[arg(long)]
+    data_shards: Option<usize>,
 }
 
 pub fn run(args: &TrainBenchArgs) -> Result<()> {
+    let shards = crate::train_cmd::data_shards(args.data_shards)?;
     let bits = ActBits::from_bits(args.act_bits).context("--act-bits: expected 8 or 4")?;
     let config = preset(&args.preset, Variant::BitnetV2, bits)?;
     // Random tokens: the step's cost does not depend on the text.
@@ -63,6 +67,7 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
     };
     let state = TrainerState::new(&data, schedule, 0, args.batch_size, args.act_bits);
     let mut trainer = Trainer::new(BitnetModel::init(&config, 0)?, data, state)?;
+    trainer.set_data_shards(shards)?;
     trainer.step()?; // warm-up: allocator, thread pool
     let tokens = (args.steps as usize * args.batch_size * args.seq_len) as f64;
     let script = concat!(
@@ -92,12 +97,27 @@ pub fn run(args: &TrainBenchArgs) -> Result<()> {
     }
     let best = |rounds: &[f64]| rounds.iter().copied().fold(f64::INFINITY, f64::min);
     let ours_best = best(&ours);
-    report(args, "hbit (candle)", tokens / ours_best, ours_best, &ours);
+    let shards = Some(trainer.data_shards());
+    report(
+        args,
+        "hbit (candle)",
+        shards,
+        tokens / ours_best,
+        ours_best,
+        &ours,
+    );
     if theirs.is_empty() {
         return Ok(());
     }
     let theirs_best = best(&theirs);
-    report(args, "pytorch", tokens / theirs_best, theirs_best, &theirs);
+    report(
+        args,
+        "pytorch",
+        None,
+        tokens / theirs_best,
+        theirs_best,
+        &theirs,
+    );
     let ratio = theirs_best / ours_best;
     if args.json {
         println!(
@@ -138,7 +158,15 @@ fn run_torch(
 }
 
 /// One side's result: tokens/s and seconds of its best round, and every round's seconds.
-fn report(args: &TrainBenchArgs, engine: &str, tokens_per_s: f64, seconds: f64, rounds: &[f64]) {
+/// One side's line; `shards` is hbit's data-shard count (None for PyTorch).
+fn report(
+    args: &TrainBenchArgs,
+    engine: &str,
+    shards: Option<usize>,
+    tokens_per_s: f64,
+    seconds: f64,
+    rounds: &[f64],
+) {
     if args.json {
         println!(
             "{}",
@@ -146,13 +174,14 @@ fn report(args: &TrainBenchArgs, engine: &str, tokens_per_s: f64, seconds: f64, 
                 "bench": "train", "engine": engine, "preset": args.preset,
                 "act_bits": args.act_bits, "batch": args.batch_size, "seq_len": args.seq_len,
                 "steps": args.steps, "seconds": seconds, "tokens_per_s": tokens_per_s,
-                "round_seconds": rounds,
+                "round_seconds": rounds, "data_shards": shards,
             })
         );
     } else {
         let all: Vec<String> = rounds.iter().map(|s| format!("{s:.2}")).collect();
+        let sharded = shards.map_or(String::new(), |n| format!(", {n} data shards"));
         println!(
-            "{engine:>14}: {tokens_per_s:8.0} tokens/s  ({} a{}, batch {}×{}, {} steps in {seconds:.2} s; rounds {} s)",
+            "{engine:>14}: {tokens_per_s:8.0} tokens/s  ({} a{}, batch {}×{}{sharded}, {} steps in {seconds:.2} s; rounds {} s)",
             args.preset, args.act_bits, args.batch_size, args.seq_len, args.steps, all.join(" / ")
         );
     }
