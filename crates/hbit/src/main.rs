@@ -166,6 +166,11 @@ fn run(cli: Cli) -> Result<()> {
         // inflate the latter's resident memory (see the function's note).
         hbit_kernels::allocator::no_transparent_huge_pages();
     }
+    if matches!(cli.command, Command::Reproduce(_)) {
+        // Its training stages shard their batches; candle's pool must be sized for that before
+        // any stage (post-training quantization included) first uses it.
+        train_cmd::data_shards(None)?;
+    }
     if cli.no_verify {
         engine_cmds::skip_checksums();
     }
