@@ -707,6 +707,15 @@ pub fn tune(args: &TuneArgs) -> Result<()> {
     Ok(())
 }
 
+/// The kernel layer's pinned splits are one per process, and loading a model re-pins them from
+/// the user's profile: tests that pin and check them, or load models, take turns, or one's
+/// reset lands between another's pin and its check.
+#[cfg(test)]
+pub(crate) fn global_pins() -> std::sync::MutexGuard<'static, ()> {
+    static PINS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    PINS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -842,6 +851,7 @@ mod tests {
 
     #[test]
     fn splits_are_pinned_only_where_they_beat_the_builtin_rules() {
+        let _pins = super::global_pins();
         let with_splits = |rows, bucket: &str, layout: &str, splits: &[(&str, f64)]| {
             let mut t = timing(rows, 64, bucket, 1.0, 1.0, 1.0);
             t.splits.insert(
@@ -908,6 +918,7 @@ mod tests {
 
     #[test]
     fn relayout_keeps_logits() {
+        let _pins = super::global_pins();
         // A profile that prefers rows re-lays a4 weights out; the products are unchanged.
         let config =
             hbit_model::config::preset("micro", hbit_model::Variant::BitnetV2, ActBits::Int4)

@@ -126,6 +126,7 @@ fn run_all(study: &Study) -> Vec<(Stage, Outcome)> {
 
 #[test]
 fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
+    let _pins = crate::tune::global_pins();
     let dir: PathBuf =
         std::env::temp_dir().join(format!("hbit-reproduce-lib-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -221,6 +222,7 @@ fn a_micro_study_runs_in_process_and_resumes_only_what_is_lost() {
 
 #[test]
 fn an_extra_seed_repeats_b158_and_v2_and_the_tables_give_mean_and_spread() {
+    let _pins = crate::tune::global_pins();
     let dir: PathBuf =
         std::env::temp_dir().join(format!("hbit-reproduce-seeds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
