@@ -157,8 +157,8 @@ fn run_torch(
         .ok_or_else(|| format!("bench_train_torch.py printed no seconds: {line:?}"))
 }
 
-/// One side's result: tokens/s and seconds of its best round, and every round's seconds.
-/// One side's line; `shards` is hbit's data-shard count (None for PyTorch).
+/// One side's result: tokens/s and seconds of its best round, every round's seconds, and for
+/// hbit its data-shard count.
 fn report(
     args: &TrainBenchArgs,
     engine: &str,
