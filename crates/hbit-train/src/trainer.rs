@@ -269,27 +269,9 @@ impl Trainer {
             // The mean loss of the batch is the shards' means weighted by their sequences, and
             // so is its gradient.
             let runs = shard_runs(batch, self.shard_pools.len());
-            let this: &Trainer = self;
-            let results: Vec<ShardResult> = std::thread::scope(|scope| {
-                let handles: Vec<_> = runs
-                    .iter()
-                    .zip(&this.shard_pools)
-                    .map(|(run, pool)| {
-                        let (x, y) = (
-                            &inputs[run.start * seq..run.end * seq],
-                            &targets[run.start * seq..run.end * seq],
-                        );
-                        scope.spawn(move || pool.install(|| this.forward_backward(x, y, run.len())))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(TrainError::Input("a data shard's thread panicked".into()))
-                        })
-                    })
-                    .collect()
+            let results = self.on_shards(&runs, |run| {
+                let rows = run.start * seq..run.end * seq;
+                self.forward_backward(&inputs[rows.clone()], &targets[rows], run.len())
             });
             for (result, run) in results.into_iter().zip(&runs) {
                 let (value, shard_grads) = result?;
@@ -326,6 +308,31 @@ impl Trainer {
             lr,
             weight_decay: wd,
             tokens: self.state.tokens_seen,
+        })
+    }
+
+    /// `work(run)` for each of `runs` at the same time, run i on data shard i's single-thread
+    /// pool; results in run order.
+    fn on_shards<T: Send>(
+        &self,
+        runs: &[std::ops::Range<usize>],
+        work: impl Fn(std::ops::Range<usize>) -> Result<T> + Sync,
+    ) -> Vec<Result<T>> {
+        let work = &work;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .iter()
+                .zip(&self.shard_pools)
+                .map(|(run, pool)| scope.spawn(move || pool.install(|| work(run.clone()))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TrainError::Input("a data shard's thread panicked".into()))
+                    })
+                })
+                .collect()
         })
     }
 
@@ -375,52 +382,27 @@ impl Trainer {
             let loss = self.model.loss(&inputs, &targets)?.to_scalar::<f32>()? as f64;
             Ok(loss * take as f64)
         };
-        // With data shards, chunk i runs on shard i mod shards; the sum keeps chunk order.
-        let losses: Vec<Result<f64>> = if self.shard_pools.is_empty() {
-            starts.iter().map(|&f| chunk_loss(f)).collect()
+        // With data shards, each takes a run of the chunks; the sum keeps chunk order.
+        let losses: Vec<f64> = if self.shard_pools.is_empty() {
+            starts
+                .iter()
+                .map(|&f| chunk_loss(f))
+                .collect::<Result<_>>()?
         } else {
-            let pools = &self.shard_pools;
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..pools.len())
-                    .map(|k| {
-                        let mine: Vec<usize> = starts
-                            .iter()
-                            .copied()
-                            .skip(k)
-                            .step_by(pools.len())
-                            .collect();
-                        let chunk_loss = &chunk_loss;
-                        scope.spawn(move || {
-                            pools[k]
-                                .install(|| mine.into_iter().map(chunk_loss).collect::<Vec<_>>())
-                        })
-                    })
-                    .collect();
-                let per_shard: Vec<Vec<Result<f64>>> = handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            vec![Err(TrainError::Input(
-                                "a data shard's thread panicked".into(),
-                            ))]
-                        })
-                    })
-                    .collect();
-                // Back into chunk order: chunk i is the (i / shards)-th of shard i mod shards.
-                let mut iters: Vec<_> = per_shard.into_iter().map(|v| v.into_iter()).collect();
-                (0..starts.len())
-                    .map(|i| {
-                        iters[i % pools.len()].next().unwrap_or_else(|| {
-                            Err(TrainError::Input("a data shard's thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            })
+            let runs = shard_runs(starts.len(), self.shard_pools.len());
+            let per_run = self.on_shards(&runs, |run| {
+                starts[run]
+                    .iter()
+                    .map(|&f| chunk_loss(f))
+                    .collect::<Result<Vec<f64>>>()
+            });
+            let mut all = Vec::with_capacity(starts.len());
+            for losses in per_run {
+                all.extend(losses?);
+            }
+            all
         };
-        let mut total = 0.0;
-        for loss in losses {
-            total += loss?;
-        }
+        let total: f64 = losses.iter().sum();
         Ok(Some(total / n as f64))
     }
 
